@@ -1,0 +1,30 @@
+"""fastnorm: fast CPU normalization layers for NumPy.
+
+Forward and backward passes of neural-network normalizations in Cython
+kernels, parallel with OpenMP, under an API with PyTorch's semantics.
+
+>>> import numpy as np, fastnorm
+>>> x = np.random.default_rng(0).standard_normal((8, 768), dtype=np.float32)
+>>> y, mean, rstd = fastnorm.layer_norm(x, 768, return_stats=True)
+>>> gx, gw, gb = fastnorm.layer_norm_backward(np.ones_like(x), x, mean, rstd)
+"""
+__version__ = "0.1.0"
+
+try:
+    from . import _core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on how fastnorm was installed
+    raise ImportError(
+        "fastnorm's compiled kernels are missing (importing the source tree "
+        f"{__path__[0]!r} without building it?). Build it with "
+        "`pip install -e .` in the repository, or install it with `pip install .` "
+        "and import it from another directory."
+    ) from exc
+
+from ._config import get_config, max_threads, show_config
+from .functional import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from . import functional, nn, reference
+
+__all__ = [
+    "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
+    "functional", "nn", "reference", "show_config", "get_config", "max_threads",
+]

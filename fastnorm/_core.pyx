@@ -1,0 +1,27 @@
+# cython: language_level=3
+# The baseline build of fastnorm's kernels (see _kernels.pxi), plus the CPU
+# feature checks that choose among the instruction-set builds at import.
+# It is compiled without -march flags, so it is safe to import on any CPU of
+# its architecture.
+include "_kernels.pxi"
+
+cdef extern from *:
+    """
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    static int fastnorm_cpu_level(void) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("x86-64-v4")) return 4;
+        if (__builtin_cpu_supports("x86-64-v3")) return 3;
+        return 1;
+    }
+    #else
+    static int fastnorm_cpu_level(void) { return 0; }
+    #endif
+    """
+    int fastnorm_cpu_level() noexcept nogil
+
+
+def cpu_isa_level():
+    """x86-64 micro-architecture level of this CPU (4 = AVX-512, 3 = AVX2+FMA,
+    1 = baseline), or 0 when not an x86 CPU."""
+    return fastnorm_cpu_level()

@@ -1,0 +1,865 @@
+# fastnorm kernels: the source of every compiled _core* module.
+#
+# setup.py compiles this file once per instruction set (_core = baseline,
+# _core_avx2, _core_avx512); fastnorm._config picks the best one at import.
+#
+# Three layers, top to bottom:
+#   1. row kernels: `cdef inline ... noexcept nogil` functions over one
+#      contiguous row (or a segment of one), written as fixed-width lane loops
+#      that gcc vectorizes without -ffast-math;
+#   2. drivers: split the rows into one chunk per thread (prange, static
+#      schedule) or, for a few very wide rows, split each row into segments;
+#      per-chunk partial results are combined in chunk order, so results are
+#      deterministic for a given thread count;
+#   3. `def` entry points called by fastnorm.functional, which has already
+#      validated and canonicalized every argument: x is (M, D) with
+#      contiguous rows (any row stride, even negative), parameters are
+#      contiguous vectors of length D, stats are contiguous vectors of length M.
+#
+# Numerics (float32 data):
+#   * sums run in `floating` lanes over blocks of BLOCK elements and each block
+#     is flushed into a double total: error O(BLOCK/LANES * eps) per block,
+#     not O(n * eps);
+#   * LayerNorm statistics are two-pass on the cached row and shifted by the
+#     row's first element, so a row of 1e5 + 0.1*N(0,1) loses nothing to
+#     cancellation; the output subtracts the mean in two pieces (hi + lo) so
+#     the centered value is exact to a float32 rounding of the *spread*.
+
+cimport cython
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt, NAN
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from fastnorm._openmp cimport omp_get_max_threads, omp_get_num_threads, FASTNORM_HAVE_OPENMP
+
+cnp.import_array()
+
+cdef enum:
+    LANES = 32              # independent accumulators: 2 zmm / 4 ymm / 8 xmm of float32
+    BLOCK = 256             # elements summed in `floating` before a flush to double
+    FLUSH_ROWS = 32         # rows accumulated in `floating` grad_weight partials
+    MIN_PARALLEL_WORK = 32768   # below this many elements a call stays serial
+    MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
+
+
+# --------------------------------------------------------------------------
+# thread-count resolver (the only one in fastnorm)
+# --------------------------------------------------------------------------
+
+cdef int resolve_threads(object n_threads, Py_ssize_t work) except -1:
+    """Threads for a call over `work` elements.
+
+    None means the OpenMP default (omp_get_max_threads(), which follows
+    OMP_NUM_THREADS and threadpoolctl).  Small workloads run serially: waking
+    a thread costs more than the work.
+    """
+    cdef long requested
+    if n_threads is None:
+        requested = omp_get_max_threads()
+    else:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int):
+            raise TypeError(f"n_threads must be a positive int or None, got {n_threads!r}")
+        requested = n_threads
+        if requested < 1:
+            raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
+    if not FASTNORM_HAVE_OPENMP or work < MIN_PARALLEL_WORK:
+        return 1
+    if requested > 1024:
+        requested = 1024
+    return <int>requested
+
+
+def max_threads():
+    """Threads a call with n_threads=None would use on a large input."""
+    return omp_get_max_threads() if FASTNORM_HAVE_OPENMP else 1
+
+
+def have_openmp():
+    """True when this module was compiled with OpenMP."""
+    return bool(FASTNORM_HAVE_OPENMP)
+
+
+def openmp_team_size(int n_threads):
+    """Size of the team a parallel region with n_threads actually gets
+    (used by the build test that catches a silently lost OpenMP)."""
+    cdef int i, team = 1
+    cdef int[1] seen
+    seen[0] = 1
+    with nogil:
+        for i in prange(n_threads, schedule='static', num_threads=n_threads):
+            seen[0] = omp_get_num_threads()
+    return seen[0]
+
+
+# --------------------------------------------------------------------------
+# 1. row kernels
+# --------------------------------------------------------------------------
+
+cdef inline double _lanes_total(floating* acc) noexcept nogil:
+    """Sum of the LANES accumulators, as a fixed pairwise tree."""
+    cdef int j, width = LANES // 2
+    while width > 0:
+        for j in range(width):
+            acc[j] = acc[j] + acc[j + width]
+        width = width // 2
+    return <double>acc[0]
+
+
+cdef inline double _shifted_sum(const floating* x, Py_ssize_t n, floating shift) noexcept nogil:
+    """Sum of (x[i] - shift)."""
+    cdef floating acc[LANES]
+    cdef floating rest
+    cdef double total = 0.0
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    while i < n:
+        end = i + BLOCK if i + BLOCK < n else n
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc[j] = 0
+        k = i
+        while k < vend:
+            for j in range(LANES):
+                acc[j] += x[k + j] - shift
+            k += LANES
+        rest = 0
+        for k in range(vend, end):
+            rest += x[k] - shift
+        total += _lanes_total(acc) + rest
+        i = end
+    return total
+
+
+cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shift,
+                                   floating center, double* sum_sq, double* sum_dev) noexcept nogil:
+    """Sum of d^2 and of d, where d = (x[i] - shift) - center."""
+    cdef floating acc_q[LANES]
+    cdef floating acc_s[LANES]
+    cdef floating d, rest_q, rest_s
+    cdef double total_q = 0.0, total_s = 0.0
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    while i < n:
+        end = i + BLOCK if i + BLOCK < n else n
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc_q[j] = 0
+            acc_s[j] = 0
+        k = i
+        while k < vend:
+            for j in range(LANES):
+                d = (x[k + j] - shift) - center
+                acc_q[j] += d * d
+                acc_s[j] += d
+            k += LANES
+        rest_q = 0
+        rest_s = 0
+        for k in range(vend, end):
+            d = (x[k] - shift) - center
+            rest_q += d * d
+            rest_s += d
+        total_q += _lanes_total(acc_q) + rest_q
+        total_s += _lanes_total(acc_s) + rest_s
+        i = end
+    sum_sq[0] = total_q
+    sum_dev[0] = total_s
+
+
+cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of x[i]^2."""
+    cdef floating acc[LANES]
+    cdef floating rest
+    cdef double total = 0.0
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    while i < n:
+        end = i + BLOCK if i + BLOCK < n else n
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc[j] = 0
+        k = i
+        while k < vend:
+            for j in range(LANES):
+                acc[j] += x[k + j] * x[k + j]
+            k += LANES
+        rest = 0
+        for k in range(vend, end):
+            rest += x[k] * x[k]
+        total += _lanes_total(acc) + rest
+        i = end
+    return total
+
+
+cdef inline void _ln_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
+                                       const floating* w, const floating* b,
+                                       floating shift, floating center_hi, floating center_lo,
+                                       floating rstd) noexcept nogil:
+    """y = (((x - shift) - center_hi) - center_lo) * rstd * w + b.
+
+    w and b point at the segment's parameters, or are NULL."""
+    cdef Py_ssize_t k
+    cdef floating t
+    if w != NULL and b != NULL:
+        for k in range(n):
+            t = ((x[k] - shift) - center_hi) - center_lo
+            y[k] = t * rstd * w[k] + b[k]
+    elif w != NULL:
+        for k in range(n):
+            t = ((x[k] - shift) - center_hi) - center_lo
+            y[k] = t * rstd * w[k]
+    elif b != NULL:
+        for k in range(n):
+            t = ((x[k] - shift) - center_hi) - center_lo
+            y[k] = t * rstd + b[k]
+    else:
+        for k in range(n):
+            t = ((x[k] - shift) - center_hi) - center_lo
+            y[k] = t * rstd
+
+
+cdef inline void _rms_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
+                                        const floating* w, floating rstd) noexcept nogil:
+    """y = x * rstd * w (w may be NULL)."""
+    cdef Py_ssize_t k
+    if w != NULL:
+        for k in range(n):
+            y[k] = x[k] * rstd * w[k]
+    else:
+        for k in range(n):
+            y[k] = x[k] * rstd
+
+
+cdef inline void _ln_forward_row(const floating* x, floating* y, Py_ssize_t n,
+                                 const floating* w, const floating* b, double eps,
+                                 double* mean_out, double* rstd_out) noexcept nogil:
+    cdef floating shift = x[0]
+    cdef double dev_mean, sum_sq, sum_dev, var, rstd
+    cdef floating center_hi, center_lo
+    dev_mean = _shifted_sum(x, n, shift) / n
+    center_hi = <floating>dev_mean
+    _centered_moments(x, n, shift, center_hi, &sum_sq, &sum_dev)
+    # sum_dev / n is what the rounding of center_hi left over; it refines both
+    # the mean and the variance (var = E[d^2] - E[d]^2 about center_hi).
+    var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
+    if var < 0.0:
+        var = 0.0
+    rstd = 1.0 / sqrt(var + eps)
+    center_lo = <floating>(sum_dev / n)
+    _ln_normalize_segment(x, y, n, w, b, shift, center_hi, center_lo, <floating>rstd)
+    mean_out[0] = <double>shift + <double>center_hi + sum_dev / n
+    rstd_out[0] = rstd
+
+
+cdef inline void _ln_backward_sums(const floating* g, const floating* x, const floating* w,
+                                   Py_ssize_t n, floating mean, floating rstd,
+                                   double* sum_gw, double* sum_gw_xhat, double* sum_xhat) noexcept nogil:
+    """Row sums of g*w, g*w*xhat and xhat, xhat = (x - mean) * rstd."""
+    cdef floating acc_a[LANES]
+    cdef floating acc_b[LANES]
+    cdef floating acc_c[LANES]
+    cdef floating xh, gw, ra, rb, rc
+    cdef double ta = 0.0, tb = 0.0, tc = 0.0
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    while i < n:
+        end = i + BLOCK if i + BLOCK < n else n
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc_a[j] = 0
+            acc_b[j] = 0
+            acc_c[j] = 0
+        k = i
+        if w != NULL:
+            while k < vend:
+                for j in range(LANES):
+                    xh = (x[k + j] - mean) * rstd
+                    gw = g[k + j] * w[k + j]
+                    acc_a[j] += gw
+                    acc_b[j] += gw * xh
+                    acc_c[j] += xh
+                k += LANES
+        else:
+            while k < vend:
+                for j in range(LANES):
+                    xh = (x[k + j] - mean) * rstd
+                    acc_a[j] += g[k + j]
+                    acc_b[j] += g[k + j] * xh
+                    acc_c[j] += xh
+                k += LANES
+        ra = 0
+        rb = 0
+        rc = 0
+        for k in range(vend, end):
+            xh = (x[k] - mean) * rstd
+            gw = g[k] * w[k] if w != NULL else g[k]
+            ra += gw
+            rb += gw * xh
+            rc += xh
+        ta += _lanes_total(acc_a) + ra
+        tb += _lanes_total(acc_b) + rb
+        tc += _lanes_total(acc_c) + rc
+        i = end
+    sum_gw[0] = ta
+    sum_gw_xhat[0] = tb
+    sum_xhat[0] = tc
+
+
+cdef inline void _ln_backward_segment(const floating* g, const floating* x, const floating* w,
+                                      floating* dx, Py_ssize_t n, floating mean, floating rstd,
+                                      floating xhat_shift, floating mean_gw, floating mean_gw_xhat,
+                                      floating* gw_acc, floating* gb_acc) noexcept nogil:
+    """dx = rstd * (g*w - mean_gw - xhat * mean_gw_xhat), xhat = (x - mean)*rstd - xhat_shift;
+    gw_acc += g * xhat and gb_acc += g when given (non-NULL)."""
+    cdef Py_ssize_t k
+    cdef floating xh
+    if w != NULL:
+        for k in range(n):
+            xh = (x[k] - mean) * rstd - xhat_shift
+            dx[k] = rstd * ((g[k] * w[k] - mean_gw) - xh * mean_gw_xhat)
+    else:
+        for k in range(n):
+            xh = (x[k] - mean) * rstd - xhat_shift
+            dx[k] = rstd * ((g[k] - mean_gw) - xh * mean_gw_xhat)
+    if gw_acc != NULL:
+        for k in range(n):
+            xh = (x[k] - mean) * rstd - xhat_shift
+            gw_acc[k] += g[k] * xh
+    if gb_acc != NULL:
+        for k in range(n):
+            gb_acc[k] += g[k]
+
+
+cdef inline double _rms_backward_sum(const floating* g, const floating* x, const floating* w,
+                                     Py_ssize_t n) noexcept nogil:
+    """Row sum of g*w*x."""
+    cdef floating acc[LANES]
+    cdef floating rest
+    cdef double total = 0.0
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    while i < n:
+        end = i + BLOCK if i + BLOCK < n else n
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc[j] = 0
+        k = i
+        if w != NULL:
+            while k < vend:
+                for j in range(LANES):
+                    acc[j] += g[k + j] * w[k + j] * x[k + j]
+                k += LANES
+        else:
+            while k < vend:
+                for j in range(LANES):
+                    acc[j] += g[k + j] * x[k + j]
+                k += LANES
+        rest = 0
+        for k in range(vend, end):
+            rest += (g[k] * w[k] if w != NULL else g[k]) * x[k]
+        total += _lanes_total(acc) + rest
+        i = end
+    return total
+
+
+cdef inline void _rms_backward_segment(const floating* g, const floating* x, const floating* w,
+                                       floating* dx, Py_ssize_t n, floating rstd, floating coef,
+                                       floating* gw_acc) noexcept nogil:
+    """dx = rstd * g*w - coef * x, coef = rstd^3 * mean(g*w*x); gw_acc += g * x * rstd."""
+    cdef Py_ssize_t k
+    if w != NULL:
+        for k in range(n):
+            dx[k] = rstd * (g[k] * w[k]) - coef * x[k]
+    else:
+        for k in range(n):
+            dx[k] = rstd * g[k] - coef * x[k]
+    if gw_acc != NULL:
+        for k in range(n):
+            gw_acc[k] += g[k] * (x[k] * rstd)
+
+
+# --------------------------------------------------------------------------
+# 2. drivers
+# --------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _part_start(Py_ssize_t n, int parts, int part) noexcept nogil:
+    """Start of part `part` of [0, n) cut into `parts` near-equal pieces.
+    (Assigned, not written through pointers, inside prange bodies so that
+    Cython makes the bounds thread-private.)"""
+    return (n * part) // parts
+
+
+cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                           const floating* w, const floating* b, double eps,
+                           floating* mean, floating* rstd) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef double m, s
+    for r in range(r0, r1):
+        _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
+                        w, b, eps, &m, &s)
+        if mean != NULL:
+            mean[r] = <floating>m
+        if rstd != NULL:
+            rstd[r] = <floating>s
+
+
+cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
+                               const floating* w, const floating* b, double eps,
+                               double* partial, int nth, double* mean_out, double* rstd_out) noexcept nogil:
+    """One very wide row, its passes split into nth segments (partial: 2*nth doubles)."""
+    cdef int p
+    cdef Py_ssize_t lo, hi
+    cdef floating shift = x[0]
+    cdef floating center_hi, center_lo
+    cdef double dev_mean = 0.0, sum_sq = 0.0, sum_dev = 0.0, var, rstd
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        partial[p] = _shifted_sum(x + lo, hi - lo, shift)
+    for p in range(nth):
+        dev_mean += partial[p]
+    dev_mean /= n
+    center_hi = <floating>dev_mean
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        _centered_moments(x + lo, hi - lo, shift, center_hi, &partial[2 * p], &partial[2 * p + 1])
+    for p in range(nth):
+        sum_sq += partial[2 * p]
+        sum_dev += partial[2 * p + 1]
+    var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
+    if var < 0.0:
+        var = 0.0
+    rstd = 1.0 / sqrt(var + eps)
+    center_lo = <floating>(sum_dev / n)
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        _ln_normalize_segment(x + lo, y + lo, hi - lo,
+                              w + lo if w != NULL else NULL, b + lo if b != NULL else NULL,
+                              shift, center_hi, center_lo, <floating>rstd)
+    mean_out[0] = <double>shift + <double>center_hi + sum_dev / n
+    rstd_out[0] = rstd
+
+
+cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                      Py_ssize_t M, Py_ssize_t n, const floating* w, const floating* b,
+                      double eps, floating* mean, floating* rstd, int nth) noexcept nogil:
+    cdef int c
+    cdef Py_ssize_t r, r0, r1
+    cdef double m, s
+    cdef double* partial
+    if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
+        partial = <double*>malloc(2 * nth * sizeof(double))
+        for r in range(M):
+            _ln_forward_wide_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
+                                 w, b, eps, partial, nth, &m, &s)
+            if mean != NULL:
+                mean[r] = <floating>m
+            if rstd != NULL:
+                rstd[r] = <floating>s
+        free(partial)
+    elif nth > 1:
+        if nth > M:
+            nth = <int>M
+        for c in prange(nth, schedule='static', num_threads=nth):
+            r0 = _part_start(M, nth, c)
+            r1 = _part_start(M, nth, c + 1)
+            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd)
+    else:
+        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd)
+
+
+cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                            const floating* w, double eps, floating* rstd) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef double s
+    cdef const floating* x
+    for r in range(r0, r1):
+        x = <const floating*>(xb + r * xs)
+        s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
+        _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s)
+        if rstd != NULL:
+            rstd[r] = <floating>s
+
+
+cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                       Py_ssize_t M, Py_ssize_t n, const floating* w, double eps,
+                       floating* rstd, int nth) noexcept nogil:
+    cdef int c, p
+    cdef Py_ssize_t r, r0, r1, lo, hi
+    cdef double s
+    cdef double* partial
+    cdef const floating* x
+    cdef floating* y
+    if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
+        partial = <double*>malloc(nth * sizeof(double))
+        for r in range(M):
+            x = <const floating*>(xb + r * xs)
+            y = <floating*>(yb + r * ys)
+            for p in prange(nth, schedule='static', num_threads=nth):
+                lo = _part_start(n, nth, p)
+                hi = _part_start(n, nth, p + 1)
+                partial[p] = _sum_squares(x + lo, hi - lo)
+            s = 0.0
+            for p in range(nth):
+                s += partial[p]
+            s = 1.0 / sqrt(s / n + eps)
+            for p in prange(nth, schedule='static', num_threads=nth):
+                lo = _part_start(n, nth, p)
+                hi = _part_start(n, nth, p + 1)
+                _rms_normalize_segment(x + lo, y + lo, hi - lo, w + lo if w != NULL else NULL, <floating>s)
+            if rstd != NULL:
+                rstd[r] = <floating>s
+        free(partial)
+    elif nth > 1:
+        if nth > M:
+            nth = <int>M
+        for c in prange(nth, schedule='static', num_threads=nth):
+            r0 = _part_start(M, nth, c)
+            r1 = _part_start(M, nth, c + 1)
+            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd)
+    else:
+        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd)
+
+
+cdef inline void _flush_partials(floating* acc, double* total, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        total[k] += acc[k]
+        acc[k] = 0
+
+
+cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
+                            char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                            const floating* mean, const floating* rstd, const floating* w,
+                            floating* gw_acc, floating* gb_acc,
+                            double* gw_total, double* gb_total) noexcept nogil:
+    """Backward over rows [r0, r1); parameter-gradient partials accumulate in
+    `floating` and are flushed into the chunk's double totals every FLUSH_ROWS rows."""
+    cdef Py_ssize_t r
+    cdef const floating* g
+    cdef const floating* x
+    cdef double a, bsum, c, inv_n = 1.0 / n
+    cdef floating xhat_shift
+    cdef int pending = 0
+    for r in range(r0, r1):
+        g = <const floating*>(gb_ + r * gs)
+        x = <const floating*>(xb + r * xs)
+        _ln_backward_sums(g, x, w, n, mean[r], rstd[r], &a, &bsum, &c)
+        # xhat should average to zero; whatever the rounding of the stored
+        # mean left over (c / n) is removed, which keeps float32 rows with a
+        # large offset accurate.
+        xhat_shift = <floating>(c * inv_n)
+        _ln_backward_segment(g, x, w, <floating*>(db + r * ds), n, mean[r], rstd[r],
+                             xhat_shift, <floating>(a * inv_n),
+                             <floating>((bsum - c * inv_n * a) * inv_n), gw_acc, gb_acc)
+        pending += 1
+        if pending == FLUSH_ROWS:
+            if gw_acc != NULL:
+                _flush_partials(gw_acc, gw_total, n)
+            if gb_acc != NULL:
+                _flush_partials(gb_acc, gb_total, n)
+            pending = 0
+    if gw_acc != NULL:
+        _flush_partials(gw_acc, gw_total, n)
+    if gb_acc != NULL:
+        _flush_partials(gb_acc, gb_total, n)
+
+
+cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
+                             char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                             const floating* rstd, const floating* w,
+                             floating* gw_acc, double* gw_total) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef const floating* g
+    cdef const floating* x
+    cdef double s, coef
+    cdef int pending = 0
+    for r in range(r0, r1):
+        g = <const floating*>(gb_ + r * gs)
+        x = <const floating*>(xb + r * xs)
+        s = rstd[r]
+        coef = s * s * s * _rms_backward_sum(g, x, w, n) / n
+        _rms_backward_segment(g, x, w, <floating*>(db + r * ds), n, <floating>s, <floating>coef, gw_acc)
+        pending += 1
+        if pending == FLUSH_ROWS and gw_acc != NULL:
+            _flush_partials(gw_acc, gw_total, n)
+            pending = 0
+    if gw_acc != NULL:
+        _flush_partials(gw_acc, gw_total, n)
+
+
+cdef void _ln_backward_wide_row(const floating* g, const floating* x, const floating* w,
+                                floating* dx, Py_ssize_t n, floating mean, floating rstd,
+                                floating* gw_acc, floating* gb_acc, double* gw_total, double* gb_total,
+                                double* partial, int nth) noexcept nogil:
+    """One very wide row split into nth segments (partial: 3*nth doubles).
+    The segments cover disjoint columns, so the parameter partials need no merge."""
+    cdef int p
+    cdef Py_ssize_t lo, hi
+    cdef double a = 0.0, bsum = 0.0, c = 0.0, inv_n = 1.0 / n
+    cdef floating xhat_shift, mean_gw, mean_gw_xhat
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        _ln_backward_sums(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo, mean, rstd,
+                          &partial[3 * p], &partial[3 * p + 1], &partial[3 * p + 2])
+    for p in range(nth):
+        a += partial[3 * p]
+        bsum += partial[3 * p + 1]
+        c += partial[3 * p + 2]
+    xhat_shift = <floating>(c * inv_n)
+    mean_gw = <floating>(a * inv_n)
+    mean_gw_xhat = <floating>((bsum - c * inv_n * a) * inv_n)
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        _ln_backward_segment(g + lo, x + lo, w + lo if w != NULL else NULL, dx + lo, hi - lo,
+                             mean, rstd, xhat_shift, mean_gw, mean_gw_xhat,
+                             gw_acc + lo if gw_acc != NULL else NULL,
+                             gb_acc + lo if gb_acc != NULL else NULL)
+        if gw_acc != NULL:
+            _flush_partials(gw_acc + lo, gw_total + lo, hi - lo)
+        if gb_acc != NULL:
+            _flush_partials(gb_acc + lo, gb_total + lo, hi - lo)
+
+
+cdef void _rms_backward_wide_row(const floating* g, const floating* x, const floating* w,
+                                 floating* dx, Py_ssize_t n, floating rstd,
+                                 floating* gw_acc, double* gw_total,
+                                 double* partial, int nth) noexcept nogil:
+    cdef int p
+    cdef Py_ssize_t lo, hi
+    cdef double s = 0.0, coef
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        partial[p] = _rms_backward_sum(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo)
+    for p in range(nth):
+        s += partial[p]
+    coef = <double>rstd * rstd * rstd * s / n
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        _rms_backward_segment(g + lo, x + lo, w + lo if w != NULL else NULL, dx + lo, hi - lo,
+                              rstd, <floating>coef, gw_acc + lo if gw_acc != NULL else NULL)
+        if gw_acc != NULL:
+            _flush_partials(gw_acc + lo, gw_total + lo, hi - lo)
+
+
+cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
+                        char* db, Py_ssize_t ds, Py_ssize_t M, Py_ssize_t n,
+                        const floating* mean, const floating* rstd, const floating* w,
+                        floating* grad_w, floating* grad_b, int nth) noexcept nogil:
+    """Backward of LayerNorm (rms=False) or RMSNorm (rms=True) over M rows of n.
+
+    grad_w / grad_b (length n, or NULL when not wanted) receive the sums over
+    rows of the per-chunk partials, combined in chunk order.  Returns -1 when
+    out of memory."""
+    cdef bint wide = nth > 1 and M < nth and n >= MIN_WIDE_ROW
+    cdef int c, n_chunks, n_vec
+    cdef Py_ssize_t r, r0, r1, k
+    cdef floating* acc = NULL
+    cdef double* totals = NULL
+    cdef double* partial = NULL
+    cdef floating* gw_acc
+    cdef floating* gb_acc
+    cdef double* gw_tot
+    cdef double* gb_tot
+    if nth > M and not wide:
+        nth = <int>M if M > 0 else 1
+    n_chunks = 1 if wide else nth
+    n_vec = (grad_w != NULL) + (grad_b != NULL)
+    if n_vec:
+        acc = <floating*>malloc(n_chunks * n_vec * n * sizeof(floating) + 1)
+        totals = <double*>malloc(n_chunks * n_vec * n * sizeof(double) + 1)
+        if acc == NULL or totals == NULL:
+            free(acc)
+            free(totals)
+            return -1
+        memset(acc, 0, n_chunks * n_vec * n * sizeof(floating))
+        memset(totals, 0, n_chunks * n_vec * n * sizeof(double))
+    if wide:
+        partial = <double*>malloc(3 * nth * sizeof(double))
+        if partial == NULL:
+            free(acc)
+            free(totals)
+            return -1
+        gw_acc = acc if grad_w != NULL else NULL
+        gb_acc = (acc + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL
+        gw_tot = totals if grad_w != NULL else NULL
+        gb_tot = (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL
+        for r in range(M):
+            if rms:
+                _rms_backward_wide_row(<const floating*>(gb_ + r * gs), <const floating*>(xb + r * xs),
+                                       w, <floating*>(db + r * ds), n, rstd[r],
+                                       gw_acc, gw_tot, partial, nth)
+            else:
+                _ln_backward_wide_row(<const floating*>(gb_ + r * gs), <const floating*>(xb + r * xs),
+                                      w, <floating*>(db + r * ds), n, mean[r], rstd[r],
+                                      gw_acc, gb_acc, gw_tot, gb_tot, partial, nth)
+        free(partial)
+    elif nth > 1:
+        for c in prange(nth, schedule='static', num_threads=nth):
+            r0 = _part_start(M, nth, c)
+            r1 = _part_start(M, nth, c + 1)
+            if rms:
+                _rms_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, rstd, w,
+                                   acc + c * n_vec * n if grad_w != NULL else NULL,
+                                   totals + c * n_vec * n if grad_w != NULL else NULL)
+            else:
+                _ln_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, mean, rstd, w,
+                                  acc + c * n_vec * n if grad_w != NULL else NULL,
+                                  (acc + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
+                                  totals + c * n_vec * n if grad_w != NULL else NULL,
+                                  (totals + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL)
+    else:
+        if rms:
+            _rms_backward_rows(gb_, gs, xb, xs, db, ds, 0, M, n, rstd, w,
+                               acc if grad_w != NULL else NULL, totals if grad_w != NULL else NULL)
+        else:
+            _ln_backward_rows(gb_, gs, xb, xs, db, ds, 0, M, n, mean, rstd, w,
+                              acc if grad_w != NULL else NULL,
+                              (acc + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
+                              totals if grad_w != NULL else NULL,
+                              (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL)
+    # combine the chunks' totals in chunk order
+    if grad_w != NULL:
+        for k in range(n):
+            grad_w[k] = 0
+    if grad_b != NULL:
+        for k in range(n):
+            grad_b[k] = 0
+    if n_vec:
+        _combine_chunks(totals, n_chunks, n_vec, n, grad_w, grad_b)
+    free(acc)
+    free(totals)
+    return 0
+
+
+cdef void _combine_chunks(const double* totals, int n_chunks, int n_vec, Py_ssize_t n,
+                          floating* grad_w, floating* grad_b) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef int c
+    cdef double s
+    cdef Py_ssize_t off_b = n if grad_w != NULL else 0
+    if grad_w != NULL:
+        for k in range(n):
+            s = 0.0
+            for c in range(n_chunks):
+                s += totals[c * n_vec * n + k]
+            grad_w[k] = <floating>s
+    if grad_b != NULL:
+        for k in range(n):
+            s = 0.0
+            for c in range(n_chunks):
+                s += totals[c * n_vec * n + off_b + k]
+            grad_b[k] = <floating>s
+
+
+# --------------------------------------------------------------------------
+# 3. entry points (arguments validated by fastnorm.functional)
+# --------------------------------------------------------------------------
+
+cdef inline void* _ptr_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline int _check_rows(cnp.ndarray a, int typenum, Py_ssize_t M, Py_ssize_t n, str name) except -1:
+    if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_TYPE(a) != typenum
+            or a.shape[0] != M or a.shape[1] != n
+            or (n > 1 and a.strides[1] != cnp.PyArray_ITEMSIZE(a))):
+        raise ValueError(f"internal: {name} must be ({M}, {n}) rows of one dtype with unit inner stride")
+    return 0
+
+
+def layer_norm_forward(cnp.ndarray x, cnp.ndarray y, object weight, object bias, double eps,
+                       object mean, object rstd, object n_threads):
+    """x, y: (M, n) with contiguous rows; weight/bias: contiguous (n,) or None;
+    mean/rstd: contiguous (M,) outputs or None."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
+    _check_rows(x, typenum, M, n, "x")
+    _check_rows(y, typenum, M, n, "y")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
+    cdef char* yb = <char*>cnp.PyArray_DATA(y)
+    cdef Py_ssize_t xs = x.strides[0], ys = y.strides[0]
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* b = _ptr_or_null(bias)
+    cdef void* mp = _ptr_or_null(mean)
+    cdef void* rp = _ptr_or_null(rstd)
+    if M == 0 or n == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _ln_forward[float](xb, xs, yb, ys, M, n, <const float*>w, <const float*>b, eps,
+                               <float*>mp, <float*>rp, nth)
+    else:
+        with nogil:
+            _ln_forward[double](xb, xs, yb, ys, M, n, <const double*>w, <const double*>b, eps,
+                                <double*>mp, <double*>rp, nth)
+
+
+def rms_norm_forward(cnp.ndarray x, cnp.ndarray y, object weight, double eps,
+                     object rstd, object n_threads):
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
+    _check_rows(x, typenum, M, n, "x")
+    _check_rows(y, typenum, M, n, "y")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
+    cdef char* yb = <char*>cnp.PyArray_DATA(y)
+    cdef Py_ssize_t xs = x.strides[0], ys = y.strides[0]
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* rp = _ptr_or_null(rstd)
+    if M == 0 or n == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _rms_forward[float](xb, xs, yb, ys, M, n, <const float*>w, eps, <float*>rp, nth)
+    else:
+        with nogil:
+            _rms_forward[double](xb, xs, yb, ys, M, n, <const double*>w, eps, <double*>rp, nth)
+
+
+def norm_backward(bint rms, cnp.ndarray grad_out, cnp.ndarray x, object mean, cnp.ndarray rstd,
+                  object weight, cnp.ndarray grad_x, object grad_weight, object grad_bias,
+                  object n_threads):
+    """LayerNorm (rms=False) or RMSNorm (rms=True) backward over (M, n) rows.
+    grad_weight / grad_bias: contiguous (n,) outputs or None."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
+    _check_rows(x, typenum, M, n, "x")
+    _check_rows(grad_out, typenum, M, n, "grad_out")
+    _check_rows(grad_x, typenum, M, n, "grad_x")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* gb_ = <const char*>cnp.PyArray_DATA(grad_out)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
+    cdef char* db = <char*>cnp.PyArray_DATA(grad_x)
+    cdef Py_ssize_t gs = grad_out.strides[0], xs = x.strides[0], ds = grad_x.strides[0]
+    cdef void* mp = _ptr_or_null(mean)
+    cdef void* rp = cnp.PyArray_DATA(rstd)
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* gw = _ptr_or_null(grad_weight)
+    cdef void* gbias = _ptr_or_null(grad_bias)
+    cdef int status
+    if n == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            status = _norm_backward[float](rms, gb_, gs, xb, xs, db, ds, M, n, <const float*>mp,
+                                           <const float*>rp, <const float*>w,
+                                           <float*>gw, <float*>gbias, nth)
+    else:
+        with nogil:
+            status = _norm_backward[double](rms, gb_, gs, xb, xs, db, ds, M, n, <const double*>mp,
+                                            <const double*>rp, <const double*>w,
+                                            <double*>gw, <double*>gbias, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the parameter-gradient partials")

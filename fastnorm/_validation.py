@@ -1,0 +1,196 @@
+"""Argument checking and canonicalization shared by every op.
+
+One mechanism per concern: `as_float_array` (dtype policy), `normalized_dims`
+(shape canonicalizer), `as_rows` (2-D view with contiguous rows for the
+kernels), `vector_param` (weight/bias), `Output` (the output allocator, incl.
+`out=` and in-place), `stats_array` (saved statistics given to a backward).
+"""
+import numbers
+
+import numpy as np
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_F16 = np.dtype(np.float16)
+
+# dtype of the data -> dtype the kernels compute in
+_COMPUTE = {_F32: _F32, _F64: _F64, _F16: _F32}
+
+
+def as_float_array(x, name):
+    """x as an ndarray of a supported float dtype; returns (array, compute dtype).
+
+    float32 and float64 run natively; float16 is computed in float32 and the
+    result cast back.  Integer, bool, complex and object data raise TypeError
+    (as torch's normalizations do).
+    """
+    if type(x) is not np.ndarray:
+        if x is None:
+            raise TypeError(f"{name} must be an array of floats, got None")
+        x = np.asarray(x)
+    cdt = _COMPUTE.get(x.dtype)
+    if cdt is None:
+        if x.dtype.kind == "f" and x.dtype.byteorder not in "=|" and x.dtype.newbyteorder("=") in _COMPUTE:
+            x = x.astype(x.dtype.newbyteorder("="))  # byte-swapped floats: convert once
+            return x, _COMPUTE[x.dtype]
+        raise TypeError(
+            f"{name} must be a floating-point array (float32, float64 or float16), "
+            f"got dtype {x.dtype}"
+        )
+    return x, cdt
+
+
+def check_eps(eps, name="eps"):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {eps!r}")
+    eps = float(eps)
+    if not eps >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {eps!r}")
+    return eps
+
+
+def normalized_dims(x, normalized_shape, name="normalized_shape"):
+    """Canonical normalized shape: (tuple of trailing dims, their product).
+
+    None means the last dim; an int means (int,).  It must equal x's trailing
+    dims, as in torch.nn.functional.layer_norm."""
+    if normalized_shape is None:
+        if x.ndim == 0:
+            raise ValueError(f"x must have at least 1 dimension, got a 0-d array")
+        shape = x.shape[-1:]
+    else:
+        if isinstance(normalized_shape, (numbers.Integral, np.integer)) and not isinstance(normalized_shape, bool):
+            shape = (int(normalized_shape),)
+        else:
+            try:
+                shape = tuple(int(d) for d in normalized_shape)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{name} must be an int or a tuple of ints, got {normalized_shape!r}"
+                ) from None
+        if len(shape) == 0 or len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
+            raise ValueError(
+                f"{name}={shape} must equal the trailing dimensions of x, "
+                f"but x has shape {x.shape}"
+            )
+    size = 1
+    for d in shape:
+        size *= d
+    return shape, size
+
+
+def as_rows(a, M, D, dtype):
+    """(M, D) view of `a` in `dtype` whose rows are contiguous (any row stride);
+    copies only when no such view exists or the dtype differs."""
+    if a.dtype != dtype:
+        return np.ascontiguousarray(a, dtype=dtype).reshape(M, D)
+    a2 = a.reshape(M, D)
+    if D > 1 and a2.strides[1] != a2.itemsize:
+        a2 = np.ascontiguousarray(a2)
+    return a2
+
+
+def vector_param(p, name, shape, D, data_dtype, cdt):
+    """A weight or bias: None, or a contiguous array of `shape` flattened to (D,)."""
+    if p is None:
+        return None
+    if type(p) is not np.ndarray:
+        p = np.asarray(p)
+    if p.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (the normalized shape), got {p.shape}")
+    if p.dtype != data_dtype:
+        raise TypeError(f"{name} must have the dtype of x ({data_dtype}), got {p.dtype}")
+    if p.dtype != cdt or not p.flags.c_contiguous:
+        p = np.ascontiguousarray(p, dtype=cdt)
+    return p.reshape(D)
+
+
+def stats_array(s, name, lead_shape, M, cdt):
+    """Saved statistics given to a backward: shaped like x's leading dims
+    (torch's keep-dims shape, with trailing 1s, is accepted too)."""
+    if s is None:
+        raise TypeError(f"{name} must be the array the forward returned, got None")
+    if type(s) is not np.ndarray:
+        s = np.asarray(s)
+    if s.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {s.dtype}")
+    if s.shape != lead_shape and not (
+        s.ndim > len(lead_shape) and s.shape[: len(lead_shape)] == lead_shape
+        and all(d == 1 for d in s.shape[len(lead_shape):])
+    ):
+        raise ValueError(
+            f"{name} must have shape {lead_shape} (x's leading dimensions), got {s.shape}"
+        )
+    return np.ascontiguousarray(s, dtype=cdt).reshape(M)
+
+
+def same_shape_input(a, name, x, x_name="x"):
+    """An array that must match x in shape and dtype (e.g. grad_out)."""
+    if type(a) is not np.ndarray:
+        if a is None:
+            raise TypeError(f"{name} must be an array, got None")
+        a = np.asarray(a)
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of {x_name} {x.shape}, got {a.shape}")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of {x_name} ({x.dtype}), got {a.dtype}")
+    return a
+
+
+class Output:
+    """Where a kernel writes an output shaped like x.
+
+    Without `out`, a fresh C-contiguous array.  With `out` (validated: an
+    ndarray of x's shape and dtype, writeable), the kernel writes straight into
+    it when it has contiguous rows and cannot partially overlap the inputs
+    (`out is x` is fine: every kernel reads a row before writing it);
+    otherwise into a temporary that `finish` copies into `out`."""
+
+    __slots__ = ("result", "rows", "_target")
+
+    def __init__(self, x, M, D, data_dtype, cdt, out=None, inputs=(), name="out"):
+        self._target = None
+        if out is None:
+            if data_dtype == cdt:
+                self.result = np.empty(x.shape, dtype=cdt)
+                self.rows = self.result.reshape(M, D)
+            else:
+                self.rows = np.empty((M, D), dtype=cdt)
+                self.result = None
+            return
+        if type(out) is not np.ndarray:
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
+        if out.dtype != data_dtype:
+            raise TypeError(f"{name} must have dtype {data_dtype}, got {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError(f"{name} is read-only")
+        self.result = out
+        direct = out.dtype == cdt
+        if direct:
+            try:
+                rows = np.reshape(out, (M, D), copy=False)  # raises instead of copying
+            except ValueError:
+                rows = None
+            if rows is None or (D > 1 and rows.strides[1] != rows.itemsize):
+                direct = False
+        if direct:
+            for a in inputs:
+                if a is not out and np.may_share_memory(a, out):
+                    direct = False
+                    break
+        if direct:
+            self.rows = rows
+        else:
+            self.rows = np.empty((M, D), dtype=cdt)
+            self._target = out
+
+    def finish(self, shape):
+        """The output array (copied into `out` when it was not written directly)."""
+        if self._target is not None:
+            np.copyto(self._target, self.rows.reshape(shape), casting="unsafe")
+            return self._target
+        if self.result is None:  # computed in a wider dtype than the data
+            return self.rows.reshape(shape).astype(_F16)
+        return self.result
