@@ -773,7 +773,7 @@ cdef inline void* _ptr_or_null(object a):
 cdef inline int _check_rows(cnp.ndarray a, int typenum, Py_ssize_t M, Py_ssize_t n, str name) except -1:
     if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_TYPE(a) != typenum
             or a.shape[0] != M or a.shape[1] != n
-            or (n > 1 and a.strides[1] != cnp.PyArray_ITEMSIZE(a))):
+            or (n > 1 and M > 0 and a.strides[1] != cnp.PyArray_ITEMSIZE(a))):
         raise ValueError(f"internal: {name} must be ({M}, {n}) rows of one dtype with unit inner stride")
     return 0
 
@@ -863,3 +863,140 @@ def norm_backward(bint rms, cnp.ndarray grad_out, cnp.ndarray x, object mean, cn
                                             <double*>gw, <double*>gbias, nth)
     if status != 0:
         raise MemoryError("fastnorm: could not allocate the parameter-gradient partials")
+
+
+# --------------------------------------------------------------------------
+# fast paths: the common call (a C-contiguous float32/float64 ndarray, the
+# last dim normalized, parameters None or matching contiguous vectors, no out
+# or out is x) checked and run without Python-level overhead.  Anything else,
+# including every invalid input, returns NotImplemented and takes the general
+# path in fastnorm.functional, which owns validation and error messages.
+# --------------------------------------------------------------------------
+
+cdef inline bint _fast_vector(object p, int typenum, Py_ssize_t n):
+    cdef cnp.ndarray a
+    if p is None:
+        return True
+    if not cnp.PyArray_CheckExact(p):
+        return False
+    a = <cnp.ndarray>p
+    return (cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIMS(a)[0] == n
+            and cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef inline object _fast_rows(object x, object normalized_shape, object out, Py_ssize_t* M, Py_ssize_t* n):
+    """x as a C-contiguous float ndarray normalized over its last dim, and the
+    output array (new, or x itself for in place); None when not applicable."""
+    cdef cnp.ndarray a, o
+    cdef int nd, typenum, k
+    cdef char* xs
+    cdef char* os_
+    cdef Py_ssize_t nbytes
+    if not cnp.PyArray_CheckExact(x):
+        return None
+    a = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(a)
+    typenum = cnp.PyArray_TYPE(a)
+    if nd < 1 or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64):
+        return None
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a):
+        return None
+    n[0] = cnp.PyArray_DIMS(a)[nd - 1]
+    if n[0] < 1:
+        return None
+    if normalized_shape is not None and (type(normalized_shape) is not int or normalized_shape != n[0]):
+        return None
+    M[0] = cnp.PyArray_SIZE(a) // n[0]
+    if out is None:
+        return cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
+    if out is x:
+        return x if cnp.PyArray_ISWRITEABLE(a) else None
+    if not cnp.PyArray_CheckExact(out):
+        return None
+    o = <cnp.ndarray>out
+    if (cnp.PyArray_NDIM(o) != nd or cnp.PyArray_TYPE(o) != typenum
+            or not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o)
+            or not cnp.PyArray_ISNOTSWAPPED(o)):
+        return None
+    for k in range(nd):
+        if cnp.PyArray_DIMS(o)[k] != cnp.PyArray_DIMS(a)[k]:
+            return None
+    # both are contiguous blocks of the same size: they overlap unless one ends
+    # before the other starts (partial overlap is left to the general path)
+    xs = <char*>cnp.PyArray_DATA(a)
+    os_ = <char*>cnp.PyArray_DATA(o)
+    nbytes = cnp.PyArray_NBYTES(a)
+    if xs == os_ or (os_ + nbytes > xs and xs + nbytes > os_):
+        return None
+    return out
+
+
+def layer_norm_fast(object x, object normalized_shape, object weight, object bias, object eps,
+                    object out, object n_threads, bint return_stats):
+    cdef Py_ssize_t M, n
+    cdef object y = _fast_rows(x, normalized_shape, out, &M, &n)
+    if y is None or type(eps) is not float or not (<double>eps >= 0.0):
+        return NotImplemented
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if not _fast_vector(weight, typenum, n) or not _fast_vector(bias, typenum, n):
+        return NotImplemented
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef object mean = None, rstd = None
+    if return_stats:
+        mean = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa) - 1, cnp.PyArray_DIMS(xa), typenum, 0)
+        rstd = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa) - 1, cnp.PyArray_DIMS(xa), typenum, 0)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* yb = <char*>cnp.PyArray_DATA(<cnp.ndarray>y)
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* b = _ptr_or_null(bias)
+    cdef void* mp = _ptr_or_null(mean)
+    cdef void* rp = _ptr_or_null(rstd)
+    cdef double e = eps
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _ln_forward[float](xb, n * 4, yb, n * 4, M, n, <const float*>w, <const float*>b, e,
+                               <float*>mp, <float*>rp, nth)
+    else:
+        with nogil:
+            _ln_forward[double](xb, n * 8, yb, n * 8, M, n, <const double*>w, <const double*>b, e,
+                                <double*>mp, <double*>rp, nth)
+    if return_stats:
+        return y, mean, rstd
+    return y
+
+
+def rms_norm_fast(object x, object normalized_shape, object weight, object eps,
+                  object out, object n_threads, bint return_stats):
+    cdef Py_ssize_t M, n
+    cdef object y = _fast_rows(x, normalized_shape, out, &M, &n)
+    if y is None:
+        return NotImplemented
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    cdef double e
+    if eps is None:
+        e = 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16
+    elif type(eps) is float and <double>eps >= 0.0:
+        e = eps
+    else:
+        return NotImplemented
+    if not _fast_vector(weight, typenum, n):
+        return NotImplemented
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef object rstd = None
+    if return_stats:
+        rstd = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa) - 1, cnp.PyArray_DIMS(xa), typenum, 0)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* yb = <char*>cnp.PyArray_DATA(<cnp.ndarray>y)
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* rp = _ptr_or_null(rstd)
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _rms_forward[float](xb, n * 4, yb, n * 4, M, n, <const float*>w, e, <float*>rp, nth)
+    else:
+        with nogil:
+            _rms_forward[double](xb, n * 8, yb, n * 8, M, n, <const double*>w, e, <double*>rp, nth)
+    if return_stats:
+        return y, rstd
+    return y

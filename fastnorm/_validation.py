@@ -41,6 +41,8 @@ def as_float_array(x, name):
 
 
 def check_eps(eps, name="eps"):
+    if type(eps) is float and eps >= 0.0:  # fast path
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {eps!r}")
     eps = float(eps)
@@ -54,6 +56,10 @@ def normalized_dims(x, normalized_shape, name="normalized_shape"):
 
     None means the last dim; an int means (int,).  It must equal x's trailing
     dims, as in torch.nn.functional.layer_norm."""
+    if type(normalized_shape) is int:  # fast path
+        n = x.shape[-1] if x.ndim else -1
+        if n == normalized_shape:
+            return (n,), n
     if normalized_shape is None:
         if x.ndim == 0:
             raise ValueError(f"x must have at least 1 dimension, got a 0-d array")
@@ -63,11 +69,16 @@ def normalized_dims(x, normalized_shape, name="normalized_shape"):
             shape = (int(normalized_shape),)
         else:
             try:
-                shape = tuple(int(d) for d in normalized_shape)
-            except (TypeError, ValueError):
+                shape = tuple(normalized_shape)
+            except TypeError:
+                shape = None
+            if (shape is None or isinstance(normalized_shape, (str, bytes))
+                    or not all(isinstance(d, (numbers.Integral, np.integer)) and not isinstance(d, bool)
+                               for d in shape)):
                 raise TypeError(
                     f"{name} must be an int or a tuple of ints, got {normalized_shape!r}"
-                ) from None
+                )
+            shape = tuple(int(d) for d in shape)
         if len(shape) == 0 or len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
             raise ValueError(
                 f"{name}={shape} must equal the trailing dimensions of x, "
@@ -84,8 +95,8 @@ def as_rows(a, M, D, dtype):
     copies only when no such view exists or the dtype differs."""
     if a.dtype != dtype:
         return np.ascontiguousarray(a, dtype=dtype).reshape(M, D)
-    a2 = a.reshape(M, D)
-    if D > 1 and a2.strides[1] != a2.itemsize:
+    a2 = a if a.ndim == 2 and a.shape[0] == M else a.reshape(M, D)
+    if D > 1 and M > 0 and a2.strides[1] != a2.itemsize:
         a2 = np.ascontiguousarray(a2)
     return a2
 
@@ -94,6 +105,8 @@ def vector_param(p, name, shape, D, data_dtype, cdt):
     """A weight or bias: None, or a contiguous array of `shape` flattened to (D,)."""
     if p is None:
         return None
+    if type(p) is np.ndarray and p.dtype is cdt and p.shape == shape and p.flags.c_contiguous:
+        return p if p.ndim == 1 else p.reshape(D)  # fast path
     if type(p) is not np.ndarray:
         p = np.asarray(p)
     if p.shape != shape:
@@ -173,7 +186,7 @@ class Output:
                 rows = np.reshape(out, (M, D), copy=False)  # raises instead of copying
             except ValueError:
                 rows = None
-            if rows is None or (D > 1 and rows.strides[1] != rows.itemsize):
+            if rows is None or (D > 1 and M > 0 and rows.strides[1] != rows.itemsize):
                 direct = False
         if direct:
             for a in inputs:

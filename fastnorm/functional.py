@@ -68,6 +68,9 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *,
     >>> bool(abs(y.mean(-1)).max() < 1e-5)
     True
     """
+    fast = _kernels.layer_norm_fast(x, normalized_shape, weight, bias, eps, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     shape, D = normalized_dims(x, normalized_shape)
     lead, M = _lead(x, len(shape))
@@ -172,6 +175,9 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *,
     >>> rms_norm(x, 8)[0, :3]
     array([1., 1., 1.], dtype=float32)
     """
+    fast = _kernels.rms_norm_fast(x, normalized_shape, weight, eps, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     shape, D = normalized_dims(x, normalized_shape)
     lead, M = _lead(x, len(shape))

@@ -1,0 +1,223 @@
+"""The implementations fastnorm is compared against, one factory per (op, peer).
+
+Every factory takes the case's arrays and returns a zero-argument callable
+that runs the whole operation once, or None when the peer is not installed or
+lacks the op.  Shared by the pytest-benchmark suite and `compare.py`.
+"""
+import numpy as np
+
+import fastnorm
+
+try:
+    import torch
+    import torch.nn.functional as TF
+except ImportError:  # pragma: no cover - the bench extra installs it
+    torch = None
+
+try:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError:  # pragma: no cover
+    ort = None
+
+EPS = 1e-5
+
+
+def make_case(shape, seed=0):
+    """x, grad_out, weight, bias (float32) for a (rows, width) case."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    g = rng.standard_normal(shape, dtype=np.float32)
+    w = rng.standard_normal(shape[-1], dtype=np.float32)
+    b = rng.standard_normal(shape[-1], dtype=np.float32)
+    return x, g, w, b
+
+
+def set_threads(n):
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- memory limit
+
+def copy_limit(x, g, w, b, threads, backward=False):
+    """One read and one write of x (np.copyto); with backward, add the time
+    of two reads and one write (np.add), the floor of a backward pass."""
+    out = np.empty_like(x)
+    if not backward:
+        return lambda: np.copyto(out, x)
+    out2 = np.empty_like(x)
+
+    def run():
+        np.copyto(out, x)
+        np.add(x, g, out=out2)
+    return run
+
+
+# ---------------------------------------------------------------- fastnorm
+
+def fastnorm_layer_norm(x, g, w, b, threads, backward=False, out=False):
+    n = x.shape[-1]
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fastnorm.layer_norm(x, n, w, b, EPS, out=y, n_threads=threads)
+        return lambda: fastnorm.layer_norm(x, n, w, b, EPS, n_threads=threads)
+
+    def run():
+        y, mean, rstd = fastnorm.layer_norm(x, n, w, b, EPS, n_threads=threads, return_stats=True)
+        return fastnorm.layer_norm_backward(g, x, mean, rstd, w, b, n_threads=threads)
+    return run
+
+
+def fastnorm_rms_norm(x, g, w, b, threads, backward=False, out=False):
+    n = x.shape[-1]
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fastnorm.rms_norm(x, n, w, EPS, out=y, n_threads=threads)
+        return lambda: fastnorm.rms_norm(x, n, w, EPS, n_threads=threads)
+
+    def run():
+        y, rstd = fastnorm.rms_norm(x, n, w, EPS, n_threads=threads, return_stats=True)
+        return fastnorm.rms_norm_backward(g, x, rstd, w, n_threads=threads)
+    return run
+
+
+# ---------------------------------------------------------------- NumPy
+
+def numpy_layer_norm(x, g, w, b, threads, backward=False):
+    def forward():
+        mean = x.mean(-1, keepdims=True)
+        xc = x - mean
+        rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + EPS)
+        xhat = xc * rstd
+        return xhat * w + b, xhat, rstd
+
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, xhat, rstd = forward()
+        gw = g * w
+        gx = rstd * (gw - gw.mean(-1, keepdims=True) - xhat * (gw * xhat).mean(-1, keepdims=True))
+        return gx, (g * xhat).sum(0), g.sum(0)
+    return run
+
+
+def numpy_rms_norm(x, g, w, b, threads, backward=False):
+    def forward():
+        rstd = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + EPS)
+        return x * rstd * w, rstd
+
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, rstd = forward()
+        gw = g * w
+        gx = rstd * gw - x * rstd ** 3 * (gw * x).mean(-1, keepdims=True)
+        return gx, (g * x * rstd).sum(0)
+    return run
+
+
+# ---------------------------------------------------------------- PyTorch
+
+def _torch_args(x, g, w, b, backward):
+    tx = torch.from_numpy(x)
+    tw = torch.from_numpy(w)
+    tb = torch.from_numpy(b)
+    if backward:
+        tx = tx.clone().requires_grad_()
+        tw = tw.clone().requires_grad_()
+        tb = tb.clone().requires_grad_()
+    return tx, torch.from_numpy(g), tw, tb
+
+
+def torch_layer_norm(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_args(x, g, w, b, backward)
+    shape = (x.shape[-1],)
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return TF.layer_norm(tx, shape, tw, tb, EPS)
+        return run
+
+    def run():  # what a training step runs: autograd's forward and backward
+        y = TF.layer_norm(tx, shape, tw, tb, EPS)
+        return torch.autograd.grad(y, (tx, tw, tb), tg)
+    return run
+
+
+def torch_rms_norm(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_args(x, g, w, b, backward)
+    shape = (x.shape[-1],)
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return TF.rms_norm(tx, shape, tw, EPS)
+        return run
+
+    def run():
+        y = TF.rms_norm(tx, shape, tw, EPS)
+        return torch.autograd.grad(y, (tx, tw), tg)
+    return run
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+def _ort_session(node, opset, inputs, initializers, threads):
+    graph = helper.make_graph(
+        [node], "norm",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)) for name, shape in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(arr, name) for name, arr in initializers],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10  # the IR of opset 23; newer onnx writes an IR older runtimes refuse
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_layer_norm(x, g, w, b, threads, backward=False):
+    if ort is None or backward:
+        return None
+    node = helper.make_node("LayerNormalization", ["x", "w", "b"], ["y"], axis=-1, epsilon=EPS)
+    sess = _ort_session(node, 17, [("x", x.shape)], [("w", w), ("b", b)], threads)
+    feed = {"x": x}
+    return lambda: sess.run(None, feed)
+
+
+def ort_rms_norm(x, g, w, b, threads, backward=False):
+    if ort is None or backward:
+        return None
+    node = helper.make_node("RMSNormalization", ["x", "w"], ["y"], axis=-1, epsilon=EPS)
+    try:
+        sess = _ort_session(node, 23, [("x", x.shape)], [("w", w)], threads)
+    except Exception:  # an onnxruntime without opset 23
+        return None
+    feed = {"x": x}
+    return lambda: sess.run(None, feed)
+
+
+OPS = {
+    "layer_norm": {
+        "fastnorm": fastnorm_layer_norm, "torch": torch_layer_norm,
+        "onnxruntime": ort_layer_norm, "numpy": numpy_layer_norm,
+    },
+    "rms_norm": {
+        "fastnorm": fastnorm_rms_norm, "torch": torch_rms_norm,
+        "onnxruntime": ort_rms_norm, "numpy": numpy_rms_norm,
+    },
+}
+
+SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]

@@ -1,0 +1,22 @@
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _config, functional
+
+
+@pytest.fixture(params=_config.available_isas())
+def isa(request, monkeypatch):
+    """Run a test once per instruction-set build this CPU can run."""
+    monkeypatch.setattr(functional, "_kernels", _config.load_isa(request.param))
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def tol(dtype):
+    """(rtol, atol) for comparing a fastnorm result with the float64 reference."""
+    return (2e-5, 2e-5) if np.dtype(dtype) == np.float32 else (1e-12, 1e-12)

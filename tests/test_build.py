@@ -1,0 +1,96 @@
+"""The build: OpenMP present, kernels per instruction set, show_config, threads."""
+import io
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _build_info, _config
+
+
+def test_openmp_not_silently_lost():
+    """If the build machine has OpenMP (the probe), the kernels must use it.
+
+    Only FASTNORM_OPENMP=0 at build time may turn it off."""
+    if _build_info.OPENMP_REASON.startswith("disabled"):
+        pytest.skip("built with FASTNORM_OPENMP=0 on purpose")
+    assert _build_info.OPENMP, f"OpenMP was lost at build time: {_build_info.OPENMP_REASON}"
+    for isa in _config.available_isas():
+        kernels = _config.load_isa(isa)
+        assert kernels.have_openmp(), f"the {isa} kernels were compiled without OpenMP"
+        assert kernels.openmp_team_size(2) == 2, f"the {isa} kernels cannot run 2 threads"
+
+
+def test_show_config_reports_everything():
+    buf = io.StringIO()
+    fastnorm.show_config(file=buf)
+    text = buf.getvalue()
+    cfg = fastnorm.get_config()
+    assert f"fastnorm {fastnorm.__version__}" in text
+    assert "OpenMP:" in text and ("on (" in text) == cfg["openmp"]
+    assert cfg["isa"] in text and np.__version__ in text
+    assert cfg["isa"] in cfg["isas_built"]
+
+
+def test_best_isa_is_selected():
+    assert _config.ISA == _config.available_isas()[0]
+    assert "-ffast-math" not in _build_info.COMPILE_FLAGS
+
+
+def test_threadpoolctl_limits_are_respected():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not fastnorm.get_config()["openmp"]:
+        pytest.skip("single-threaded build")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert fastnorm.max_threads() == 1
+    assert fastnorm.max_threads() >= 1
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    xs = [rng.standard_normal((64, 513)).astype(np.float32) for _ in range(8)]
+    expected = [fastnorm.layer_norm(x) for x in xs]
+    results = [None] * len(xs)
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                y, m, r = fastnorm.layer_norm(xs[i], return_stats=True, n_threads=2)
+                fastnorm.layer_norm_backward(np.ones_like(xs[i]), xs[i], m, r)
+            results[i] = y
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for y, e in zip(results, expected):
+        np.testing.assert_array_equal(y, e)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_memory_does_not_grow_over_many_calls(rng):
+    """Many calls whose kernels allocate scratch (3 MB of parameter-gradient
+    partials per backward here) leave the resident memory where it was."""
+    x = rng.standard_normal((4, 65536)).astype(np.float32)
+    w = np.ones(65536, np.float32)
+    for _ in range(20):
+        y, m, r = fastnorm.layer_norm(x, None, w, w, return_stats=True, n_threads=2)
+        fastnorm.layer_norm_backward(x, x, m, r, w, w, n_threads=2)
+    before = _rss_bytes()
+    for _ in range(300):
+        y, m, r = fastnorm.layer_norm(x, None, w, w, return_stats=True, n_threads=2)
+        fastnorm.layer_norm_backward(x, x, m, r, w, w, n_threads=2)
+        fastnorm.layer_norm_backward(x[:1], x[:1], m[:1], r[:1], w, w, n_threads=2)  # wide-row path
+        fastnorm.rms_norm_backward(x, x, r, w, n_threads=2)
+    assert _rss_bytes() - before < 64 * 2**20

@@ -1,0 +1,71 @@
+"""Layers: construction like torch, state dicts, forward/backward bookkeeping."""
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import nn
+
+
+def test_layer_norm_defaults_and_params():
+    ln = nn.LayerNorm((4, 8))
+    assert ln.normalized_shape == (4, 8) and ln.eps == 1e-5
+    assert ln.weight.shape == (4, 8) and ln.weight.dtype == np.float32
+    np.testing.assert_array_equal(ln.weight, 1)
+    np.testing.assert_array_equal(ln.bias, 0)
+    assert nn.LayerNorm(8, bias=False).bias is None
+    noaff = nn.LayerNorm(8, elementwise_affine=False)
+    assert noaff.weight is None and noaff.bias is None and noaff.state_dict() == {}
+
+
+def test_forward_backward_bookkeeping(rng):
+    ln = nn.LayerNorm(16, dtype=np.float64)
+    ln.weight[:] = rng.standard_normal(16)
+    x = rng.standard_normal((5, 16))
+    g = rng.standard_normal((5, 16))
+    with pytest.raises(RuntimeError, match="before forward"):
+        ln.backward(g)
+    y = ln(x)
+    np.testing.assert_allclose(y, fastnorm.layer_norm(x, 16, ln.weight, ln.bias))
+    gx = ln.backward(g)
+    y2, m, r = fastnorm.layer_norm(x, 16, ln.weight, ln.bias, return_stats=True)
+    egx, egw, egb = fastnorm.layer_norm_backward(g, x, m, r, ln.weight, ln.bias)
+    np.testing.assert_allclose(gx, egx)
+    np.testing.assert_allclose(ln.grad_weight, egw)
+    np.testing.assert_allclose(ln.grad_bias, egb)
+
+
+def test_rms_norm_layer(rng):
+    rn = nn.RMSNorm(10, eps=1e-6)
+    x = rng.standard_normal((3, 10)).astype(np.float32)
+    y = rn(x)
+    np.testing.assert_allclose(y, fastnorm.rms_norm(x, 10, rn.weight, 1e-6))
+    gx = rn.backward(np.ones_like(x))
+    assert gx.shape == x.shape and rn.grad_weight.shape == (10,)
+    assert nn.RMSNorm(10, elementwise_affine=False).weight is None
+
+
+def test_state_dict_round_trip_and_errors():
+    a = nn.LayerNorm(6)
+    a.weight[:] = np.arange(6)
+    b = nn.LayerNorm(6)
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(b.weight, np.arange(6))
+    sd = a.state_dict()
+    sd["weight"][:] = -1  # a copy: the layer is not affected
+    assert a.weight[0] == 0
+    with pytest.raises(KeyError, match="missing keys"):
+        b.load_state_dict({"weight": np.ones(6)})
+    with pytest.raises(KeyError, match="unexpected keys"):
+        b.load_state_dict({"weight": np.ones(6), "bias": np.ones(6), "extra": 1})
+    b.load_state_dict({"weight": np.full(6, 2.0)}, strict=False)
+    np.testing.assert_array_equal(b.weight, 2)
+    with pytest.raises(ValueError, match="size mismatch for weight"):
+        b.load_state_dict({"weight": np.ones(5), "bias": np.ones(6)})
+
+
+def test_train_eval_flags():
+    ln = nn.LayerNorm(4)
+    assert ln.training
+    assert ln.eval() is ln and not ln.training
+    assert ln.train() is ln and ln.training
+    assert "LayerNorm((4,)" in repr(ln)
