@@ -43,6 +43,7 @@ cdef enum:
     FLUSH_ROWS = 32         # rows accumulated in `floating` grad_weight partials
     MIN_PARALLEL_WORK = 32768   # below this many elements a call stays serial
     MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
+    CANCELLATION_LIMIT = 16     # see _one_pass_ok
 
 
 # --------------------------------------------------------------------------
@@ -232,24 +233,39 @@ cdef inline void _rms_normalize_segment(const floating* x, floating* y, Py_ssize
             y[k] = x[k] * rstd
 
 
+cdef inline bint _one_pass_ok(double sum_sq, double var, Py_ssize_t n) noexcept nogil:
+    """Moments about the row's first element are trusted unless that element
+    lies far out (> ~4 std from the mean), where E[d^2] - E[d]^2 would cancel
+    more than CANCELLATION_LIMIT-fold; NaN rows also take the second pass."""
+    return var * CANCELLATION_LIMIT >= sum_sq / n
+
+
 cdef inline void _ln_forward_row(const floating* x, floating* y, Py_ssize_t n,
                                  const floating* w, const floating* b, double eps,
                                  double* mean_out, double* rstd_out) noexcept nogil:
     cdef floating shift = x[0]
     cdef double dev_mean, sum_sq, sum_dev, var, rstd
     cdef floating center_hi, center_lo
-    dev_mean = _shifted_sum(x, n, shift) / n
-    center_hi = <floating>dev_mean
-    _centered_moments(x, n, shift, center_hi, &sum_sq, &sum_dev)
-    # sum_dev / n is what the rounding of center_hi left over; it refines both
-    # the mean and the variance (var = E[d^2] - E[d]^2 about center_hi).
-    var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
+    # Pass 1: moments of d = x - x[0] (shifted data: the row's offset is gone
+    # before anything is summed).
+    _centered_moments(x, n, shift, 0, &sum_sq, &sum_dev)
+    dev_mean = sum_dev / n
+    var = sum_sq / n - dev_mean * dev_mean
+    if not _one_pass_ok(sum_sq, var, n):
+        # Pass 1b, rare: moments about the mean itself (two-pass algorithm).
+        center_hi = <floating>dev_mean
+        _centered_moments(x, n, shift, center_hi, &sum_sq, &sum_dev)
+        dev_mean = <double>center_hi + sum_dev / n
+        var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
     if var < 0.0:
         var = 0.0
     rstd = 1.0 / sqrt(var + eps)
-    center_lo = <floating>(sum_dev / n)
+    # The mean relative to x[0] is split in two floats so that the centered
+    # value ((x - x[0]) - hi) - lo is exact to a rounding of the spread.
+    center_hi = <floating>dev_mean
+    center_lo = <floating>(dev_mean - <double>center_hi)
     _ln_normalize_segment(x, y, n, w, b, shift, center_hi, center_lo, <floating>rstd)
-    mean_out[0] = <double>shift + <double>center_hi + sum_dev / n
+    mean_out[0] = <double>shift + dev_mean
     rstd_out[0] = rstd
 
 
@@ -315,7 +331,19 @@ cdef inline void _ln_backward_segment(const floating* g, const floating* x, cons
     gw_acc += g * xhat and gb_acc += g when given (non-NULL)."""
     cdef Py_ssize_t k
     cdef floating xh
-    if w != NULL:
+    if w != NULL and gw_acc != NULL and gb_acc != NULL:  # the layer's case, one fused loop
+        for k in range(n):
+            xh = (x[k] - mean) * rstd - xhat_shift
+            dx[k] = rstd * ((g[k] * w[k] - mean_gw) - xh * mean_gw_xhat)
+            gw_acc[k] += g[k] * xh
+            gb_acc[k] += g[k]
+        return
+    if w != NULL and gw_acc != NULL:
+        for k in range(n):
+            xh = (x[k] - mean) * rstd - xhat_shift
+            dx[k] = rstd * ((g[k] * w[k] - mean_gw) - xh * mean_gw_xhat)
+            gw_acc[k] += g[k] * xh
+    elif w != NULL:
         for k in range(n):
             xh = (x[k] - mean) * rstd - xhat_shift
             dx[k] = rstd * ((g[k] * w[k] - mean_gw) - xh * mean_gw_xhat)
@@ -323,10 +351,6 @@ cdef inline void _ln_backward_segment(const floating* g, const floating* x, cons
         for k in range(n):
             xh = (x[k] - mean) * rstd - xhat_shift
             dx[k] = rstd * ((g[k] - mean_gw) - xh * mean_gw_xhat)
-    if gw_acc != NULL:
-        for k in range(n):
-            xh = (x[k] - mean) * rstd - xhat_shift
-            gw_acc[k] += g[k] * xh
     if gb_acc != NULL:
         for k in range(n):
             gb_acc[k] += g[k]
@@ -369,6 +393,11 @@ cdef inline void _rms_backward_segment(const floating* g, const floating* x, con
                                        floating* gw_acc) noexcept nogil:
     """dx = rstd * g*w - coef * x, coef = rstd^3 * mean(g*w*x); gw_acc += g * x * rstd."""
     cdef Py_ssize_t k
+    if w != NULL and gw_acc != NULL:  # the layer's case, one fused loop
+        for k in range(n):
+            dx[k] = rstd * (g[k] * w[k]) - coef * x[k]
+            gw_acc[k] += g[k] * (x[k] * rstd)
+        return
     if w != NULL:
         for k in range(n):
             dx[k] = rstd * (g[k] * w[k]) - coef * x[k]
@@ -409,39 +438,41 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
 cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
                                const floating* w, const floating* b, double eps,
                                double* partial, int nth, double* mean_out, double* rstd_out) noexcept nogil:
-    """One very wide row, its passes split into nth segments (partial: 2*nth doubles)."""
-    cdef int p
+    """One very wide row, each pass split into nth segments (partial: 2*nth
+    doubles), partial sums combined in segment order; same numerics as
+    _ln_forward_row."""
+    cdef int p, attempt
     cdef Py_ssize_t lo, hi
     cdef floating shift = x[0]
-    cdef floating center_hi, center_lo
-    cdef double dev_mean = 0.0, sum_sq = 0.0, sum_dev = 0.0, var, rstd
-    for p in prange(nth, schedule='static', num_threads=nth):
-        lo = _part_start(n, nth, p)
-        hi = _part_start(n, nth, p + 1)
-        partial[p] = _shifted_sum(x + lo, hi - lo, shift)
-    for p in range(nth):
-        dev_mean += partial[p]
-    dev_mean /= n
-    center_hi = <floating>dev_mean
-    for p in prange(nth, schedule='static', num_threads=nth):
-        lo = _part_start(n, nth, p)
-        hi = _part_start(n, nth, p + 1)
-        _centered_moments(x + lo, hi - lo, shift, center_hi, &partial[2 * p], &partial[2 * p + 1])
-    for p in range(nth):
-        sum_sq += partial[2 * p]
-        sum_dev += partial[2 * p + 1]
-    var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
+    cdef floating center_hi = 0, center_lo
+    cdef double dev_mean = 0.0, sum_sq, sum_dev, var, rstd
+    for attempt in range(2):
+        for p in prange(nth, schedule='static', num_threads=nth):
+            lo = _part_start(n, nth, p)
+            hi = _part_start(n, nth, p + 1)
+            _centered_moments(x + lo, hi - lo, shift, center_hi, &partial[2 * p], &partial[2 * p + 1])
+        sum_sq = 0.0
+        sum_dev = 0.0
+        for p in range(nth):
+            sum_sq += partial[2 * p]
+            sum_dev += partial[2 * p + 1]
+        dev_mean = <double>center_hi + sum_dev / n
+        var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
+        if attempt == 1 or _one_pass_ok(sum_sq, var, n):
+            break
+        center_hi = <floating>dev_mean
     if var < 0.0:
         var = 0.0
     rstd = 1.0 / sqrt(var + eps)
-    center_lo = <floating>(sum_dev / n)
+    center_hi = <floating>dev_mean
+    center_lo = <floating>(dev_mean - <double>center_hi)
     for p in prange(nth, schedule='static', num_threads=nth):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         _ln_normalize_segment(x + lo, y + lo, hi - lo,
                               w + lo if w != NULL else NULL, b + lo if b != NULL else NULL,
                               shift, center_hi, center_lo, <floating>rstd)
-    mean_out[0] = <double>shift + <double>center_hi + sum_dev / n
+    mean_out[0] = <double>shift + dev_mean
     rstd_out[0] = rstd
 
 
