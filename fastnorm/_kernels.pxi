@@ -37,6 +37,16 @@ from fastnorm._openmp cimport omp_get_max_threads, omp_get_num_threads, FASTNORM
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastnorm_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
+    #else
+    #define fastnorm_prefetch(p) ((void)0)
+    #endif
+    """
+    void fastnorm_prefetch(const void* p) noexcept nogil
+
 cdef enum:
     LANES = 32              # independent accumulators: 2 zmm / 4 ymm / 8 xmm of float32
     BLOCK = 256             # elements summed in `floating` before a flush to double
@@ -150,12 +160,20 @@ cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shi
             acc_q[j] = 0
             acc_s[j] = 0
         k = i
-        while k < vend:
-            for j in range(LANES):
-                d = (x[k + j] - shift) - center
-                acc_q[j] += d * d
-                acc_s[j] += d
-            k += LANES
+        if center == 0:  # the one-pass case: spare a subtraction
+            while k < vend:
+                for j in range(LANES):
+                    d = x[k + j] - shift
+                    acc_q[j] += d * d
+                    acc_s[j] += d
+                k += LANES
+        else:
+            while k < vend:
+                for j in range(LANES):
+                    d = (x[k + j] - shift) - center
+                    acc_q[j] += d * d
+                    acc_s[j] += d
+                k += LANES
         rest_q = 0
         rest_s = 0
         for k in range(vend, end):
@@ -198,27 +216,27 @@ cdef inline void _ln_normalize_segment(const floating* x, floating* y, Py_ssize_
                                        const floating* w, const floating* b,
                                        floating shift, floating center_hi, floating center_lo,
                                        floating rstd) noexcept nogil:
-    """y = (((x - shift) - center_hi) - center_lo) * rstd * w + b.
+    """y = (((x - shift) - center_hi) - center_lo) * rstd * w + b,
+    computed as ((x - shift) - center_hi) * rstd + (-center_lo * rstd), then * w + b.
 
     w and b point at the segment's parameters, or are NULL."""
     cdef Py_ssize_t k
     cdef floating t
+    cdef floating offset = -center_lo * rstd
     if w != NULL and b != NULL:
         for k in range(n):
-            t = ((x[k] - shift) - center_hi) - center_lo
-            y[k] = t * rstd * w[k] + b[k]
+            t = ((x[k] - shift) - center_hi) * rstd + offset
+            y[k] = t * w[k] + b[k]
     elif w != NULL:
         for k in range(n):
-            t = ((x[k] - shift) - center_hi) - center_lo
-            y[k] = t * rstd * w[k]
+            t = ((x[k] - shift) - center_hi) * rstd + offset
+            y[k] = t * w[k]
     elif b != NULL:
         for k in range(n):
-            t = ((x[k] - shift) - center_hi) - center_lo
-            y[k] = t * rstd + b[k]
+            y[k] = (((x[k] - shift) - center_hi) * rstd + offset) + b[k]
     else:
         for k in range(n):
-            t = ((x[k] - shift) - center_hi) - center_lo
-            y[k] = t * rstd
+            y[k] = ((x[k] - shift) - center_hi) * rstd + offset
 
 
 cdef inline void _rms_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
@@ -413,6 +431,16 @@ cdef inline void _rms_backward_segment(const floating* g, const floating* x, con
 # 2. drivers
 # --------------------------------------------------------------------------
 
+cdef inline void _prefetch_row(const char* p, Py_ssize_t nbytes) noexcept nogil:
+    """Ask for the next row while this one is normalized from L1: the row
+    passes after the first touch no memory, and without this the DRAM stream
+    would idle during them (measured: LayerNorm (8192, 4096) forward goes from
+    about 1.5x to about 1.2x of the copy time)."""
+    cdef Py_ssize_t k
+    for k in range(0, nbytes, 64):
+        fastnorm_prefetch(p + k)
+
+
 cdef inline Py_ssize_t _part_start(Py_ssize_t n, int parts, int part) noexcept nogil:
     """Start of part `part` of [0, n) cut into `parts` near-equal pieces.
     (Assigned, not written through pointers, inside prange bodies so that
@@ -427,6 +455,8 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
     cdef Py_ssize_t r
     cdef double m, s
     for r in range(r0, r1):
+        if r + 1 < r1:
+            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
                         w, b, eps, &m, &s)
         if mean != NULL:
@@ -512,6 +542,8 @@ cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t 
     cdef const floating* x
     for r in range(r0, r1):
         x = <const floating*>(xb + r * xs)
+        if r + 1 < r1:
+            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
         _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s)
         if rstd != NULL:
@@ -581,6 +613,9 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
     for r in range(r0, r1):
         g = <const floating*>(gb_ + r * gs)
         x = <const floating*>(xb + r * xs)
+        if r + 1 < r1:
+            _prefetch_row(gb_ + (r + 1) * gs, n * sizeof(floating))
+            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         _ln_backward_sums(g, x, w, n, mean[r], rstd[r], &a, &bsum, &c)
         # xhat should average to zero; whatever the rounding of the stored
         # mean left over (c / n) is removed, which keeps float32 rows with a
@@ -614,6 +649,9 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
     for r in range(r0, r1):
         g = <const floating*>(gb_ + r * gs)
         x = <const floating*>(xb + r * xs)
+        if r + 1 < r1:
+            _prefetch_row(gb_ + (r + 1) * gs, n * sizeof(floating))
+            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         s = rstd[r]
         coef = s * s * s * _rms_backward_sum(g, x, w, n) / n
         _rms_backward_segment(g, x, w, <floating*>(db + r * ds), n, <floating>s, <floating>coef, gw_acc)
