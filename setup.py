@@ -159,6 +159,14 @@ extensions = [
         extra_link_args=OMP_FLAGS,
     )
     for module, _, isa_flags in variants
+] + [
+    Extension(
+        "fastnorm._buffers",
+        sources=["fastnorm/_buffers.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=BASE_FLAGS,
+    )
 ]
 
 setup(

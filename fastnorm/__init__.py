@@ -20,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on how fastnorm was ins
         "and import it from another directory."
     ) from exc
 
+from ._buffers import output_cache_info, set_output_cache
 from ._config import get_config, max_threads, show_config
 from .functional import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from . import functional, nn, reference
@@ -27,4 +28,5 @@ from . import functional, nn, reference
 __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "functional", "nn", "reference", "show_config", "get_config", "max_threads",
+    "set_output_cache", "output_cache_info",
 ]

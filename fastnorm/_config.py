@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 
-from . import _build_info
+from . import _buffers, _build_info
 from . import _core
 
 __all__ = ["show_config", "get_config", "kernels", "max_threads"]
@@ -72,6 +72,7 @@ def get_config():
         "isa_flags": flags[ISA] or "(compiler default for the architecture)",
         "isas_built": [v[1] for v in _build_info.VARIANTS],
         "compile_flags": _build_info.COMPILE_FLAGS,
+        "output_cache": _buffers.output_cache_info(),
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
@@ -88,6 +89,8 @@ def show_config(file=None):
         f"  OpenMP:       {openmp}",
         f"  kernels:      {c['isa']}  [{c['isa_flags']}]   (built: {', '.join(c['isas_built'])})",
         f"  compile flags: {c['compile_flags']}",
+        f"  output cache: {c['output_cache'][0] >> 20} MiB held, limit {c['output_cache'][1] >> 20} MiB "
+        "(large outputs reuse memory; fastnorm.set_output_cache)",
         f"  NumPy:        {c['numpy']}",
         f"  Python:       {c['python']}",
     ]

@@ -33,6 +33,7 @@ from libc.math cimport sqrt, NAN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from fastnorm._buffers cimport empty_array
 from fastnorm._openmp cimport omp_get_max_threads, omp_get_num_threads, FASTNORM_HAVE_OPENMP
 
 cnp.import_array()
@@ -977,7 +978,7 @@ cdef inline object _fast_rows(object x, object normalized_shape, object out, Py_
         return None
     M[0] = cnp.PyArray_SIZE(a) // n[0]
     if out is None:
-        return cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
+        return empty_array(nd, cnp.PyArray_DIMS(a), typenum)
     if out is x:
         return x if cnp.PyArray_ISWRITEABLE(a) else None
     if not cnp.PyArray_CheckExact(out):

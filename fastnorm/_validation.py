@@ -9,6 +9,8 @@ import numbers
 
 import numpy as np
 
+from ._buffers import empty as _empty
+
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
@@ -165,7 +167,7 @@ class Output:
         self._target = None
         if out is None:
             if data_dtype == cdt:
-                self.result = np.empty(x.shape, dtype=cdt)
+                self.result = _empty(x.shape, cdt)
                 self.rows = self.result.reshape(M, D)
             else:
                 self.rows = np.empty((M, D), dtype=cdt)

@@ -1,0 +1,149 @@
+# cython: language_level=3
+"""A small cache of large output buffers.
+
+A fresh multi-megabyte NumPy array is fresh memory from the OS: its first
+write page-faults and the kernel zeroes every page, which costs about a third
+of a memory-bound forward (measured: LayerNorm (8192, 4096) float32 goes from
+about 1.2x to about 1.5x of the copy time).  Inference pipelines call the
+same op with the same shapes over and over, so fastnorm hands out large outputs
+from buffers whose memory goes back to this cache, not to the OS, when the
+array (and every view of it) is gone -- what ONNX Runtime's arena and PyTorch's
+caching allocators do.
+
+Only outputs of at least MIN_CACHED_BYTES use it; at most MAX_SLOTS buffers and
+`limit` bytes (default 1 GiB, `fastnorm.set_output_cache(bytes)`, 0 disables)
+are kept.  Everything runs under the GIL.
+"""
+cimport numpy as cnp
+from libc.stdlib cimport free
+from cpython.ref cimport Py_INCREF
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
+    static void* fastnorm_alloc_pages(size_t nbytes) {
+        void* p = NULL;
+        if (posix_memalign(&p, 4096, nbytes) != 0) return NULL;
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        madvise(p, nbytes, MADV_HUGEPAGE);  /* fewer page faults; a hint only */
+    #endif
+        return p;
+    }
+    """
+    void* fastnorm_alloc_pages(size_t nbytes) nogil
+
+cdef enum:
+    MAX_SLOTS = 4
+
+cdef size_t MIN_CACHED_BYTES = 4 * 1024 * 1024
+cdef size_t limit = 1 << 30
+cdef void* slot_ptr[MAX_SLOTS]
+cdef size_t slot_size[MAX_SLOTS]
+cdef size_t cached_bytes = 0
+
+
+cdef class _PooledMemory:
+    """The base object of a cached output: returns its memory on deallocation."""
+    cdef void* ptr
+    cdef size_t nbytes
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            _release(self.ptr, self.nbytes)
+            self.ptr = NULL
+
+
+cdef void _release(void* ptr, size_t nbytes) noexcept:
+    global cached_bytes
+    cdef int i
+    if cached_bytes + nbytes <= limit:
+        for i in range(MAX_SLOTS):
+            if slot_ptr[i] == NULL:
+                slot_ptr[i] = ptr
+                slot_size[i] = nbytes
+                cached_bytes += nbytes
+                return
+    free(ptr)
+
+
+cdef void* _take(size_t nbytes, size_t* got) noexcept:
+    """The smallest cached buffer of nbytes..2*nbytes, or a new one."""
+    global cached_bytes
+    cdef int i, best = -1
+    cdef void* p
+    for i in range(MAX_SLOTS):
+        if slot_ptr[i] != NULL and nbytes <= slot_size[i] <= 2 * nbytes:
+            if best < 0 or slot_size[i] < slot_size[best]:
+                best = i
+    if best >= 0:
+        p = slot_ptr[best]
+        got[0] = slot_size[best]
+        cached_bytes -= slot_size[best]
+        slot_ptr[best] = NULL
+        return p
+    got[0] = nbytes
+    return fastnorm_alloc_pages(nbytes)
+
+
+cdef object empty_array(int nd, cnp.npy_intp* dims, int typenum):
+    """An uninitialized C-contiguous array (cached memory when large)."""
+    cdef size_t n = 1, nbytes, got
+    cdef int i
+    for i in range(nd):
+        n *= <size_t>dims[i]
+    nbytes = n * cnp.PyArray_DescrFromType(typenum).itemsize
+    if nbytes < MIN_CACHED_BYTES or limit == 0:
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef void* p = _take(nbytes, &got)
+    if p == NULL:
+        raise MemoryError(f"fastnorm: cannot allocate {nbytes} bytes")
+    cdef _PooledMemory owner = _PooledMemory.__new__(_PooledMemory)
+    owner.ptr = p
+    owner.nbytes = got
+    cdef cnp.ndarray arr = cnp.PyArray_New(cnp.ndarray, nd, dims, typenum, NULL, p, 0,
+                                           cnp.NPY_ARRAY_CARRAY, None)
+    Py_INCREF(owner)  # PyArray_SetBaseObject steals a reference
+    cnp.PyArray_SetBaseObject(arr, owner)
+    return arr
+
+
+def empty(shape, dtype):
+    """Python-level `empty_array` (shape: tuple of ints; dtype float32/float64)."""
+    cdef cnp.npy_intp dims[32]
+    cdef int nd = len(shape), i
+    if nd > 32:
+        raise ValueError("at most 32 dimensions")
+    for i in range(nd):
+        dims[i] = shape[i]
+    return empty_array(nd, dims, cnp.dtype(dtype).num)
+
+
+def set_output_cache(max_bytes):
+    """Keep up to `max_bytes` of released large outputs for reuse (0 disables
+    the cache and frees what it holds).  Returns the previous limit."""
+    global limit, cached_bytes
+    cdef int i
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
+    previous = limit
+    limit = max_bytes
+    for i in range(MAX_SLOTS):  # drop what no longer fits
+        if slot_ptr[i] != NULL and cached_bytes > limit:
+            free(slot_ptr[i])
+            cached_bytes -= slot_size[i]
+            slot_ptr[i] = NULL
+    return previous
+
+
+def output_cache_info():
+    """(bytes cached now, limit in bytes, buffers cached now)."""
+    cdef int i, count = 0
+    for i in range(MAX_SLOTS):
+        if slot_ptr[i] != NULL:
+            count += 1
+    return cached_bytes, limit, count
