@@ -798,13 +798,6 @@ cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb
                               (acc + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
                               totals if grad_w != NULL else NULL,
                               (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL)
-    # combine the chunks' totals in chunk order
-    if grad_w != NULL:
-        for k in range(n):
-            grad_w[k] = 0
-    if grad_b != NULL:
-        for k in range(n):
-            grad_b[k] = 0
     if n_vec:
         _combine_chunks(totals, n_chunks, n_vec, n, grad_w, grad_b)
     free(acc)
@@ -812,24 +805,26 @@ cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb
     return 0
 
 
-cdef void _combine_chunks(const double* totals, int n_chunks, int n_vec, Py_ssize_t n,
+cdef void _combine_chunks(double* totals, int n_chunks, int n_vec, Py_ssize_t n,
                           floating* grad_w, floating* grad_b) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef int c
-    cdef double s
+    """grad = sum over chunks of the chunk totals, added in chunk order (into
+    chunk 0's totals, which are scratch), then rounded to `floating`."""
+    cdef Py_ssize_t k, stride = n_vec * n
     cdef Py_ssize_t off_b = n if grad_w != NULL else 0
+    cdef int c
+    cdef double* dst
+    cdef const double* src
+    for c in range(1, n_chunks):
+        dst = totals
+        src = totals + c * stride
+        for k in range(stride):
+            dst[k] += src[k]
     if grad_w != NULL:
         for k in range(n):
-            s = 0.0
-            for c in range(n_chunks):
-                s += totals[c * n_vec * n + k]
-            grad_w[k] = <floating>s
+            grad_w[k] = <floating>totals[k]
     if grad_b != NULL:
         for k in range(n):
-            s = 0.0
-            for c in range(n_chunks):
-                s += totals[c * n_vec * n + off_b + k]
-            grad_b[k] = <floating>s
+            grad_b[k] = <floating>totals[off_b + k]
 
 
 # --------------------------------------------------------------------------
@@ -1070,3 +1065,80 @@ def rms_norm_fast(object x, object normalized_shape, object weight, object eps,
     if return_stats:
         return y, rstd
     return y
+
+
+cdef inline bint _fast_like(object a, cnp.ndarray x, int nd_drop):
+    """a is a C-contiguous native ndarray of x's dtype shaped like x
+    (nd_drop=0) or like x without its last dim (nd_drop=1)."""
+    cdef cnp.ndarray b
+    cdef int k, nd = cnp.PyArray_NDIM(x) - nd_drop
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    b = <cnp.ndarray>a
+    if (cnp.PyArray_NDIM(b) != nd or cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(x)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIMS(b)[k] != cnp.PyArray_DIMS(x)[k]:
+            return False
+    return True
+
+
+cdef object _backward_fast(bint rms, object grad_out, object x, object mean, object rstd,
+                           object weight, object bias, object n_threads):
+    """Fast path of layer_norm_backward / rms_norm_backward (see the forward's)."""
+    cdef cnp.ndarray xa
+    cdef int typenum, nd
+    cdef Py_ssize_t n, M
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    typenum = cnp.PyArray_TYPE(xa)
+    if (nd < 1 or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)
+            or not _fast_like(x, xa, 0) or not _fast_like(grad_out, xa, 0)
+            or not _fast_like(rstd, xa, 1) or (not rms and not _fast_like(mean, xa, 1))):
+        return NotImplemented
+    n = cnp.PyArray_DIMS(xa)[nd - 1]
+    if n < 1 or not _fast_vector(weight, typenum, n) or not _fast_vector(bias, typenum, n):
+        return NotImplemented
+    M = cnp.PyArray_SIZE(xa) // n
+    cdef object grad_x = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
+    cdef cnp.npy_intp dn = n
+    cdef object grad_w = cnp.PyArray_EMPTY(1, &dn, typenum, 0) if weight is not None else None
+    cdef object grad_b = cnp.PyArray_EMPTY(1, &dn, typenum, 0) if bias is not None else None
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* gb_ = <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_out)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* db = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad_x)
+    cdef Py_ssize_t rs = n * cnp.PyArray_ITEMSIZE(xa)
+    cdef void* mp = NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean)
+    cdef void* rp = cnp.PyArray_DATA(<cnp.ndarray>rstd)
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* gw = _ptr_or_null(grad_w)
+    cdef void* gbias = _ptr_or_null(grad_b)
+    cdef int status
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            status = _norm_backward[float](rms, gb_, rs, xb, rs, db, rs, M, n, <const float*>mp,
+                                           <const float*>rp, <const float*>w,
+                                           <float*>gw, <float*>gbias, nth)
+    else:
+        with nogil:
+            status = _norm_backward[double](rms, gb_, rs, xb, rs, db, rs, M, n, <const double*>mp,
+                                            <const double*>rp, <const double*>w,
+                                            <double*>gw, <double*>gbias, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the parameter-gradient partials")
+    if rms:
+        return grad_x, grad_w
+    return grad_x, grad_w, grad_b
+
+
+def layer_norm_backward_fast(object grad_out, object x, object mean, object rstd,
+                             object weight, object bias, object n_threads):
+    return _backward_fast(False, grad_out, x, mean, rstd, weight, bias, n_threads)
+
+
+def rms_norm_backward_fast(object grad_out, object x, object rstd, object weight, object n_threads):
+    return _backward_fast(True, grad_out, x, None, rstd, weight, None, n_threads)

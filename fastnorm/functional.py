@@ -109,6 +109,9 @@ def layer_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, *, n_th
     -------
     (grad_x, grad_weight, grad_bias); a gradient is None where the parameter was None.
     """
+    fast = _kernels.layer_norm_backward_fast(grad_out, x, mean, rstd, weight, bias, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     grad_out = same_shape_input(grad_out, "grad_out", x)
     if weight is not None:
@@ -205,6 +208,9 @@ def rms_norm_backward(grad_out, x, rstd, weight=None, *, n_threads=None):
     -------
     (grad_x, grad_weight); grad_weight is None when weight is None.
     """
+    fast = _kernels.rms_norm_backward_fast(grad_out, x, rstd, weight, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     grad_out = same_shape_input(grad_out, "grad_out", x)
     nd = np.ndim(weight) if weight is not None else x.ndim - np.ndim(rstd)
