@@ -112,36 +112,8 @@ def layer_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, *, n_th
     fast = _kernels.layer_norm_backward_fast(grad_out, x, mean, rstd, weight, bias, n_threads)
     if fast is not NotImplemented:
         return fast
-    x, cdt = as_float_array(x, "x")
-    grad_out = same_shape_input(grad_out, "grad_out", x)
-    if weight is not None:
-        nd = np.ndim(weight)
-    elif bias is not None:
-        nd = np.ndim(bias)
-    else:
-        nd = x.ndim - np.ndim(mean)
-    if nd < 1 or nd > x.ndim:
-        raise ValueError(
-            f"mean must have x's leading dimensions (x.ndim - len(normalized_shape) dims); "
-            f"got mean of shape {np.shape(mean)} for x of shape {x.shape}"
-        )
-    shape, D = normalized_dims(x, x.shape[x.ndim - nd:])
-    lead, M = _lead(x, nd)
-    w = vector_param(weight, "weight", shape, D, x.dtype, cdt)
-    if bias is not None:
-        vector_param(bias, "bias", shape, D, x.dtype, cdt)
-    mean = stats_array(mean, "mean", lead, M, cdt)
-    rstd = stats_array(rstd, "rstd", lead, M, cdt)
-    grad_x = Output(x, M, D, x.dtype, cdt)
-    grad_w = np.empty(D, dtype=cdt) if weight is not None else None
-    grad_b = np.empty(D, dtype=cdt) if bias is not None else None
-    _kernels.norm_backward(False, as_rows(grad_out, M, D, cdt), as_rows(x, M, D, cdt), mean, rstd,
-                           w, grad_x.rows, grad_w, grad_b, n_threads)
-    return (
-        grad_x.finish(x.shape),
-        None if grad_w is None else grad_w.reshape(shape).astype(x.dtype, copy=False),
-        None if grad_b is None else grad_b.reshape(shape).astype(x.dtype, copy=False),
-    )
+    grad_x, grad_w, grad_b = _row_norm_backward(False, grad_out, x, mean, rstd, weight, bias, n_threads)
+    return grad_x, grad_w, grad_b
 
 
 def _rms_eps(eps, cdt, data_dtype):
@@ -211,23 +183,42 @@ def rms_norm_backward(grad_out, x, rstd, weight=None, *, n_threads=None):
     fast = _kernels.rms_norm_backward_fast(grad_out, x, rstd, weight, n_threads)
     if fast is not NotImplemented:
         return fast
+    grad_x, grad_w, _ = _row_norm_backward(True, grad_out, x, None, rstd, weight, None, n_threads)
+    return grad_x, grad_w
+
+
+def _row_norm_backward(rms, grad_out, x, mean, rstd, weight, bias, n_threads):
+    """The general (validating, any-layout) path of the LayerNorm and RMSNorm backwards.
+
+    The normalized dims are those of weight (or bias), else the dims of x that
+    the statistics lack."""
     x, cdt = as_float_array(x, "x")
     grad_out = same_shape_input(grad_out, "grad_out", x)
-    nd = np.ndim(weight) if weight is not None else x.ndim - np.ndim(rstd)
+    first_stat, first_name = (rstd, "rstd") if rms else (mean, "mean")
+    if weight is not None:
+        nd = np.ndim(weight)
+    elif bias is not None:
+        nd = np.ndim(bias)
+    else:
+        nd = x.ndim - np.ndim(first_stat)
     if nd < 1 or nd > x.ndim:
         raise ValueError(
-            f"rstd must have x's leading dimensions (x.ndim - len(normalized_shape) dims); "
-            f"got rstd of shape {np.shape(rstd)} for x of shape {x.shape}"
+            f"{first_name} must have x's leading dimensions (x.ndim - len(normalized_shape) dims); "
+            f"got {first_name} of shape {np.shape(first_stat)} for x of shape {x.shape}"
         )
     shape, D = normalized_dims(x, x.shape[x.ndim - nd:])
     lead, M = _lead(x, nd)
     w = vector_param(weight, "weight", shape, D, x.dtype, cdt)
+    if bias is not None:
+        vector_param(bias, "bias", shape, D, x.dtype, cdt)
+    mean = None if rms else stats_array(mean, "mean", lead, M, cdt)
     rstd = stats_array(rstd, "rstd", lead, M, cdt)
     grad_x = Output(x, M, D, x.dtype, cdt)
     grad_w = np.empty(D, dtype=cdt) if weight is not None else None
-    _kernels.norm_backward(True, as_rows(grad_out, M, D, cdt), as_rows(x, M, D, cdt), None, rstd,
-                           w, grad_x.rows, grad_w, None, n_threads)
-    return (
-        grad_x.finish(x.shape),
-        None if grad_w is None else grad_w.reshape(shape).astype(x.dtype, copy=False),
-    )
+    grad_b = np.empty(D, dtype=cdt) if bias is not None else None
+    _kernels.norm_backward(rms, as_rows(grad_out, M, D, cdt), as_rows(x, M, D, cdt), mean, rstd,
+                           w, grad_x.rows, grad_w, grad_b, n_threads)
+
+    def param_grad(grad):
+        return None if grad is None else grad.reshape(shape).astype(x.dtype, copy=False)
+    return grad_x.finish(x.shape), param_grad(grad_w), param_grad(grad_b)

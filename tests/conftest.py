@@ -20,3 +20,17 @@ def rng():
 def tol(dtype):
     """(rtol, atol) for comparing a fastnorm result with the float64 reference."""
     return (2e-5, 2e-5) if np.dtype(dtype) == np.float32 else (1e-12, 1e-12)
+
+
+def numeric_gradient(loss, arrays, which, h=1e-3):
+    """4th-order central finite difference of loss(**arrays) w.r.t. arrays[which]."""
+    base = arrays[which]
+    grad = np.zeros_like(base)
+    for idx in np.ndindex(base.shape):
+        vals = []
+        for step in (-2, -1, 1, 2):
+            a = base.copy()
+            a[idx] += step * h
+            vals.append(loss(**{**arrays, which: a}))
+        grad[idx] = (vals[0] - 8 * vals[1] + 8 * vals[2] - vals[3]) / (12 * h)
+    return grad

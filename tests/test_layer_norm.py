@@ -5,8 +5,8 @@ import pytest
 
 import fastnorm
 from fastnorm import reference as ref
-from conftest import tol
-from zoo import LAYOUTS, SHAPES, make
+from conftest import numeric_gradient, tol
+from zoo import LAYOUTS, SHAPES, make, norm_shape_of
 
 DTYPES = [np.float32, np.float64]
 
@@ -17,12 +17,6 @@ def params(rng, norm_shape, dtype, affine):
     w = (rng.standard_normal(norm_shape) + 1.0).astype(dtype)
     b = rng.standard_normal(norm_shape).astype(dtype)
     return w, b
-
-
-def norm_shape_of(shape, normalized_shape):
-    if normalized_shape is None:
-        return shape[-1:]
-    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -172,24 +166,13 @@ def test_finite_differences_float64(rng):
     y, m, r = fastnorm.layer_norm(x, (2, 5), w, b, eps=1e-3, return_stats=True)
     gx, gw, gb = fastnorm.layer_norm_backward(g, x, m, r, w, b)
 
-    def loss(xx=x, ww=w, bb=b):
+    def loss(xx, ww, bb):
         return float((fastnorm.layer_norm(xx, (2, 5), ww, bb, eps=1e-3) * g).sum())
 
-    def numeric(arr, which):
-        grad = np.zeros_like(arr)
-        h = 1e-3
-        for idx in np.ndindex(arr.shape):
-            vals = []
-            for step in (-2, -1, 1, 2):
-                a = arr.copy()
-                a[idx] += step * h
-                vals.append(loss(**{which: a}))
-            grad[idx] = (vals[0] - 8 * vals[1] + 8 * vals[2] - vals[3]) / (12 * h)
-        return grad
-
-    np.testing.assert_allclose(gx, numeric(x, "xx"), rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(gw, numeric(w, "ww"), rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(gb, numeric(b, "bb"), rtol=1e-7, atol=1e-8)
+    arrays = dict(xx=x, ww=w, bb=b)
+    np.testing.assert_allclose(gx, numeric_gradient(loss, arrays, "xx"), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(gw, numeric_gradient(loss, arrays, "ww"), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(gb, numeric_gradient(loss, arrays, "bb"), rtol=1e-7, atol=1e-8)
 
 
 def test_float16_computed_in_float32(rng):

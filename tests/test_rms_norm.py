@@ -5,16 +5,10 @@ import pytest
 
 import fastnorm
 from fastnorm import reference as ref
-from conftest import tol
-from zoo import LAYOUTS, SHAPES, make
+from conftest import numeric_gradient, tol
+from zoo import LAYOUTS, SHAPES, make, norm_shape_of
 
 DTYPES = [np.float32, np.float64]
-
-
-def norm_shape_of(shape, normalized_shape):
-    if normalized_shape is None:
-        return shape[-1:]
-    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -126,23 +120,12 @@ def test_finite_differences_float64(rng):
     y, r = fastnorm.rms_norm(x, (3, 2), w, 1e-3, return_stats=True)
     gx, gw = fastnorm.rms_norm_backward(g, x, r, w)
 
-    def loss(xx=x, ww=w):
+    def loss(xx, ww):
         return float((fastnorm.rms_norm(xx, (3, 2), ww, 1e-3) * g).sum())
 
-    def numeric(arr, which):
-        grad = np.zeros_like(arr)
-        h = 1e-3
-        for idx in np.ndindex(arr.shape):
-            vals = []
-            for step in (-2, -1, 1, 2):
-                a = arr.copy()
-                a[idx] += step * h
-                vals.append(loss(**{which: a}))
-            grad[idx] = (vals[0] - 8 * vals[1] + 8 * vals[2] - vals[3]) / (12 * h)
-        return grad
-
-    np.testing.assert_allclose(gx, numeric(x, "xx"), rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(gw, numeric(w, "ww"), rtol=1e-7, atol=1e-8)
+    arrays = dict(xx=x, ww=w)
+    np.testing.assert_allclose(gx, numeric_gradient(loss, arrays, "xx"), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(gw, numeric_gradient(loss, arrays, "ww"), rtol=1e-7, atol=1e-8)
 
 
 def test_empty():

@@ -42,3 +42,10 @@ def make(shape, layout, dtype, rng, scale=3.0, offset=1.0):
     if layout == "transposed":
         return np.ascontiguousarray(base.T).T
     raise ValueError(layout)
+
+
+def norm_shape_of(shape, normalized_shape):
+    """The normalized shape a (shape, normalized_shape) zoo entry stands for."""
+    if normalized_shape is None:
+        return shape[-1:]
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
