@@ -48,6 +48,54 @@ cdef extern from *:
     """
     void fastnorm_prefetch(const void* p) noexcept nogil
 
+cdef extern from *:
+    """
+    /* Non-temporal (streaming) copy of a finished row from L1 scratch to its
+       place in a large output: the output's cache lines are written without
+       first being read (no read-for-ownership), so a memory-bound forward
+       moves 2 bytes per output byte, as memcpy does, instead of 3. */
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+    #include <immintrin.h>
+    #endif
+    static void fastnorm_stream_copy(char* dst, const char* src, Py_ssize_t nbytes) {
+    #if defined(__AVX512F__)
+        const Py_ssize_t V = 64;
+    #elif defined(__AVX__)
+        const Py_ssize_t V = 32;
+    #elif defined(__SSE2__)
+        const Py_ssize_t V = 16;
+    #else
+        memcpy(dst, src, (size_t)nbytes);
+        return;
+    #endif
+    #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+        Py_ssize_t head = (Py_ssize_t)((V - ((uintptr_t)dst % V)) % V);
+        if (head > nbytes) head = nbytes;
+        memcpy(dst, src, (size_t)head);
+        dst += head; src += head; nbytes -= head;
+        for (; nbytes >= V; nbytes -= V, dst += V, src += V) {
+    #if defined(__AVX512F__)
+            _mm512_stream_ps((float*)dst, _mm512_loadu_ps((const float*)src));
+    #elif defined(__AVX__)
+            _mm256_stream_ps((float*)dst, _mm256_loadu_ps((const float*)src));
+    #else
+            _mm_stream_ps((float*)dst, _mm_loadu_ps((const float*)src));
+    #endif
+        }
+        memcpy(dst, src, (size_t)nbytes);
+    #endif
+    }
+    static void fastnorm_stream_fence(void) {
+    #if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
+        _mm_sfence();
+    #endif
+    }
+    """
+    void fastnorm_stream_copy(char* dst, const char* src, Py_ssize_t nbytes) noexcept nogil
+    void fastnorm_stream_fence() noexcept nogil
+
 cdef enum:
     LANES = 32              # independent accumulators: 2 zmm / 4 ymm / 8 xmm of float32
     BLOCK = 256             # elements summed in `floating` before a flush to double
@@ -55,6 +103,7 @@ cdef enum:
     MIN_PARALLEL_WORK = 32768   # below this many elements a call stays serial
     MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
     CANCELLATION_LIMIT = 16     # see _one_pass_ok
+    STREAM_MIN_BYTES = 16 << 20 # outputs at least this large bypass the caches
 
 
 # --------------------------------------------------------------------------
@@ -452,18 +501,26 @@ cdef inline Py_ssize_t _part_start(Py_ssize_t n, int parts, int part) noexcept n
 cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                            const floating* w, const floating* b, double eps,
-                           floating* mean, floating* rstd) noexcept nogil:
+                           floating* mean, floating* rstd, bint stream) noexcept nogil:
     cdef Py_ssize_t r
     cdef double m, s
+    cdef floating* scratch = <floating*>malloc(n * sizeof(floating)) if stream else NULL
     for r in range(r0, r1):
         if r + 1 < r1:
             _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
-        _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
-                        w, b, eps, &m, &s)
+        if scratch != NULL:
+            _ln_forward_row(<const floating*>(xb + r * xs), scratch, n, w, b, eps, &m, &s)
+            fastnorm_stream_copy(yb + r * ys, <const char*>scratch, n * sizeof(floating))
+        else:
+            _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
+                            w, b, eps, &m, &s)
         if mean != NULL:
             mean[r] = <floating>m
         if rstd != NULL:
             rstd[r] = <floating>s
+    if scratch != NULL:
+        fastnorm_stream_fence()
+        free(scratch)
 
 
 cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
@@ -507,15 +564,21 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     rstd_out[0] = rstd
 
 
+cdef inline bint _use_streaming(Py_ssize_t M, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    return M * n * itemsize >= STREAM_MIN_BYTES
+
+
 cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                       Py_ssize_t M, Py_ssize_t n, const floating* w, const floating* b,
                       double eps, floating* mean, floating* rstd, int nth) noexcept nogil:
     cdef int c
     cdef Py_ssize_t r, r0, r1
     cdef double m, s
-    cdef double* partial
+    cdef double* partial = NULL
+    cdef bint stream = _use_streaming(M, n, sizeof(floating))
     if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(2 * nth * sizeof(double))
+    if partial != NULL:
         for r in range(M):
             _ln_forward_wide_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
                                  w, b, eps, partial, nth, &m, &s)
@@ -524,31 +587,39 @@ cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
             if rstd != NULL:
                 rstd[r] = <floating>s
         free(partial)
-    elif nth > 1:
+    elif nth > 1 and M > 1:
         if nth > M:
             nth = <int>M
         for c in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
-            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd)
+            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd, stream)
     else:
-        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd)
+        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd, stream)
 
 
 cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
-                            const floating* w, double eps, floating* rstd) noexcept nogil:
+                            const floating* w, double eps, floating* rstd, bint stream) noexcept nogil:
     cdef Py_ssize_t r
     cdef double s
     cdef const floating* x
+    cdef floating* scratch = <floating*>malloc(n * sizeof(floating)) if stream else NULL
     for r in range(r0, r1):
         x = <const floating*>(xb + r * xs)
         if r + 1 < r1:
             _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
-        _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s)
+        if scratch != NULL:
+            _rms_normalize_segment(x, scratch, n, w, <floating>s)
+            fastnorm_stream_copy(yb + r * ys, <const char*>scratch, n * sizeof(floating))
+        else:
+            _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s)
         if rstd != NULL:
             rstd[r] = <floating>s
+    if scratch != NULL:
+        fastnorm_stream_fence()
+        free(scratch)
 
 
 cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
@@ -557,11 +628,13 @@ cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef int c, p
     cdef Py_ssize_t r, r0, r1, lo, hi
     cdef double s
-    cdef double* partial
+    cdef double* partial = NULL
     cdef const floating* x
     cdef floating* y
+    cdef bint stream = _use_streaming(M, n, sizeof(floating))
     if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(nth * sizeof(double))
+    if partial != NULL:
         for r in range(M):
             x = <const floating*>(xb + r * xs)
             y = <floating*>(yb + r * ys)
@@ -580,15 +653,15 @@ cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
             if rstd != NULL:
                 rstd[r] = <floating>s
         free(partial)
-    elif nth > 1:
+    elif nth > 1 and M > 1:
         if nth > M:
             nth = <int>M
         for c in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
-            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd)
+            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd, stream)
     else:
-        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd)
+        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd, stream)
 
 
 cdef inline void _flush_partials(floating* acc, double* total, Py_ssize_t n) noexcept nogil:
