@@ -271,3 +271,17 @@ class TestErrors:
             fastnorm.layer_norm_backward(g, self.x, None, r)
         with pytest.raises(ValueError, match="weight"):
             fastnorm.layer_norm_backward(g, self.x, m, r, np.ones(5, np.float32))
+
+
+def test_large_output_streaming_path(isa, rng):
+    """Outputs over 16 MiB are written with streaming stores, rows of any alignment."""
+    x = rng.standard_normal((1100, 4097)).astype(np.float32)
+    w = rng.standard_normal(4097).astype(np.float32)
+    b = rng.standard_normal(4097).astype(np.float32)
+    yr = ref.layer_norm(x, None, w, b)
+    for n_threads in (1, 2):
+        np.testing.assert_allclose(fastnorm.layer_norm(x, None, w, b, n_threads=n_threads), yr,
+                                   rtol=2e-5, atol=2e-5)
+    out = np.empty((1101, 4097), np.float32)[1:]  # rows start off any vector boundary
+    fastnorm.layer_norm(x, None, w, b, out=out)
+    np.testing.assert_allclose(out, yr, rtol=2e-5, atol=2e-5)

@@ -164,3 +164,15 @@ class TestErrors:
             fastnorm.rms_norm_backward(self.x[:2], self.x, r)
         with pytest.raises(TypeError, match="rstd"):
             fastnorm.rms_norm_backward(self.x, self.x, np.ones(3, np.int64))
+
+
+def test_large_output_streaming_path(isa, rng):
+    x = rng.standard_normal((1100, 4097)).astype(np.float32)
+    w = rng.standard_normal(4097).astype(np.float32)
+    yr = ref.rms_norm(x, None, w, 1e-6)
+    for n_threads in (1, 2):
+        np.testing.assert_allclose(fastnorm.rms_norm(x, None, w, 1e-6, n_threads=n_threads), yr,
+                                   rtol=2e-5, atol=2e-5)
+    xi = x.copy()
+    fastnorm.rms_norm(xi, None, w, 1e-6, out=xi)
+    np.testing.assert_allclose(xi, yr, rtol=2e-5, atol=2e-5)
