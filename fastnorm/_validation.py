@@ -152,6 +152,18 @@ def same_shape_input(a, name, x, x_name="x"):
     return a
 
 
+def check_out(out, x, data_dtype, name="out"):
+    """`out` must be a writeable ndarray of x's shape and dtype."""
+    if type(out) is not np.ndarray:
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
+    if out.dtype != data_dtype:
+        raise TypeError(f"{name} must have dtype {data_dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+
+
 class Output:
     """Where a kernel writes an output shaped like x.
 
@@ -173,14 +185,7 @@ class Output:
                 self.rows = np.empty((M, D), dtype=cdt)
                 self.result = None
             return
-        if type(out) is not np.ndarray:
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-        if out.shape != x.shape:
-            raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
-        if out.dtype != data_dtype:
-            raise TypeError(f"{name} must have dtype {data_dtype}, got {out.dtype}")
-        if not out.flags.writeable:
-            raise ValueError(f"{name} is read-only")
+        check_out(out, x, data_dtype, name)
         self.result = out
         direct = out.dtype == cdt
         if direct:
@@ -209,3 +214,62 @@ class Output:
         if self.result is None:  # computed in a wider dtype than the data
             return self.rows.reshape(shape).astype(_F16)
         return self.result
+
+
+class ChannelLayout:
+    """x (N, C, *spatial) or channels-last (N, *spatial, C) canonicalized for
+    the channel kernels: `data` is C-contiguous (N, C, S) (cl False) or
+    (N, S, C) (cl True), a view of x when x's memory already has either
+    layout, else a copy.  `restore` gives an array of the kernel layout back
+    in x's axis order."""
+
+    __slots__ = ("data", "cl", "N", "C", "S", "axis", "moved")
+
+    def __init__(self, x, channel_axis, name="x"):
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
+        if isinstance(channel_axis, bool) or channel_axis not in (1, -1, x.ndim - 1):
+            raise ValueError(f"channel_axis must be 1 (channels-first) or -1 (channels-last), "
+                             f"got {channel_axis!r}")
+        axis = 1 if channel_axis == 1 else x.ndim - 1
+        self.axis = axis
+        self.N = x.shape[0]
+        self.C = x.shape[axis]
+        S = 1
+        for i, d in enumerate(x.shape):
+            if i != 0 and i != axis:
+                S *= d
+        self.S = S
+        # the layout x's memory already has, if any; channels-first wins ties
+        cf_view = x if axis == 1 else np.moveaxis(x, axis, 1)
+        cl_view = np.moveaxis(x, axis, -1) if axis != x.ndim - 1 else x
+        if S == 1:  # (N, C): rows of C
+            self.data, self.cl, self.moved = np.ascontiguousarray(cl_view), True, axis != x.ndim - 1
+        elif cf_view.flags.c_contiguous:
+            self.data, self.cl, self.moved = cf_view, False, axis != 1
+        elif cl_view.flags.c_contiguous:
+            self.data, self.cl, self.moved = cl_view, True, axis != x.ndim - 1
+        elif axis == 1:
+            self.data, self.cl, self.moved = np.ascontiguousarray(x), False, False
+        else:
+            self.data, self.cl, self.moved = np.ascontiguousarray(x), True, False
+
+    def empty(self, dtype):
+        return _empty(self.data.shape, dtype)
+
+    def restore(self, a):
+        """An array in the kernel layout (shaped like `data`) in x's axis order."""
+        if not self.moved:
+            return a
+        return np.moveaxis(a, 1, self.axis) if not self.cl else np.moveaxis(a, -1, self.axis)
+
+    def channel_vector(self, p, name, dtype):
+        """weight / bias: None or a contiguous (C,) array of x's dtype."""
+        if p is None:
+            return None
+        p = np.asarray(p)
+        if p.shape != (self.C,):
+            raise ValueError(f"{name} must have shape ({self.C},) (the channels), got {p.shape}")
+        if p.dtype != dtype:
+            raise TypeError(f"{name} must have the dtype of x ({dtype}), got {p.dtype}")
+        return np.ascontiguousarray(p)

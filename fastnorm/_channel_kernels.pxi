@@ -1,0 +1,601 @@
+# Channel normalizations (BatchNorm, GroupNorm, InstanceNorm): included by
+# _kernels.pxi, so compiled into every instruction-set build.
+#
+# One engine serves the three ops.  x is seen as N samples x C channels x S
+# positions, in one of two memory layouts:
+#   channels-first (CF): contiguous (N, C, S); block (n, c) is S contiguous values;
+#   channels-last  (CL): contiguous (N, S, C); each position is a row of C values.
+# A statistic ("stat") pools the values of several (n, c) blocks:
+#   BatchNorm:    stat = c                      (per_sample=0, cpg=1)
+#   GroupNorm:    stat = n * G + c // cpg       (per_sample=1, cpg=C/G)
+#   InstanceNorm: stat = n * C + c              (per_sample=1, cpg=1)
+# The reductions are split into "units" (CF: one (n, c) block; CL: a chunk of
+# rows, one per thread for BatchNorm or one sample for Group/InstanceNorm),
+# each producing per-channel moments about a shift (the unit's first values);
+# units are merged into stats in a fixed order with Chan's formula, so
+# results are deterministic for a given thread count.  The elementwise passes
+# use, per (n, c), y = ((x - hi) - lo) * a + b, where hi + lo is the mean
+# split in two floats (exact centering for large offsets in float32).
+
+cdef enum:
+    CL_FLUSH_ROWS = 64       # rows accumulated in `floating` before a flush to double
+
+
+cdef inline Py_ssize_t _stat_of(Py_ssize_t n, Py_ssize_t c, bint per_sample,
+                                Py_ssize_t C, Py_ssize_t cpg) noexcept nogil:
+    return (n * (C // cpg) if per_sample else 0) + c // cpg
+
+
+cdef inline void _merge_moments(double* count, double* mean, double* m2,
+                                double n_b, double mean_b, double m2_b) noexcept nogil:
+    """Chan et al.'s pairwise update: (count, mean, m2) absorbs a part."""
+    cdef double n, delta
+    if n_b == 0:
+        return
+    n = count[0] + n_b
+    delta = mean_b - mean[0]
+    mean[0] = mean[0] + delta * (n_b / n)
+    m2[0] = m2[0] + m2_b + delta * delta * (count[0] * n_b / n)
+    count[0] = n
+
+
+cdef inline void _block_moments(const floating* x, Py_ssize_t n, double* mean, double* m2) noexcept nogil:
+    """Mean and sum of squared deviations of n contiguous values: moments about
+    x[0] in one pass, a second pass about the mean if x[0] lies far out."""
+    cdef floating shift = x[0]
+    cdef double sq, sd
+    _centered_moments(x, n, shift, 0, &sq, &sd)
+    if not (sq - sd * sd / n) * CANCELLATION_LIMIT >= sq:
+        shift = <floating>(<double>shift + sd / n)
+        _centered_moments(x, n, shift, 0, &sq, &sd)
+    mean[0] = <double>shift + sd / n
+    m2[0] = sq - sd * sd / n
+    if m2[0] < 0:
+        m2[0] = 0
+
+
+cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_ssize_t n,
+                                      floating hi, floating lo,
+                                      double* sum_g, double* sum_gt, double* sum_t) noexcept nogil:
+    """Sums of g, g*t and t over a block, t = (x - hi) - lo."""
+    cdef floating acc_a[LANES]
+    cdef floating acc_b[LANES]
+    cdef floating acc_c[LANES]
+    cdef floating t, ra, rb, rc
+    cdef double ta = 0.0, tb = 0.0, tc = 0.0
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    while i < n:
+        end = i + BLOCK if i + BLOCK < n else n
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc_a[j] = 0
+            acc_b[j] = 0
+            acc_c[j] = 0
+        k = i
+        while k < vend:
+            for j in range(LANES):
+                t = (x[k + j] - hi) - lo
+                acc_a[j] += g[k + j]
+                acc_b[j] += g[k + j] * t
+                acc_c[j] += t
+            k += LANES
+        ra = 0
+        rb = 0
+        rc = 0
+        for k in range(vend, end):
+            t = (x[k] - hi) - lo
+            ra += g[k]
+            rb += g[k] * t
+            rc += t
+        ta += _lanes_total(acc_a) + ra
+        tb += _lanes_total(acc_b) + rb
+        tc += _lanes_total(acc_c) + rc
+        i = end
+    sum_g[0] = ta
+    sum_gt[0] = tb
+    sum_t[0] = tc
+
+
+cdef inline void _block_affine(const floating* x, floating* y, Py_ssize_t n,
+                               floating hi, floating lo, floating a, floating b) noexcept nogil:
+    """y = ((x - hi) - lo) * a + b."""
+    cdef Py_ssize_t k
+    if hi == 0 and lo == 0:
+        for k in range(n):
+            y[k] = x[k] * a + b
+    else:
+        for k in range(n):
+            y[k] = ((x[k] - hi) - lo) * a + b
+
+
+cdef inline void _block_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+                                 floating hi, floating lo, floating alpha, floating beta,
+                                 floating gamma) noexcept nogil:
+    """dx = alpha * g + beta * ((x - hi) - lo) + gamma."""
+    cdef Py_ssize_t k
+    if beta == 0 and gamma == 0:
+        for k in range(n):
+            dx[k] = alpha * g[k]
+    else:
+        for k in range(n):
+            dx[k] = alpha * g[k] + (beta * ((x[k] - hi) - lo) + gamma)
+
+
+cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                        const floating* shift, floating* acc_d, floating* acc_q,
+                        double* sum_dev, double* sum_sq) noexcept nogil:
+    """Per channel over rows r0..r1 of a (rows, C) array: sums of d and d^2,
+    d = x - shift[c]; `floating` accumulators flushed to double every CL_FLUSH_ROWS."""
+    cdef Py_ssize_t r, c
+    cdef const floating* row
+    cdef floating d
+    cdef int pending = 0
+    for c in range(C):
+        sum_dev[c] = 0
+        sum_sq[c] = 0
+        acc_d[c] = 0
+        acc_q[c] = 0
+    for r in range(r0, r1):
+        row = x + r * C
+        for c in range(C):
+            d = row[c] - shift[c]
+            acc_d[c] += d
+            acc_q[c] += d * d
+        pending += 1
+        if pending == CL_FLUSH_ROWS or r + 1 == r1:
+            for c in range(C):
+                sum_dev[c] += acc_d[c]
+                sum_sq[c] += acc_q[c]
+                acc_d[c] = 0
+                acc_q[c] = 0
+            pending = 0
+
+
+cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
+                              Py_ssize_t C, const floating* hi, const floating* lo,
+                              floating* acc, double* sums) noexcept nogil:
+    """Per channel over rows r0..r1: sums of g, g*t and t, t = (x - hi[c]) - lo[c].
+    acc: 3*C scratch; sums: 3*C output (g, g*t, t)."""
+    cdef Py_ssize_t r, c
+    cdef const floating* grow
+    cdef const floating* xrow
+    cdef floating t
+    cdef int pending = 0
+    for c in range(3 * C):
+        sums[c] = 0
+        acc[c] = 0
+    for r in range(r0, r1):
+        grow = g + r * C
+        xrow = x + r * C
+        for c in range(C):
+            t = (xrow[c] - hi[c]) - lo[c]
+            acc[c] += grow[c]
+            acc[C + c] += grow[c] * t
+            acc[2 * C + c] += t
+        pending += 1
+        if pending == CL_FLUSH_ROWS or r + 1 == r1:
+            for c in range(3 * C):
+                sums[c] += acc[c]
+                acc[c] = 0
+            pending = 0
+
+
+cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                       const floating* hi, const floating* lo, const floating* a,
+                       const floating* b) noexcept nogil:
+    """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1."""
+    cdef Py_ssize_t r, c
+    cdef const floating* xrow
+    cdef floating* yrow
+    for r in range(r0, r1):
+        xrow = x + r * C
+        yrow = y + r * C
+        for c in range(C):
+            yrow[c] = ((xrow[c] - hi[c]) - lo[c]) * a[c] + b[c]
+
+
+cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
+                         Py_ssize_t r1, Py_ssize_t C, const floating* hi, const floating* lo,
+                         const floating* alpha, const floating* beta, const floating* gamma) noexcept nogil:
+    cdef Py_ssize_t r, c
+    cdef const floating* grow
+    cdef const floating* xrow
+    cdef floating* drow
+    for r in range(r0, r1):
+        grow = g + r * C
+        xrow = x + r * C
+        drow = dx + r * C
+        for c in range(C):
+            drow[c] = alpha[c] * grow[c] + (beta[c] * ((xrow[c] - hi[c]) - lo[c]) + gamma[c])
+
+
+# ---------------------------------------------------------------- drivers
+
+cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                        Py_ssize_t cpg, bint per_sample, double* st_mean, double* st_m2,
+                        double* st_count, int nth) noexcept nogil:
+    """Mean, sum of squared deviations and count of every stat.  -1: no memory."""
+    cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
+    cdef Py_ssize_t b, u, c, s, r0, r1, n_units, P = N * S
+    cdef double* um = NULL
+    cdef double* um2 = NULL
+    cdef floating* shift = NULL
+    cdef floating* scratch = NULL
+    cdef double* sd = NULL
+    cdef double* sq = NULL
+    cdef double mean_c, m2_c, rows_u
+    cdef int t, bad = 0
+    for s in range(n_stats):
+        st_mean[s] = 0
+        st_m2[s] = 0
+        st_count[s] = 0
+    if not cl:
+        um = <double*>malloc(2 * N * C * sizeof(double) + 8)
+        if um == NULL:
+            return -1
+        um2 = um + N * C
+        for b in prange(N * C, schedule='static', num_threads=nth):
+            _block_moments(x + b * S, S, &um[b], &um2[b])
+        for b in range(N * C):
+            s = _stat_of(b // C, b % C, per_sample, C, cpg)
+            _merge_moments(&st_count[s], &st_mean[s], &st_m2[s], <double>S, um[b], um2[b])
+        free(um)
+        return 0
+    # channels-last: units are row chunks (BatchNorm) or samples (Group/InstanceNorm)
+    n_units = N if per_sample else (nth if P >= nth else 1)
+    shift = <floating*>malloc((n_units * C + n_units * 2 * C) * sizeof(floating) + 8)
+    sd = <double*>malloc(2 * n_units * C * sizeof(double) + 8)
+    if shift == NULL or sd == NULL:
+        free(shift)
+        free(sd)
+        return -1
+    scratch = shift + n_units * C
+    sq = sd + n_units * C
+    for u in range(N if per_sample else 1):  # shift: each sample's (or the batch's) first row
+        for c in range(C):
+            shift[u * C + c] = x[(u * S) * C + c]
+    for t in range(2):  # attempt 2 re-centres on the means when attempt 1 cancelled
+        for u in prange(n_units, schedule='static', num_threads=nth):
+            if per_sample:
+                r0 = u * S
+                r1 = r0 + S
+            else:
+                r0 = _part_start(P, <int>n_units, <int>u)
+                r1 = _part_start(P, <int>n_units, <int>u + 1)
+            _rows_moments(x, r0, r1, C, shift + (u * C if per_sample else 0),
+                          scratch + u * 2 * C, scratch + u * 2 * C + C, sd + u * C, sq + u * C)
+        bad = 0
+        for s in range(n_stats):
+            st_mean[s] = 0
+            st_m2[s] = 0
+            st_count[s] = 0
+        for u in range(n_units):
+            rows_u = S if per_sample else <double>(_part_start(P, <int>n_units, <int>u + 1)
+                                                   - _part_start(P, <int>n_units, <int>u))
+            if rows_u == 0:
+                continue
+            for c in range(C):
+                # moments of this unit's channel about its shift, then merged
+                m2_c = sq[u * C + c] - sd[u * C + c] * sd[u * C + c] / rows_u
+                if not m2_c * CANCELLATION_LIMIT >= sq[u * C + c]:
+                    bad = 1
+                if m2_c < 0:
+                    m2_c = 0
+                mean_c = <double>shift[(u if per_sample else 0) * C + c] + sd[u * C + c] / rows_u
+                s = _stat_of(u if per_sample else 0, c, per_sample, C, cpg)
+                _merge_moments(&st_count[s], &st_mean[s], &st_m2[s], rows_u, mean_c, m2_c)
+        if not bad or t == 1:
+            break
+        # re-centre every channel's shift on its own (per-sample) mean, redo the pass
+        if per_sample:
+            for u in range(n_units):
+                for c in range(C):
+                    shift[u * C + c] = <floating>(<double>shift[u * C + c] + sd[u * C + c] / S)
+        else:
+            for c in range(C):
+                shift[c] = <floating>st_mean[c]
+    free(shift)
+    free(sd)
+    return 0
+
+
+cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
+                      Py_ssize_t C, Py_ssize_t S, bint per_sample, const floating* hi,
+                      const floating* lo, const floating* c1, const floating* c2,
+                      const floating* c3) noexcept nogil:
+    """Rows r0..r1 of a CL array, coefficients per (sample, channel) when
+    per_sample: forward (g NULL) y = ((x-hi)-lo)*c1 + c2; backward
+    y = c1*g + c2*((x-hi)-lo) + c3."""
+    cdef Py_ssize_t r = r0, seg_end, off
+    while r < r1:
+        off = (r // S) * C if per_sample else 0
+        seg_end = ((r // S) + 1) * S if per_sample else r1
+        if seg_end > r1:
+            seg_end = r1
+        if g == NULL:
+            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off)
+        else:
+            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off)
+        r = seg_end
+
+
+cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
+                          Py_ssize_t S, Py_ssize_t cpg, bint per_sample, const floating* w,
+                          const floating* b, double eps, bint batch_stats, double* st_mean,
+                          double* st_var, int nth) noexcept nogil:
+    cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
+    cdef Py_ssize_t n_coef = (N if per_sample else 1) * C
+    cdef Py_ssize_t i, n, c, s, bl, r0, r1, P = N * S
+    cdef double rstd, mean, a
+    cdef int p
+    cdef double* count = NULL
+    cdef double* m2 = NULL
+    cdef floating* coef = <floating*>malloc(4 * n_coef * sizeof(floating) + 8)
+    if coef == NULL:
+        return -1
+    cdef floating* hi = coef
+    cdef floating* lo = coef + n_coef
+    cdef floating* ca = coef + 2 * n_coef
+    cdef floating* cb = coef + 3 * n_coef
+    if batch_stats:
+        count = <double*>malloc(2 * n_stats * sizeof(double) + 8)
+        if count == NULL or _channel_stats(x, cl, N, C, S, cpg, per_sample, st_mean,
+                                           count + n_stats, count, nth) != 0:
+            free(count)
+            free(coef)
+            return -1
+        for s in range(n_stats):
+            st_var[s] = count[n_stats + s] / count[s] if count[s] > 0 else NAN
+        free(count)
+    for i in range(n_coef):
+        n = i // C
+        c = i % C
+        s = _stat_of(n, c, per_sample, C, cpg)
+        mean = st_mean[s]
+        rstd = 1.0 / sqrt(st_var[s] + eps)
+        a = rstd * (w[c] if w != NULL else 1.0)
+        ca[i] = <floating>a
+        if batch_stats:
+            hi[i] = <floating>mean
+            lo[i] = <floating>(mean - <double>hi[i])
+            cb[i] = b[c] if b != NULL else 0
+        else:  # running statistics: fold into one scale-and-shift, y = x * a + b'
+            hi[i] = 0
+            lo[i] = 0
+            cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
+    if not cl:
+        for bl in prange(N * C, schedule='static', num_threads=nth):
+            i = (bl if per_sample else bl % C)
+            _block_affine(x + bl * S, y + bl * S, S, hi[i], lo[i], ca[i], cb[i])
+    else:
+        for p in prange(nth, schedule='static', num_threads=nth):
+            r0 = _part_start(P, nth, p)
+            r1 = _part_start(P, nth, p + 1)
+            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, lo, ca, cb, NULL)
+    free(coef)
+    return 0
+
+
+cdef int _channel_backward(const floating* g, const floating* x, floating* dx, bint cl,
+                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cpg,
+                           bint per_sample, const floating* w, const double* st_mean,
+                           const double* st_rstd, bint batch_stats, double* grad_w,
+                           double* grad_b, int nth) noexcept nogil:
+    """Gradients of _channel_forward; grad_w / grad_b (length C) may be NULL."""
+    cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
+    cdef Py_ssize_t n_coef = (N if per_sample else 1) * C
+    cdef Py_ssize_t i, n, c, s, bl, u, r0, r1, n_units, P = N * S
+    cdef double rstd, wc, k1, k2, delta, m
+    cdef int p
+    n_units = (N * C) if not cl else (N if per_sample else (nth if P >= nth else 1))
+    cdef double* sums = <double*>malloc((3 * n_units * (1 if not cl else C) + 4 * n_stats) * sizeof(double) + 8)
+    cdef floating* coef = <floating*>malloc(5 * n_coef * sizeof(floating) + 8)
+    cdef floating* scratch = NULL
+    if cl:
+        scratch = <floating*>malloc(3 * n_units * C * sizeof(floating) + 8)
+    if sums == NULL or coef == NULL or (cl and scratch == NULL):
+        free(sums)
+        free(coef)
+        free(scratch)
+        return -1
+    cdef double* st = sums + 3 * n_units * (1 if not cl else C)  # per stat: SA, SB, SD, count
+    cdef floating* hi = coef
+    cdef floating* lo = coef + n_coef
+    cdef floating* alpha = coef + 2 * n_coef
+    cdef floating* beta = coef + 3 * n_coef
+    cdef floating* gamma = coef + 4 * n_coef
+    cdef double ua, ub, ud
+    for i in range(n_coef):
+        s = _stat_of(i // C, i % C, per_sample, C, cpg)
+        hi[i] = <floating>st_mean[s]
+        lo[i] = <floating>(st_mean[s] - <double>hi[i])
+    # 1. per-unit sums of g, g*t, t
+    if not cl:
+        for bl in prange(N * C, schedule='static', num_threads=nth):
+            i = (bl if per_sample else bl % C)
+            _block_backward_sums(g + bl * S, x + bl * S, S, hi[i], lo[i],
+                                 &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
+    else:
+        for u in prange(n_units, schedule='static', num_threads=nth):
+            if per_sample:
+                r0 = u * S
+                r1 = r0 + S
+            else:
+                r0 = _part_start(P, <int>n_units, <int>u)
+                r1 = _part_start(P, <int>n_units, <int>u + 1)
+            _rows_backward_sums(g, x, r0, r1, C, hi + (u * C if per_sample else 0),
+                                lo + (u * C if per_sample else 0),
+                                scratch + 3 * u * C, sums + 3 * u * C)
+    # 2. per-stat sums (fixed order), parameter gradients
+    for s in range(4 * n_stats):
+        st[s] = 0
+    if grad_w != NULL:
+        for c in range(C):
+            grad_w[c] = 0
+    if grad_b != NULL:
+        for c in range(C):
+            grad_b[c] = 0
+    for u in range(n_units):
+        for c in range(1 if not cl else C):
+            if not cl:
+                n = u // C
+                i = u % C
+                ua = sums[3 * u]
+                ub = sums[3 * u + 1]
+                ud = sums[3 * u + 2]
+            else:
+                n = u if per_sample else 0
+                i = c
+                ua = sums[3 * u * C + c]
+                ub = sums[3 * u * C + C + c]
+                ud = sums[3 * u * C + 2 * C + c]
+            s = _stat_of(n, i, per_sample, C, cpg)
+            wc = w[i] if w != NULL else 1.0
+            st[4 * s] += wc * ua
+            st[4 * s + 1] += wc * ub
+            st[4 * s + 2] += ud
+            st[4 * s + 3] += S if (not cl or per_sample) else (
+                _part_start(P, <int>n_units, <int>u + 1) - _part_start(P, <int>n_units, <int>u))
+    # the parameter gradients need each stat's centring correction delta
+    for u in range(n_units):
+        for c in range(1 if not cl else C):
+            if not cl:
+                n = u // C
+                i = u % C
+                ua = sums[3 * u]
+                ub = sums[3 * u + 1]
+            else:
+                n = u if per_sample else 0
+                i = c
+                ua = sums[3 * u * C + c]
+                ub = sums[3 * u * C + C + c]
+            s = _stat_of(n, i, per_sample, C, cpg)
+            delta = st[4 * s + 2] / st[4 * s + 3] if batch_stats and st[4 * s + 3] > 0 else 0.0
+            if grad_w != NULL:
+                grad_w[i] += st_rstd[s] * (ub - delta * ua)
+            if grad_b != NULL:
+                grad_b[i] += ua
+    # 3. coefficients and the elementwise pass
+    for i in range(n_coef):
+        n = i // C
+        c = i % C
+        s = _stat_of(n, c, per_sample, C, cpg)
+        rstd = st_rstd[s]
+        wc = w[c] if w != NULL else 1.0
+        alpha[i] = <floating>(rstd * wc)
+        m = st[4 * s + 3]
+        if batch_stats and m > 0:
+            delta = st[4 * s + 2] / m
+            k1 = st[4 * s] / m
+            k2 = rstd * (st[4 * s + 1] - delta * st[4 * s]) / m
+            beta[i] = <floating>(-rstd * rstd * k2)
+            gamma[i] = <floating>(rstd * (delta * rstd * k2 - k1))
+        else:
+            beta[i] = 0
+            gamma[i] = 0
+    if not cl:
+        for bl in prange(N * C, schedule='static', num_threads=nth):
+            i = (bl if per_sample else bl % C)
+            _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i], lo[i],
+                            alpha[i], beta[i], gamma[i])
+    else:
+        for p in prange(nth, schedule='static', num_threads=nth):
+            r0 = _part_start(P, nth, p)
+            r1 = _part_start(P, nth, p + 1)
+            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma)
+    free(sums)
+    free(coef)
+    free(scratch)
+    return 0
+
+
+# ---------------------------------------------------------------- entry points
+
+cdef inline int _check_flat(cnp.ndarray a, int typenum, Py_ssize_t size, str name) except -1:
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_SIZE(a) != size
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+        raise ValueError(f"internal: {name} must be a C-contiguous array of {size} elements of one dtype")
+    return 0
+
+
+def channel_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                    Py_ssize_t cpg, bint per_sample, object weight, object bias, double eps,
+                    bint batch_stats, cnp.ndarray st_mean, cnp.ndarray st_var, object n_threads):
+    """BatchNorm / GroupNorm / InstanceNorm forward (see the top of this file).
+
+    x, y: C-contiguous, N*C*S elements, (N, C, S) or, with cl, (N, S, C).
+    st_mean, st_var: float64 per stat, outputs with batch_stats, else the
+    running statistics (length C) to normalize with."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    _check_flat(x, typenum, N * C * S, "x")
+    _check_flat(y, typenum, N * C * S, "y")
+    cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
+    _check_flat(st_mean, cnp.NPY_FLOAT64, n_stats, "st_mean")
+    _check_flat(st_var, cnp.NPY_FLOAT64, n_stats, "st_var")
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* b = _ptr_or_null(bias)
+    cdef double* sm = <double*>cnp.PyArray_DATA(st_mean)
+    cdef double* sv = <double*>cnp.PyArray_DATA(st_var)
+    cdef int status = 0
+    if N * C * S == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            status = _channel_forward[float](<const float*>xp, <float*>yp, cl, N, C, S, cpg, per_sample,
+                                             <const float*>w, <const float*>b, eps, batch_stats,
+                                             sm, sv, nth)
+    else:
+        with nogil:
+            status = _channel_forward[double](<const double*>xp, <double*>yp, cl, N, C, S, cpg,
+                                              per_sample, <const double*>w, <const double*>b, eps,
+                                              batch_stats, sm, sv, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: out of memory in a channel normalization")
+
+
+def channel_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize_t N,
+                     Py_ssize_t C, Py_ssize_t S, Py_ssize_t cpg, bint per_sample, object weight,
+                     cnp.ndarray st_mean, cnp.ndarray st_rstd, bint batch_stats,
+                     object grad_w, object grad_b, object n_threads):
+    """Backward of channel_forward; grad_w / grad_b: float64 (C,) outputs or None."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    _check_flat(x, typenum, N * C * S, "x")
+    _check_flat(g, typenum, N * C * S, "grad_out")
+    _check_flat(dx, typenum, N * C * S, "grad_x")
+    cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
+    _check_flat(st_mean, cnp.NPY_FLOAT64, n_stats, "st_mean")
+    _check_flat(st_rstd, cnp.NPY_FLOAT64, n_stats, "st_rstd")
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef void* gp = cnp.PyArray_DATA(g)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* dp = cnp.PyArray_DATA(dx)
+    cdef void* w = _ptr_or_null(weight)
+    cdef double* gw = <double*>_ptr_or_null(grad_w)
+    cdef double* gb = <double*>_ptr_or_null(grad_b)
+    cdef const double* sm = <const double*>cnp.PyArray_DATA(st_mean)
+    cdef const double* sr = <const double*>cnp.PyArray_DATA(st_rstd)
+    cdef int status = 0
+    if N * C * S == 0:
+        if gw != NULL:
+            for i in range(C):
+                gw[i] = 0
+        if gb != NULL:
+            for i in range(C):
+                gb[i] = 0
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            status = _channel_backward[float](<const float*>gp, <const float*>xp, <float*>dp, cl,
+                                              N, C, S, cpg, per_sample, <const float*>w, sm, sr,
+                                              batch_stats, gw, gb, nth)
+    else:
+        with nogil:
+            status = _channel_backward[double](<const double*>gp, <const double*>xp, <double*>dp, cl,
+                                               N, C, S, cpg, per_sample, <const double*>w, sm, sr,
+                                               batch_stats, gw, gb, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: out of memory in a channel normalization backward")
