@@ -12,7 +12,10 @@ import numpy as np
 
 from . import functional as F
 
-__all__ = ["Module", "LayerNorm", "RMSNorm"]
+__all__ = [
+    "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+]
 
 
 def _to_numpy(value):
@@ -174,3 +177,161 @@ class RMSNorm(Module):
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class _BatchNorm(Module):
+    """Shared body of BatchNorm1d/2d/3d (torch.nn.BatchNorm*d)."""
+
+    _parameter_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    _input_ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32, *, channel_axis=1):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.num_features = int(num_features)
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.channel_axis = channel_axis
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        if track_running_stats:
+            self.running_mean = np.zeros(num_features, dtype)
+            self.running_var = np.ones(num_features, dtype)
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.grad_weight = None
+        self.grad_bias = None
+
+    def _check_input(self, x):
+        if np.ndim(x) not in self._input_ndims:
+            raise ValueError(f"{type(self).__name__} expects {' or '.join(map(str, self._input_ndims))}-D "
+                             f"input, got shape {np.shape(x)}")
+
+    def forward(self, x, *, n_threads=None):
+        self._check_input(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        batch_stats = self.training or not self.track_running_stats
+        y, mean, invstd = F.batch_norm(
+            x, self.running_mean if not batch_stats or self.training else None,
+            self.running_var if not batch_stats or self.training else None,
+            self.weight, self.bias, batch_stats, factor, self.eps,
+            channel_axis=self.channel_axis, n_threads=n_threads, return_stats=True)
+        self._saved = (np.asarray(x), mean, invstd, batch_stats)
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean, invstd, batch_stats = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias = F.batch_norm_backward(
+            grad_out, x, mean, invstd, self.weight, self.bias, batch_stats,
+            channel_axis=self.channel_axis, n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """torch.nn.BatchNorm1d: input (N, C) or (N, C, L)."""
+    _input_ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """torch.nn.BatchNorm2d: input (N, C, H, W) (or NHWC with channel_axis=-1)."""
+    _input_ndims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """torch.nn.BatchNorm3d: input (N, C, D, H, W) (or NDHWC with channel_axis=-1)."""
+    _input_ndims = (5,)
+
+
+class GroupNorm(Module):
+    """torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)."""
+
+    _parameter_names = ("weight", "bias")
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *,
+                 channel_axis=1):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        self.num_groups = int(num_groups)
+        self.num_channels = int(num_channels)
+        self.eps = eps
+        self.affine = affine
+        self.channel_axis = channel_axis
+        self.weight = np.ones(num_channels, np.dtype(dtype)) if affine else None
+        self.bias = np.zeros(num_channels, np.dtype(dtype)) if affine else None
+        self.grad_weight = None
+        self.grad_bias = None
+
+    def forward(self, x, *, n_threads=None):
+        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                     channel_axis=self.channel_axis, n_threads=n_threads,
+                                     return_stats=True)
+        self._saved = (np.asarray(x), mean, rstd)
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean, rstd = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias = F.group_norm_backward(
+            grad_out, x, self.num_groups, mean, rstd, self.weight, self.bias,
+            channel_axis=self.channel_axis, n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class _InstanceNorm(_BatchNorm):
+    """Shared body of InstanceNorm1d/2d/3d (torch's defaults: affine=False,
+    track_running_stats=False)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
+                 track_running_stats=False, dtype=np.float32, *, channel_axis=1):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
+                         channel_axis=channel_axis)
+
+    def forward(self, x, *, n_threads=None):
+        self._check_input(x)
+        # as torch's InstanceNorm: num_batches_tracked is never advanced, and
+        # momentum=None means a factor of 0 (no cumulative average)
+        factor = 0.0 if self.momentum is None else self.momentum
+        use_input_stats = self.training or not self.track_running_stats
+        y, mean, rstd = F.instance_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
+            factor, self.eps, channel_axis=self.channel_axis, n_threads=n_threads, return_stats=True)
+        self._saved = (np.asarray(x), mean, rstd, use_input_stats)
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean, rstd, use_input_stats = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias = F.instance_norm_backward(
+            grad_out, x, mean, rstd, self.weight, self.bias, use_input_stats,
+            channel_axis=self.channel_axis, n_threads=n_threads)
+        return grad_x
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """torch.nn.InstanceNorm1d: input (N, C, L)."""
+    _input_ndims = (3,)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """torch.nn.InstanceNorm2d: input (N, C, H, W)."""
+    _input_ndims = (4,)
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """torch.nn.InstanceNorm3d: input (N, C, D, H, W)."""
+    _input_ndims = (5,)

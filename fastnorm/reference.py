@@ -6,7 +6,11 @@ the slow ground truth the fast kernels are tested against.
 """
 import numpy as np
 
-__all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward"]
+__all__ = [
+    "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
+    "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
+    "instance_norm", "instance_norm_backward",
+]
 
 
 def _axes(x, normalized_shape):
@@ -86,3 +90,131 @@ def rms_norm_backward(grad_out, x, rstd, weight=None):
     grad_x = rstd * gw - x * rstd ** 3 * (gw * x).mean(axis=axes, keepdims=True)
     grad_weight = (g * x * rstd).sum(axis=lead_axes) if weight is not None else None
     return grad_x, grad_weight
+
+
+# ---------------------------------------------------------------- channel normalizations
+
+def _to_ncs(x, channel_axis):
+    """float64 (N, C, S) copy of x and a function mapping (N, C, S) back."""
+    x = np.asarray(x, dtype=np.float64)
+    axis = 1 if channel_axis == 1 else x.ndim - 1
+    moved = np.moveaxis(x, axis, 1)
+    shape = moved.shape
+    ncs = moved.reshape(shape[0], shape[1], -1)
+    return ncs, (lambda a: np.moveaxis(a.reshape(shape), 1, axis))
+
+
+def _affine(xhat, weight, bias):
+    if weight is not None:
+        xhat = xhat * np.asarray(weight, np.float64)[None, :, None]
+    if bias is not None:
+        xhat = xhat + np.asarray(bias, np.float64)[None, :, None]
+    return xhat
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False):
+    """Batch normalization in float64; updates running_mean/var in place when training."""
+    v, back = _to_ncs(x, channel_axis)
+    if training:
+        mean = v.mean(axis=(0, 2))
+        var = v.var(axis=(0, 2))
+        n = v.shape[0] * v.shape[2]
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+    else:
+        mean = np.asarray(running_mean, np.float64)
+        var = np.asarray(running_var, np.float64)
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = back(_affine((v - mean[None, :, None]) * invstd[None, :, None], weight, bias))
+    return (y, mean, invstd) if return_stats else y
+
+
+def _channel_backward(g, v, mean, rstd, weight, bias, reduce_axes, batch_stats, back):
+    """Generic backward with mean/rstd broadcastable to (N, C, S) and the
+    statistics pooled over reduce_axes (of the grouped view)."""
+    xhat = (v - mean) * rstd
+    w = np.ones(v.shape[1]) if weight is None else np.asarray(weight, np.float64)
+    gw = g * w[None, :, None]
+    if batch_stats:
+        grad_x = rstd * (gw - gw.mean(axis=reduce_axes, keepdims=True)
+                         - xhat * (gw * xhat).mean(axis=reduce_axes, keepdims=True))
+    else:
+        grad_x = gw * rstd
+    grad_weight = (g * xhat).sum(axis=(0, 2)) if weight is not None else None
+    grad_bias = g.sum(axis=(0, 2)) if bias is not None else None
+    return back(grad_x), grad_weight, grad_bias
+
+
+def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, training=True, *,
+                        channel_axis=1):
+    """(grad_x, grad_weight, grad_bias) of batch_norm, in float64."""
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    mean = np.asarray(mean, np.float64)[None, :, None]
+    invstd = np.asarray(invstd, np.float64)[None, :, None]
+    return _channel_backward(g, v, mean, invstd, weight, bias, (0, 2), training, back)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, return_stats=False):
+    """Group normalization in float64; stats of shape (N, num_groups)."""
+    v, back = _to_ncs(x, channel_axis)
+    N, C, S = v.shape
+    grouped = v.reshape(N, num_groups, -1)
+    mean = grouped.mean(axis=2)
+    rstd = 1.0 / np.sqrt(grouped.var(axis=2) + eps)
+    xhat = ((grouped - mean[:, :, None]) * rstd[:, :, None]).reshape(N, C, S)
+    y = back(_affine(xhat, weight, bias))
+    return (y, mean, rstd) if return_stats else y
+
+
+def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, bias=None, *, channel_axis=1):
+    """(grad_x, grad_weight, grad_bias) of group_norm, in float64."""
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    N, C, S = v.shape
+    cpg = C // num_groups
+    expand = lambda s: np.repeat(np.asarray(s, np.float64).reshape(N, num_groups), cpg, axis=1)[:, :, None]
+    m, r = expand(mean), expand(rstd)
+    xhat = (v - m) * r
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    gw = (g * w[None, :, None]).reshape(N, num_groups, -1)
+    xh = xhat.reshape(N, num_groups, -1)
+    r_group = np.asarray(rstd, np.float64).reshape(N, num_groups, 1)
+    grad_x = r_group * (gw - gw.mean(axis=2, keepdims=True) - xh * (gw * xh).mean(axis=2, keepdims=True))
+    grad_x = grad_x.reshape(N, C, S)
+    grad_weight = (g * xhat).sum(axis=(0, 2)) if weight is not None else None
+    grad_bias = g.sum(axis=(0, 2)) if bias is not None else None
+    return back(grad_x), grad_weight, grad_bias
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False):
+    """Instance normalization in float64; stats of shape (N, C)."""
+    v, back = _to_ncs(x, channel_axis)
+    N, C, S = v.shape
+    if use_input_stats:
+        mean = v.mean(axis=2)
+        var = v.var(axis=2)
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean.mean(axis=0)
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * (var * S / (S - 1)).mean(axis=0)
+    else:
+        mean = np.tile(np.asarray(running_mean, np.float64), (N, 1))
+        var = np.tile(np.asarray(running_var, np.float64), (N, 1))
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = back(_affine((v - mean[:, :, None]) * rstd[:, :, None], weight, bias))
+    return (y, mean, rstd) if return_stats else y
+
+
+def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *,
+                           channel_axis=1):
+    """(grad_x, grad_weight, grad_bias) of instance_norm, in float64."""
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    m = np.asarray(mean, np.float64)[:, :, None]
+    r = np.asarray(rstd, np.float64)[:, :, None]
+    return _channel_backward(g, v, m, r, weight, bias, (2,), use_input_stats, back)

@@ -1,0 +1,261 @@
+"""BatchNorm, GroupNorm, InstanceNorm: fast kernels vs the reference twins and
+torch, over ranks, channels-first/last, memory layouts, threads, out=; running
+statistics; finite differences; hard inputs; errors."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastnorm
+from fastnorm import nn
+from fastnorm import reference as ref
+from conftest import numeric_gradient
+
+SHAPES = [(4, 6), (3, 6, 7), (2, 6, 5, 4), (2, 6, 3, 2, 4), (5, 12, 33)]
+LAYOUTS = ["contiguous", "other_memory_format", "strided", "fortran"]
+OPS = ["batch_train", "batch_eval", "group", "instance"]
+
+
+def make_input(shape, channel_axis, layout, dtype, rng, offset=0.5):
+    """x with its channels on channel_axis, stored in `layout`."""
+    logical = shape if channel_axis == 1 else (shape[0],) + shape[2:] + (shape[1],)
+    x = (rng.standard_normal(logical) * 2 + offset).astype(dtype)
+    if layout == "contiguous":
+        return x
+    if layout == "other_memory_format":  # NCHW data in NHWC memory, or the reverse
+        axis = 1 if channel_axis == 1 else x.ndim - 1
+        other = -1 if axis == 1 else 1
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(x, axis, other)), other, axis)
+    if layout == "strided":
+        big = np.zeros((2 * x.shape[0],) + x.shape[1:], dtype)
+        big[::2] = x
+        return big[::2]
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    raise ValueError(layout)
+
+
+def run(op, x, w, b, channel_axis, n_threads, G=3):
+    """(y, stats..., grads) of fastnorm and of the reference for one op."""
+    C = w.shape[0]
+    g = np.cos(np.arange(x.size, dtype=np.float64)).reshape(x.shape).astype(x.dtype)
+    kw = dict(channel_axis=channel_axis)
+    if op.startswith("batch"):
+        training = op == "batch_train"
+        rm = np.linspace(-1, 1, C).astype(x.dtype)
+        rv = np.linspace(0.5, 2, C).astype(x.dtype)
+        rm_r, rv_r = rm.astype(np.float64), rv.astype(np.float64)
+        y, m, s = fastnorm.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, return_stats=True,
+                                      n_threads=n_threads, **kw)
+        yr, mr, sr = ref.batch_norm(x, rm_r, rv_r, w, b, training, 0.1, 1e-5, return_stats=True, **kw)
+        grads = fastnorm.batch_norm_backward(g, x, m, s, w, b, training, n_threads=n_threads, **kw)
+        grads_r = ref.batch_norm_backward(g, x, mr, sr, w, b, training, **kw)
+        return (y, m, s, rm, rv) + grads, (yr, mr, sr, rm_r, rv_r) + grads_r
+    if op == "group":
+        y, m, s = fastnorm.group_norm(x, G, w, b, return_stats=True, n_threads=n_threads, **kw)
+        yr, mr, sr = ref.group_norm(x, G, w, b, return_stats=True, **kw)
+        grads = fastnorm.group_norm_backward(g, x, G, m, s, w, b, n_threads=n_threads, **kw)
+        grads_r = ref.group_norm_backward(g, x, G, mr, sr, w, b, **kw)
+        return (y, m, s) + grads, (yr, mr, sr) + grads_r
+    rm = np.zeros(C, x.dtype)
+    rv = np.ones(C, x.dtype)
+    rm_r, rv_r = rm.astype(np.float64), rv.astype(np.float64)
+    y, m, s = fastnorm.instance_norm(x, rm, rv, w, b, True, 0.1, 1e-5, return_stats=True,
+                                     n_threads=n_threads, **kw)
+    yr, mr, sr = ref.instance_norm(x, rm_r, rv_r, w, b, True, 0.1, 1e-5, return_stats=True, **kw)
+    grads = fastnorm.instance_norm_backward(g, x, m, s, w, b, n_threads=n_threads, **kw)
+    grads_r = ref.instance_norm_backward(g, x, mr, sr, w, b, **kw)
+    return (y, m, s, rm, rv) + grads, (yr, mr, sr, rm_r, rv_r) + grads_r
+
+
+OP_SHAPES = [(op, shape) for op in OPS for shape in SHAPES if op != "instance" or len(shape) > 2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("channel_axis", [1, -1])
+@pytest.mark.parametrize("op,shape", OP_SHAPES, ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
+def test_matches_reference(isa, rng, op, shape, channel_axis, layout, dtype):
+    x = make_input(shape, channel_axis, layout, dtype, rng)
+    before = x.copy()
+    C = shape[1]
+    w = (rng.standard_normal(C) + 1).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    tol = dict(rtol=5e-5, atol=5e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for n_threads in (1, 2):
+        ours, theirs = run(op, x, w, b, channel_axis, n_threads)
+        for a, r in zip(ours, theirs):
+            assert a.dtype == dtype
+            scale = max(1.0, float(np.abs(r).max()))
+            np.testing.assert_allclose(a, r, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * scale)
+        assert ours[0].shape == x.shape
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_torch_layers_match_over_steps(rng, channel_axis):
+    """Layers loaded from torch state give torch's outputs, gradients and
+    running statistics over several train steps, momentum incl. None, then eval."""
+    for momentum in (0.1, None):
+        tl = torch.nn.BatchNorm2d(6, momentum=momentum)
+        with torch.no_grad():
+            tl.weight.copy_(torch.randn(6))
+            tl.bias.copy_(torch.randn(6))
+        fl = nn.BatchNorm2d(6, momentum=momentum, channel_axis=channel_axis)
+        fl.load_state_dict(tl.state_dict())
+        for step in range(3):
+            x = (rng.standard_normal((4, 6, 5, 5)) * (step + 1) + step).astype(np.float32)
+            g = rng.standard_normal(x.shape).astype(np.float32)
+            tx = torch.tensor(x, requires_grad=True)
+            ty = tl(tx)
+            ty.backward(torch.tensor(g))
+            xin = x if channel_axis == 1 else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+            gin = g if channel_axis == 1 else np.ascontiguousarray(np.moveaxis(g, 1, -1))
+            y = fl(xin)
+            gx = fl.backward(gin)
+            if channel_axis == -1:
+                y, gx = np.moveaxis(y, -1, 1), np.moveaxis(gx, -1, 1)
+            np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(fl.grad_weight, tl.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(fl.grad_bias, tl.bias.grad.numpy(), rtol=1e-4, atol=1e-3)
+            tl.weight.grad = None
+            tl.bias.grad = None
+            for key, value in tl.state_dict().items():
+                np.testing.assert_allclose(fl.state_dict()[key], value.numpy(), rtol=1e-5, atol=1e-6)
+        tl.eval()
+        fl.eval()
+        x = rng.standard_normal((3, 6, 4, 4)).astype(np.float32)
+        xin = x if channel_axis == 1 else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        y = fl(xin)
+        y = y if channel_axis == 1 else np.moveaxis(y, -1, 1)
+        np.testing.assert_allclose(y, tl(torch.tensor(x)).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_group_and_instance_layers_match_torch(rng):
+    x = rng.standard_normal((3, 8, 6, 5)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    for tl, fl in [(torch.nn.GroupNorm(4, 8), nn.GroupNorm(4, 8)),
+                   (torch.nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+                    nn.InstanceNorm2d(8, affine=True, track_running_stats=True))]:
+        with torch.no_grad():
+            tl.weight.copy_(torch.randn(8))
+            tl.bias.copy_(torch.randn(8))
+        fl.load_state_dict(tl.state_dict())
+        tx = torch.tensor(x, requires_grad=True)
+        ty = tl(tx)
+        ty.backward(torch.tensor(g))
+        np.testing.assert_allclose(fl(x), ty.detach().numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(fl.backward(g), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(fl.grad_weight, tl.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+        for key, value in tl.state_dict().items():
+            np.testing.assert_allclose(fl.state_dict()[key], value.numpy(), rtol=1e-5, atol=1e-6)
+        tl.eval()
+        fl.eval()
+        np.testing.assert_allclose(fl(x), tl(torch.tensor(x)).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_finite_differences_float64(rng, op):
+    x = rng.standard_normal((3, 6, 4))
+    w = rng.standard_normal(6)
+    b = rng.standard_normal(6)
+    g = rng.standard_normal(x.shape)
+    rm, rv = np.zeros(6), np.ones(6)
+
+    def forward(xx, ww, bb):
+        if op.startswith("batch"):
+            return fastnorm.batch_norm(xx, rm.copy(), rv.copy(), ww, bb, op == "batch_train", 0.1, 1e-3,
+                                       return_stats=True)
+        if op == "group":
+            return fastnorm.group_norm(xx, 3, ww, bb, 1e-3, return_stats=True)
+        return fastnorm.instance_norm(xx, None, None, ww, bb, True, 0.1, 1e-3, return_stats=True)
+
+    def loss(xx, ww, bb):
+        return float((forward(xx, ww, bb)[0] * g).sum())
+
+    y, m, s = forward(x, w, b)
+    if op.startswith("batch"):
+        grads = fastnorm.batch_norm_backward(g, x, m, s, w, b, op == "batch_train")
+    elif op == "group":
+        grads = fastnorm.group_norm_backward(g, x, 3, m, s, w, b)
+    else:
+        grads = fastnorm.instance_norm_backward(g, x, m, s, w, b)
+    arrays = dict(xx=x, ww=w, bb=b)
+    for grad, name in zip(grads, ("xx", "ww", "bb")):
+        np.testing.assert_allclose(grad, numeric_gradient(loss, arrays, name), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_large_offset_channels_float32(isa, rng, channel_axis):
+    x = (1e4 + rng.standard_normal((16, 8, 32, 32))).astype(np.float32)
+    if channel_axis == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
+    y = fastnorm.batch_norm(x, rm, rv, training=True, channel_axis=channel_axis)
+    yr = ref.batch_norm(x.astype(np.float64), None, None, training=True, channel_axis=channel_axis)
+    assert np.abs(y - yr).max() < 1e-4
+    yg = fastnorm.group_norm(x, 4, channel_axis=channel_axis)
+    assert np.abs(yg - ref.group_norm(x.astype(np.float64), 4, channel_axis=channel_axis)).max() < 1e-4
+
+
+def test_nan_confined_to_its_channel_and_group(rng):
+    x = rng.standard_normal((4, 6, 5, 5)).astype(np.float32)
+    x[1, 2, 3, 3] = np.nan
+    y = fastnorm.batch_norm(x, None, None, training=True)
+    assert np.isnan(y[:, 2]).all() and np.isfinite(np.delete(y, 2, axis=1)).all()
+    yg = fastnorm.group_norm(x, 3)  # channel 2 is in group 1 (channels 2, 3) of sample 1
+    assert np.isnan(yg[1, 2:4]).all()
+    assert np.isfinite(yg[0]).all() and np.isfinite(yg[1, :2]).all() and np.isfinite(yg[1, 4:]).all()
+
+
+def test_out_and_in_place(rng):
+    x = rng.standard_normal((4, 6, 5, 5)).astype(np.float32)
+    expected = fastnorm.group_norm(x, 2)
+    out = np.empty_like(x)
+    assert fastnorm.group_norm(x, 2, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    xi = x.copy()
+    fastnorm.group_norm(xi, 2, out=xi)
+    np.testing.assert_array_equal(xi, expected)
+
+
+class TestErrors:
+    x = np.zeros((2, 6, 4, 4), np.float32)
+
+    def test_batch_norm(self):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+            fastnorm.batch_norm(np.zeros((1, 6), np.float32), None, None, training=True)
+        with pytest.raises(ValueError, match="running_mean"):
+            fastnorm.batch_norm(self.x, np.zeros(5, np.float32), np.ones(6, np.float32), training=True)
+        with pytest.raises(ValueError, match="running_mean and running_var are required"):
+            fastnorm.batch_norm(self.x, None, None, training=False)
+        with pytest.raises(ValueError, match="weight"):
+            fastnorm.batch_norm(self.x, None, None, np.ones(4, np.float32), training=True)
+        with pytest.raises(TypeError, match="x must be a floating-point array"):
+            fastnorm.batch_norm(self.x.astype(np.int32), None, None, training=True)
+        with pytest.raises(ValueError, match="channel_axis"):
+            fastnorm.batch_norm(self.x, None, None, training=True, channel_axis=2)
+        with pytest.raises(ValueError, match="at least 2 dimensions"):
+            fastnorm.batch_norm(np.zeros(6, np.float32), None, None, training=True)
+
+    def test_group_norm(self):
+        with pytest.raises(ValueError, match="divisible by num_groups"):
+            fastnorm.group_norm(self.x, 4)
+        with pytest.raises(ValueError, match="num_groups"):
+            fastnorm.group_norm(self.x, 0)
+        y, m, r = fastnorm.group_norm(self.x, 3, return_stats=True)
+        with pytest.raises(ValueError, match="mean"):
+            fastnorm.group_norm_backward(self.x, self.x, 3, m[:1], r)
+        with pytest.raises(ValueError, match="grad_out"):
+            fastnorm.group_norm_backward(self.x[:1], self.x, 3, m, r)
+        with pytest.raises(ValueError, match="divisible"):
+            nn.GroupNorm(4, 6)
+
+    def test_instance_norm(self):
+        with pytest.raises(ValueError, match="at least 3 dimensions"):
+            fastnorm.instance_norm(np.zeros((2, 6), np.float32))
+        with pytest.raises(ValueError, match="more than 1 spatial element"):
+            fastnorm.instance_norm(np.zeros((2, 6, 1), np.float32))
+        with pytest.raises(ValueError, match="BatchNorm2d expects 4-D"):
+            nn.BatchNorm2d(6)(np.zeros((2, 6, 3), np.float32))
