@@ -51,6 +51,9 @@ def time_case(impls, repeats, min_time):
     samples = {name: [] for name in impls}
     for _ in range(repeats):
         for name, fn in impls.items():
+            # let the previous implementation's spinning OpenMP workers (torch's
+            # or fastnorm's) go idle, so that they do not steal this one's cores
+            time.sleep(0.005)
             n = loops[name]
             t0 = time.perf_counter()
             for _ in range(n):
@@ -80,14 +83,14 @@ def run(ops, shapes, threads, repeats, min_time, emit):
     emit("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for op in ops:
         factories = peers.OPS[op]
-        for backward in (False, True):
-            for shape in shapes:
-                x, g, w, b = peers.make_case(shape)
+        for backward in [d == "fwd+bwd" for d in factories["directions"]]:
+            for shape in (shapes or factories["shapes"]):
+                x, g, w, b = factories["make_case"](shape)
                 impls = {"fastnorm": factories["fastnorm"](x, g, w, b, threads, backward=backward)}
                 if not backward:
                     impls["fastnorm_out"] = factories["fastnorm"](x, g, w, b, threads, out=True)
                 for peer in ("torch", "onnxruntime", "numpy"):
-                    fn = factories[peer](x, g, w, b, threads, backward=backward)
+                    fn = factories[peer](x, g, w, b, threads, backward=backward) if peer in factories else None
                     if fn is not None:
                         impls[peer] = fn
                 impls["copy"] = peers.copy_limit(x, g, w, b, threads, backward=backward)
@@ -148,14 +151,15 @@ def environment(threads):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ops", nargs="+", default=list(peers.OPS), choices=list(peers.OPS))
+    p.add_argument("--ops", nargs="+", default=None,
+                   help="run the ops whose names start with these (default: all): " + ", ".join(peers.OPS))
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--min-time", type=float, default=0.02, help="seconds per timed loop")
     p.add_argument("--shapes", nargs="+", default=None, help="e.g. 64x768 8192x4096")
     p.add_argument("--save", metavar="FILE", help="also write the table, machine and versions to FILE")
     args = p.parse_args(argv)
-    shapes = peers.SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    shapes = None if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     lines = []
 
     def emit(line):
@@ -164,7 +168,8 @@ def main(argv=None):
 
     env = environment(args.threads)
     print("\n".join(env) + "\n", flush=True)
-    rows = run(args.ops, shapes, args.threads, args.repeats, args.min_time, emit)
+    ops = [op for op in peers.OPS if args.ops is None or any(op.startswith(p) for p in args.ops)]
+    rows = run(ops, shapes, args.threads, args.repeats, args.min_time, emit)
     tail = summary(rows)
     print("\n" + "\n".join(tail))
     if args.save:

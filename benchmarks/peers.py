@@ -209,15 +209,22 @@ def ort_rms_norm(x, g, w, b, threads, backward=False):
     return lambda: sess.run(None, feed)
 
 
+SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
+
+# op -> its implementations, shapes, directions and case builder
 OPS = {
     "layer_norm": {
         "fastnorm": fastnorm_layer_norm, "torch": torch_layer_norm,
         "onnxruntime": ort_layer_norm, "numpy": numpy_layer_norm,
+        "shapes": SHAPES, "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
     },
     "rms_norm": {
         "fastnorm": fastnorm_rms_norm, "torch": torch_rms_norm,
         "onnxruntime": ort_rms_norm, "numpy": numpy_rms_norm,
+        "shapes": SHAPES, "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
     },
 }
 
-SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
+from channel_peers import CHANNEL_OPS  # noqa: E402
+
+OPS.update(CHANNEL_OPS)

@@ -17,8 +17,11 @@
 # use, per (n, c), y = ((x - hi) - lo) * a + b, where hi + lo is the mean
 # split in two floats (exact centering for large offsets in float32).
 
+from libc.string cimport memcpy
+
 cdef enum:
-    CL_FLUSH_ROWS = 64       # rows accumulated in `floating` before a flush to double
+    CL_FLUSH_ROWS = 16       # tiles accumulated in `floating` before a flush to double
+    TILE_ELEMS = 1024        # values per channels-last tile (see _tile_rows)
 
 
 cdef inline Py_ssize_t _stat_of(Py_ssize_t n, Py_ssize_t c, bint per_sample,
@@ -122,92 +125,174 @@ cdef inline void _block_backward(const floating* g, const floating* x, floating*
             dx[k] = alpha * g[k] + (beta * ((x[k] - hi) - lo) + gamma)
 
 
+cdef inline Py_ssize_t _tile_rows(Py_ssize_t C) noexcept nogil:
+    """Rows per tile: a tile is TILE_ELEMS values (whole rows) handled as one
+    flat, long, vectorizable loop against coefficient vectors repeated
+    row after row; rows of many channels are their own tile."""
+    return TILE_ELEMS // C if C < TILE_ELEMS else 1
+
+
+cdef inline void _tile(floating* dst, const floating* src, Py_ssize_t C, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        memcpy(dst + i * C, src, C * sizeof(floating))
+
+
 cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                        const floating* shift, floating* acc_d, floating* acc_q,
+                        const floating* shift, floating* work,
                         double* sum_dev, double* sum_sq) noexcept nogil:
     """Per channel over rows r0..r1 of a (rows, C) array: sums of d and d^2,
-    d = x - shift[c]; `floating` accumulators flushed to double every CL_FLUSH_ROWS."""
-    cdef Py_ssize_t r, c
-    cdef const floating* row
+    d = x - shift[c].  Tiles of m rows are accumulated in `floating` (one
+    accumulator per tile element), flushed to double every CL_FLUSH_ROWS tiles.
+    work: 3 * m * C scratch (m = _tile_rows(C))."""
+    cdef Py_ssize_t m = _tile_rows(C), L, r, k, c, i
+    cdef floating* sh = work
+    cdef floating* acc_d = work + m * C
+    cdef floating* acc_q = work + 2 * m * C
+    cdef const floating* p
     cdef floating d
     cdef int pending = 0
+    L = m * C
+    _tile(sh, shift, C, m)
     for c in range(C):
         sum_dev[c] = 0
         sum_sq[c] = 0
-        acc_d[c] = 0
-        acc_q[c] = 0
-    for r in range(r0, r1):
-        row = x + r * C
-        for c in range(C):
-            d = row[c] - shift[c]
-            acc_d[c] += d
-            acc_q[c] += d * d
-        pending += 1
-        if pending == CL_FLUSH_ROWS or r + 1 == r1:
+    for k in range(L):
+        acc_d[k] = 0
+        acc_q[k] = 0
+    r = r0
+    while r < r1:
+        if r + m <= r1:
+            p = x + r * C
+            for k in range(L):
+                d = p[k] - sh[k]
+                acc_d[k] += d
+                acc_q[k] += d * d
+            r += m
+        else:  # the last rows: one at a time (the first C tile slots)
+            p = x + r * C
             for c in range(C):
-                sum_dev[c] += acc_d[c]
-                sum_sq[c] += acc_q[c]
-                acc_d[c] = 0
-                acc_q[c] = 0
+                d = p[c] - sh[c]
+                acc_d[c] += d
+                acc_q[c] += d * d
+            r += 1
+        pending += 1
+        if pending == CL_FLUSH_ROWS or r >= r1:
+            for i in range(m):
+                for c in range(C):
+                    sum_dev[c] += acc_d[i * C + c]
+                    sum_sq[c] += acc_q[i * C + c]
+            for k in range(L):
+                acc_d[k] = 0
+                acc_q[k] = 0
             pending = 0
 
 
 cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t C, const floating* hi, const floating* lo,
-                              floating* acc, double* sums) noexcept nogil:
+                              floating* work, double* sums) noexcept nogil:
     """Per channel over rows r0..r1: sums of g, g*t and t, t = (x - hi[c]) - lo[c].
-    acc: 3*C scratch; sums: 3*C output (g, g*t, t)."""
-    cdef Py_ssize_t r, c
-    cdef const floating* grow
-    cdef const floating* xrow
+    work: 5 * m * C scratch; sums: 3*C output (g, g*t, t)."""
+    cdef Py_ssize_t m = _tile_rows(C), L, r, k, c, i, n_k
+    cdef floating* thi = work
+    cdef floating* tlo = work + m * C
+    cdef floating* acc_a = work + 2 * m * C
+    cdef floating* acc_b = work + 3 * m * C
+    cdef floating* acc_c = work + 4 * m * C
+    cdef const floating* gp
+    cdef const floating* xp
     cdef floating t
     cdef int pending = 0
+    L = m * C
+    _tile(thi, hi, C, m)
+    _tile(tlo, lo, C, m)
     for c in range(3 * C):
         sums[c] = 0
-        acc[c] = 0
-    for r in range(r0, r1):
-        grow = g + r * C
-        xrow = x + r * C
-        for c in range(C):
-            t = (xrow[c] - hi[c]) - lo[c]
-            acc[c] += grow[c]
-            acc[C + c] += grow[c] * t
-            acc[2 * C + c] += t
+    for k in range(L):
+        acc_a[k] = 0
+        acc_b[k] = 0
+        acc_c[k] = 0
+    r = r0
+    while r < r1:
+        n_k = L if r + m <= r1 else C
+        gp = g + r * C
+        xp = x + r * C
+        for k in range(n_k):
+            t = (xp[k] - thi[k]) - tlo[k]
+            acc_a[k] += gp[k]
+            acc_b[k] += gp[k] * t
+            acc_c[k] += t
+        r += m if n_k == L else 1
         pending += 1
-        if pending == CL_FLUSH_ROWS or r + 1 == r1:
-            for c in range(3 * C):
-                sums[c] += acc[c]
-                acc[c] = 0
+        if pending == CL_FLUSH_ROWS or r >= r1:
+            for i in range(m):
+                for c in range(C):
+                    sums[c] += acc_a[i * C + c]
+                    sums[C + c] += acc_b[i * C + c]
+                    sums[2 * C + c] += acc_c[i * C + c]
+            for k in range(L):
+                acc_a[k] = 0
+                acc_b[k] = 0
+                acc_c[k] = 0
             pending = 0
 
 
 cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                        const floating* hi, const floating* lo, const floating* a,
-                       const floating* b) noexcept nogil:
-    """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1."""
-    cdef Py_ssize_t r, c
-    cdef const floating* xrow
-    cdef floating* yrow
-    for r in range(r0, r1):
-        xrow = x + r * C
-        yrow = y + r * C
-        for c in range(C):
-            yrow[c] = ((xrow[c] - hi[c]) - lo[c]) * a[c] + b[c]
+                       const floating* b, floating* work) noexcept nogil:
+    """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1
+    (work: 4 * m * C scratch)."""
+    cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
+    cdef floating* thi = work
+    cdef floating* tlo = work + m * C
+    cdef floating* ta = work + 2 * m * C
+    cdef floating* tb = work + 3 * m * C
+    cdef const floating* xp
+    cdef floating* yp
+    L = m * C
+    _tile(thi, hi, C, m)
+    _tile(tlo, lo, C, m)
+    _tile(ta, a, C, m)
+    _tile(tb, b, C, m)
+    r = r0
+    while r < r1:
+        n_k = L if r + m <= r1 else C
+        xp = x + r * C
+        yp = y + r * C
+        for k in range(n_k):
+            yp[k] = ((xp[k] - thi[k]) - tlo[k]) * ta[k] + tb[k]
+        r += m if n_k == L else 1
 
 
 cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
                          Py_ssize_t r1, Py_ssize_t C, const floating* hi, const floating* lo,
-                         const floating* alpha, const floating* beta, const floating* gamma) noexcept nogil:
-    cdef Py_ssize_t r, c
-    cdef const floating* grow
-    cdef const floating* xrow
-    cdef floating* drow
-    for r in range(r0, r1):
-        grow = g + r * C
-        xrow = x + r * C
-        drow = dx + r * C
-        for c in range(C):
-            drow[c] = alpha[c] * grow[c] + (beta[c] * ((xrow[c] - hi[c]) - lo[c]) + gamma[c])
+                         const floating* alpha, const floating* beta, const floating* gamma,
+                         floating* work) noexcept nogil:
+    """dx = alpha*g + beta*((x - hi) - lo) + gamma per channel (work: 5 * m * C)."""
+    cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
+    cdef floating* thi = work
+    cdef floating* tlo = work + m * C
+    cdef floating* tal = work + 2 * m * C
+    cdef floating* tbe = work + 3 * m * C
+    cdef floating* tga = work + 4 * m * C
+    cdef const floating* gp
+    cdef const floating* xp
+    cdef floating* dp
+    L = m * C
+    _tile(thi, hi, C, m)
+    _tile(tlo, lo, C, m)
+    _tile(tal, alpha, C, m)
+    _tile(tbe, beta, C, m)
+    _tile(tga, gamma, C, m)
+    r = r0
+    while r < r1:
+        n_k = L if r + m <= r1 else C
+        gp = g + r * C
+        xp = x + r * C
+        dp = dx + r * C
+        for k in range(n_k):
+            dp[k] = tal[k] * gp[k] + (tbe[k] * ((xp[k] - thi[k]) - tlo[k]) + tga[k])
+        r += m if n_k == L else 1
 
 
 # ---------------------------------------------------------------- drivers
@@ -244,7 +329,8 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
         return 0
     # channels-last: units are row chunks (BatchNorm) or samples (Group/InstanceNorm)
     n_units = N if per_sample else (nth if P >= nth else 1)
-    shift = <floating*>malloc((n_units * C + n_units * 2 * C) * sizeof(floating) + 8)
+    cdef Py_ssize_t work_len = 3 * _tile_rows(C) * C
+    shift = <floating*>malloc((n_units * C + n_units * work_len) * sizeof(floating) + 64)
     sd = <double*>malloc(2 * n_units * C * sizeof(double) + 8)
     if shift == NULL or sd == NULL:
         free(shift)
@@ -264,7 +350,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
                 r0 = _part_start(P, <int>n_units, <int>u)
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
             _rows_moments(x, r0, r1, C, shift + (u * C if per_sample else 0),
-                          scratch + u * 2 * C, scratch + u * 2 * C + C, sd + u * C, sq + u * C)
+                          scratch + u * work_len, sd + u * C, sq + u * C)
         bad = 0
         for s in range(n_stats):
             st_mean[s] = 0
@@ -308,16 +394,20 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
     per_sample: forward (g NULL) y = ((x-hi)-lo)*c1 + c2; backward
     y = c1*g + c2*((x-hi)-lo) + c3."""
     cdef Py_ssize_t r = r0, seg_end, off
+    cdef floating* work = <floating*>malloc(5 * _tile_rows(C) * C * sizeof(floating) + 64)
+    if work == NULL:
+        return
     while r < r1:
         off = (r // S) * C if per_sample else 0
         seg_end = ((r // S) + 1) * S if per_sample else r1
         if seg_end > r1:
             seg_end = r1
         if g == NULL:
-            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off)
+            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, work)
         else:
-            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off)
+            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off, work)
         r = seg_end
+    free(work)
 
 
 cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
@@ -393,7 +483,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     cdef floating* coef = <floating*>malloc(5 * n_coef * sizeof(floating) + 8)
     cdef floating* scratch = NULL
     if cl:
-        scratch = <floating*>malloc(3 * n_units * C * sizeof(floating) + 8)
+        scratch = <floating*>malloc(5 * _tile_rows(C) * C * n_units * sizeof(floating) + 64)
     if sums == NULL or coef == NULL or (cl and scratch == NULL):
         free(sums)
         free(coef)
@@ -426,7 +516,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
             _rows_backward_sums(g, x, r0, r1, C, hi + (u * C if per_sample else 0),
                                 lo + (u * C if per_sample else 0),
-                                scratch + 3 * u * C, sums + 3 * u * C)
+                                scratch + 5 * _tile_rows(C) * C * u, sums + 3 * u * C)
     # 2. per-stat sums (fixed order), parameter gradients
     for s in range(4 * n_stats):
         st[s] = 0

@@ -257,6 +257,15 @@ class ChannelLayout:
     def empty(self, dtype):
         return _empty(self.data.shape, dtype)
 
+    def to_kernel(self, a):
+        """A view of `a` (shaped like x) in the kernel layout, or None when
+        a's memory does not have that layout (then a copy is needed)."""
+        if self.moved:
+            a = np.moveaxis(a, self.axis, -1 if self.cl else 1)
+        if a.shape != self.data.shape or not a.flags.c_contiguous:
+            return None
+        return a
+
     def restore(self, a):
         """An array in the kernel layout (shaped like `data`) in x's axis order."""
         if not self.moved:

@@ -258,9 +258,18 @@ def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats
         w = None if w is None else w.astype(cdt)
         b = None if b is None else b.astype(cdt)
     data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
-    y_k = layout.empty(cdt)
+    y_k = None
     if out is not None:
         check_out(out, x, x.dtype)
+        y_k = layout.to_kernel(out) if cdt == x.dtype else None
+        if y_k is not None and y_k is not data and np.may_share_memory(y_k, data) and not (
+                y_k.__array_interface__["data"][0] == data.__array_interface__["data"][0]):
+            y_k = None  # partial overlap with x: go through a temporary
+        if y_k is not None:
+            _kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg,
+                                     per_sample, w, b, eps, batch_stats, st_mean, st_var, n_threads)
+            return out
+    y_k = layout.empty(cdt)
     _kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg, per_sample,
                              w, b, eps, batch_stats, st_mean, st_var, n_threads)
     y = layout.restore(y_k)

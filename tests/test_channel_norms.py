@@ -259,3 +259,20 @@ class TestErrors:
             fastnorm.instance_norm(np.zeros((2, 6, 1), np.float32))
         with pytest.raises(ValueError, match="BatchNorm2d expects 4-D"):
             nn.BatchNorm2d(6)(np.zeros((2, 6, 3), np.float32))
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_out_in_other_layouts_and_overlap(rng, channel_axis):
+    x = make_input((3, 6, 5, 4), channel_axis, "contiguous", np.float32, rng)
+    expected = fastnorm.batch_norm(x, None, None, training=True, channel_axis=channel_axis)
+    for out in (np.empty_like(x), np.asfortranarray(np.empty_like(x)), np.empty_like(x)[..., ::-1][..., ::-1]):
+        assert fastnorm.batch_norm(x, None, None, training=True, channel_axis=channel_axis, out=out) is out
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    xi = x.copy()
+    fastnorm.batch_norm(xi, None, None, training=True, channel_axis=channel_axis, out=xi)
+    np.testing.assert_allclose(xi, expected, rtol=1e-6, atol=1e-6)
+    big = np.concatenate([x, x])  # out overlapping x partially
+    src, dst = big[1:4], big[0:3]
+    expected_shift = fastnorm.batch_norm(src.copy(), None, None, training=True, channel_axis=channel_axis)
+    fastnorm.batch_norm(src, None, None, training=True, channel_axis=channel_axis, out=dst)
+    np.testing.assert_allclose(dst, expected_shift, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,240 @@
+"""Peers for the channel normalizations (BatchNorm, GroupNorm, InstanceNorm).
+
+Same factory protocol as peers.py: f(x, g, w, b, threads, backward=False,
+out=False) -> zero-argument callable, or None.  `x` is stored as the case says
+(NCHW, or NHWC for the channels-last cases); torch gets the same memory
+layout (torch.channels_last)."""
+import numpy as np
+
+import fastnorm
+
+try:
+    import torch
+    import torch.nn.functional as TF
+except ImportError:  # pragma: no cover
+    torch = None
+
+EPS = 1e-5
+GROUPS = 32
+
+
+def make_channel_case(shape, channels_last=False, seed=0):
+    """x, grad_out (NCHW shape, NHWC memory when channels_last), weight, bias."""
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    stored = (shape[0],) + tuple(shape[2:]) + (C,) if channels_last else shape
+    x = rng.standard_normal(stored, dtype=np.float32)
+    g = rng.standard_normal(stored, dtype=np.float32)
+    w = rng.standard_normal(C, dtype=np.float32)
+    b = rng.standard_normal(C, dtype=np.float32)
+    return x, g, w, b
+
+
+def _axis(x, channels_last):
+    return -1 if channels_last else 1
+
+
+def _reduce_axes(x, channels_last, per_sample=False):
+    axes = tuple(i for i in range(x.ndim) if i != (x.ndim - 1 if channels_last else 1))
+    return axes[1:] if per_sample else axes
+
+
+def _bcast(v, x, channels_last):
+    return v if channels_last else v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+# ---------------------------------------------------------------- fastnorm
+
+def fastnorm_batch_norm(x, g, w, b, threads, backward=False, out=False, *, channels_last=False,
+                        training=True):
+    ax = _axis(x, channels_last)
+    C = x.shape[ax]
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    y = np.empty_like(x) if out else None
+    if not backward:
+        return lambda: fastnorm.batch_norm(x, rm, rv, w, b, training, 0.1, EPS, channel_axis=ax,
+                                           out=y, n_threads=threads)
+
+    def run():
+        _, m, s = fastnorm.batch_norm(x, rm, rv, w, b, training, 0.1, EPS, channel_axis=ax,
+                                      n_threads=threads, return_stats=True)
+        return fastnorm.batch_norm_backward(g, x, m, s, w, b, training, channel_axis=ax,
+                                            n_threads=threads)
+    return run
+
+
+def fastnorm_group_norm(x, g, w, b, threads, backward=False, out=False, *, channels_last=False):
+    ax = _axis(x, channels_last)
+    y = np.empty_like(x) if out else None
+    if not backward:
+        return lambda: fastnorm.group_norm(x, GROUPS, w, b, EPS, channel_axis=ax, out=y, n_threads=threads)
+
+    def run():
+        _, m, s = fastnorm.group_norm(x, GROUPS, w, b, EPS, channel_axis=ax, n_threads=threads,
+                                      return_stats=True)
+        return fastnorm.group_norm_backward(g, x, GROUPS, m, s, w, b, channel_axis=ax, n_threads=threads)
+    return run
+
+
+def fastnorm_instance_norm(x, g, w, b, threads, backward=False, out=False, *, channels_last=False):
+    ax = _axis(x, channels_last)
+    y = np.empty_like(x) if out else None
+    if not backward:
+        return lambda: fastnorm.instance_norm(x, None, None, w, b, channel_axis=ax, out=y, n_threads=threads)
+
+    def run():
+        _, m, s = fastnorm.instance_norm(x, None, None, w, b, channel_axis=ax, n_threads=threads,
+                                         return_stats=True)
+        return fastnorm.instance_norm_backward(g, x, m, s, w, b, channel_axis=ax, n_threads=threads)
+    return run
+
+
+# ---------------------------------------------------------------- NumPy (straightforward)
+
+def numpy_batch_norm(x, g, w, b, threads, backward=False, *, channels_last=False, training=True):
+    axes = _reduce_axes(x, channels_last)
+    wb, bb = _bcast(w, x, channels_last), _bcast(b, x, channels_last)
+    rm = np.zeros_like(wb)
+    rv = np.ones_like(wb)
+
+    def forward():
+        if training:
+            mean = x.mean(axis=axes, keepdims=True)
+            xc = x - mean
+            rstd = 1.0 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + EPS)
+        else:
+            xc = x - rm
+            rstd = 1.0 / np.sqrt(rv + EPS)
+        xhat = xc * rstd
+        return xhat * wb + bb, xhat, rstd
+
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, xhat, rstd = forward()
+        gw = g * wb
+        if training:
+            gx = rstd * (gw - gw.mean(axis=axes, keepdims=True)
+                         - xhat * (gw * xhat).mean(axis=axes, keepdims=True))
+        else:
+            gx = gw * rstd
+        return gx, (g * xhat).sum(axis=axes), g.sum(axis=axes)
+    return run
+
+
+def numpy_group_norm(x, g, w, b, threads, backward=False, *, channels_last=False, groups=GROUPS):
+    N, C = x.shape[0], x.shape[1]
+    wb, bb = _bcast(w, x, channels_last), _bcast(b, x, channels_last)
+
+    def forward():
+        xg = x.reshape(N, groups, -1)
+        mean = xg.mean(axis=2, keepdims=True)
+        xc = xg - mean
+        rstd = 1.0 / np.sqrt((xc * xc).mean(axis=2, keepdims=True) + EPS)
+        xhat = (xc * rstd).reshape(x.shape)
+        return xhat * wb + bb, xhat, rstd
+
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, xhat, rstd = forward()
+        gw = (g * wb).reshape(N, groups, -1)
+        xh = xhat.reshape(N, groups, -1)
+        gx = rstd * (gw - gw.mean(axis=2, keepdims=True) - xh * (gw * xh).mean(axis=2, keepdims=True))
+        axes = (0,) + tuple(range(2, x.ndim))
+        return gx.reshape(x.shape), (g * xhat).sum(axis=axes), g.sum(axis=axes)
+    return run
+
+
+def numpy_instance_norm(x, g, w, b, threads, backward=False, *, channels_last=False):
+    return numpy_group_norm(x, g, w, b, threads, backward, channels_last=channels_last, groups=x.shape[1])
+
+
+# ---------------------------------------------------------------- PyTorch
+
+def _torch_inputs(x, g, w, b, backward, channels_last):
+    if channels_last:  # logical NCHW over NHWC memory: torch's channels_last format
+        tx = torch.from_numpy(x).movedim(-1, 1)
+        tg = torch.from_numpy(g).movedim(-1, 1)
+    else:
+        tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    if backward:
+        tx = tx.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        tw = tw.clone().requires_grad_()
+        tb = tb.clone().requires_grad_()
+    return tx, tg, tw, tb
+
+
+def _torch_run(fwd, tx, tg, tw, tb, backward):
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return fwd(tx, tw, tb)
+        return run
+
+    def run():
+        y = fwd(tx, tw, tb)
+        return torch.autograd.grad(y, (tx, tw, tb), tg)
+    return run
+
+
+def torch_batch_norm(x, g, w, b, threads, backward=False, *, channels_last=False, training=True):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_inputs(x, g, w, b, backward, channels_last)
+    C = tw.shape[0]
+    rm, rv = torch.zeros(C), torch.ones(C)
+    return _torch_run(lambda a, ww, bb: TF.batch_norm(a, rm, rv, ww, bb, training, 0.1, EPS),
+                      tx, tg, tw, tb, backward)
+
+
+def torch_group_norm(x, g, w, b, threads, backward=False, *, channels_last=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_inputs(x, g, w, b, backward, channels_last)
+    return _torch_run(lambda a, ww, bb: TF.group_norm(a, GROUPS, ww, bb, EPS), tx, tg, tw, tb, backward)
+
+
+def torch_instance_norm(x, g, w, b, threads, backward=False, *, channels_last=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_inputs(x, g, w, b, backward, channels_last)
+    return _torch_run(lambda a, ww, bb: TF.instance_norm(a, None, None, ww, bb, True, 0.1, EPS),
+                      tx, tg, tw, tb, backward)
+
+
+def _variant(factory, **fixed):
+    def f(*args, **kwargs):
+        return factory(*args, **kwargs, **fixed)
+    return f
+
+
+def _entry(fast, torch_f, numpy_f, shapes, directions, channels_last=False, **fixed):
+    return {
+        "fastnorm": _variant(fast, channels_last=channels_last, **fixed),
+        "torch": _variant(torch_f, channels_last=channels_last, **fixed),
+        "numpy": _variant(numpy_f, channels_last=channels_last, **fixed),
+        "shapes": shapes,
+        "directions": directions,
+        "make_case": lambda shape: make_channel_case(shape, channels_last),
+    }
+
+
+BN_SHAPE = [(32, 64, 56, 56)]
+CHANNEL_OPS = {
+    "batch_norm train NCHW": _entry(fastnorm_batch_norm, torch_batch_norm, numpy_batch_norm,
+                                    BN_SHAPE, ("fwd", "fwd+bwd")),
+    "batch_norm train NHWC": _entry(fastnorm_batch_norm, torch_batch_norm, numpy_batch_norm,
+                                    BN_SHAPE, ("fwd", "fwd+bwd"), channels_last=True),
+    "batch_norm eval NCHW": _entry(fastnorm_batch_norm, torch_batch_norm, numpy_batch_norm,
+                                   BN_SHAPE, ("fwd",), training=False),
+    "batch_norm eval NHWC": _entry(fastnorm_batch_norm, torch_batch_norm, numpy_batch_norm,
+                                   BN_SHAPE, ("fwd",), channels_last=True, training=False),
+    "group_norm": _entry(fastnorm_group_norm, torch_group_norm, numpy_group_norm,
+                         [(8, 256, 32, 32)], ("fwd", "fwd+bwd")),
+    "instance_norm": _entry(fastnorm_instance_norm, torch_instance_norm, numpy_instance_norm,
+                            [(8, 64, 64, 64)], ("fwd", "fwd+bwd")),
+}
