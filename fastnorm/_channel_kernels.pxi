@@ -132,6 +132,20 @@ cdef inline Py_ssize_t _tile_rows(Py_ssize_t C) noexcept nogil:
     return TILE_ELEMS // C if C < TILE_ELEMS else 1
 
 
+cdef inline Py_ssize_t _tile_stride(Py_ssize_t C) noexcept nogil:
+    """Distance between the tile arrays of one scratch buffer: whole cache
+    lines (the buffers are 64-byte aligned, see _aligned) and three more, so
+    that the arrays do not sit a multiple of 4 KiB apart (loads of one and
+    stores to another would falsely alias in the L1 cache)."""
+    cdef Py_ssize_t n = _tile_rows(C) * C
+    return ((n + 15) // 16) * 16 + 48  # whole cache lines, plus three
+
+
+cdef inline void* _aligned(void* p) noexcept nogil:
+    """p rounded up to a 64-byte boundary (allocate 64 bytes more)."""
+    return <void*>((<size_t>p + 63) & ~(<size_t>63))
+
+
 cdef inline void _tile(floating* dst, const floating* src, Py_ssize_t C, Py_ssize_t m) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(m):
@@ -145,10 +159,11 @@ cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssiz
     d = x - shift[c].  Tiles of m rows are accumulated in `floating` (one
     accumulator per tile element), flushed to double every CL_FLUSH_ROWS tiles.
     work: 3 * m * C scratch (m = _tile_rows(C))."""
+    cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, c, i
     cdef floating* sh = work
-    cdef floating* acc_d = work + m * C
-    cdef floating* acc_q = work + 2 * m * C
+    cdef floating* acc_d = work + ts
+    cdef floating* acc_q = work + 2 * ts
     cdef const floating* p
     cdef floating d
     cdef int pending = 0
@@ -193,12 +208,13 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
                               floating* work, double* sums) noexcept nogil:
     """Per channel over rows r0..r1: sums of g, g*t and t, t = (x - hi[c]) - lo[c].
     work: 5 * m * C scratch; sums: 3*C output (g, g*t, t)."""
+    cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, c, i, n_k
     cdef floating* thi = work
-    cdef floating* tlo = work + m * C
-    cdef floating* acc_a = work + 2 * m * C
-    cdef floating* acc_b = work + 3 * m * C
-    cdef floating* acc_c = work + 4 * m * C
+    cdef floating* tlo = work + ts
+    cdef floating* acc_a = work + 2 * ts
+    cdef floating* acc_b = work + 3 * ts
+    cdef floating* acc_c = work + 4 * ts
     cdef const floating* gp
     cdef const floating* xp
     cdef floating t
@@ -242,11 +258,12 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
                        const floating* b, floating* work) noexcept nogil:
     """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1
     (work: 4 * m * C scratch)."""
+    cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
     cdef floating* thi = work
-    cdef floating* tlo = work + m * C
-    cdef floating* ta = work + 2 * m * C
-    cdef floating* tb = work + 3 * m * C
+    cdef floating* tlo = work + ts
+    cdef floating* ta = work + 2 * ts
+    cdef floating* tb = work + 3 * ts
     cdef const floating* xp
     cdef floating* yp
     L = m * C
@@ -254,13 +271,21 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
     _tile(tlo, lo, C, m)
     _tile(ta, a, C, m)
     _tile(tb, b, C, m)
+    cdef bint centred = False
+    for k in range(C):
+        if hi[k] != 0 or lo[k] != 0:
+            centred = True
     r = r0
     while r < r1:
         n_k = L if r + m <= r1 else C
         xp = x + r * C
         yp = y + r * C
-        for k in range(n_k):
-            yp[k] = ((xp[k] - thi[k]) - tlo[k]) * ta[k] + tb[k]
+        if centred:
+            for k in range(n_k):
+                yp[k] = ((xp[k] - thi[k]) - tlo[k]) * ta[k] + tb[k]
+        else:  # folded running statistics: one scale-and-shift
+            for k in range(n_k):
+                yp[k] = xp[k] * ta[k] + tb[k]
         r += m if n_k == L else 1
 
 
@@ -269,12 +294,13 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
                          const floating* alpha, const floating* beta, const floating* gamma,
                          floating* work) noexcept nogil:
     """dx = alpha*g + beta*((x - hi) - lo) + gamma per channel (work: 5 * m * C)."""
+    cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
     cdef floating* thi = work
-    cdef floating* tlo = work + m * C
-    cdef floating* tal = work + 2 * m * C
-    cdef floating* tbe = work + 3 * m * C
-    cdef floating* tga = work + 4 * m * C
+    cdef floating* tlo = work + ts
+    cdef floating* tal = work + 2 * ts
+    cdef floating* tbe = work + 3 * ts
+    cdef floating* tga = work + 4 * ts
     cdef const floating* gp
     cdef const floating* xp
     cdef floating* dp
@@ -329,14 +355,14 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
         return 0
     # channels-last: units are row chunks (BatchNorm) or samples (Group/InstanceNorm)
     n_units = N if per_sample else (nth if P >= nth else 1)
-    cdef Py_ssize_t work_len = 3 * _tile_rows(C) * C
-    shift = <floating*>malloc((n_units * C + n_units * work_len) * sizeof(floating) + 64)
+    cdef Py_ssize_t work_len = 3 * _tile_stride(C)
+    shift = <floating*>malloc((n_units * C + n_units * work_len) * sizeof(floating) + 128)
     sd = <double*>malloc(2 * n_units * C * sizeof(double) + 8)
     if shift == NULL or sd == NULL:
         free(shift)
         free(sd)
         return -1
-    scratch = shift + n_units * C
+    scratch = <floating*>_aligned(shift + n_units * C)
     sq = sd + n_units * C
     for u in range(N if per_sample else 1):  # shift: each sample's (or the batch's) first row
         for c in range(C):
@@ -394,9 +420,10 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
     per_sample: forward (g NULL) y = ((x-hi)-lo)*c1 + c2; backward
     y = c1*g + c2*((x-hi)-lo) + c3."""
     cdef Py_ssize_t r = r0, seg_end, off
-    cdef floating* work = <floating*>malloc(5 * _tile_rows(C) * C * sizeof(floating) + 64)
-    if work == NULL:
+    cdef void* block = malloc(5 * _tile_stride(C) * sizeof(floating) + 64)
+    if block == NULL:
         return
+    cdef floating* work = <floating*>_aligned(block)
     while r < r1:
         off = (r // S) * C if per_sample else 0
         seg_end = ((r // S) + 1) * S if per_sample else r1
@@ -407,7 +434,7 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
         else:
             _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off, work)
         r = seg_end
-    free(work)
+    free(block)
 
 
 cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
@@ -482,12 +509,14 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     cdef double* sums = <double*>malloc((3 * n_units * (1 if not cl else C) + 4 * n_stats) * sizeof(double) + 8)
     cdef floating* coef = <floating*>malloc(5 * n_coef * sizeof(floating) + 8)
     cdef floating* scratch = NULL
+    cdef void* scratch_block = NULL
     if cl:
-        scratch = <floating*>malloc(5 * _tile_rows(C) * C * n_units * sizeof(floating) + 64)
+        scratch_block = malloc(5 * _tile_stride(C) * n_units * sizeof(floating) + 64)
+        scratch = <floating*>_aligned(scratch_block) if scratch_block != NULL else NULL
     if sums == NULL or coef == NULL or (cl and scratch == NULL):
         free(sums)
         free(coef)
-        free(scratch)
+        free(scratch_block)
         return -1
     cdef double* st = sums + 3 * n_units * (1 if not cl else C)  # per stat: SA, SB, SD, count
     cdef floating* hi = coef
@@ -516,7 +545,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
             _rows_backward_sums(g, x, r0, r1, C, hi + (u * C if per_sample else 0),
                                 lo + (u * C if per_sample else 0),
-                                scratch + 5 * _tile_rows(C) * C * u, sums + 3 * u * C)
+                                scratch + 5 * _tile_stride(C) * u, sums + 3 * u * C)
     # 2. per-stat sums (fixed order), parameter gradients
     for s in range(4 * n_stats):
         st[s] = 0
@@ -596,7 +625,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
             _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma)
     free(sums)
     free(coef)
-    free(scratch)
+    free(scratch_block)
     return 0
 
 
