@@ -276,3 +276,23 @@ def test_out_in_other_layouts_and_overlap(rng, channel_axis):
     expected_shift = fastnorm.batch_norm(src.copy(), None, None, training=True, channel_axis=channel_axis)
     fastnorm.batch_norm(src, None, None, training=True, channel_axis=channel_axis, out=dst)
     np.testing.assert_allclose(dst, expected_shift, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_large_outputs_streaming_path(isa, rng, channel_axis):
+    """Outputs over 16 MiB are written with streaming stores (train, eval, backward)."""
+    x = make_input((16, 64, 64, 65), channel_axis, "contiguous", np.float32, rng)
+    w = rng.standard_normal(64).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    kw = dict(channel_axis=channel_axis)
+    for training in (True, False):
+        rm, rv = np.full(64, 0.5, np.float32), np.full(64, 2.0, np.float32)
+        y, m, s = fastnorm.batch_norm(x, rm, rv, w, b, training, return_stats=True, **kw)
+        yr, mr, sr = ref.batch_norm(x, rm.astype(np.float64), rv.astype(np.float64), w, b, training,
+                                    return_stats=True, **kw)
+        np.testing.assert_allclose(y, yr, rtol=1e-4, atol=1e-4)
+        gx, gw, gb = fastnorm.batch_norm_backward(g, x, m, s, w, b, training, **kw)
+        gxr, gwr, gbr = ref.batch_norm_backward(g, x, mr, sr, w, b, training, **kw)
+        np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(gw, gwr, rtol=1e-4, atol=1e-2)
