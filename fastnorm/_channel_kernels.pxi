@@ -18,7 +18,6 @@
 # split in two floats (exact centering for large offsets in float32).
 
 from libc.string cimport memcpy
-from cython.parallel cimport threadid
 
 cdef enum:
     CL_FLUSH_ROWS = 16       # tiles accumulated in `floating` before a flush to double
@@ -256,7 +255,7 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
 
 cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                        const floating* hi, const floating* lo, const floating* a,
-                       const floating* b, floating* work, floating* stage) noexcept nogil:
+                       const floating* b, floating* work) noexcept nogil:
     """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1
     (work: 4 * m * C scratch)."""
     cdef Py_ssize_t ts = _tile_stride(C)
@@ -280,22 +279,20 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
     while r < r1:
         n_k = L if r + m <= r1 else C
         xp = x + r * C
-        yp = stage if stage != NULL else y + r * C
+        yp = y + r * C
         if centred:
             for k in range(n_k):
                 yp[k] = ((xp[k] - thi[k]) - tlo[k]) * ta[k] + tb[k]
         else:  # folded running statistics: one scale-and-shift
             for k in range(n_k):
                 yp[k] = xp[k] * ta[k] + tb[k]
-        if stage != NULL:
-            fastnorm_stream_copy(<char*>(y + r * C), <const char*>stage, n_k * sizeof(floating))
         r += m if n_k == L else 1
 
 
 cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
                          Py_ssize_t r1, Py_ssize_t C, const floating* hi, const floating* lo,
                          const floating* alpha, const floating* beta, const floating* gamma,
-                         floating* work, floating* stage) noexcept nogil:
+                         floating* work) noexcept nogil:
     """dx = alpha*g + beta*((x - hi) - lo) + gamma per channel (work: 5 * m * C)."""
     cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
@@ -318,11 +315,9 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
         n_k = L if r + m <= r1 else C
         gp = g + r * C
         xp = x + r * C
-        dp = stage if stage != NULL else dx + r * C
+        dp = dx + r * C
         for k in range(n_k):
             dp[k] = tal[k] * gp[k] + (tbe[k] * ((xp[k] - thi[k]) - tlo[k]) + tga[k])
-        if stage != NULL:
-            fastnorm_stream_copy(<char*>(dx + r * C), <const char*>stage, n_k * sizeof(floating))
         r += m if n_k == L else 1
 
 
@@ -420,29 +415,25 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
 cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t C, Py_ssize_t S, bint per_sample, const floating* hi,
                       const floating* lo, const floating* c1, const floating* c2,
-                      const floating* c3, bint stream) noexcept nogil:
+                      const floating* c3) noexcept nogil:
     """Rows r0..r1 of a CL array, coefficients per (sample, channel) when
     per_sample: forward (g NULL) y = ((x-hi)-lo)*c1 + c2; backward
     y = c1*g + c2*((x-hi)-lo) + c3."""
     cdef Py_ssize_t r = r0, seg_end, off
-    cdef void* block = malloc(6 * _tile_stride(C) * sizeof(floating) + 64)
+    cdef void* block = malloc(5 * _tile_stride(C) * sizeof(floating) + 64)
     if block == NULL:
         return
     cdef floating* work = <floating*>_aligned(block)
-    cdef floating* stage = work + 5 * _tile_stride(C) if stream else NULL
     while r < r1:
         off = (r // S) * C if per_sample else 0
         seg_end = ((r // S) + 1) * S if per_sample else r1
         if seg_end > r1:
             seg_end = r1
         if g == NULL:
-            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, work, stage)
+            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, work)
         else:
-            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off,
-                           work, stage)
+            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off, work)
         r = seg_end
-    if stage != NULL:
-        fastnorm_stream_fence()
     free(block)
 
 
@@ -490,27 +481,15 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
             hi[i] = 0
             lo[i] = 0
             cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
-    cdef bint stream = _use_streaming(N * C, S, sizeof(floating))
-    cdef Py_ssize_t s_pad = ((S + 15) // 16) * 16 + 16
-    cdef void* stage_block = malloc(nth * s_pad * sizeof(floating) + 64) if stream and not cl else NULL
-    cdef floating* stage = <floating*>_aligned(stage_block) if stage_block != NULL else NULL
-    cdef floating* buf
     if not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
-            if stage != NULL:  # large output: write through L1 staging with streaming stores
-                buf = stage + threadid() * s_pad
-                _block_affine(x + bl * S, buf, S, hi[i], lo[i], ca[i], cb[i])
-                fastnorm_stream_copy(<char*>(y + bl * S), <const char*>buf, S * sizeof(floating))
-                fastnorm_stream_fence()
-            else:
-                _block_affine(x + bl * S, y + bl * S, S, hi[i], lo[i], ca[i], cb[i])
+            _block_affine(x + bl * S, y + bl * S, S, hi[i], lo[i], ca[i], cb[i])
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, lo, ca, cb, NULL, stream)
-    free(stage_block)
+            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, lo, ca, cb, NULL)
     free(coef)
     return 0
 
@@ -634,29 +613,16 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
         else:
             beta[i] = 0
             gamma[i] = 0
-    cdef bint stream = _use_streaming(N * C, S, sizeof(floating))
-    cdef Py_ssize_t s_pad = ((S + 15) // 16) * 16 + 16
-    cdef void* stage_block = malloc(nth * s_pad * sizeof(floating) + 64) if stream and not cl else NULL
-    cdef floating* stage = <floating*>_aligned(stage_block) if stage_block != NULL else NULL
-    cdef floating* buf
     if not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
-            if stage != NULL:
-                buf = stage + threadid() * s_pad
-                _block_backward(g + bl * S, x + bl * S, buf, S, hi[i], lo[i],
-                                alpha[i], beta[i], gamma[i])
-                fastnorm_stream_copy(<char*>(dx + bl * S), <const char*>buf, S * sizeof(floating))
-                fastnorm_stream_fence()
-            else:
-                _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i], lo[i],
-                                alpha[i], beta[i], gamma[i])
+            _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i], lo[i],
+                            alpha[i], beta[i], gamma[i])
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma, stream)
-    free(stage_block)
+            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma)
     free(sums)
     free(coef)
     free(scratch_block)

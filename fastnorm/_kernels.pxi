@@ -564,8 +564,20 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     rstd_out[0] = rstd
 
 
+cdef Py_ssize_t stream_min_bytes = STREAM_MIN_BYTES
+
+
+def set_stream_threshold(Py_ssize_t nbytes):
+    """Outputs of at least nbytes are written with streaming stores (default
+    16 MiB); returns the previous threshold.  For tests and tuning."""
+    global stream_min_bytes
+    previous = stream_min_bytes
+    stream_min_bytes = nbytes
+    return previous
+
+
 cdef inline bint _use_streaming(Py_ssize_t M, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
-    return M * n * itemsize >= STREAM_MIN_BYTES
+    return M * n * itemsize >= stream_min_bytes
 
 
 cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
