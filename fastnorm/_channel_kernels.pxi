@@ -177,6 +177,8 @@ cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssiz
         acc_q[k] = 0
     r = r0
     while r < r1:
+        if r + m < r1:
+            _prefetch_row(<const char*>(x + (r + m) * C), L * sizeof(floating))
         if r + m <= r1:
             p = x + r * C
             for k in range(L):
@@ -230,6 +232,9 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
         acc_c[k] = 0
     r = r0
     while r < r1:
+        if r + m < r1:
+            _prefetch_row(<const char*>(x + (r + m) * C), L * sizeof(floating))
+            _prefetch_row(<const char*>(g + (r + m) * C), L * sizeof(floating))
         n_k = L if r + m <= r1 else C
         gp = g + r * C
         xp = x + r * C
@@ -255,7 +260,7 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
 
 cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                        const floating* hi, const floating* lo, const floating* a,
-                       const floating* b, floating* work) noexcept nogil:
+                       const floating* b, floating* work, bint stream) noexcept nogil:
     """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1
     (work: 4 * m * C scratch)."""
     cdef Py_ssize_t ts = _tile_stride(C)
@@ -277,10 +282,18 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
             centred = True
     r = r0
     while r < r1:
+        if r + m < r1:
+            _prefetch_row(<const char*>(x + (r + m) * C), L * sizeof(floating))
         n_k = L if r + m <= r1 else C
         xp = x + r * C
         yp = y + r * C
-        if centred:
+        if stream and floating is float and centred:
+            fastnorm_affine_stream_v(<const float*>xp, <float*>yp, n_k, <const float*>thi,
+                                     <const float*>tlo, <const float*>ta, <const float*>tb)
+        elif stream and floating is float:
+            fastnorm_scale_shift_stream_v(<const float*>xp, <float*>yp, n_k, <const float*>ta,
+                                          <const float*>tb)
+        elif centred:
             for k in range(n_k):
                 yp[k] = ((xp[k] - thi[k]) - tlo[k]) * ta[k] + tb[k]
         else:  # folded running statistics: one scale-and-shift
@@ -292,7 +305,7 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
 cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
                          Py_ssize_t r1, Py_ssize_t C, const floating* hi, const floating* lo,
                          const floating* alpha, const floating* beta, const floating* gamma,
-                         floating* work) noexcept nogil:
+                         floating* work, bint stream) noexcept nogil:
     """dx = alpha*g + beta*((x - hi) - lo) + gamma per channel (work: 5 * m * C)."""
     cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
@@ -310,14 +323,31 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
     _tile(tal, alpha, C, m)
     _tile(tbe, beta, C, m)
     _tile(tga, gamma, C, m)
+    cdef bint centred = False
+    for k in range(C):
+        if beta[k] != 0 or gamma[k] != 0:
+            centred = True
     r = r0
     while r < r1:
+        if r + m < r1:
+            _prefetch_row(<const char*>(x + (r + m) * C), L * sizeof(floating))
+            _prefetch_row(<const char*>(g + (r + m) * C), L * sizeof(floating))
         n_k = L if r + m <= r1 else C
         gp = g + r * C
         xp = x + r * C
         dp = dx + r * C
-        for k in range(n_k):
-            dp[k] = tal[k] * gp[k] + (tbe[k] * ((xp[k] - thi[k]) - tlo[k]) + tga[k])
+        if stream and floating is float and not centred:
+            fastnorm_mul_stream_v(<const float*>gp, <float*>dp, n_k, <const float*>tal)
+        elif stream and floating is float:
+            fastnorm_backward_stream_v(<const float*>gp, <const float*>xp, <float*>dp, n_k,
+                                       <const float*>thi, <const float*>tlo, <const float*>tal,
+                                       <const float*>tbe, <const float*>tga)
+        elif not centred:  # running statistics: dx = alpha * g (x must not enter: inf * 0)
+            for k in range(n_k):
+                dp[k] = tal[k] * gp[k]
+        else:
+            for k in range(n_k):
+                dp[k] = tal[k] * gp[k] + (tbe[k] * ((xp[k] - thi[k]) - tlo[k]) + tga[k])
         r += m if n_k == L else 1
 
 
@@ -347,6 +377,8 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
             return -1
         um2 = um + N * C
         for b in prange(N * C, schedule='static', num_threads=nth):
+            if b + 1 < N * C:
+                _prefetch_row(<const char*>(x + (b + 1) * S), S * sizeof(floating))
             _block_moments(x + b * S, S, &um[b], &um2[b])
         for b in range(N * C):
             s = _stat_of(b // C, b % C, per_sample, C, cpg)
@@ -415,7 +447,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
 cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t C, Py_ssize_t S, bint per_sample, const floating* hi,
                       const floating* lo, const floating* c1, const floating* c2,
-                      const floating* c3) noexcept nogil:
+                      const floating* c3, bint stream) noexcept nogil:
     """Rows r0..r1 of a CL array, coefficients per (sample, channel) when
     per_sample: forward (g NULL) y = ((x-hi)-lo)*c1 + c2; backward
     y = c1*g + c2*((x-hi)-lo) + c3."""
@@ -430,10 +462,13 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
         if seg_end > r1:
             seg_end = r1
         if g == NULL:
-            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, work)
+            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, work, stream)
         else:
-            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off, work)
+            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off,
+                           work, stream)
         r = seg_end
+    if stream:
+        fastnorm_stream_fence()
     free(block)
 
 
@@ -481,15 +516,27 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
             hi[i] = 0
             lo[i] = 0
             cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
-    if not cl:
+    cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
+    if not cl and stream:
+        for p in prange(nth, schedule='static', num_threads=nth):
+            for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
+                i = (bl if per_sample else bl % C)
+                if bl + 1 < N * C:
+                    _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
+                fastnorm_affine_stream_s(<const float*>(x + bl * S), <float*>(y + bl * S), S,
+                                           hi[i], lo[i], ca[i], cb[i])
+            fastnorm_stream_fence()
+    elif not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
+            if bl + 1 < N * C:
+                _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
             _block_affine(x + bl * S, y + bl * S, S, hi[i], lo[i], ca[i], cb[i])
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, lo, ca, cb, NULL)
+            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, lo, ca, cb, NULL, stream)
     free(coef)
     return 0
 
@@ -533,6 +580,9 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     if not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
+            if bl + 1 < N * C:
+                _prefetch_row(<const char*>(g + (bl + 1) * S), S * sizeof(floating))
+                _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
             _block_backward_sums(g + bl * S, x + bl * S, S, hi[i], lo[i],
                                  &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
     else:
@@ -613,16 +663,31 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
         else:
             beta[i] = 0
             gamma[i] = 0
-    if not cl:
+    cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
+    if not cl and stream:
+        for p in prange(nth, schedule='static', num_threads=nth):
+            for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
+                i = (bl if per_sample else bl % C)
+                if bl + 1 < N * C:
+                    _prefetch_row(<const char*>(g + (bl + 1) * S), S * sizeof(floating))
+                    _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
+                fastnorm_backward_stream_s(<const float*>(g + bl * S), <const float*>(x + bl * S),
+                                           <float*>(dx + bl * S), S, hi[i], lo[i], alpha[i],
+                                           beta[i], gamma[i])
+            fastnorm_stream_fence()
+    elif not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
+            if bl + 1 < N * C:
+                _prefetch_row(<const char*>(g + (bl + 1) * S), S * sizeof(floating))
+                _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
             _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i], lo[i],
                             alpha[i], beta[i], gamma[i])
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma)
+            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma, stream)
     free(sums)
     free(coef)
     free(scratch_block)

@@ -96,6 +96,151 @@ cdef extern from *:
     void fastnorm_stream_copy(char* dst, const char* src, Py_ssize_t nbytes) noexcept nogil
     void fastnorm_stream_fence() noexcept nogil
 
+cdef extern from *:
+    """
+    /* Streaming-store versions of the channel kernels' elementwise loops,
+       float32 only: y = ((x - hi) - lo) * a + b with scalar coefficients
+       (_s) or per-element coefficient arrays (_v).  The scalar head up to
+       y's vector alignment and the tail use plain stores; the arithmetic is
+       the plain loop's (fused multiply-add where the plain loop is
+       contracted to one), so results do not depend on the path. */
+    #if defined(__AVX512F__)
+    #define FN_V 16
+    #define FN_T __m512
+    #define FN_LD(p) _mm512_loadu_ps(p)
+    #define FN_SET(v) _mm512_set1_ps(v)
+    #define FN_SUB(a, b) _mm512_sub_ps(a, b)
+    #define FN_MUL(a, b) _mm512_mul_ps(a, b)
+    #define FN_MADD(a, b, c) _mm512_fmadd_ps(a, b, c)
+    #define FN_ST(p, v) _mm512_stream_ps(p, v)
+    #elif defined(__AVX__)
+    #define FN_V 8
+    #define FN_T __m256
+    #define FN_LD(p) _mm256_loadu_ps(p)
+    #define FN_SET(v) _mm256_set1_ps(v)
+    #define FN_SUB(a, b) _mm256_sub_ps(a, b)
+    #define FN_MUL(a, b) _mm256_mul_ps(a, b)
+    #if defined(__FMA__)
+    #define FN_MADD(a, b, c) _mm256_fmadd_ps(a, b, c)
+    #else
+    #define FN_MADD(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
+    #endif
+    #define FN_ST(p, v) _mm256_stream_ps(p, v)
+    #elif defined(__SSE2__)
+    #define FN_V 4
+    #define FN_T __m128
+    #define FN_LD(p) _mm_loadu_ps(p)
+    #define FN_SET(v) _mm_set1_ps(v)
+    #define FN_SUB(a, b) _mm_sub_ps(a, b)
+    #define FN_MUL(a, b) _mm_mul_ps(a, b)
+    #define FN_MADD(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
+    #define FN_ST(p, v) _mm_stream_ps(p, v)
+    #endif
+    static void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n,
+                                         float hi, float lo, float a, float b) {
+        Py_ssize_t k = 0;
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+            y[k] = ((x[k] - hi) - lo) * a + b;
+        FN_T vh = FN_SET(hi), vl = FN_SET(lo), va = FN_SET(a), vb = FN_SET(b);
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MADD(FN_SUB(FN_SUB(FN_LD(x + k), vh), vl), va, vb));
+    #endif
+        for (; k < n; k++)
+            y[k] = ((x[k] - hi) - lo) * a + b;
+    }
+    static void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n,
+                                              const float* a, const float* b) {
+        Py_ssize_t k = 0;
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+            y[k] = x[k] * a[k] + b[k];
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MADD(FN_LD(x + k), FN_LD(a + k), FN_LD(b + k)));
+    #endif
+        for (; k < n; k++)
+            y[k] = x[k] * a[k] + b[k];
+    }
+    static void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                           float hi, float lo, float al, float be, float ga) {
+        Py_ssize_t k = 0;
+        if (be == 0 && ga == 0) {  /* as the plain loop: running statistics, dx = al * g */
+    #ifdef FN_V
+            for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+                dx[k] = al * g[k];
+            FN_T va0 = FN_SET(al);
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(dx + k, FN_MUL(va0, FN_LD(g + k)));
+    #endif
+            for (; k < n; k++)
+                dx[k] = al * g[k];
+            return;
+        }
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+            dx[k] = al * g[k] + (be * ((x[k] - hi) - lo) + ga);
+        FN_T vh = FN_SET(hi), vl = FN_SET(lo), va = FN_SET(al), vb = FN_SET(be), vg = FN_SET(ga);
+        for (; k + FN_V <= n; k += FN_V) {
+            FN_T t = FN_SUB(FN_SUB(FN_LD(x + k), vh), vl);
+            FN_ST(dx + k, FN_MADD(va, FN_LD(g + k), FN_MADD(vb, t, vg)));
+        }
+    #endif
+        for (; k < n; k++)
+            dx[k] = al * g[k] + (be * ((x[k] - hi) - lo) + ga);
+    }
+    static void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                           const float* hi, const float* lo, const float* al,
+                                           const float* be, const float* ga) {
+        Py_ssize_t k = 0;
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+            dx[k] = al[k] * g[k] + (be[k] * ((x[k] - hi[k]) - lo[k]) + ga[k]);
+        for (; k + FN_V <= n; k += FN_V) {
+            FN_T t = FN_SUB(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(lo + k));
+            FN_ST(dx + k, FN_MADD(FN_LD(al + k), FN_LD(g + k), FN_MADD(FN_LD(be + k), t, FN_LD(ga + k))));
+        }
+    #endif
+        for (; k < n; k++)
+            dx[k] = al[k] * g[k] + (be[k] * ((x[k] - hi[k]) - lo[k]) + ga[k]);
+    }
+    static void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) {
+        Py_ssize_t k = 0;
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+            dx[k] = al[k] * g[k];
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(dx + k, FN_MUL(FN_LD(al + k), FN_LD(g + k)));
+    #endif
+        for (; k < n; k++)
+            dx[k] = al[k] * g[k];
+    }
+    static void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
+                                         const float* lo, const float* a, const float* b) {
+        Py_ssize_t k = 0;
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+            y[k] = ((x[k] - hi[k]) - lo[k]) * a[k] + b[k];
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MADD(FN_SUB(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(lo + k)),
+                                 FN_LD(a + k), FN_LD(b + k)));
+    #endif
+        for (; k < n; k++)
+            y[k] = ((x[k] - hi[k]) - lo[k]) * a[k] + b[k];
+    }
+    """
+    void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n, float hi, float lo,
+                                  float a, float b) noexcept nogil
+    void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
+                                  const float* lo, const float* a, const float* b) noexcept nogil
+    void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n, const float* a,
+                                       const float* b) noexcept nogil
+    void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) noexcept nogil
+    void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                    float hi, float lo, float al, float be, float ga) noexcept nogil
+    void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                    const float* hi, const float* lo, const float* al,
+                                    const float* be, const float* ga) noexcept nogil
+
 cdef enum:
     LANES = 32              # independent accumulators: 2 zmm / 4 ymm / 8 xmm of float32
     BLOCK = 256             # elements summed in `floating` before a flush to double
