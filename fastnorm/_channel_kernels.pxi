@@ -101,28 +101,28 @@ cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_s
 
 
 cdef inline void _block_affine(const floating* x, floating* y, Py_ssize_t n,
-                               floating hi, floating lo, floating a, floating b) noexcept nogil:
-    """y = ((x - hi) - lo) * a + b."""
+                               floating hi, floating a, floating b) noexcept nogil:
+    """y = (x - hi) * a + b (the low part of the mean is folded into b)."""
     cdef Py_ssize_t k
-    if hi == 0 and lo == 0:
+    if hi == 0:
         for k in range(n):
             y[k] = x[k] * a + b
     else:
         for k in range(n):
-            y[k] = ((x[k] - hi) - lo) * a + b
+            y[k] = (x[k] - hi) * a + b
 
 
 cdef inline void _block_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
-                                 floating hi, floating lo, floating alpha, floating beta,
+                                 floating hi, floating alpha, floating beta,
                                  floating gamma) noexcept nogil:
-    """dx = alpha * g + beta * ((x - hi) - lo) + gamma."""
+    """dx = alpha * g + beta * (x - hi) + gamma (the mean's low part folded into gamma)."""
     cdef Py_ssize_t k
     if beta == 0 and gamma == 0:
         for k in range(n):
             dx[k] = alpha * g[k]
     else:
         for k in range(n):
-            dx[k] = alpha * g[k] + (beta * ((x[k] - hi) - lo) + gamma)
+            dx[k] = alpha * g[k] + (beta * (x[k] - hi) + gamma)
 
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t C) noexcept nogil:
@@ -259,26 +259,24 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
 
 
 cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                       const floating* hi, const floating* lo, const floating* a,
+                       const floating* hi, const floating* a,
                        const floating* b, floating* work, bint stream) noexcept nogil:
-    """y[r, c] = ((x[r, c] - hi[c]) - lo[c]) * a[c] + b[c] for rows r0..r1
+    """y[r, c] = (x[r, c] - hi[c]) * a[c] + b[c] for rows r0..r1
     (work: 4 * m * C scratch)."""
     cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
     cdef floating* thi = work
-    cdef floating* tlo = work + ts
     cdef floating* ta = work + 2 * ts
     cdef floating* tb = work + 3 * ts
     cdef const floating* xp
     cdef floating* yp
     L = m * C
     _tile(thi, hi, C, m)
-    _tile(tlo, lo, C, m)
     _tile(ta, a, C, m)
     _tile(tb, b, C, m)
     cdef bint centred = False
     for k in range(C):
-        if hi[k] != 0 or lo[k] != 0:
+        if hi[k] != 0:
             centred = True
     r = r0
     while r < r1:
@@ -289,13 +287,13 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
         yp = y + r * C
         if stream and floating is float and centred:
             fastnorm_affine_stream_v(<const float*>xp, <float*>yp, n_k, <const float*>thi,
-                                     <const float*>tlo, <const float*>ta, <const float*>tb)
+                                     <const float*>ta, <const float*>tb)
         elif stream and floating is float:
             fastnorm_scale_shift_stream_v(<const float*>xp, <float*>yp, n_k, <const float*>ta,
                                           <const float*>tb)
         elif centred:
             for k in range(n_k):
-                yp[k] = ((xp[k] - thi[k]) - tlo[k]) * ta[k] + tb[k]
+                yp[k] = (xp[k] - thi[k]) * ta[k] + tb[k]
         else:  # folded running statistics: one scale-and-shift
             for k in range(n_k):
                 yp[k] = xp[k] * ta[k] + tb[k]
@@ -303,14 +301,13 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
 
 
 cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
-                         Py_ssize_t r1, Py_ssize_t C, const floating* hi, const floating* lo,
+                         Py_ssize_t r1, Py_ssize_t C, const floating* hi,
                          const floating* alpha, const floating* beta, const floating* gamma,
                          floating* work, bint stream) noexcept nogil:
-    """dx = alpha*g + beta*((x - hi) - lo) + gamma per channel (work: 5 * m * C)."""
+    """dx = alpha*g + beta*(x - hi) + gamma per channel (work: 5 * m * C)."""
     cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, n_k
     cdef floating* thi = work
-    cdef floating* tlo = work + ts
     cdef floating* tal = work + 2 * ts
     cdef floating* tbe = work + 3 * ts
     cdef floating* tga = work + 4 * ts
@@ -319,7 +316,6 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
     cdef floating* dp
     L = m * C
     _tile(thi, hi, C, m)
-    _tile(tlo, lo, C, m)
     _tile(tal, alpha, C, m)
     _tile(tbe, beta, C, m)
     _tile(tga, gamma, C, m)
@@ -340,14 +336,14 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
             fastnorm_mul_stream_v(<const float*>gp, <float*>dp, n_k, <const float*>tal)
         elif stream and floating is float:
             fastnorm_backward_stream_v(<const float*>gp, <const float*>xp, <float*>dp, n_k,
-                                       <const float*>thi, <const float*>tlo, <const float*>tal,
+                                       <const float*>thi, <const float*>tal,
                                        <const float*>tbe, <const float*>tga)
         elif not centred:  # running statistics: dx = alpha * g (x must not enter: inf * 0)
             for k in range(n_k):
                 dp[k] = tal[k] * gp[k]
         else:
             for k in range(n_k):
-                dp[k] = tal[k] * gp[k] + (tbe[k] * ((xp[k] - thi[k]) - tlo[k]) + tga[k])
+                dp[k] = tal[k] * gp[k] + (tbe[k] * (xp[k] - thi[k]) + tga[k])
         r += m if n_k == L else 1
 
 
@@ -371,6 +367,14 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
         st_mean[s] = 0
         st_m2[s] = 0
         st_count[s] = 0
+    if not cl and per_sample:
+        # Group/InstanceNorm: a stat's cpg blocks are contiguous, one block of cpg * S
+        for s in prange(n_stats, schedule='static', num_threads=nth):
+            if s + 1 < n_stats:
+                _prefetch_row(<const char*>(x + (s + 1) * cpg * S), cpg * S * sizeof(floating))
+            _block_moments(x + s * cpg * S, cpg * S, &st_mean[s], &st_m2[s])
+            st_count[s] = cpg * S
+        return 0
     if not cl:
         um = <double*>malloc(2 * N * C * sizeof(double) + 8)
         if um == NULL:
@@ -446,11 +450,11 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
 
 cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t C, Py_ssize_t S, bint per_sample, const floating* hi,
-                      const floating* lo, const floating* c1, const floating* c2,
+                      const floating* c1, const floating* c2,
                       const floating* c3, bint stream) noexcept nogil:
     """Rows r0..r1 of a CL array, coefficients per (sample, channel) when
-    per_sample: forward (g NULL) y = ((x-hi)-lo)*c1 + c2; backward
-    y = c1*g + c2*((x-hi)-lo) + c3."""
+    per_sample: forward (g NULL) y = (x-hi)*c1 + c2; backward
+    y = c1*g + c2*(x-hi) + c3."""
     cdef Py_ssize_t r = r0, seg_end, off
     cdef void* block = malloc(5 * _tile_stride(C) * sizeof(floating) + 64)
     if block == NULL:
@@ -462,9 +466,9 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
         if seg_end > r1:
             seg_end = r1
         if g == NULL:
-            _rows_affine(x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, work, stream)
+            _rows_affine(x, y, r, seg_end, C, hi + off, c1 + off, c2 + off, work, stream)
         else:
-            _rows_backward(g, x, y, r, seg_end, C, hi + off, lo + off, c1 + off, c2 + off, c3 + off,
+            _rows_backward(g, x, y, r, seg_end, C, hi + off, c1 + off, c2 + off, c3 + off,
                            work, stream)
         r = seg_end
     if stream:
@@ -483,13 +487,13 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
     cdef int p
     cdef double* count = NULL
     cdef double* m2 = NULL
-    cdef floating* coef = <floating*>malloc(4 * n_coef * sizeof(floating) + 8)
+    cdef floating* coef = <floating*>malloc(3 * n_coef * sizeof(floating) + 8)
     if coef == NULL:
         return -1
     cdef floating* hi = coef
-    cdef floating* lo = coef + n_coef
-    cdef floating* ca = coef + 2 * n_coef
-    cdef floating* cb = coef + 3 * n_coef
+    cdef floating* ca = coef + n_coef
+    cdef floating* cb = coef + 2 * n_coef
+    cdef double lo
     if batch_stats:
         count = <double*>malloc(2 * n_stats * sizeof(double) + 8)
         if count == NULL or _channel_stats(x, cl, N, C, S, cpg, per_sample, st_mean,
@@ -509,12 +513,14 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
         a = rstd * (w[c] if w != NULL else 1.0)
         ca[i] = <floating>a
         if batch_stats:
+            # y = ((x - hi) - lo) * a + b with the mean split as hi + lo: x - hi
+            # is exact for x near the mean (large offsets in float32), and the
+            # low part is folded into the shift, b - lo * a
             hi[i] = <floating>mean
-            lo[i] = <floating>(mean - <double>hi[i])
-            cb[i] = b[c] if b != NULL else 0
+            lo = mean - <double>hi[i]
+            cb[i] = <floating>((b[c] if b != NULL else 0.0) - lo * a)
         else:  # running statistics: fold into one scale-and-shift, y = x * a + b'
             hi[i] = 0
-            lo[i] = 0
             cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
     cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
     if not cl and stream:
@@ -524,19 +530,19 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
                 if bl + 1 < N * C:
                     _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
                 fastnorm_affine_stream_s(<const float*>(x + bl * S), <float*>(y + bl * S), S,
-                                           hi[i], lo[i], ca[i], cb[i])
+                                         hi[i], ca[i], cb[i])
             fastnorm_stream_fence()
     elif not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
             if bl + 1 < N * C:
                 _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
-            _block_affine(x + bl * S, y + bl * S, S, hi[i], lo[i], ca[i], cb[i])
+            _block_affine(x + bl * S, y + bl * S, S, hi[i], ca[i], cb[i])
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, lo, ca, cb, NULL, stream)
+            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, ca, cb, NULL, stream)
     free(coef)
     return 0
 
@@ -659,7 +665,9 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
             k1 = st[4 * s] / m
             k2 = rstd * (st[4 * s + 1] - delta * st[4 * s]) / m
             beta[i] = <floating>(-rstd * rstd * k2)
-            gamma[i] = <floating>(rstd * (delta * rstd * k2 - k1))
+            # the elementwise pass takes x - hi; the mean's low part goes here
+            gamma[i] = <floating>(rstd * (delta * rstd * k2 - k1)
+                                  + rstd * rstd * k2 * (st_mean[s] - <double>hi[i]))
         else:
             beta[i] = 0
             gamma[i] = 0
@@ -672,7 +680,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
                     _prefetch_row(<const char*>(g + (bl + 1) * S), S * sizeof(floating))
                     _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
                 fastnorm_backward_stream_s(<const float*>(g + bl * S), <const float*>(x + bl * S),
-                                           <float*>(dx + bl * S), S, hi[i], lo[i], alpha[i],
+                                           <float*>(dx + bl * S), S, hi[i], alpha[i],
                                            beta[i], gamma[i])
             fastnorm_stream_fence()
     elif not cl:
@@ -681,13 +689,13 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
             if bl + 1 < N * C:
                 _prefetch_row(<const char*>(g + (bl + 1) * S), S * sizeof(floating))
                 _prefetch_row(<const char*>(x + (bl + 1) * S), S * sizeof(floating))
-            _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i], lo[i],
+            _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i],
                             alpha[i], beta[i], gamma[i])
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, lo, alpha, beta, gamma, stream)
+            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, alpha, beta, gamma, stream)
     free(sums)
     free(coef)
     free(scratch_block)

@@ -137,17 +137,29 @@ cdef extern from *:
     #define FN_ST(p, v) _mm_stream_ps(p, v)
     #endif
     static void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n,
-                                         float hi, float lo, float a, float b) {
+                                         float hi, float a, float b) {
         Py_ssize_t k = 0;
+        if (hi == 0) {  /* as the plain loop: x * a + b */
+    #ifdef FN_V
+            for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+                y[k] = x[k] * a + b;
+            FN_T va0 = FN_SET(a), vb0 = FN_SET(b);
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_MADD(FN_LD(x + k), va0, vb0));
+    #endif
+            for (; k < n; k++)
+                y[k] = x[k] * a + b;
+            return;
+        }
     #ifdef FN_V
         for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            y[k] = ((x[k] - hi) - lo) * a + b;
-        FN_T vh = FN_SET(hi), vl = FN_SET(lo), va = FN_SET(a), vb = FN_SET(b);
+            y[k] = (x[k] - hi) * a + b;
+        FN_T vh = FN_SET(hi), va = FN_SET(a), vb = FN_SET(b);
         for (; k + FN_V <= n; k += FN_V)
-            FN_ST(y + k, FN_MADD(FN_SUB(FN_SUB(FN_LD(x + k), vh), vl), va, vb));
+            FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), vh), va, vb));
     #endif
         for (; k < n; k++)
-            y[k] = ((x[k] - hi) - lo) * a + b;
+            y[k] = (x[k] - hi) * a + b;
     }
     static void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n,
                                               const float* a, const float* b) {
@@ -162,7 +174,7 @@ cdef extern from *:
             y[k] = x[k] * a[k] + b[k];
     }
     static void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                           float hi, float lo, float al, float be, float ga) {
+                                           float hi, float al, float be, float ga) {
         Py_ssize_t k = 0;
         if (be == 0 && ga == 0) {  /* as the plain loop: running statistics, dx = al * g */
     #ifdef FN_V
@@ -178,30 +190,30 @@ cdef extern from *:
         }
     #ifdef FN_V
         for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
-            dx[k] = al * g[k] + (be * ((x[k] - hi) - lo) + ga);
-        FN_T vh = FN_SET(hi), vl = FN_SET(lo), va = FN_SET(al), vb = FN_SET(be), vg = FN_SET(ga);
+            dx[k] = al * g[k] + (be * (x[k] - hi) + ga);
+        FN_T vh = FN_SET(hi), va = FN_SET(al), vb = FN_SET(be), vg = FN_SET(ga);
         for (; k + FN_V <= n; k += FN_V) {
-            FN_T t = FN_SUB(FN_SUB(FN_LD(x + k), vh), vl);
+            FN_T t = FN_SUB(FN_LD(x + k), vh);
             FN_ST(dx + k, FN_MADD(va, FN_LD(g + k), FN_MADD(vb, t, vg)));
         }
     #endif
         for (; k < n; k++)
-            dx[k] = al * g[k] + (be * ((x[k] - hi) - lo) + ga);
+            dx[k] = al * g[k] + (be * (x[k] - hi) + ga);
     }
     static void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                           const float* hi, const float* lo, const float* al,
+                                           const float* hi, const float* al,
                                            const float* be, const float* ga) {
         Py_ssize_t k = 0;
     #ifdef FN_V
         for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
-            dx[k] = al[k] * g[k] + (be[k] * ((x[k] - hi[k]) - lo[k]) + ga[k]);
+            dx[k] = al[k] * g[k] + (be[k] * (x[k] - hi[k]) + ga[k]);
         for (; k + FN_V <= n; k += FN_V) {
-            FN_T t = FN_SUB(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(lo + k));
+            FN_T t = FN_SUB(FN_LD(x + k), FN_LD(hi + k));
             FN_ST(dx + k, FN_MADD(FN_LD(al + k), FN_LD(g + k), FN_MADD(FN_LD(be + k), t, FN_LD(ga + k))));
         }
     #endif
         for (; k < n; k++)
-            dx[k] = al[k] * g[k] + (be[k] * ((x[k] - hi[k]) - lo[k]) + ga[k]);
+            dx[k] = al[k] * g[k] + (be[k] * (x[k] - hi[k]) + ga[k]);
     }
     static void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) {
         Py_ssize_t k = 0;
@@ -215,30 +227,29 @@ cdef extern from *:
             dx[k] = al[k] * g[k];
     }
     static void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
-                                         const float* lo, const float* a, const float* b) {
+                                         const float* a, const float* b) {
         Py_ssize_t k = 0;
     #ifdef FN_V
         for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            y[k] = ((x[k] - hi[k]) - lo[k]) * a[k] + b[k];
+            y[k] = (x[k] - hi[k]) * a[k] + b[k];
         for (; k + FN_V <= n; k += FN_V)
-            FN_ST(y + k, FN_MADD(FN_SUB(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(lo + k)),
-                                 FN_LD(a + k), FN_LD(b + k)));
+            FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(a + k), FN_LD(b + k)));
     #endif
         for (; k < n; k++)
-            y[k] = ((x[k] - hi[k]) - lo[k]) * a[k] + b[k];
+            y[k] = (x[k] - hi[k]) * a[k] + b[k];
     }
     """
-    void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n, float hi, float lo,
+    void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n, float hi,
                                   float a, float b) noexcept nogil
     void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
-                                  const float* lo, const float* a, const float* b) noexcept nogil
+                                  const float* a, const float* b) noexcept nogil
     void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n, const float* a,
                                        const float* b) noexcept nogil
     void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) noexcept nogil
     void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                    float hi, float lo, float al, float be, float ga) noexcept nogil
+                                    float hi, float al, float be, float ga) noexcept nogil
     void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                    const float* hi, const float* lo, const float* al,
+                                    const float* hi, const float* al,
                                     const float* be, const float* ga) noexcept nogil
 
 cdef enum:

@@ -240,6 +240,9 @@ class ChannelLayout:
             if i != 0 and i != axis:
                 S *= d
         self.S = S
+        if x.flags.c_contiguous and S > 1:  # the common case, without moveaxis
+            self.data, self.cl, self.moved = x, axis != 1, False
+            return
         # the layout x's memory already has, if any; channels-first wins ties
         cf_view = x if axis == 1 else np.moveaxis(x, axis, 1)
         cl_view = np.moveaxis(x, axis, -1) if axis != x.ndim - 1 else x
