@@ -334,3 +334,16 @@ def test_streaming_backward_eval_keeps_nonfinite_out(isa, rng, channel_axis):
     finally:
         functional._kernels.set_stream_threshold(previous)
     assert np.isfinite(gx).all()
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+@pytest.mark.parametrize("op", OPS)
+def test_repeatable_for_a_thread_count(rng, op, channel_axis):
+    """Per-unit partial sums are merged in a fixed order: bitwise repeatable."""
+    x = make_input((8, 12, 17, 9), channel_axis, "contiguous", np.float32, rng)
+    w = rng.standard_normal(12).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    first = run(op, x, w, b, channel_axis, 2)[0]
+    for _ in range(3):
+        for a, c in zip(first, run(op, x, w, b, channel_axis, 2)[0]):
+            np.testing.assert_array_equal(a, c)
