@@ -38,15 +38,6 @@ from fastnorm._openmp cimport omp_get_max_threads, omp_get_num_threads, FASTNORM
 
 cnp.import_array()
 
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define fastnorm_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
-    #else
-    #define fastnorm_prefetch(p) ((void)0)
-    #endif
-    """
-    void fastnorm_prefetch(const void* p) noexcept nogil
 
 cdef extern from *:
     """
@@ -637,16 +628,6 @@ cdef inline void _rms_backward_segment(const floating* g, const floating* x, con
 # 2. drivers
 # --------------------------------------------------------------------------
 
-cdef inline void _prefetch_row(const char* p, Py_ssize_t nbytes) noexcept nogil:
-    """Ask for the next row while this one is normalized from L1: the row
-    passes after the first touch no memory, and without this the DRAM stream
-    would idle during them (measured: LayerNorm (8192, 4096) forward goes from
-    about 1.5x to about 1.2x of the copy time)."""
-    cdef Py_ssize_t k
-    for k in range(0, nbytes, 64):
-        fastnorm_prefetch(p + k)
-
-
 cdef inline Py_ssize_t _part_start(Py_ssize_t n, int parts, int part) noexcept nogil:
     """Start of part `part` of [0, n) cut into `parts` near-equal pieces.
     (Assigned, not written through pointers, inside prange bodies so that
@@ -662,8 +643,6 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
     cdef double m, s
     cdef floating* scratch = <floating*>malloc(n * sizeof(floating)) if stream else NULL
     for r in range(r0, r1):
-        if r + 1 < r1:
-            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         if scratch != NULL:
             _ln_forward_row(<const floating*>(xb + r * xs), scratch, n, w, b, eps, &m, &s)
             fastnorm_stream_copy(yb + r * ys, <const char*>scratch, n * sizeof(floating))
@@ -775,8 +754,6 @@ cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t 
     cdef floating* scratch = <floating*>malloc(n * sizeof(floating)) if stream else NULL
     for r in range(r0, r1):
         x = <const floating*>(xb + r * xs)
-        if r + 1 < r1:
-            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
         if scratch != NULL:
             _rms_normalize_segment(x, scratch, n, w, <floating>s)
@@ -855,9 +832,6 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
     for r in range(r0, r1):
         g = <const floating*>(gb_ + r * gs)
         x = <const floating*>(xb + r * xs)
-        if r + 1 < r1:
-            _prefetch_row(gb_ + (r + 1) * gs, n * sizeof(floating))
-            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         _ln_backward_sums(g, x, w, n, mean[r], rstd[r], &a, &bsum, &c)
         # xhat should average to zero; whatever the rounding of the stored
         # mean left over (c / n) is removed, which keeps float32 rows with a
@@ -891,9 +865,6 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
     for r in range(r0, r1):
         g = <const floating*>(gb_ + r * gs)
         x = <const floating*>(xb + r * xs)
-        if r + 1 < r1:
-            _prefetch_row(gb_ + (r + 1) * gs, n * sizeof(floating))
-            _prefetch_row(xb + (r + 1) * xs, n * sizeof(floating))
         s = rstd[r]
         coef = s * s * s * _rms_backward_sum(g, x, w, n) / n
         _rms_backward_segment(g, x, w, <floating*>(db + r * ds), n, <floating>s, <floating>coef, gw_acc)
