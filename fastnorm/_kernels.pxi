@@ -41,50 +41,20 @@ cnp.import_array()
 
 cdef extern from *:
     """
-    /* Non-temporal (streaming) copy of a finished row from L1 scratch to its
-       place in a large output: the output's cache lines are written without
-       first being read (no read-for-ownership), so a memory-bound forward
-       moves 2 bytes per output byte, as memcpy does, instead of 3. */
+    /* Streaming (non-temporal) stores write an output's cache lines without
+       first reading them (no read-for-ownership): a memory-bound forward then
+       moves 2 bytes per output byte, as memcpy does, instead of 3.  A thread
+       fences its streaming stores before its part of the work ends. */
     #include <stdint.h>
-    #include <string.h>
     #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
     #include <immintrin.h>
     #endif
-    static void fastnorm_stream_copy(char* dst, const char* src, Py_ssize_t nbytes) {
-    #if defined(__AVX512F__)
-        const Py_ssize_t V = 64;
-    #elif defined(__AVX__)
-        const Py_ssize_t V = 32;
-    #elif defined(__SSE2__)
-        const Py_ssize_t V = 16;
-    #else
-        memcpy(dst, src, (size_t)nbytes);
-        return;
-    #endif
-    #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
-        Py_ssize_t head = (Py_ssize_t)((V - ((uintptr_t)dst % V)) % V);
-        if (head > nbytes) head = nbytes;
-        memcpy(dst, src, (size_t)head);
-        dst += head; src += head; nbytes -= head;
-        for (; nbytes >= V; nbytes -= V, dst += V, src += V) {
-    #if defined(__AVX512F__)
-            _mm512_stream_ps((float*)dst, _mm512_loadu_ps((const float*)src));
-    #elif defined(__AVX__)
-            _mm256_stream_ps((float*)dst, _mm256_loadu_ps((const float*)src));
-    #else
-            _mm_stream_ps((float*)dst, _mm_loadu_ps((const float*)src));
-    #endif
-        }
-        memcpy(dst, src, (size_t)nbytes);
-    #endif
-    }
     static void fastnorm_stream_fence(void) {
     #if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
         _mm_sfence();
     #endif
     }
     """
-    void fastnorm_stream_copy(char* dst, const char* src, Py_ssize_t nbytes) noexcept nogil
     void fastnorm_stream_fence() noexcept nogil
 
 cdef extern from *:
@@ -102,6 +72,7 @@ cdef extern from *:
     #define FN_SET(v) _mm512_set1_ps(v)
     #define FN_SUB(a, b) _mm512_sub_ps(a, b)
     #define FN_MUL(a, b) _mm512_mul_ps(a, b)
+    #define FN_ADD(a, b) _mm512_add_ps(a, b)
     #define FN_MADD(a, b, c) _mm512_fmadd_ps(a, b, c)
     #define FN_ST(p, v) _mm512_stream_ps(p, v)
     #elif defined(__AVX__)
@@ -111,6 +82,7 @@ cdef extern from *:
     #define FN_SET(v) _mm256_set1_ps(v)
     #define FN_SUB(a, b) _mm256_sub_ps(a, b)
     #define FN_MUL(a, b) _mm256_mul_ps(a, b)
+    #define FN_ADD(a, b) _mm256_add_ps(a, b)
     #if defined(__FMA__)
     #define FN_MADD(a, b, c) _mm256_fmadd_ps(a, b, c)
     #else
@@ -124,6 +96,7 @@ cdef extern from *:
     #define FN_SET(v) _mm_set1_ps(v)
     #define FN_SUB(a, b) _mm_sub_ps(a, b)
     #define FN_MUL(a, b) _mm_mul_ps(a, b)
+    #define FN_ADD(a, b) _mm_add_ps(a, b)
     #define FN_MADD(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
     #define FN_ST(p, v) _mm_stream_ps(p, v)
     #endif
@@ -217,6 +190,51 @@ cdef extern from *:
         for (; k < n; k++)
             dx[k] = al[k] * g[k];
     }
+    /* LayerNorm / RMSNorm rows (w, b may be NULL), as their plain loops */
+    static void fastnorm_ln_stream(const float* x, float* y, Py_ssize_t n, const float* w,
+                                   const float* b, float hi, float rstd, float off) {
+        Py_ssize_t k = 0;
+    #define FN_LN_SCALAR(k) do { float t_ = (x[k] - hi) * rstd + off; \
+            y[k] = w ? (b ? t_ * w[k] + b[k] : t_ * w[k]) : (b ? t_ + b[k] : t_); } while (0)
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+            FN_LN_SCALAR(k);
+        FN_T vh = FN_SET(hi), vr = FN_SET(rstd), vo = FN_SET(off);
+        if (w && b) {
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_MADD(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(w + k), FN_LD(b + k)));
+        } else if (w) {
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_MUL(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(w + k)));
+        } else if (b) {
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_ADD(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(b + k)));
+        } else {
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo));
+        }
+    #endif
+        for (; k < n; k++)
+            FN_LN_SCALAR(k);
+    #undef FN_LN_SCALAR
+    }
+    static void fastnorm_rms_stream(const float* x, float* y, Py_ssize_t n, const float* w, float rstd) {
+        Py_ssize_t k = 0;
+    #ifdef FN_V
+        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+            y[k] = w ? x[k] * rstd * w[k] : x[k] * rstd;
+        FN_T vr = FN_SET(rstd);
+        if (w) {
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_MUL(FN_MUL(FN_LD(x + k), vr), FN_LD(w + k)));
+        } else {
+            for (; k + FN_V <= n; k += FN_V)
+                FN_ST(y + k, FN_MUL(FN_LD(x + k), vr));
+        }
+    #endif
+        for (; k < n; k++)
+            y[k] = w ? x[k] * rstd * w[k] : x[k] * rstd;
+    }
     static void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
                                          const float* a, const float* b) {
         Py_ssize_t k = 0;
@@ -237,6 +255,9 @@ cdef extern from *:
     void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n, const float* a,
                                        const float* b) noexcept nogil
     void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) noexcept nogil
+    void fastnorm_ln_stream(const float* x, float* y, Py_ssize_t n, const float* w, const float* b,
+                            float hi, float rstd, float off) noexcept nogil
+    void fastnorm_rms_stream(const float* x, float* y, Py_ssize_t n, const float* w, float rstd) noexcept nogil
     void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
                                     float hi, float al, float be, float ga) noexcept nogil
     void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
@@ -410,37 +431,40 @@ cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline void _ln_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
-                                       const floating* w, const floating* b,
-                                       floating shift, floating center_hi, floating center_lo,
-                                       floating rstd) noexcept nogil:
-    """y = (((x - shift) - center_hi) - center_lo) * rstd * w + b,
-    computed as ((x - shift) - center_hi) * rstd + (-center_lo * rstd), then * w + b.
-
-    w and b point at the segment's parameters, or are NULL."""
+                                       const floating* w, const floating* b, floating hi,
+                                       floating rstd, floating offset, bint stream) noexcept nogil:
+    """y = ((x - hi) * rstd + offset) * w + b, where hi is the mean rounded to
+    `floating` (x - hi is exact for x near the mean, whatever its offset) and
+    offset = -(mean - hi) * rstd carries the rest of the mean.  w and b point
+    at the segment's parameters, or are NULL; stream: streaming stores (float)."""
     cdef Py_ssize_t k
     cdef floating t
-    cdef floating offset = -center_lo * rstd
-    if w != NULL and b != NULL:
+    if stream and floating is float:
+        fastnorm_ln_stream(<const float*>x, <float*>y, n, <const float*>w, <const float*>b,
+                           hi, rstd, offset)
+    elif w != NULL and b != NULL:
         for k in range(n):
-            t = ((x[k] - shift) - center_hi) * rstd + offset
+            t = (x[k] - hi) * rstd + offset
             y[k] = t * w[k] + b[k]
     elif w != NULL:
         for k in range(n):
-            t = ((x[k] - shift) - center_hi) * rstd + offset
+            t = (x[k] - hi) * rstd + offset
             y[k] = t * w[k]
     elif b != NULL:
         for k in range(n):
-            y[k] = (((x[k] - shift) - center_hi) * rstd + offset) + b[k]
+            y[k] = ((x[k] - hi) * rstd + offset) + b[k]
     else:
         for k in range(n):
-            y[k] = ((x[k] - shift) - center_hi) * rstd + offset
+            y[k] = (x[k] - hi) * rstd + offset
 
 
 cdef inline void _rms_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
-                                        const floating* w, floating rstd) noexcept nogil:
-    """y = x * rstd * w (w may be NULL)."""
+                                        const floating* w, floating rstd, bint stream) noexcept nogil:
+    """y = x * rstd * w (w may be NULL); stream: streaming stores (float)."""
     cdef Py_ssize_t k
-    if w != NULL:
+    if stream and floating is float:
+        fastnorm_rms_stream(<const float*>x, <float*>y, n, <const float*>w, rstd)
+    elif w != NULL:
         for k in range(n):
             y[k] = x[k] * rstd * w[k]
     else:
@@ -457,10 +481,10 @@ cdef inline bint _one_pass_ok(double sum_sq, double var, Py_ssize_t n) noexcept 
 
 cdef inline void _ln_forward_row(const floating* x, floating* y, Py_ssize_t n,
                                  const floating* w, const floating* b, double eps,
-                                 double* mean_out, double* rstd_out) noexcept nogil:
+                                 double* mean_out, double* rstd_out, bint stream) noexcept nogil:
     cdef floating shift = x[0]
-    cdef double dev_mean, sum_sq, sum_dev, var, rstd
-    cdef floating center_hi, center_lo
+    cdef double dev_mean, sum_sq, sum_dev, var, rstd, mean
+    cdef floating center_hi, hi
     # Pass 1: moments of d = x - x[0] (shifted data: the row's offset is gone
     # before anything is summed).
     _centered_moments(x, n, shift, 0, &sum_sq, &sum_dev)
@@ -475,12 +499,11 @@ cdef inline void _ln_forward_row(const floating* x, floating* y, Py_ssize_t n,
     if var < 0.0:
         var = 0.0
     rstd = 1.0 / sqrt(var + eps)
-    # The mean relative to x[0] is split in two floats so that the centered
-    # value ((x - x[0]) - hi) - lo is exact to a rounding of the spread.
-    center_hi = <floating>dev_mean
-    center_lo = <floating>(dev_mean - <double>center_hi)
-    _ln_normalize_segment(x, y, n, w, b, shift, center_hi, center_lo, <floating>rstd)
-    mean_out[0] = <double>shift + dev_mean
+    mean = <double>shift + dev_mean
+    hi = <floating>mean
+    _ln_normalize_segment(x, y, n, w, b, hi, <floating>rstd,
+                          <floating>(-(mean - <double>hi) * rstd), stream)
+    mean_out[0] = mean
     rstd_out[0] = rstd
 
 
@@ -641,21 +664,15 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
                            floating* mean, floating* rstd, bint stream) noexcept nogil:
     cdef Py_ssize_t r
     cdef double m, s
-    cdef floating* scratch = <floating*>malloc(n * sizeof(floating)) if stream else NULL
     for r in range(r0, r1):
-        if scratch != NULL:
-            _ln_forward_row(<const floating*>(xb + r * xs), scratch, n, w, b, eps, &m, &s)
-            fastnorm_stream_copy(yb + r * ys, <const char*>scratch, n * sizeof(floating))
-        else:
-            _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
-                            w, b, eps, &m, &s)
+        _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
+                        w, b, eps, &m, &s, stream)
         if mean != NULL:
             mean[r] = <floating>m
         if rstd != NULL:
             rstd[r] = <floating>s
-    if scratch != NULL:
+    if stream:
         fastnorm_stream_fence()
-        free(scratch)
 
 
 cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
@@ -667,7 +684,8 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     cdef int p, attempt
     cdef Py_ssize_t lo, hi
     cdef floating shift = x[0]
-    cdef floating center_hi = 0, center_lo
+    cdef floating center_hi = 0, mean_hi
+    cdef double mean
     cdef double dev_mean = 0.0, sum_sq, sum_dev, var, rstd
     for attempt in range(2):
         for p in prange(nth, schedule='static', num_threads=nth):
@@ -687,15 +705,16 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     if var < 0.0:
         var = 0.0
     rstd = 1.0 / sqrt(var + eps)
-    center_hi = <floating>dev_mean
-    center_lo = <floating>(dev_mean - <double>center_hi)
+    mean = <double>shift + dev_mean
+    mean_hi = <floating>mean
     for p in prange(nth, schedule='static', num_threads=nth):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         _ln_normalize_segment(x + lo, y + lo, hi - lo,
                               w + lo if w != NULL else NULL, b + lo if b != NULL else NULL,
-                              shift, center_hi, center_lo, <floating>rstd)
-    mean_out[0] = <double>shift + dev_mean
+                              mean_hi, <floating>rstd, <floating>(-(mean - <double>mean_hi) * rstd),
+                              False)
+    mean_out[0] = mean
     rstd_out[0] = rstd
 
 
@@ -751,20 +770,14 @@ cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t 
     cdef Py_ssize_t r
     cdef double s
     cdef const floating* x
-    cdef floating* scratch = <floating*>malloc(n * sizeof(floating)) if stream else NULL
     for r in range(r0, r1):
         x = <const floating*>(xb + r * xs)
         s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
-        if scratch != NULL:
-            _rms_normalize_segment(x, scratch, n, w, <floating>s)
-            fastnorm_stream_copy(yb + r * ys, <const char*>scratch, n * sizeof(floating))
-        else:
-            _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s)
+        _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s, stream)
         if rstd != NULL:
             rstd[r] = <floating>s
-    if scratch != NULL:
+    if stream:
         fastnorm_stream_fence()
-        free(scratch)
 
 
 cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
@@ -794,7 +807,8 @@ cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
             for p in prange(nth, schedule='static', num_threads=nth):
                 lo = _part_start(n, nth, p)
                 hi = _part_start(n, nth, p + 1)
-                _rms_normalize_segment(x + lo, y + lo, hi - lo, w + lo if w != NULL else NULL, <floating>s)
+                _rms_normalize_segment(x + lo, y + lo, hi - lo, w + lo if w != NULL else NULL,
+                                       <floating>s, False)
             if rstd != NULL:
                 rstd[r] = <floating>s
         free(partial)

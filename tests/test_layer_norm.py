@@ -285,3 +285,26 @@ def test_large_output_streaming_path(isa, rng):
     out = np.empty((1101, 4097), np.float32)[1:]  # rows start off any vector boundary
     fastnorm.layer_norm(x, None, w, b, out=out)
     np.testing.assert_allclose(out, yr, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("op,affine", [("layer_norm", "wb"), ("layer_norm", "w"), ("layer_norm", "b"),
+                                       ("layer_norm", "none"), ("rms_norm", "w"), ("rms_norm", "none")])
+def test_streaming_path_gives_identical_results(isa, rng, op, affine):
+    """Large outputs take a streaming-store path; forced on for a small input
+    (rows of any alignment) it must give bitwise the plain path's results."""
+    from fastnorm import functional
+    x = rng.standard_normal((37, 101)).astype(np.float32)
+    w = rng.standard_normal(101).astype(np.float32) if "w" in affine else None
+    b = rng.standard_normal(101).astype(np.float32) if "b" in affine else None
+    if op == "layer_norm":
+        call = lambda: fastnorm.layer_norm(x, None, w, b, n_threads=2)
+    else:
+        call = lambda: fastnorm.rms_norm(x, None, w, n_threads=2)
+    previous = functional._kernels.set_stream_threshold(1 << 60)
+    try:
+        plain = call()
+        functional._kernels.set_stream_threshold(0)
+        streamed = call()
+    finally:
+        functional._kernels.set_stream_threshold(previous)
+    np.testing.assert_array_equal(plain, streamed)
