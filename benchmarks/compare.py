@@ -158,6 +158,8 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=0.02, help="seconds per timed loop")
     p.add_argument("--shapes", nargs="+", default=None, help="e.g. 64x768 8192x4096")
     p.add_argument("--save", metavar="FILE", help="also write the table, machine and versions to FILE")
+    p.add_argument("--readme", metavar="FILE",
+                   help="also replace the results block of FILE (between its results markers)")
     args = p.parse_args(argv)
     shapes = None if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     lines = []
@@ -172,12 +174,23 @@ def main(argv=None):
     rows = run(ops, shapes, args.threads, args.repeats, args.min_time, emit)
     tail = summary(rows)
     print("\n" + "\n".join(tail))
+    body = "\n".join(env) + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(tail) + "\n"
     if args.save:
         with open(args.save, "w") as f:
             f.write("# fastnorm benchmark comparison\n\n")
             f.write("Produced by `python benchmarks/compare.py "
                     + " ".join(a for a in (argv if argv is not None else sys.argv[1:])) + "`\n\n")
-            f.write("\n".join(env) + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(tail) + "\n")
+            f.write(body)
+    if args.readme:
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        with open(args.readme) as f:
+            text = f.read()
+        if start not in text or end not in text:
+            sys.exit(f"{args.readme} has no {start} ... {end} block")
+        head, rest = text.split(start, 1)
+        _, foot = rest.split(end, 1)
+        with open(args.readme, "w") as f:
+            f.write(head + start + "\n" + body + end + foot)
 
 
 if __name__ == "__main__":
