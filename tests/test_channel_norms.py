@@ -347,3 +347,25 @@ def test_repeatable_for_a_thread_count(rng, op, channel_axis):
     for _ in range(3):
         for a, c in zip(first, run(op, x, w, b, channel_axis, 2)[0]):
             np.testing.assert_array_equal(a, c)
+
+
+def test_float16_and_empty_batches(rng):
+    x = rng.standard_normal((4, 6, 5)).astype(np.float16)
+    w = np.ones(6, np.float16)
+    y = fastnorm.group_norm(x, 3, w, None)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y, ref.group_norm(x.astype(np.float32), 3), atol=5e-3)
+    yb, m, s = fastnorm.batch_norm(x, None, None, w, None, True, return_stats=True)
+    assert yb.dtype == np.float16 and m.dtype == np.float32
+    gx, gw, gb = fastnorm.batch_norm_backward(np.ones_like(x), x, m, s, w, None, True)
+    assert gx.dtype == gw.dtype == np.float16 and gb is None
+    empty = np.empty((0, 6, 5), np.float32)
+    assert fastnorm.group_norm(empty, 3).shape == (0, 6, 5)
+    rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
+    assert fastnorm.batch_norm(empty, rm, rv, training=False).shape == (0, 6, 5)
+    y0, m0, s0 = fastnorm.instance_norm(empty, return_stats=True)
+    assert y0.shape == (0, 6, 5) and m0.shape == (0, 6)
+    gx0, gw0, gb0 = fastnorm.group_norm_backward(empty, empty, 3, np.empty((0, 3)), np.empty((0, 3)),
+                                                 np.ones(6, np.float32), np.zeros(6, np.float32))
+    assert gx0.shape == (0, 6, 5)
+    np.testing.assert_array_equal(gw0, 0)
