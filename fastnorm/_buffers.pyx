@@ -12,7 +12,8 @@ caching allocators do.
 
 Only outputs of at least MIN_CACHED_BYTES use it; at most MAX_SLOTS buffers and
 `limit` bytes (default 1 GiB, `fastnorm.set_output_cache(bytes)`, 0 disables)
-are kept.  Everything runs under the GIL.
+are kept, the least recently released evicted first.  Everything runs under
+the GIL.
 """
 cimport numpy as cnp
 from libc.stdlib cimport free
@@ -44,6 +45,8 @@ cdef size_t MIN_CACHED_BYTES = 4 * 1024 * 1024
 cdef size_t limit = 1 << 30
 cdef void* slot_ptr[MAX_SLOTS]
 cdef size_t slot_size[MAX_SLOTS]
+cdef unsigned long long slot_stamp[MAX_SLOTS]
+cdef unsigned long long clock = 0
 cdef size_t cached_bytes = 0
 
 
@@ -58,17 +61,43 @@ cdef class _PooledMemory:
             self.ptr = NULL
 
 
-cdef void _release(void* ptr, size_t nbytes) noexcept:
+cdef void _evict_oldest() noexcept:
     global cached_bytes
-    cdef int i
-    if cached_bytes + nbytes <= limit:
+    cdef int i, oldest = -1
+    for i in range(MAX_SLOTS):
+        if slot_ptr[i] != NULL and (oldest < 0 or slot_stamp[i] < slot_stamp[oldest]):
+            oldest = i
+    if oldest >= 0:
+        free(slot_ptr[oldest])
+        cached_bytes -= slot_size[oldest]
+        slot_ptr[oldest] = NULL
+
+
+cdef void _release(void* ptr, size_t nbytes) noexcept:
+    """Keep a released buffer, evicting the least recently released ones when
+    the slots or the byte limit are full (so that a workload's current sizes
+    are the ones cached, not the first sizes ever seen)."""
+    global cached_bytes, clock
+    cdef int i, n_used
+    if nbytes > limit:
+        free(ptr)
+        return
+    while True:
+        n_used = 0
         for i in range(MAX_SLOTS):
-            if slot_ptr[i] == NULL:
-                slot_ptr[i] = ptr
-                slot_size[i] = nbytes
-                cached_bytes += nbytes
-                return
-    free(ptr)
+            if slot_ptr[i] != NULL:
+                n_used += 1
+        if n_used < MAX_SLOTS and cached_bytes + nbytes <= limit:
+            break
+        _evict_oldest()
+    for i in range(MAX_SLOTS):
+        if slot_ptr[i] == NULL:
+            clock += 1
+            slot_ptr[i] = ptr
+            slot_size[i] = nbytes
+            slot_stamp[i] = clock
+            cached_bytes += nbytes
+            return
 
 
 cdef void* _take(size_t nbytes, size_t* got) noexcept:

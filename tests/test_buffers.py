@@ -61,3 +61,18 @@ def test_limit_and_disable(fresh_cache, rng):
 def test_small_outputs_are_plain_numpy_arrays(rng):
     y = fastnorm.layer_norm(rng.standard_normal((4, 8)).astype(np.float32))
     assert y.flags.owndata
+
+
+def test_current_sizes_evict_old_ones(fresh_cache, rng):
+    """Once the slots hold other sizes, a new workload's outputs still get
+    cached (least recently released evicted first)."""
+    for rows in (520, 600, 700, 800, 900):  # five sizes, four slots
+        y = fastnorm.layer_norm(rng.standard_normal((rows, 4096)).astype(np.float32))
+        del y
+    assert fastnorm.output_cache_info()[2] == 4
+    x = rng.standard_normal(BIG).astype(np.float32)
+    y = fastnorm.layer_norm(x)
+    address = y.ctypes.data
+    del y
+    y2 = fastnorm.layer_norm(x)
+    assert y2.ctypes.data == address
