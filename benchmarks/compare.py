@@ -142,10 +142,11 @@ def environment(threads):
         f"- machine: {cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
         f"- threads: {threads} for every implementation (NumPy's ufuncs are single-threaded)",
         "- versions: " + ", ".join(versions),
-        "- PyTorch: F.layer_norm / F.rms_norm under no_grad (fwd); autograd forward + "
-        "torch.autograd.grad (fwd+bwd). ONNX Runtime: LayerNormalization (opset 17), "
-        "RMSNormalization (opset 23), thread spinning off. float32, eps=1e-5, with weight "
-        "(and bias for LayerNorm).",
+        "- PyTorch: torch.nn.functional's op under no_grad (fwd); autograd forward + "
+        "torch.autograd.grad (fwd+bwd); channels-last cases in torch.channels_last memory. "
+        "ONNX Runtime: LayerNormalization (opset 17), RMSNormalization (opset 23), thread "
+        "spinning off. float32, eps=1e-5, with weight and bias (weight only for RMSNorm); "
+        "BatchNorm train updates running statistics; GroupNorm with 32 groups.",
     ]
 
 
