@@ -9,7 +9,7 @@ import numpy as np
 __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
-    "instance_norm", "instance_norm_backward",
+    "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
 ]
 
 
@@ -218,3 +218,24 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
     m = np.asarray(mean, np.float64)[:, :, None]
     r = np.asarray(rstd, np.float64)[:, :, None]
     return _channel_backward(g, v, m, r, weight, bias, (2,), use_input_stats, back)
+
+
+# ---------------------------------------------------------------- Lp normalization
+
+def normalize(x, p=2.0, dim=1, eps=1e-12, *, return_stats=False):
+    """x / max(||x||_p, eps) along dim, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = (np.abs(x) ** p).sum(axis=dim, keepdims=True) ** (1.0 / p)
+    y = x / np.maximum(norm, eps)
+    return (y, np.squeeze(norm, axis=dim)) if return_stats else y
+
+
+def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12):
+    """Gradient of normalize w.r.t. x, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    g = np.asarray(grad_out, dtype=np.float64)
+    n = np.expand_dims(np.asarray(norm, dtype=np.float64), dim)
+    dot = (g * x).sum(axis=dim, keepdims=True)
+    big = g / np.where(n > eps, n, 1.0) - dot / np.where(n > eps, n, 1.0) ** (p + 1) \
+        * np.sign(x) * np.abs(x) ** (p - 1)
+    return np.where(n > eps, big, g / eps)
