@@ -209,6 +209,55 @@ def ort_rms_norm(x, g, w, b, threads, backward=False):
     return lambda: sess.run(None, feed)
 
 
+def fastnorm_normalize(x, g, w, b, threads, backward=False, out=False):
+    if not backward:
+        y = np.empty_like(x) if out else None
+        return lambda: fastnorm.normalize(x, 2.0, -1, out=y, n_threads=threads)
+
+    def run():
+        y, n = fastnorm.normalize(x, 2.0, -1, n_threads=threads, return_stats=True)
+        return fastnorm.normalize_backward(g, x, n, 2.0, -1, n_threads=threads)
+    return run
+
+
+def numpy_normalize(x, g, w, b, threads, backward=False):
+    def forward():
+        n = np.sqrt((x * x).sum(-1, keepdims=True))
+        return x / np.maximum(n, 1e-12), n
+
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, n = forward()
+        return g / n - x * ((g * x).sum(-1, keepdims=True) / n ** 3)
+    return run
+
+
+def torch_normalize(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, _, _ = _torch_args(x, g, w, b, backward)
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return TF.normalize(tx, 2.0, -1)
+        return run
+
+    def run():
+        return torch.autograd.grad(TF.normalize(tx, 2.0, -1), (tx,), tg)
+    return run
+
+
+def ort_normalize(x, g, w, b, threads, backward=False):
+    if ort is None or backward:
+        return None
+    node = helper.make_node("LpNormalization", ["x"], ["y"], axis=-1, p=2)
+    sess = _ort_session(node, 17, [("x", x.shape)], [], threads)
+    feed = {"x": x}
+    return lambda: sess.run(None, feed)
+
+
 SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
 
 # op -> its implementations, shapes, directions and case builder
@@ -223,6 +272,12 @@ OPS = {
         "onnxruntime": ort_rms_norm, "numpy": numpy_rms_norm,
         "shapes": SHAPES, "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
     },
+}
+
+OPS["normalize"] = {
+    "fastnorm": fastnorm_normalize, "torch": torch_normalize,
+    "onnxruntime": ort_normalize, "numpy": numpy_normalize,
+    "shapes": [(8192, 4096)], "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
 }
 
 from channel_peers import CHANNEL_OPS  # noqa: E402

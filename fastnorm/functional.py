@@ -572,26 +572,26 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_st
     D = xm.shape[-1]
     M = xm.size // D if D else int(np.prod(xm.shape[:-1]))
     rows = as_rows(xm, M, D, cdt)
-    if out is not None:
-        check_out(out, x, x.dtype)
-    y_rows = np.empty((M, D), dtype=cdt) if (out is not None or dim != x.ndim - 1 or cdt != x.dtype) \
-        else None
-    if y_rows is None:
-        y = Output(x, M, D, x.dtype, cdt)
-        y_rows = y.rows
     norms = np.empty(M, dtype=cdt) if return_stats else None
-    if D > 0:
-        _kernels.normalize_forward(rows, y_rows, p, eps, norms, n_threads)
-    elif norms is not None:
+    if dim == x.ndim - 1:  # rows of x: the output allocator handles out= and in place
+        y = Output(x, M, D, x.dtype, cdt, out, (x,))
+        if D > 0:
+            _kernels.normalize_forward(rows, y.rows, p, eps, norms, n_threads)
+        result = y.finish(x.shape)
+    else:
+        if out is not None:
+            check_out(out, x, x.dtype)
+        y_rows = np.empty((M, D), dtype=cdt)
+        if D > 0:
+            _kernels.normalize_forward(rows, y_rows, p, eps, norms, n_threads)
+        result = np.moveaxis(y_rows.reshape(xm.shape), -1, dim)
+        if cdt != x.dtype:
+            result = result.astype(x.dtype)
+        if out is not None:
+            np.copyto(out, result)
+            result = out
+    if norms is not None and D == 0:
         norms.fill(0)
-    result = y_rows.reshape(xm.shape)
-    if dim != x.ndim - 1:
-        result = np.moveaxis(result, -1, dim)
-    if cdt != x.dtype:
-        result = result.astype(x.dtype)
-    if out is not None:
-        np.copyto(out, result)
-        result = out
     if not return_stats:
         return result
     return result, norms.reshape(xm.shape[:-1])
