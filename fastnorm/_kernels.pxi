@@ -1370,3 +1370,83 @@ def rms_norm_backward_fast(object grad_out, object x, object rstd, object weight
     return _backward_fast(True, grad_out, x, None, rstd, weight, None, n_threads)
 include "_channel_kernels.pxi"
 include "_normalize_kernels.pxi"
+
+
+# --------------------------------------------------------------------------
+# fused residual add + norm (inference): h = x + residual, y = norm(h), one
+# pass over memory: each row's h is written out and normalized from L1.
+# --------------------------------------------------------------------------
+
+cdef void _add_norm_rows(bint rms, const char* xb, Py_ssize_t xs, const char* rb, Py_ssize_t rs,
+                         char* hb, Py_ssize_t hs, char* yb, Py_ssize_t ys,
+                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                         const floating* w, const floating* b, double eps,
+                         floating* mean, floating* rstd, bint stream) noexcept nogil:
+    cdef Py_ssize_t r, k
+    cdef const floating* x
+    cdef const floating* res
+    cdef floating* h
+    cdef double m, s
+    for r in range(r0, r1):
+        x = <const floating*>(xb + r * xs)
+        res = <const floating*>(rb + r * rs)
+        h = <floating*>(hb + r * hs)
+        for k in range(n):
+            h[k] = x[k] + res[k]
+        if rms:
+            s = 1.0 / sqrt(_sum_squares(h, n) / n + eps)
+            _rms_normalize_segment(h, <floating*>(yb + r * ys), n, w, <floating>s, stream)
+        else:
+            _ln_forward_row(h, <floating*>(yb + r * ys), n, w, b, eps, &m, &s, stream)
+            if mean != NULL:
+                mean[r] = <floating>m
+        if rstd != NULL:
+            rstd[r] = <floating>s
+    if stream:
+        fastnorm_stream_fence()
+
+
+def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray h, cnp.ndarray y,
+                     object weight, object bias, double eps, object mean, object rstd,
+                     object n_threads):
+    """x, residual, h, y: (M, n) with contiguous rows (h may be residual or x
+    itself: each row is read before it is written)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
+    _check_rows(x, typenum, M, n, "x")
+    _check_rows(residual, typenum, M, n, "residual")
+    _check_rows(h, typenum, M, n, "h")
+    _check_rows(y, typenum, M, n, "y")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
+    cdef const char* rb = <const char*>cnp.PyArray_DATA(residual)
+    cdef char* hb = <char*>cnp.PyArray_DATA(h)
+    cdef char* yb = <char*>cnp.PyArray_DATA(y)
+    cdef Py_ssize_t xs = x.strides[0], rs = residual.strides[0], hs = h.strides[0], ys = y.strides[0]
+    cdef void* w = _ptr_or_null(weight)
+    cdef void* b = _ptr_or_null(bias)
+    cdef void* mp = _ptr_or_null(mean)
+    cdef void* rp = _ptr_or_null(rstd)
+    cdef bint stream = _use_streaming(M, n, cnp.PyArray_ITEMSIZE(x))
+    cdef int c
+    cdef Py_ssize_t r0, r1
+    if M == 0 or n == 0:
+        return
+    if nth > M:
+        nth = <int>M
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth):
+                r0 = _part_start(M, nth, c)
+                r1 = _part_start(M, nth, c + 1)
+                _add_norm_rows[float](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
+                                      <const float*>w, <const float*>b, eps,
+                                      <float*>mp, <float*>rp, stream)
+    else:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth):
+                r0 = _part_start(M, nth, c)
+                r1 = _part_start(M, nth, c + 1)
+                _add_norm_rows[double](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
+                                       <const double*>w, <const double*>b, eps,
+                                       <double*>mp, <double*>rp, stream)

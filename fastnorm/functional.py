@@ -26,6 +26,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
+    "add_layer_norm", "add_rms_norm",
 ]
 
 _kernels = _config.kernels
@@ -623,3 +624,68 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12, *, n_threads=
     if dim != x.ndim - 1:
         result = np.moveaxis(result, -1, dim)
     return result.astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- fused residual add + norm
+
+def _add_norm(rms, x, residual, normalized_shape, weight, bias, eps, out, residual_out,
+              n_threads, return_stats):
+    x, cdt = as_float_array(x, "x")
+    residual = same_shape_input(residual, "residual", x)
+    shape, D = normalized_dims(x, normalized_shape)
+    lead, M = _lead(x, len(shape))
+    w = vector_param(weight, "weight", shape, D, x.dtype, cdt)
+    b = None if rms else vector_param(bias, "bias", shape, D, x.dtype, cdt)
+    eps = _rms_eps(eps, cdt, x.dtype) if rms else check_eps(eps)
+    if out is not None and out is residual_out:
+        raise ValueError("out and residual_out must be different arrays")
+    # each row of x and residual is read before its h and y are written, so
+    # out / residual_out may be x or residual themselves
+    y = Output(x, M, D, x.dtype, cdt, out, (x, residual, weight, bias, residual_out))
+    h = Output(x, M, D, x.dtype, cdt, residual_out, (x, residual, out), name="residual_out")
+    mean = _stats_out(M, cdt, return_stats and not rms)
+    rstd = _stats_out(M, cdt, return_stats)
+    _kernels.add_norm_forward(rms, as_rows(x, M, D, cdt), as_rows(residual, M, D, cdt), h.rows,
+                              y.rows, w, b, eps, mean, rstd, n_threads)
+    result = (y.finish(x.shape), h.finish(x.shape))
+    if not return_stats:
+        return result
+    if D == 0:
+        rstd.fill(np.nan)
+        if mean is not None:
+            mean.fill(np.nan)
+    if rms:
+        return result + (rstd.reshape(lead),)
+    return result + (mean.reshape(lead), rstd.reshape(lead))
+
+
+def add_layer_norm(x, residual, normalized_shape=None, weight=None, bias=None, eps=1e-5, *,
+                   out=None, residual_out=None, n_threads=None, return_stats=False):
+    """Residual add and LayerNorm in one pass: h = x + residual, y = layer_norm(h).
+
+    The pre-norm transformer step (ONNX Runtime's SkipLayerNormalization).
+    Returns (y, h), or (y, h, mean, rstd) with return_stats; the backward is
+    `layer_norm_backward` on h, whose grad_x flows unchanged to x and residual.
+    `residual_out` (may be `residual` itself) receives h; `out` receives y.
+
+    Examples
+    --------
+    >>> x = np.ones((2, 4)); r = np.arange(8.0).reshape(2, 4)
+    >>> y, h = add_layer_norm(x, r, 4)
+    >>> bool(np.array_equal(h, x + r))
+    True
+    """
+    return _add_norm(False, x, residual, normalized_shape, weight, bias, eps, out, residual_out,
+                     n_threads, return_stats)
+
+
+def add_rms_norm(x, residual, normalized_shape=None, weight=None, eps=None, *,
+                 out=None, residual_out=None, n_threads=None, return_stats=False):
+    """Residual add and RMSNorm in one pass: h = x + residual, y = rms_norm(h)
+    (ONNX Runtime's SkipSimplifiedLayerNormalization).
+
+    Returns (y, h), or (y, h, rstd) with return_stats; the backward is
+    `rms_norm_backward` on h.
+    """
+    return _add_norm(True, x, residual, normalized_shape, weight, None, eps, out, residual_out,
+                     n_threads, return_stats)
