@@ -93,13 +93,17 @@ def run(ops, shapes, threads, repeats, min_time, emit):
                     fn = factories[peer](x, g, w, b, threads, backward=backward) if peer in factories else None
                     if fn is not None:
                         impls[peer] = fn
-                impls["copy"] = peers.copy_limit(x, g, w, b, threads, backward=backward)
+                if "unfused" in factories:
+                    impls["unfused"] = factories["unfused"](x, g, w, b, threads)
+                impls["copy"] = factories.get("copy", peers.copy_limit)(x, g, w, b, threads, backward=backward)
                 t = time_case(impls, repeats, min_time)
                 ours = t["fastnorm"]
                 limit_ours = t.get("fastnorm_out", ours)
                 case = f"{op} {'fwd+bwd' if backward else 'fwd'}"
                 row = dict(case=case, shape=shape, times=t)
                 rows.append(row)
+                if "unfused" in t:
+                    case = f"{case} (unfused add+norm: {fmt_time(t['unfused'])}, {t['unfused'] / ours:.2f}x)"
                 emit(f"| {case} | {shape} | {fmt_time(ours)} | {fmt_time(t.get('fastnorm_out'))} "
                      f"| {fmt_time(t.get('torch'))} | {fmt_ratio(t.get('torch'), ours)} "
                      f"| {fmt_time(t.get('onnxruntime'))} | {fmt_ratio(t.get('onnxruntime'), ours)} "

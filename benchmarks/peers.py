@@ -258,6 +258,94 @@ def ort_normalize(x, g, w, b, threads, backward=False):
     return lambda: sess.run(None, feed)
 
 
+def _add_norm_factories(rms):
+    """fastnorm fused, NumPy, PyTorch composition, ORT Skip*LayerNormalization,
+    an unfused fastnorm (np.add then the norm), and the memory limit (two
+    copies: the fused op reads two arrays and writes two)."""
+    def fast(x, g, w, b, threads, backward=False, out=False):
+        if backward:
+            return None
+        y = np.empty_like(x) if out else None
+        h = np.empty_like(x) if out else None
+        if rms:
+            return lambda: fastnorm.add_rms_norm(x, g, None, w, EPS, out=y, residual_out=h, n_threads=threads)
+        return lambda: fastnorm.add_layer_norm(x, g, None, w, b, EPS, out=y, residual_out=h,
+                                               n_threads=threads)
+
+    def unfused(x, g, w, b, threads, backward=False):
+        if backward:
+            return None
+        h = np.empty_like(x)
+
+        def run():
+            np.add(x, g, out=h)
+            if rms:
+                return fastnorm.rms_norm(h, None, w, EPS, n_threads=threads), h
+            return fastnorm.layer_norm(h, None, w, b, EPS, n_threads=threads), h
+        return run
+
+    def numpy_(x, g, w, b, threads, backward=False):
+        if backward:
+            return None
+        norm = numpy_rms_norm if rms else numpy_layer_norm
+
+        def run():
+            h = x + g
+            return norm(h, g, w, b, threads)(), h
+        return run
+
+    def torch_(x, g, w, b, threads, backward=False):
+        if torch is None or backward:
+            return None
+        tx, tr, tw, tb = torch.from_numpy(x), torch.from_numpy(g), torch.from_numpy(w), torch.from_numpy(b)
+        shape = (x.shape[-1],)
+
+        def run():
+            with torch.no_grad():
+                h = tx + tr
+                y = TF.rms_norm(h, shape, tw, EPS) if rms else TF.layer_norm(h, shape, tw, tb, EPS)
+                return y, h
+        return run
+
+    def ort_(x, g, w, b, threads, backward=False):
+        if ort is None or backward:
+            return None
+        x3, g3 = x.reshape((1,) + x.shape), g.reshape((1,) + g.shape)
+        op = "SkipSimplifiedLayerNormalization" if rms else "SkipLayerNormalization"
+        ins = ["x", "skip", "gamma"] if rms else ["x", "skip", "gamma", "beta"]
+        node = helper.make_node(op, ins, ["y", "", "", "h"], domain="com.microsoft", epsilon=EPS)
+        graph = helper.make_graph(
+            [node], "skipnorm",
+            [helper.make_tensor_value_info(n_, TensorProto.FLOAT, list(x3.shape)) for n_ in ("x", "skip")],
+            [helper.make_tensor_value_info(n_, TensorProto.FLOAT, None) for n_ in ("y", "h")],
+            initializer=[numpy_helper.from_array(w, "gamma")] + ([] if rms else [numpy_helper.from_array(b, "beta")]),
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 10
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception:
+            return None
+        feed = {"x": x3, "skip": g3}
+        return lambda: sess.run(None, feed)
+
+    def limit(x, g, w, b, threads, backward=False):
+        o1, o2 = np.empty_like(x), np.empty_like(x)
+
+        def run():
+            np.copyto(o1, x)
+            np.copyto(o2, g)
+        return run
+
+    return {"fastnorm": fast, "torch": torch_, "onnxruntime": ort_, "numpy": numpy_,
+            "unfused": unfused, "copy": limit,
+            "shapes": [(8192, 4096)], "directions": ("fwd",), "make_case": make_case}
+
+
 SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
 
 # op -> its implementations, shapes, directions and case builder
@@ -279,6 +367,9 @@ OPS["normalize"] = {
     "onnxruntime": ort_normalize, "numpy": numpy_normalize,
     "shapes": [(8192, 4096)], "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
 }
+
+OPS["add_layer_norm"] = _add_norm_factories(False)
+OPS["add_rms_norm"] = _add_norm_factories(True)
 
 from channel_peers import CHANNEL_OPS  # noqa: E402
 
