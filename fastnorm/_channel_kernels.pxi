@@ -18,6 +18,7 @@
 # split in two floats (exact centering for large offsets in float32).
 
 from libc.string cimport memcpy
+from libc.math cimport INFINITY
 
 cdef enum:
     CL_FLUSH_ROWS = 16       # tiles accumulated in `floating` before a flush to double
@@ -510,6 +511,18 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
         else:  # running statistics: fold into one scale-and-shift, y = x * a + b'
             hi[i] = 0
             cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
+    _channel_apply(x, y, cl, N, C, S, per_sample, hi, ca, cb, nth)
+    free(coef)
+    return 0
+
+
+cdef void _channel_apply(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t S, bint per_sample, const floating* hi, const floating* ca,
+                         const floating* cb, int nth) noexcept nogil:
+    """The elementwise pass: y = (x - hi) * ca + cb per (sample, channel) when
+    per_sample, else per channel."""
+    cdef Py_ssize_t i, bl, r0, r1, P = N * S
+    cdef int p
     cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
     if not cl and stream:
         for p in prange(nth, schedule='static', num_threads=nth):
@@ -527,8 +540,6 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
             _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, ca, cb, NULL, stream)
-    free(coef)
-    return 0
 
 
 cdef int _channel_backward(const floating* g, const floating* x, floating* dx, bint cl,
@@ -884,3 +895,139 @@ cdef int _grouped_backward(const floating* g, const floating* x, floating* dx, P
             grad_b[c] += sums[3 * bl]
     free(sums)
     return 0
+
+
+# ---------------------------------------------------------------- data standardization
+#
+# Column statistics of a (rows, features) matrix are the channels-last BatchNorm
+# statistics (S = 1); the transforms are the elementwise pass with given
+# centre / scale / shift per feature.
+
+def channel_affine(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                   cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift, object n_threads):
+    """y = (x - centre_c) * scale_c + shift_c per channel c (float64 (C,)
+    coefficients), x - centre taken exactly for x near the centre."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    _check_flat(x, typenum, N * C * S, "x")
+    _check_flat(y, typenum, N * C * S, "y")
+    _check_flat(centre, cnp.NPY_FLOAT64, C, "centre")
+    _check_flat(scale, cnp.NPY_FLOAT64, C, "scale")
+    _check_flat(shift, cnp.NPY_FLOAT64, C, "shift")
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    if N * C * S == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        _affine_given[float](<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y), cl, N, C, S,
+                             <const double*>cnp.PyArray_DATA(centre), <const double*>cnp.PyArray_DATA(scale),
+                             <const double*>cnp.PyArray_DATA(shift), nth)
+    else:
+        _affine_given[double](<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y), cl, N, C, S,
+                              <const double*>cnp.PyArray_DATA(centre), <const double*>cnp.PyArray_DATA(scale),
+                              <const double*>cnp.PyArray_DATA(shift), nth)
+
+
+cdef int _affine_given(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
+                       Py_ssize_t S, const double* centre, const double* scale, const double* shift,
+                       int nth) except -1:
+    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating) + 8)
+    cdef Py_ssize_t c
+    if coef == NULL:
+        raise MemoryError()
+    for c in range(C):
+        coef[c] = <floating>centre[c]
+        coef[C + c] = <floating>scale[c]
+        coef[2 * C + c] = <floating>(shift[c] - (centre[c] - <double>coef[c]) * scale[c])
+    with nogil:
+        _channel_apply(x, y, cl, N, C, S, False, coef, coef + C, coef + 2 * C, nth)
+    free(coef)
+    return 0
+
+
+def channel_moments(cnp.ndarray x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                    cnp.ndarray st_mean, cnp.ndarray st_var, object n_threads):
+    """Per-channel mean and biased variance (BatchNorm's batch statistics)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    _check_flat(x, typenum, N * C * S, "x")
+    _check_flat(st_mean, cnp.NPY_FLOAT64, C, "st_mean")
+    _check_flat(st_var, cnp.NPY_FLOAT64, C, "st_var")
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef double* count = <double*>malloc(2 * C * sizeof(double) + 8)
+    cdef int status
+    cdef Py_ssize_t c
+    if count == NULL:
+        raise MemoryError()
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            status = _channel_stats[float](<const float*>cnp.PyArray_DATA(x), cl, N, C, S, 1, False,
+                                           <double*>cnp.PyArray_DATA(st_mean), count + C, count, nth)
+    else:
+        with nogil:
+            status = _channel_stats[double](<const double*>cnp.PyArray_DATA(x), cl, N, C, S, 1, False,
+                                            <double*>cnp.PyArray_DATA(st_mean), count + C, count, nth)
+    for c in range(C):
+        (<double*>cnp.PyArray_DATA(st_var))[c] = count[C + c] / count[c] if count[c] > 0 else NAN
+    free(count)
+    if status != 0:
+        raise MemoryError()
+
+
+cdef void _rows_minmax(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                       floating* mn, floating* mx) noexcept nogil:
+    """Per-column min and max over rows r0..r1, NaN ignored (a column of NaN
+    only keeps +inf / -inf, replaced by NaN by the caller)."""
+    cdef Py_ssize_t r, c
+    cdef const floating* row
+    cdef floating v
+    for c in range(C):
+        mn[c] = INFINITY
+        mx[c] = -INFINITY
+    for r in range(r0, r1):
+        row = x + r * C
+        for c in range(C):
+            v = row[c]
+            mn[c] = v if v < mn[c] else mn[c]
+            mx[c] = v if v > mx[c] else mx[c]
+
+
+def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min,
+                  cnp.ndarray out_max, object n_threads):
+    """Per-column min / max (float64 (C,) outputs) of a C-contiguous (N, C) array, NaN ignored."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    _check_flat(x, typenum, N * C, "x")
+    _check_flat(out_min, cnp.NPY_FLOAT64, C, "out_min")
+    _check_flat(out_max, cnp.NPY_FLOAT64, C, "out_max")
+    cdef int nth = resolve_threads(n_threads, N * C)
+    if nth > N:
+        nth = <int>N if N > 0 else 1
+    cdef double* mn = <double*>cnp.PyArray_DATA(out_min)
+    cdef double* mx = <double*>cnp.PyArray_DATA(out_max)
+    cdef void* part = malloc(2 * nth * C * 8 + 8)
+    cdef int p
+    cdef Py_ssize_t c
+    if part == NULL:
+        raise MemoryError()
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            for p in prange(nth, schedule='static', num_threads=nth):
+                _rows_minmax[float](<const float*>cnp.PyArray_DATA(x), _part_start(N, nth, p),
+                                    _part_start(N, nth, p + 1), C, <float*>part + 2 * p * C,
+                                    <float*>part + 2 * p * C + C)
+        for c in range(C):
+            mn[c] = INFINITY
+            mx[c] = -INFINITY
+            for p in range(nth):
+                mn[c] = min(mn[c], (<float*>part)[2 * p * C + c])
+                mx[c] = max(mx[c], (<float*>part)[2 * p * C + C + c])
+    else:
+        with nogil:
+            for p in prange(nth, schedule='static', num_threads=nth):
+                _rows_minmax[double](<const double*>cnp.PyArray_DATA(x), _part_start(N, nth, p),
+                                     _part_start(N, nth, p + 1), C, <double*>part + 2 * p * C,
+                                     <double*>part + 2 * p * C + C)
+        for c in range(C):
+            mn[c] = INFINITY
+            mx[c] = -INFINITY
+            for p in range(nth):
+                mn[c] = min(mn[c], (<double*>part)[2 * p * C + c])
+                mx[c] = max(mx[c], (<double*>part)[2 * p * C + C + c])
+    free(part)

@@ -26,7 +26,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "add_layer_norm", "add_rms_norm",
+    "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale",
 ]
 
 _kernels = _config.kernels
@@ -689,3 +689,132 @@ def add_rms_norm(x, residual, normalized_shape=None, weight=None, eps=None, *,
     """
     return _add_norm(True, x, residual, normalized_shape, weight, None, eps, out, residual_out,
                      n_threads, return_stats)
+
+
+# ---------------------------------------------------------------- data standardization
+
+def _feature_rows(x, axis, name="x"):
+    """x as a C-contiguous (samples, features) matrix: samples along `axis`,
+    every other dim a feature; returns (matrix, restore, stats shape)."""
+    x, cdt = as_float_array(x, name)
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
+    axis = _check_dim(axis, x.ndim, "axis")
+    moved = np.moveaxis(x, axis, 0)
+    N = moved.shape[0]
+    stats_shape = moved.shape[1:]
+    F = int(np.prod(stats_shape))
+    data = np.ascontiguousarray(moved, dtype=cdt).reshape(N, F)
+
+    def restore(m):
+        r = np.moveaxis(m.reshape(moved.shape), 0, axis)
+        return r if cdt == x.dtype else r.astype(x.dtype)
+    return x, cdt, data, restore, stats_shape, N, F
+
+
+def _feature_stat(v, name, shape):
+    v = np.asarray(v)
+    if v.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real array, got dtype {v.dtype}")
+    if v.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (x without the sample axis), got {v.shape}")
+    return np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+
+
+def _finish_features(x, y_k, restore, out):
+    y = restore(y_k)
+    if out is not None:
+        check_out(out, x, x.dtype)
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_std=True,
+                out=None, n_threads=None, return_stats=False):
+    """Z-score every feature: z = (x - mean) / std over the samples along `axis`.
+
+    As scikit-learn's StandardScaler: the standard deviation uses `ddof`
+    (default 0, the biased one); a feature whose std is 0 (constant) is scaled
+    by 1, so it comes out as 0 (or as x - mean).  Given `mean` and `std` (from
+    an earlier call with return_stats=True), they are applied instead of
+    computed: the fit / transform split.  Statistics are accurate for features
+    with a large offset (moments about each feature's first value, merged with
+    Chan's formula).
+
+    Returns z, or (z, mean, std) with return_stats; mean and std have x's
+    shape without `axis`.
+
+    Examples
+    --------
+    >>> standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    array([[-1.,  0.],
+           [ 1.,  0.]])
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together (or neither)")
+    if mean is None:
+        if N - ddof <= 0:
+            raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
+        mean_v = np.empty(F, np.float64)
+        var_v = np.empty(F, np.float64)
+        _kernels.channel_moments(data, True, N, F, 1, mean_v, var_v, n_threads)
+        std_v = np.sqrt(var_v * (N / (N - ddof)))
+    else:
+        mean_v = _feature_stat(mean, "mean", sshape)
+        std_v = _feature_stat(std, "std", sshape)
+    centre = mean_v if with_mean else np.zeros(F)
+    scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
+    y_k = np.empty((N, F), cdt)
+    _kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(centre),
+                            np.ascontiguousarray(scale), np.zeros(F), n_threads)
+    z = _finish_features(x, y_k, restore, out)
+    if not return_stats:
+        return z
+    return z, mean_v.reshape(sshape), std_v.reshape(sshape)
+
+
+def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_max=None,
+                  out=None, n_threads=None, return_stats=False):
+    """Scale every feature to `feature_range`: y = (x - min) / (max - min) * (hi - lo) + lo.
+
+    As scikit-learn's MinMaxScaler: NaN is ignored when finding min and max
+    (and stays NaN); a constant feature (max == min) is divided by 1, so it
+    comes out as `lo`.  Given data_min and data_max they are applied instead of
+    computed (fit / transform).
+
+    Returns y, or (y, data_min, data_max) with return_stats.
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    try:
+        lo, hi = (float(v) for v in feature_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"feature_range must be a pair of numbers, got {feature_range!r}") from None
+    if not lo < hi:
+        raise ValueError(f"feature_range must be (min, max) with min < max, got {feature_range!r}")
+    if (data_min is None) != (data_max is None):
+        raise ValueError("data_min and data_max must be given together (or neither)")
+    if data_min is None:
+        if N == 0:
+            raise ValueError("need at least one sample along axis to find min and max")
+        mn = np.empty(F, np.float64)
+        mx = np.empty(F, np.float64)
+        _kernels.column_minmax(data, N, F, mn, mx, n_threads)
+        all_nan = mn > mx  # only NaN in the feature
+        mn[all_nan] = np.nan
+        mx[all_nan] = np.nan
+    else:
+        mn = _feature_stat(data_min, "data_min", sshape)
+        mx = _feature_stat(data_max, "data_max", sshape)
+    span = mx - mn
+    scale = (hi - lo) / np.where(span == 0, 1.0, span)
+    y_k = np.empty((N, F), cdt)
+    _kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(mn),
+                            np.ascontiguousarray(scale), np.full(F, lo), n_threads)
+    y = _finish_features(x, y_k, restore, out)
+    if not return_stats:
+        return y
+    return y, mn.reshape(sshape), mx.reshape(sshape)

@@ -10,6 +10,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
+    "standardize", "min_max_scale",
 ]
 
 
@@ -239,3 +240,39 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12):
     big = g / np.where(n > eps, n, 1.0) - dot / np.where(n > eps, n, 1.0) ** (p + 1) \
         * np.sign(x) * np.abs(x) ** (p - 1)
     return np.where(n > eps, big, g / eps)
+
+
+# ---------------------------------------------------------------- data standardization
+
+def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_std=True,
+                return_stats=False):
+    """(x - mean) / std per feature over `axis` in float64 (std 0 -> scale 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    if mean is None:
+        mean = x.mean(axis=axis)
+        std = x.std(axis=axis, ddof=ddof)
+    mean_b = np.expand_dims(np.asarray(mean, np.float64), axis)
+    std_b = np.expand_dims(np.asarray(std, np.float64), axis)
+    z = x - mean_b if with_mean else x
+    if with_std:
+        z = z / np.where(std_b == 0, 1.0, std_b)
+    return (z, np.asarray(mean), np.asarray(std)) if return_stats else z
+
+
+def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_max=None,
+                  return_stats=False):
+    """(x - min) / (max - min) * (hi - lo) + lo per feature in float64 (NaN ignored)."""
+    x = np.asarray(x, dtype=np.float64)
+    if data_min is None:
+        with np.errstate(all="ignore"):
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                data_min = np.nanmin(x, axis=axis)
+                data_max = np.nanmax(x, axis=axis)
+    lo, hi = feature_range
+    mn = np.expand_dims(np.asarray(data_min, np.float64), axis)
+    mx = np.expand_dims(np.asarray(data_max, np.float64), axis)
+    span = mx - mn
+    y = (x - mn) * ((hi - lo) / np.where(span == 0, 1.0, span)) + lo
+    return (y, np.asarray(data_min), np.asarray(data_max)) if return_stats else y

@@ -1,0 +1,110 @@
+"""Data standardization: z-score and min-max scaling vs the reference twins
+and scikit-learn's StandardScaler / MinMaxScaler."""
+import numpy as np
+import pytest
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+import fastnorm
+from fastnorm import reference as ref
+
+SHAPES = [((50, 3), 0), ((7, 40), 0), ((40, 7), 1), ((6, 5, 4), 0), ((6, 5, 4), 2), ((1, 9), 0), ((300, 1), 0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "fortran", "strided"])
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_match_reference(isa, rng, shape, axis, layout, dtype):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    if layout == "fortran":
+        x = np.asfortranarray(x)
+    elif layout == "strided":
+        big = np.zeros((2 * shape[0],) + shape[1:], dtype)
+        big[::2] = x
+        x = big[::2]
+    before = x.copy()
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    for n_threads in (1, 2):
+        ddof = 0 if x.shape[axis] < 2 else 1
+        z, m, s = fastnorm.standardize(x, axis, ddof, return_stats=True, n_threads=n_threads)
+        zr, mr, sr = ref.standardize(x, axis, ddof, return_stats=True)
+        assert z.dtype == dtype and z.shape == x.shape
+        np.testing.assert_allclose(z, zr, **tol)
+        np.testing.assert_allclose(m, mr, **tol)
+        np.testing.assert_allclose(s, sr, **tol)
+        y, mn, mx = fastnorm.min_max_scale(x, axis, (-1, 2), return_stats=True, n_threads=n_threads)
+        yr, mnr, mxr = ref.min_max_scale(x, axis, (-1, 2), return_stats=True)
+        np.testing.assert_allclose(y, yr, **tol)
+        np.testing.assert_array_equal(mn, mnr)
+        np.testing.assert_array_equal(mx, mxr)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_match_scikit_learn_fit_and_transform(rng):
+    X = rng.standard_normal((500, 6)) * [1, 10, 100, 0.1, 1, 5] + [0, 5, -3, 1e4, 2, 0]
+    X[:, 4] = 7.0  # a constant feature
+    new = rng.standard_normal((20, 6))
+    sc = StandardScaler().fit(X)
+    z, m, s = fastnorm.standardize(X, return_stats=True)
+    np.testing.assert_allclose(z, sc.transform(X), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fastnorm.standardize(new, mean=m, std=s), sc.transform(new),
+                               rtol=1e-10, atol=1e-10)
+    mm = MinMaxScaler((-1, 1)).fit(X)
+    y, lo, hi = fastnorm.min_max_scale(X, feature_range=(-1, 1), return_stats=True)
+    np.testing.assert_allclose(y, mm.transform(X), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fastnorm.min_max_scale(new, feature_range=(-1, 1), data_min=lo, data_max=hi),
+                               mm.transform(new), rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(z[:, 4], 0)  # constant feature: 0, no division by zero
+    np.testing.assert_array_equal(y[:, 4], -1)  # constant feature: the range's low end
+
+
+def test_large_offset_columns_float32(rng):
+    X = (1e5 + 0.1 * rng.standard_normal((100_000, 8))).astype(np.float32)
+    z = fastnorm.standardize(X)
+    X64 = X.astype(np.float64)
+    assert np.abs(z - (X64 - X64.mean(0)) / X64.std(0)).max() < 1e-5
+    y = fastnorm.min_max_scale(X)
+    assert np.abs(y - ref.min_max_scale(X64)).max() < 1e-5
+
+
+def test_nan_confined_to_its_feature(rng):
+    X = rng.standard_normal((40, 3))
+    X[5, 1] = np.nan
+    z = fastnorm.standardize(X)
+    assert np.isnan(z[:, 1]).all() and np.isfinite(z[:, [0, 2]]).all()
+    y = fastnorm.min_max_scale(X)  # min-max ignores NaN when fitting, as scikit-learn
+    mm = MinMaxScaler().fit(X)
+    np.testing.assert_allclose(y, mm.transform(X), rtol=1e-12, equal_nan=True)
+    assert np.isnan(y[5, 1]) and np.isfinite(np.delete(y[:, 1], 5)).all()
+
+
+def test_with_mean_with_std_and_out(rng):
+    X = rng.standard_normal((30, 4)) + 3
+    np.testing.assert_allclose(fastnorm.standardize(X, with_std=False), X - X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(fastnorm.standardize(X, with_mean=False), X / X.std(0), rtol=1e-12)
+    out = np.empty_like(X)
+    assert fastnorm.standardize(X, out=out) is out
+    np.testing.assert_allclose(out, ref.standardize(X), rtol=1e-12)
+
+
+class TestErrors:
+    X = np.ones((5, 3))
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="axis=2 is out of range"):
+            fastnorm.standardize(self.X, axis=2)
+        with pytest.raises(ValueError, match="ddof"):
+            fastnorm.standardize(self.X, ddof=-1)
+        with pytest.raises(ValueError, match="need more than ddof"):
+            fastnorm.standardize(self.X[:1], ddof=1)
+        with pytest.raises(ValueError, match="mean and std must be given together"):
+            fastnorm.standardize(self.X, mean=np.zeros(3))
+        with pytest.raises(ValueError, match="mean must have shape"):
+            fastnorm.standardize(self.X, mean=np.zeros(4), std=np.ones(4))
+        with pytest.raises(ValueError, match="feature_range"):
+            fastnorm.min_max_scale(self.X, feature_range=(1, 0))
+        with pytest.raises(TypeError, match="feature_range"):
+            fastnorm.min_max_scale(self.X, feature_range="ab")
+        with pytest.raises(TypeError, match="x must be a floating-point array"):
+            fastnorm.standardize(np.ones((3, 2), np.int64))
+        with pytest.raises(ValueError, match="at least one sample"):
+            fastnorm.min_max_scale(np.ones((0, 3)))
