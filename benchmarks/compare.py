@@ -89,7 +89,7 @@ def run(ops, shapes, threads, repeats, min_time, emit):
                 impls = {"fastnorm": factories["fastnorm"](x, g, w, b, threads, backward=backward)}
                 if not backward:
                     impls["fastnorm_out"] = factories["fastnorm"](x, g, w, b, threads, out=True)
-                for peer in ("torch", "onnxruntime", "numpy"):
+                for peer in ("torch", "onnxruntime", "numpy", "scikit-learn"):
                     fn = factories[peer](x, g, w, b, threads, backward=backward) if peer in factories else None
                     if fn is not None:
                         impls[peer] = fn
@@ -102,6 +102,9 @@ def run(ops, shapes, threads, repeats, min_time, emit):
                 case = f"{op} {'fwd+bwd' if backward else 'fwd'}"
                 row = dict(case=case, shape=shape, times=t)
                 rows.append(row)
+                if "scikit-learn" in t:
+                    case = (f"{case} (scikit-learn StandardScaler: {fmt_time(t['scikit-learn'])}, "
+                            f"{t['scikit-learn'] / ours:.2f}x)")
                 if "unfused" in t:
                     case = f"{case} (unfused add+norm: {fmt_time(t['unfused'])}, {t['unfused'] / ours:.2f}x)"
                 emit(f"| {case} | {shape} | {fmt_time(ours)} | {fmt_time(t.get('fastnorm_out'))} "

@@ -346,6 +346,60 @@ def _add_norm_factories(rms):
             "shapes": [(8192, 4096)], "directions": ("fwd",), "make_case": make_case}
 
 
+def _standardize_factories():
+    try:
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:  # pragma: no cover - the bench extra installs it
+        StandardScaler = None
+
+    def fast(x, g, w, b, threads, backward=False, out=False):
+        if backward:
+            return None
+        y = np.empty_like(x) if out else None
+        return lambda: fastnorm.standardize(x, out=y, n_threads=threads)
+
+    def numpy_(x, g, w, b, threads, backward=False):
+        return None if backward else (lambda: (x - x.mean(0)) / x.std(0))
+
+    def sklearn_(x, g, w, b, threads, backward=False):
+        if StandardScaler is None or backward:
+            return None
+        return lambda: StandardScaler().fit_transform(x)
+
+    return {"fastnorm": fast, "scikit-learn": sklearn_, "numpy": numpy_,
+            "shapes": [(1_000_000, 64)], "directions": ("fwd",), "make_case": make_case}
+
+
+def _standardize_transform_factories():
+    """Applying known statistics (the transform of fit/transform): one pass."""
+    try:
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:  # pragma: no cover
+        StandardScaler = None
+
+    def fast(x, g, w, b, threads, backward=False, out=False):
+        if backward:
+            return None
+        y = np.empty_like(x) if out else None
+        _, m, s = fastnorm.standardize(x, return_stats=True)
+        return lambda: fastnorm.standardize(x, mean=m, std=s, out=y, n_threads=threads)
+
+    def numpy_(x, g, w, b, threads, backward=False):
+        if backward:
+            return None
+        m, s = x.mean(0), x.std(0)
+        return lambda: (x - m) / s
+
+    def sklearn_(x, g, w, b, threads, backward=False):
+        if StandardScaler is None or backward:
+            return None
+        sc = StandardScaler().fit(x)
+        return lambda: sc.transform(x)
+
+    return {"fastnorm": fast, "scikit-learn": sklearn_, "numpy": numpy_,
+            "shapes": [(1_000_000, 64)], "directions": ("fwd",), "make_case": make_case}
+
+
 SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
 
 # op -> its implementations, shapes, directions and case builder
@@ -370,6 +424,8 @@ OPS["normalize"] = {
 
 OPS["add_layer_norm"] = _add_norm_factories(False)
 OPS["add_rms_norm"] = _add_norm_factories(True)
+OPS["standardize fit+transform"] = _standardize_factories()
+OPS["standardize transform"] = _standardize_transform_factories()
 
 from channel_peers import CHANNEL_OPS  # noqa: E402
 

@@ -9,6 +9,7 @@ Inputs are never modified unless ``out`` aliases them.
 import numpy as np
 
 from . import _config
+from ._buffers import empty as _empty
 from ._validation import (
     ChannelLayout,
     Output,
@@ -721,10 +722,24 @@ def _feature_stat(v, name, shape):
     return np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
 
 
-def _finish_features(x, y_k, restore, out):
+def _feature_output(x, data, axis, cdt, out):
+    """Where the (samples, features) kernel writes: `out` itself when it has
+    the kernel's layout (and is not a partial overlap of x), else a new array."""
+    if out is None:
+        return _empty(data.shape, cdt), False
+    check_out(out, x, x.dtype)
+    if cdt == x.dtype:
+        moved = np.moveaxis(out, _check_dim(axis, x.ndim, "axis"), 0)
+        if moved.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
+            return moved.reshape(data.shape), True
+    return np.empty(data.shape, cdt), False
+
+
+def _finish_features(x, y_k, restore, out, direct):
+    if direct:
+        return out
     y = restore(y_k)
     if out is not None:
-        check_out(out, x, x.dtype)
         np.copyto(out, y)
         return out
     return y
@@ -768,10 +783,10 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
         std_v = _feature_stat(std, "std", sshape)
     centre = mean_v if with_mean else np.zeros(F)
     scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
-    y_k = np.empty((N, F), cdt)
+    y_k, direct = _feature_output(x, data, axis, cdt, out)
     _kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(centre),
                             np.ascontiguousarray(scale), np.zeros(F), n_threads)
-    z = _finish_features(x, y_k, restore, out)
+    z = _finish_features(x, y_k, restore, out, direct)
     if not return_stats:
         return z
     return z, mean_v.reshape(sshape), std_v.reshape(sshape)
@@ -811,10 +826,10 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
         mx = _feature_stat(data_max, "data_max", sshape)
     span = mx - mn
     scale = (hi - lo) / np.where(span == 0, 1.0, span)
-    y_k = np.empty((N, F), cdt)
+    y_k, direct = _feature_output(x, data, axis, cdt, out)
     _kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(mn),
                             np.ascontiguousarray(scale), np.full(F, lo), n_threads)
-    y = _finish_features(x, y_k, restore, out)
+    y = _finish_features(x, y_k, restore, out, direct)
     if not return_stats:
         return y
     return y, mn.reshape(sshape), mx.reshape(sshape)

@@ -108,3 +108,15 @@ class TestErrors:
             fastnorm.standardize(np.ones((3, 2), np.int64))
         with pytest.raises(ValueError, match="at least one sample"):
             fastnorm.min_max_scale(np.ones((0, 3)))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_out_layouts_and_in_place(rng, axis):
+    X = rng.standard_normal((30, 4)) + 3
+    expected = ref.standardize(X, axis)
+    for out in (np.empty_like(X), np.asfortranarray(np.empty_like(X))):
+        assert fastnorm.standardize(X, axis, out=out) is out
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+    Xi = X.copy()
+    assert fastnorm.min_max_scale(Xi, axis, out=Xi) is Xi
+    np.testing.assert_allclose(Xi, ref.min_max_scale(X, axis), rtol=1e-12)
