@@ -25,7 +25,7 @@ from ._config import get_config, max_threads, show_config
 from .functional import (
     add_layer_norm, add_rms_norm, batch_norm, batch_norm_backward, group_norm, group_norm_backward, instance_norm,
     instance_norm_backward, layer_norm, layer_norm_backward, normalize, normalize_backward,
-    min_max_scale, rms_norm, rms_norm_backward, standardize,
+    min_max_scale, rms_norm, rms_norm_backward, standardize, weight_norm, weight_norm_backward,
 )
 from . import functional, nn, reference
 
@@ -33,6 +33,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale", "functional", "nn", "reference", "show_config", "get_config", "max_threads",
+    "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale", "weight_norm",
+    "weight_norm_backward", "functional", "nn", "reference", "show_config", "get_config", "max_threads",
     "set_output_cache", "output_cache_info",
 ]

@@ -174,3 +174,147 @@ def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, c
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_backward_rows[double](gb_, gs, xb, xs, db, ds, r0, r1, n, p, eps,
                                                  <const double*>np_)
+
+
+# ---------------------------------------------------------------- weight normalization
+#
+# w = g * v / ||v|| per row of v (the rows are v's slices along `dim`, moved
+# first by the caller); centered: v is replaced by v - mean(v) of its row.
+
+cdef void _weight_norm_rows(const char* vb, Py_ssize_t vs, char* wb, Py_ssize_t ws,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, const floating* g,
+                            bint centered, double* norms, double* means) noexcept nogil:
+    cdef Py_ssize_t r, k
+    cdef const floating* v
+    cdef floating* w
+    cdef double mean, m2, nrm
+    cdef floating scale, hi
+    for r in range(r0, r1):
+        v = <const floating*>(vb + r * vs)
+        w = <floating*>(wb + r * ws)
+        if centered:
+            _block_moments(v, n, &mean, &m2)
+            nrm = sqrt(m2)
+        else:
+            mean = 0.0
+            nrm = sqrt(_sum_squares(v, n))
+        norms[r] = nrm
+        means[r] = mean
+        scale = <floating>(g[r] / nrm)
+        hi = <floating>mean
+        if centered:
+            for k in range(n):
+                w[k] = (v[k] - hi) * scale
+        else:
+            for k in range(n):
+                w[k] = v[k] * scale
+
+
+cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char* vb, Py_ssize_t vs,
+                                     char* gvb, Py_ssize_t gvs, Py_ssize_t r0, Py_ssize_t r1,
+                                     Py_ssize_t n, const floating* g, bint centered,
+                                     const floating* norms, floating* grad_g) noexcept nogil:
+    """With u = v (- mean), N = ||u||, d = sum(gw * u):
+    grad_g = d / N, grad_v = g / N * (gw - u * d / N^2) (minus its row mean when centered)."""
+    cdef Py_ssize_t r, k
+    cdef const floating* gw
+    cdef const floating* v
+    cdef floating* gv
+    cdef double nrm, dot, sum_gw, sum_t, mean, m2
+    cdef floating a, c, hi, off
+    for r in range(r0, r1):
+        gw = <const floating*>(gwb + r * gws)
+        v = <const floating*>(vb + r * vs)
+        gv = <floating*>(gvb + r * gvs)
+        nrm = norms[r]
+        if centered:
+            # the row mean again (one pass over the cached row), then
+            # d = sum(gw * (v - mean)) without cancellation
+            _block_moments(v, n, &mean, &m2)
+            hi = <floating>mean
+            _block_backward_sums(gw, v, n, hi, <floating>(mean - <double>hi), &sum_gw, &dot, &sum_t)
+        else:
+            hi = 0
+            dot = _dot(gw, v, n)
+        grad_g[r] = <floating>(dot / nrm)
+        a = <floating>(g[r] / nrm)
+        c = <floating>(g[r] * dot / (nrm * nrm * nrm))
+        if centered:
+            off = <floating>(g[r] / nrm * sum_gw / n)
+            for k in range(n):
+                gv[k] = (a * gw[k] - off) - c * (v[k] - hi)
+        else:
+            for k in range(n):
+                gv[k] = a * gw[k] - c * v[k]
+
+
+def weight_norm_forward(cnp.ndarray v, cnp.ndarray w, cnp.ndarray g, bint centered,
+                        cnp.ndarray norms, cnp.ndarray means, object n_threads):
+    """v, w: (M, n) rows; g: contiguous (M,) of v's dtype; norms, means: float64 (M,) outputs."""
+    cdef int typenum = cnp.PyArray_TYPE(v)
+    cdef Py_ssize_t M = v.shape[0], n = v.shape[1]
+    _check_rows(v, typenum, M, n, "v")
+    _check_rows(w, typenum, M, n, "w")
+    _check_flat(g, typenum, M, "g")
+    _check_flat(norms, cnp.NPY_FLOAT64, M, "norms")
+    _check_flat(means, cnp.NPY_FLOAT64, M, "means")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* vb = <const char*>cnp.PyArray_DATA(v)
+    cdef char* wb = <char*>cnp.PyArray_DATA(w)
+    cdef Py_ssize_t vs = v.strides[0], ws = w.strides[0]
+    cdef void* gp = cnp.PyArray_DATA(g)
+    cdef double* np_ = <double*>cnp.PyArray_DATA(norms)
+    cdef double* mp = <double*>cnp.PyArray_DATA(means)
+    cdef int c
+    if M == 0:
+        return
+    if nth > M:
+        nth = <int>M
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth):
+                _weight_norm_rows[float](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
+                                         n, <const float*>gp, centered, np_, mp)
+    else:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth):
+                _weight_norm_rows[double](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
+                                          n, <const double*>gp, centered, np_, mp)
+
+
+def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, cnp.ndarray g,
+                         bint centered, cnp.ndarray norms, cnp.ndarray grad_g, object n_threads):
+    """norms: contiguous (M,) of v's dtype (what the forward returned)."""
+    cdef int typenum = cnp.PyArray_TYPE(v)
+    cdef Py_ssize_t M = v.shape[0], n = v.shape[1]
+    _check_rows(v, typenum, M, n, "v")
+    _check_rows(grad_w, typenum, M, n, "grad_w")
+    _check_rows(grad_v, typenum, M, n, "grad_v")
+    _check_flat(g, typenum, M, "g")
+    _check_flat(grad_g, typenum, M, "grad_g")
+    _check_flat(norms, typenum, M, "norms")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef const char* gwb = <const char*>cnp.PyArray_DATA(grad_w)
+    cdef const char* vb = <const char*>cnp.PyArray_DATA(v)
+    cdef char* gvb = <char*>cnp.PyArray_DATA(grad_v)
+    cdef Py_ssize_t gws = grad_w.strides[0], vs = v.strides[0], gvs = grad_v.strides[0]
+    cdef void* gp = cnp.PyArray_DATA(g)
+    cdef void* ggp = cnp.PyArray_DATA(grad_g)
+    cdef void* np_ = cnp.PyArray_DATA(norms)
+    cdef int c
+    if M == 0:
+        return
+    if nth > M:
+        nth = <int>M
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth):
+                _weight_norm_backward_rows[float](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
+                                                  _part_start(M, nth, c + 1), n, <const float*>gp,
+                                                  centered, <const float*>np_, <float*>ggp)
+    else:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth):
+                _weight_norm_backward_rows[double](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
+                                                   _part_start(M, nth, c + 1), n, <const double*>gp,
+                                                   centered, <const double*>np_, <double*>ggp)

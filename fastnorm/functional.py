@@ -28,6 +28,7 @@ __all__ = [
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale",
+    "weight_norm", "weight_norm_backward",
 ]
 
 _kernels = _config.kernels
@@ -833,3 +834,100 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
     if not return_stats:
         return y
     return y, mn.reshape(sshape), mx.reshape(sshape)
+
+
+# ---------------------------------------------------------------- weight normalization
+
+def _weight_rows(v, dim, name="v"):
+    """v as (rows, n): rows along `dim` (moved first), or one row (dim=None)."""
+    if dim is None:
+        vm = v.reshape(1, -1) if v.size else v.reshape(1, 0)
+        return vm, 1, v.size, (lambda a: a.reshape(v.shape)), None
+    d = _check_dim(dim, v.ndim)
+    moved = np.moveaxis(v, d, 0)
+    M = moved.shape[0]
+    n = int(np.prod(moved.shape[1:]))
+    return moved, M, n, (lambda a: np.moveaxis(a.reshape(moved.shape), 0, d)), d
+
+
+def _g_shape(v, d):
+    """torch's shape for g and the norm: v's size along dim, 1 elsewhere."""
+    if d is None:
+        return ()
+    return tuple(v.shape[i] if i == d else 1 for i in range(v.ndim))
+
+
+def _g_vector(g, v, d, M, cdt):
+    if g is None:
+        raise TypeError("g must be an array, got None")
+    g = np.asarray(g)
+    if g.dtype != v.dtype:
+        raise TypeError(f"g must have the dtype of v ({v.dtype}), got {g.dtype}")
+    if g.size != M or (g.ndim > 1 and g.shape != _g_shape(v, d)):
+        raise ValueError(f"g must have shape {_g_shape(v, d)} (or ({M},)), got {g.shape}")
+    return np.ascontiguousarray(g, dtype=cdt).reshape(M)
+
+
+def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return_stats=False):
+    """Weight normalization, as torch._weight_norm: w = g * v / ||v||.
+
+    The norm is taken over every dim but `dim` (dim=None: one norm over the
+    whole tensor); g has v's size along `dim` (torch's shape (out, 1, ...) or
+    flat).  centered=True is centered weight normalization: v minus its mean
+    over the same dims is normalized instead.
+
+    Returns w, or (w, norm) with return_stats, norm shaped like torch's
+    (v's size along dim, 1 elsewhere), for `weight_norm_backward`.
+
+    Examples
+    --------
+    >>> weight_norm(np.array([[3.0, 4.0]]), np.array([[10.0]]))
+    array([[6., 8.]])
+    """
+    v, cdt = as_float_array(v, "v")
+    if v.ndim == 0:
+        raise ValueError("v must have at least 1 dimension, got a 0-d array")
+    vm, M, n, restore, d = _weight_rows(v, dim)
+    gv = _g_vector(g, v, d, M, cdt)
+    rows = as_rows(vm, M, n, cdt)
+    w_rows = np.empty((M, n), cdt)
+    norms = np.empty(M, np.float64)
+    means = np.empty(M, np.float64)
+    _kernels.weight_norm_forward(rows, w_rows, gv, bool(centered), norms, means, n_threads)
+    w = restore(w_rows)
+    if cdt != v.dtype:
+        w = w.astype(v.dtype)
+    if out is not None:
+        check_out(out, v, v.dtype, "out")
+        np.copyto(out, w)
+        w = out
+    if not return_stats:
+        return w
+    return w, norms.astype(cdt).reshape(_g_shape(v, d))
+
+
+def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads=None):
+    """Gradients of `weight_norm`: (grad_v, grad_g).
+
+    With u = v (minus its mean when centered), N = ||u||, d = sum(grad_w * u):
+    grad_g = d / N; grad_v = g / N * (grad_w - u * d / N^2), minus its mean
+    over the normalized dims when centered.
+    """
+    v, cdt = as_float_array(v, "v")
+    grad_w = same_shape_input(grad_w, "grad_w", v, "v")
+    vm, M, n, restore, d = _weight_rows(v, dim)
+    gm = _weight_rows(grad_w, dim)[0]
+    gv = _g_vector(g, v, d, M, cdt)
+    norm = np.asarray(norm)
+    if norm.size != M or (norm.ndim > 1 and norm.shape != _g_shape(v, d)):
+        raise ValueError(f"norm must have shape {_g_shape(v, d)}, got {norm.shape}")
+    if norm.dtype.kind != "f":
+        raise TypeError(f"norm must be a floating-point array, got dtype {norm.dtype}")
+    norm = np.ascontiguousarray(norm, dtype=cdt).reshape(M)
+    grad_v = np.empty((M, n), cdt)
+    grad_g = np.empty(M, cdt)
+    _kernels.weight_norm_backward(as_rows(gm, M, n, cdt), as_rows(vm, M, n, cdt), grad_v, gv,
+                                  bool(centered), norm, grad_g, n_threads)
+    gshape = np.shape(g)
+    return (restore(grad_v).astype(v.dtype, copy=False),
+            grad_g.reshape(gshape).astype(v.dtype, copy=False))

@@ -14,7 +14,7 @@ from . import functional as F
 
 __all__ = [
     "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
-    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm",
 ]
 
 
@@ -335,3 +335,54 @@ class InstanceNorm2d(_InstanceNorm):
 class InstanceNorm3d(_InstanceNorm):
     """torch.nn.InstanceNorm3d: input (N, C, D, H, W)."""
     _input_ndims = (5,)
+
+
+class WeightNorm(Module):
+    """Weight normalization of a weight tensor, with torch's parameter names
+    (torch.nn.utils.weight_norm): ``weight_g`` and ``weight_v``, w = g * v / ||v||.
+
+    ``WeightNorm(weight, dim=0)`` starts from an existing weight (g = its norm,
+    so forward() returns it unchanged); ``forward()`` (or calling it) returns
+    the weight; ``backward(grad_weight)`` stores ``grad_weight_v`` and
+    ``grad_weight_g``.  ``dim=None`` normalizes over the whole tensor;
+    ``centered=True`` is centered weight normalization.
+    """
+
+    _parameter_names = ("weight_g", "weight_v")
+
+    def __init__(self, weight, dim=0, centered=False):
+        super().__init__()
+        weight = np.array(weight, copy=True)
+        if weight.dtype.kind != "f":
+            raise TypeError(f"weight must be a floating-point array, got dtype {weight.dtype}")
+        self.dim = dim
+        self.centered = centered
+        self.weight_v = weight
+        if dim is None:
+            g = np.ones((), weight.dtype)
+        else:
+            d = dim % weight.ndim
+            g = np.ones(tuple(weight.shape[i] if i == d else 1 for i in range(weight.ndim)), weight.dtype)
+        _, norm = F.weight_norm(weight, g, dim, centered=centered, return_stats=True)
+        self.weight_g = norm.astype(weight.dtype)
+        self.grad_weight_v = None
+        self.grad_weight_g = None
+
+    def forward(self, *, n_threads=None):
+        w, norm = F.weight_norm(self.weight_v, self.weight_g, self.dim, centered=self.centered,
+                                n_threads=n_threads, return_stats=True)
+        self._saved = norm
+        return w
+
+    def __call__(self, **kwargs):
+        return self.forward(**kwargs)
+
+    def backward(self, grad_weight, *, n_threads=None):
+        norm = self._saved_or_raise()
+        self.grad_weight_v, self.grad_weight_g = F.weight_norm_backward(
+            grad_weight, self.weight_v, self.weight_g, norm, self.dim, centered=self.centered,
+            n_threads=n_threads)
+        return self.grad_weight_v
+
+    def extra_repr(self):
+        return f"dim={self.dim}, centered={self.centered}, shape={self.weight_v.shape}"

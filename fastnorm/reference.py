@@ -10,7 +10,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "standardize", "min_max_scale",
+    "standardize", "min_max_scale", "weight_norm", "weight_norm_backward",
 ]
 
 
@@ -276,3 +276,35 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
     span = mx - mn
     y = (x - mn) * ((hi - lo) / np.where(span == 0, 1.0, span)) + lo
     return (y, np.asarray(data_min), np.asarray(data_max)) if return_stats else y
+
+
+# ---------------------------------------------------------------- weight normalization
+
+def _wn_axes(v, dim):
+    return tuple(range(v.ndim)) if dim is None else tuple(i for i in range(v.ndim) if i != dim % v.ndim)
+
+
+def weight_norm(v, g, dim=0, *, centered=False, return_stats=False):
+    """g * v / ||v|| (norm over every dim but `dim`; dim=None: all), in float64."""
+    v = np.asarray(v, dtype=np.float64)
+    axes = _wn_axes(v, dim)
+    u = v - v.mean(axis=axes, keepdims=True) if centered else v
+    norm = np.sqrt((u * u).sum(axis=axes, keepdims=True))
+    g = np.asarray(g, dtype=np.float64).reshape(norm.shape)
+    w = g * u / norm
+    return (w, norm.reshape(()) if dim is None else norm) if return_stats else w
+
+
+def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False):
+    """(grad_v, grad_g) of weight_norm, in float64."""
+    v = np.asarray(v, dtype=np.float64)
+    gw = np.asarray(grad_w, dtype=np.float64)
+    axes = _wn_axes(v, dim)
+    u = v - v.mean(axis=axes, keepdims=True) if centered else v
+    n = np.sqrt((u * u).sum(axis=axes, keepdims=True))
+    gshape = np.shape(g)
+    g = np.asarray(g, dtype=np.float64).reshape(n.shape)
+    d = (gw * u).sum(axis=axes, keepdims=True)
+    grad_u = g / n * (gw - u * d / n ** 2)
+    grad_v = grad_u - grad_u.mean(axis=axes, keepdims=True) if centered else grad_u
+    return grad_v, (d / n).reshape(gshape)
