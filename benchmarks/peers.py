@@ -400,6 +400,50 @@ def _standardize_transform_factories():
             "shapes": [(1_000_000, 64)], "directions": ("fwd",), "make_case": make_case}
 
 
+def _weight_norm_factories():
+    def case(shape):
+        x, g, w, b = make_case(shape)
+        return x, g, np.abs(w[:, None]) + 0.5, b  # v, grad_w, g (out, 1), unused
+
+    def fast(v, gw, g, b, threads, backward=False, out=False):
+        if not backward:
+            return lambda: fastnorm.weight_norm(v, g, 0, n_threads=threads)
+
+        def run():
+            w, n = fastnorm.weight_norm(v, g, 0, n_threads=threads, return_stats=True)
+            return fastnorm.weight_norm_backward(gw, v, g, n, 0, n_threads=threads)
+        return run
+
+    def torch_(v, gw, g, b, threads, backward=False):
+        if torch is None:
+            return None
+        tv, tg, tgw = torch.from_numpy(v), torch.from_numpy(g), torch.from_numpy(gw)
+        if not backward:
+            def run():
+                with torch.no_grad():
+                    return torch._weight_norm(tv, tg, 0)
+            return run
+        tv = tv.clone().requires_grad_()
+        tg = tg.clone().requires_grad_()
+        return lambda: torch.autograd.grad(torch._weight_norm(tv, tg, 0), (tv, tg), tgw)
+
+    def numpy_(v, gw, g, b, threads, backward=False):
+        def forward():
+            n = np.sqrt((v * v).sum(1, keepdims=True))
+            return g * v / n, n
+        if not backward:
+            return lambda: forward()[0]
+
+        def run():
+            w, n = forward()
+            d = (gw * v).sum(1, keepdims=True)
+            return g / n * (gw - v * d / n ** 2), d / n
+        return run
+
+    return {"fastnorm": fast, "torch": torch_, "numpy": numpy_,
+            "shapes": [(4096, 4096)], "directions": ("fwd", "fwd+bwd"), "make_case": case}
+
+
 SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
 
 # op -> its implementations, shapes, directions and case builder
@@ -424,6 +468,7 @@ OPS["normalize"] = {
 
 OPS["add_layer_norm"] = _add_norm_factories(False)
 OPS["add_rms_norm"] = _add_norm_factories(True)
+OPS["weight_norm"] = _weight_norm_factories()
 OPS["standardize fit+transform"] = _standardize_factories()
 OPS["standardize transform"] = _standardize_transform_factories()
 

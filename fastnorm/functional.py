@@ -890,7 +890,7 @@ def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return
     vm, M, n, restore, d = _weight_rows(v, dim)
     gv = _g_vector(g, v, d, M, cdt)
     rows = as_rows(vm, M, n, cdt)
-    w_rows = np.empty((M, n), cdt)
+    w_rows = _empty((M, n), cdt)
     norms = np.empty(M, np.float64)
     means = np.empty(M, np.float64)
     _kernels.weight_norm_forward(rows, w_rows, gv, bool(centered), norms, means, n_threads)
@@ -924,7 +924,7 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads
     if norm.dtype.kind != "f":
         raise TypeError(f"norm must be a floating-point array, got dtype {norm.dtype}")
     norm = np.ascontiguousarray(norm, dtype=cdt).reshape(M)
-    grad_v = np.empty((M, n), cdt)
+    grad_v = _empty((M, n), cdt)
     grad_g = np.empty(M, cdt)
     _kernels.weight_norm_backward(as_rows(gm, M, n, cdt), as_rows(vm, M, n, cdt), grad_v, gv,
                                   bool(centered), norm, grad_g, n_threads)
