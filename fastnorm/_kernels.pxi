@@ -1450,3 +1450,4 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
                 _add_norm_rows[double](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
                                        <const double*>w, <const double*>b, eps,
                                        <double*>mp, <double*>rp, stream)
+include "_frn_kernels.pxi"

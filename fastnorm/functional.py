@@ -28,7 +28,7 @@ __all__ = [
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale",
-    "weight_norm", "weight_norm_backward",
+    "weight_norm", "weight_norm_backward", "filter_response_norm", "filter_response_norm_backward",
 ]
 
 _kernels = _config.kernels
@@ -931,3 +931,91 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads
     gshape = np.shape(g)
     return (restore(grad_v).astype(v.dtype, copy=False),
             grad_g.reshape(gshape).astype(v.dtype, copy=False))
+
+
+# ---------------------------------------------------------------- Filter Response Normalization
+
+def _frn_param(p, name, C, dtype, cdt, required=True):
+    if p is None:
+        if required:
+            raise TypeError(f"{name} must be an array of {C} values, got None")
+        return None
+    p = np.asarray(p)
+    if p.size != C or (p.ndim > 1 and sorted(d for d in p.shape if d != 1) != ([C] if C != 1 else [])):
+        raise ValueError(f"{name} must have {C} values (shape ({C},) or (1, {C}, 1, ...)), got shape {p.shape}")
+    if p.dtype != dtype:
+        raise TypeError(f"{name} must have the dtype of x ({dtype}), got {p.dtype}")
+    return np.ascontiguousarray(p, dtype=cdt).reshape(C)
+
+
+def _frn_layout(x, channel_axis):
+    """x as C-contiguous (N, C, S) (channels-last input is transposed once)."""
+    layout = ChannelLayout(x, channel_axis)
+    if layout.cl:
+        data = np.ascontiguousarray(np.moveaxis(x, layout.axis, 1))
+        restore = (lambda a: np.moveaxis(a.reshape(data.shape), 1, layout.axis))
+    else:
+        data = layout.data
+        restore = layout.restore
+    return layout, data, restore
+
+
+def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1, out=None,
+                         n_threads=None, return_stats=False):
+    """Filter Response Normalization with a Thresholded Linear Unit
+    (Singh & Krishnan, 2019).
+
+    Per (sample, channel): nu2 = mean of x^2 over the spatial positions,
+    y = max(weight * x / sqrt(nu2 + eps) + bias, tau) (no max when tau is None).
+    weight, bias, tau: C values, shape (C,) or (1, C, 1, ...).
+
+    Returns y, or (y, rstd) with rstd = 1/sqrt(nu2 + eps) of shape (N, C).
+    Channels-last input (channel_axis=-1) is transposed once.
+    """
+    x, cdt = as_float_array(x, "x")
+    layout, data, restore = _frn_layout(x, channel_axis)
+    N, C, S = layout.N, layout.C, layout.S
+    w = _frn_param(weight, "weight", C, x.dtype, cdt)
+    b = _frn_param(bias, "bias", C, x.dtype, cdt)
+    t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
+    eps = check_eps(eps)
+    data = data if data.dtype == cdt else data.astype(cdt)
+    y_k = _empty(data.shape, cdt)
+    rstd = np.empty(N * C, cdt)
+    _kernels.frn_forward(data, y_k, N, C, S, w, b, t, eps, rstd, n_threads)
+    y = restore(y_k)
+    if cdt != x.dtype:
+        y = y.astype(x.dtype)
+    if out is not None:
+        check_out(out, x, x.dtype)
+        np.copyto(out, y)
+        y = out
+    return (y, rstd.reshape(N, C)) if return_stats else y
+
+
+def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, channel_axis=1,
+                                  n_threads=None):
+    """Gradients of `filter_response_norm`: (grad_x, grad_weight, grad_bias, grad_tau).
+
+    The TLU passes the gradient to z = weight * xhat + bias where z > tau and
+    to tau where z < tau (half each at ties, as torch.maximum); grad_tau is
+    None when tau is None.  Parameter gradients have the parameters' shapes.
+    """
+    x, cdt = as_float_array(x, "x")
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    layout, data, _ = _frn_layout(x, channel_axis)
+    N, C, S = layout.N, layout.C, layout.S
+    g = np.ascontiguousarray(np.moveaxis(grad_out, layout.axis, 1), dtype=cdt)
+    w = _frn_param(weight, "weight", C, x.dtype, cdt)
+    b = _frn_param(bias, "bias", C, x.dtype, cdt)
+    t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
+    rstd = _channel_stat_input(rstd, "rstd", (N, C), cdt).astype(cdt)
+    data = data if data.dtype == cdt else data.astype(cdt)
+    dx = _empty(data.shape, cdt)
+    gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)
+    _kernels.frn_backward(g, data, dx, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
+    grad_x = np.moveaxis(dx.reshape(g.shape), 1, layout.axis).astype(x.dtype, copy=False)
+    return (grad_x,
+            gw.reshape(np.shape(weight)).astype(x.dtype),
+            gb.reshape(np.shape(bias)).astype(x.dtype),
+            None if tau is None else gt.reshape(np.shape(tau)).astype(x.dtype))

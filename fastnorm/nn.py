@@ -14,7 +14,7 @@ from . import functional as F
 
 __all__ = [
     "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
-    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
 ]
 
 
@@ -386,3 +386,42 @@ class WeightNorm(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}, centered={self.centered}, shape={self.weight_v.shape}"
+
+
+class FilterResponseNorm(Module):
+    """Filter Response Normalization + TLU (Singh & Krishnan, 2019):
+    y = max(weight * x / sqrt(mean(x^2 over spatial) + eps) + bias, tau).
+
+    Parameters ``weight`` (ones), ``bias`` (zeros) and, with learnable_tau,
+    ``tau`` (zeros), each of shape (num_features,).
+    """
+
+    _parameter_names = ("weight", "bias", "tau")
+
+    def __init__(self, num_features, eps=1e-6, learnable_tau=True, dtype=np.float32, *, channel_axis=1):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.num_features = int(num_features)
+        self.eps = eps
+        self.channel_axis = channel_axis
+        self.weight = np.ones(num_features, dtype)
+        self.bias = np.zeros(num_features, dtype)
+        self.tau = np.zeros(num_features, dtype) if learnable_tau else None
+        self.grad_weight = self.grad_bias = self.grad_tau = None
+
+    def forward(self, x, *, n_threads=None):
+        y, rstd = F.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps,
+                                         channel_axis=self.channel_axis, n_threads=n_threads,
+                                         return_stats=True)
+        self._saved = (np.asarray(x), rstd)
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, rstd = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias, self.grad_tau = F.filter_response_norm_backward(
+            grad_out, x, rstd, self.weight, self.bias, self.tau, channel_axis=self.channel_axis,
+            n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, learnable_tau={self.tau is not None}"

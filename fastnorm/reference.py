@@ -11,6 +11,7 @@ __all__ = [
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "standardize", "min_max_scale", "weight_norm", "weight_norm_backward",
+    "filter_response_norm", "filter_response_norm_backward",
 ]
 
 
@@ -308,3 +309,39 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False):
     grad_u = g / n * (gw - u * d / n ** 2)
     grad_v = grad_u - grad_u.mean(axis=axes, keepdims=True) if centered else grad_u
     return grad_v, (d / n).reshape(gshape)
+
+
+# ---------------------------------------------------------------- Filter Response Normalization
+
+def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1, return_stats=False):
+    """max(w * x / sqrt(mean(x^2 over spatial) + eps) + b, tau) per (sample, channel), float64."""
+    v, back = _to_ncs(x, channel_axis)
+    C = v.shape[1]
+    rstd = 1.0 / np.sqrt((v * v).mean(axis=2) + eps)
+    z = np.asarray(weight, np.float64).reshape(1, C, 1) * v * rstd[:, :, None] \
+        + np.asarray(bias, np.float64).reshape(1, C, 1)
+    if tau is not None:
+        z = np.maximum(z, np.asarray(tau, np.float64).reshape(1, C, 1))
+    return (back(z), rstd) if return_stats else back(z)
+
+
+def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, channel_axis=1):
+    """(grad_x, grad_weight, grad_bias, grad_tau) of filter_response_norm, float64."""
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    N, C, S = v.shape
+    w = np.asarray(weight, np.float64).reshape(1, C, 1)
+    b = np.asarray(bias, np.float64).reshape(1, C, 1)
+    r = np.asarray(rstd, np.float64).reshape(N, C, 1)
+    xhat = v * r
+    z = w * xhat + b
+    if tau is None:
+        gz = g
+    else:
+        t = np.asarray(tau, np.float64).reshape(1, C, 1)
+        gz = np.where(z > t, g, np.where(z == t, g / 2, 0.0))
+    gxhat = gz * w
+    grad_x = r * (gxhat - xhat * (gxhat * xhat).mean(axis=2, keepdims=True))
+    return (back(grad_x), (gz * xhat).sum(axis=(0, 2)).reshape(np.shape(weight)),
+            gz.sum(axis=(0, 2)).reshape(np.shape(bias)),
+            None if tau is None else (g - gz).sum(axis=(0, 2)).reshape(np.shape(tau)))

@@ -1,0 +1,104 @@
+"""Filter Response Normalization + TLU: kernels vs the reference twin, a torch
+composition, finite differences, layer, errors."""
+import numpy as np
+import pytest
+import torch
+
+import fastnorm
+from fastnorm import nn
+from fastnorm import reference as ref
+from conftest import numeric_gradient
+from test_channel_norms import make_input
+
+SHAPES = [(2, 3, 5), (3, 4, 5, 6), (2, 3, 2, 3, 4), (4, 6)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "other_memory_format", "strided"])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+@pytest.mark.parametrize("with_tau", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference(isa, rng, shape, with_tau, channel_axis, layout, dtype):
+    x = make_input(shape, channel_axis, layout, dtype, rng)
+    C = shape[1]
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    t = (rng.standard_normal(C) * 0.3).astype(dtype) if with_tau else None
+    g = rng.standard_normal(x.shape).astype(dtype)
+    before = x.copy()
+    tol = dict(rtol=3e-5, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    for n_threads in (1, 2):
+        y, r = fastnorm.filter_response_norm(x, w, b, t, channel_axis=channel_axis, return_stats=True,
+                                             n_threads=n_threads)
+        yr, rr = ref.filter_response_norm(x, w, b, t, channel_axis=channel_axis, return_stats=True)
+        np.testing.assert_allclose(y, yr, **tol)
+        np.testing.assert_allclose(r, rr, **tol)
+        grads = fastnorm.filter_response_norm_backward(g, x, r, w, b, t, channel_axis=channel_axis,
+                                                       n_threads=n_threads)
+        grads_r = ref.filter_response_norm_backward(g, x, rr, w, b, t, channel_axis=channel_axis)
+        for a, e in zip(grads, grads_r):
+            if e is None:
+                assert a is None
+            else:
+                np.testing.assert_allclose(a, e, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_matches_torch_composition(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    w, b, t = rng.standard_normal((1, 4, 1, 1)), rng.standard_normal((1, 4, 1, 1)), rng.standard_normal((1, 4, 1, 1))
+    g = rng.standard_normal(x.shape)
+    tx, tw, tb, tt = (torch.tensor(a, requires_grad=True) for a in (x, w, b, t))
+    nu2 = (tx * tx).mean(dim=(2, 3), keepdim=True)
+    ty = torch.maximum(tw * tx * torch.rsqrt(nu2 + 1e-6) + tb, tt)
+    ty.backward(torch.tensor(g))
+    y, r = fastnorm.filter_response_norm(x, w, b, t, return_stats=True)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12)
+    gx, gw, gb, gt = fastnorm.filter_response_norm_backward(g, x, r, w, b, t)
+    for a, e in ((gx, tx), (gw, tw), (gb, tb), (gt, tt)):
+        assert a.shape == e.shape
+        np.testing.assert_allclose(a, e.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_finite_differences_float64(rng):
+    x = rng.standard_normal((2, 3, 4))
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    t = np.array([-5.0, 0.1, -5.0])  # one channel's TLU active, away from ties
+    g = rng.standard_normal(x.shape)
+    y, r = fastnorm.filter_response_norm(x, w, b, t, return_stats=True)
+    grads = fastnorm.filter_response_norm_backward(g, x, r, w, b, t)
+
+    def loss(xx, ww, bb, tt):
+        return float((fastnorm.filter_response_norm(xx, ww, bb, tt) * g).sum())
+
+    arrays = dict(xx=x, ww=w, bb=b, tt=t)
+    for grad, name in zip(grads, ("xx", "ww", "bb", "tt")):
+        np.testing.assert_allclose(grad, numeric_gradient(loss, arrays, name, h=1e-5), rtol=1e-5, atol=1e-7)
+
+
+def test_layer(rng):
+    layer = nn.FilterResponseNorm(4)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    y = layer(x)
+    np.testing.assert_allclose(y, ref.filter_response_norm(x, layer.weight, layer.bias, layer.tau), rtol=1e-5, atol=1e-6)
+    gx = layer.backward(np.ones_like(x))
+    assert gx.shape == x.shape and layer.grad_tau.shape == (4,)
+    assert set(layer.state_dict()) == {"weight", "bias", "tau"}
+
+
+class TestErrors:
+    x = np.ones((2, 3, 4), np.float32)
+
+    def test_bad_arguments(self):
+        p = np.ones(3, np.float32)
+        with pytest.raises(ValueError, match="weight must have 3 values"):
+            fastnorm.filter_response_norm(self.x, np.ones(4, np.float32), p)
+        with pytest.raises(TypeError, match="bias must have the dtype"):
+            fastnorm.filter_response_norm(self.x, p, np.ones(3))
+        with pytest.raises(TypeError, match="weight must be an array"):
+            fastnorm.filter_response_norm(self.x, None, p)
+        with pytest.raises(ValueError, match="channel_axis"):
+            fastnorm.filter_response_norm(self.x, p, p, channel_axis=0)
+        y, r = fastnorm.filter_response_norm(self.x, p, p, return_stats=True)
+        with pytest.raises(ValueError, match="rstd"):
+            fastnorm.filter_response_norm_backward(self.x, self.x, r[:1], p, p)
