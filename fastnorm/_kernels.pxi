@@ -1451,3 +1451,4 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
                                        <const double*>w, <const double*>b, eps,
                                        <double*>mp, <double*>rp, stream)
 include "_frn_kernels.pxi"
+include "_lrn_kernels.pxi"

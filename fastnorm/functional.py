@@ -29,6 +29,7 @@ __all__ = [
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale",
     "weight_norm", "weight_norm_backward", "filter_response_norm", "filter_response_norm_backward",
+    "local_response_norm", "local_response_norm_backward",
 ]
 
 _kernels = _config.kernels
@@ -1019,3 +1020,67 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
             gw.reshape(np.shape(weight)).astype(x.dtype),
             gb.reshape(np.shape(bias)).astype(x.dtype),
             None if tau is None else gt.reshape(np.shape(tau)).astype(x.dtype))
+
+
+# ---------------------------------------------------------------- Local Response Normalization
+
+def _lrn_args(x, size, alpha, beta, k):
+    if x.ndim < 3:
+        raise ValueError(f"x must have 3 or more dimensions (N, C, *spatial), got shape {x.shape}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an int, got {size!r}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number, got {v!r}")
+    return int(size), float(alpha), float(beta), float(k)
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1, out=None,
+                        n_threads=None, return_stats=False):
+    """Local response normalization across channels, as
+    torch.nn.functional.local_response_norm.
+
+    scale_c = k + alpha / size * sum of x_j^2 over the zero-padded window of
+    channels j in [c - size//2, c + (size-1)//2]; y = x * scale^-beta.  The
+    window sums slide (O(1) per element whatever `size`).  x has 3 or more dims.
+
+    Returns y, or (y, scale) with return_stats (scale shaped like x), for
+    `local_response_norm_backward`.  Channels-last input is transposed once.
+    """
+    x, cdt = as_float_array(x, "x")
+    size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
+    layout, data, restore = _frn_layout(x, channel_axis)
+    data = data if data.dtype == cdt else data.astype(cdt)
+    y_k = _empty(data.shape, cdt)
+    scale = np.empty(data.shape, cdt) if return_stats else _empty(data.shape, cdt)
+    _kernels.lrn_forward(data, y_k, scale, layout.N, layout.C, layout.S, size, alpha, beta, k,
+                         n_threads)
+    y = restore(y_k)
+    if cdt != x.dtype:
+        y = y.astype(x.dtype)
+    if out is not None:
+        check_out(out, x, x.dtype)
+        np.copyto(out, y)
+        y = out
+    return (y, restore(scale)) if return_stats else y
+
+
+def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75, k=1.0, *,
+                                 channel_axis=1, n_threads=None):
+    """Gradient of `local_response_norm` w.r.t. x, given the scale it returned:
+    grad_i = g_i scale_i^-beta - 2 alpha beta / size * x_i *
+    sum over the channels c whose window holds i of g_c x_c scale_c^(-beta-1)."""
+    x, cdt = as_float_array(x, "x")
+    size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    scale = same_shape_input(np.asarray(scale, dtype=x.dtype) if np.asarray(scale).dtype.kind == "f"
+                             else scale, "scale", x)
+    layout, data, restore = _frn_layout(x, channel_axis)
+    to_cf = (lambda a: np.ascontiguousarray(np.moveaxis(a, layout.axis, 1), dtype=cdt))
+    data = data if data.dtype == cdt else data.astype(cdt)
+    dx = _empty(data.shape, cdt)
+    _kernels.lrn_backward(to_cf(grad_out), data, to_cf(scale), dx, layout.N, layout.C, layout.S,
+                          size, alpha, beta, n_threads)
+    return restore(dx).astype(x.dtype, copy=False)

@@ -15,6 +15,7 @@ from . import functional as F
 __all__ = [
     "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
+    "LocalResponseNorm",
 ]
 
 
@@ -425,3 +426,27 @@ class FilterResponseNorm(Module):
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, learnable_tau={self.tau is not None}"
+
+
+class LocalResponseNorm(Module):
+    """torch.nn.LocalResponseNorm(size, alpha=1e-4, beta=0.75, k=1.0) (no parameters)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.channel_axis = channel_axis
+
+    def forward(self, x, *, n_threads=None):
+        y, scale = F.local_response_norm(x, self.size, self.alpha, self.beta, self.k,
+                                         channel_axis=self.channel_axis, n_threads=n_threads,
+                                         return_stats=True)
+        self._saved = (np.asarray(x), scale)
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, scale = self._saved_or_raise()
+        return F.local_response_norm_backward(grad_out, x, scale, self.size, self.alpha, self.beta,
+                                              self.k, channel_axis=self.channel_axis, n_threads=n_threads)
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -12,6 +12,7 @@ __all__ = [
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "standardize", "min_max_scale", "weight_norm", "weight_norm_backward",
     "filter_response_norm", "filter_response_norm_backward",
+    "local_response_norm", "local_response_norm_backward",
 ]
 
 
@@ -345,3 +346,38 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     return (back(grad_x), (gz * xhat).sum(axis=(0, 2)).reshape(np.shape(weight)),
             gz.sum(axis=(0, 2)).reshape(np.shape(bias)),
             None if tau is None else (g - gz).sum(axis=(0, 2)).reshape(np.shape(tau)))
+
+
+# ---------------------------------------------------------------- Local Response Normalization
+
+def _lrn_windows(sq, size):
+    """Zero-padded window sums over axis 1 of sq (N, C, S): channels [c - size//2, c + (size-1)//2]."""
+    C = sq.shape[1]
+    lo, hi = size // 2, (size - 1) // 2
+    padded = np.concatenate([np.zeros((sq.shape[0], lo, sq.shape[2])), sq,
+                             np.zeros((sq.shape[0], hi, sq.shape[2]))], axis=1)
+    return sum(padded[:, j:j + C] for j in range(size))
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1, return_stats=False):
+    """x * (k + alpha/size * window sum of x^2)^-beta over channels, float64."""
+    v, back = _to_ncs(x, channel_axis)
+    scale = k + alpha / size * _lrn_windows(v * v, size)
+    y = v * scale ** -beta
+    return (back(y), back(scale)) if return_stats else back(y)
+
+
+def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75, k=1.0, *,
+                                 channel_axis=1):
+    """Gradient of local_response_norm w.r.t. x, float64."""
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    s, _ = _to_ncs(scale, channel_axis)
+    t = g * v * s ** (-beta - 1)
+    # channels c whose window holds i: c in [i - (size-1)//2, i + size//2] (the mirrored window)
+    C = v.shape[1]
+    lo, hi = size // 2, (size - 1) // 2
+    padded = np.concatenate([np.zeros((t.shape[0], hi, t.shape[2])), t,
+                             np.zeros((t.shape[0], lo, t.shape[2]))], axis=1)
+    back_sum = sum(padded[:, j:j + C] for j in range(size))
+    return back(g * s ** -beta - 2 * alpha * beta / size * v * back_sum)

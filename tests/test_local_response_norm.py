@@ -1,0 +1,81 @@
+"""Local Response Normalization: sliding-window kernels vs the reference twin
+and torch (values, gradients, layer), finite differences, errors."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastnorm
+from fastnorm import nn
+from fastnorm import reference as ref
+from conftest import numeric_gradient
+from test_channel_norms import make_input
+
+SHAPES = [(2, 7, 5), (2, 6, 3, 4), (1, 3, 2, 2, 3), (3, 1, 9), (2, 96, 1100)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+@pytest.mark.parametrize("layout", ["contiguous", "other_memory_format", "strided"])
+@pytest.mark.parametrize("size", [1, 2, 5, 8])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference(isa, rng, shape, size, layout, channel_axis, dtype):
+    x = make_input(shape, channel_axis, layout, dtype, rng)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    before = x.copy()
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    for n_threads in (1, 2):
+        y, s = fastnorm.local_response_norm(x, size, 0.01, 0.75, 2.0, channel_axis=channel_axis,
+                                            return_stats=True, n_threads=n_threads)
+        yr, sr = ref.local_response_norm(x, size, 0.01, 0.75, 2.0, channel_axis=channel_axis,
+                                         return_stats=True)
+        np.testing.assert_allclose(y, yr, **tol)
+        np.testing.assert_allclose(s, sr, **tol)
+        gx = fastnorm.local_response_norm_backward(g, x, s, size, 0.01, 0.75, 2.0,
+                                                   channel_axis=channel_axis, n_threads=n_threads)
+        np.testing.assert_allclose(gx, ref.local_response_norm_backward(g, x, sr, size, 0.01, 0.75, 2.0,
+                                                                        channel_axis=channel_axis),
+                                   rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6])
+@pytest.mark.parametrize("size", [3, 4])
+def test_matches_torch(rng, size, beta):
+    x = rng.standard_normal((2, 9, 4, 5)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = TF.local_response_norm(tx, size, 1e-3, beta, 1.5)
+    ty.backward(torch.tensor(g))
+    layer = nn.LocalResponseNorm(size, 1e-3, beta, 1.5)
+    np.testing.assert_allclose(layer(x), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_finite_differences_float64(rng):
+    x = rng.standard_normal((2, 5, 3))
+    g = rng.standard_normal(x.shape)
+    y, s = fastnorm.local_response_norm(x, 3, 0.5, 0.75, 1.0, return_stats=True)
+    gx = fastnorm.local_response_norm_backward(g, x, s, 3, 0.5, 0.75, 1.0)
+
+    def loss(xx):
+        return float((fastnorm.local_response_norm(xx, 3, 0.5, 0.75, 1.0) * g).sum())
+
+    np.testing.assert_allclose(gx, numeric_gradient(loss, dict(xx=x), "xx"), rtol=1e-6, atol=1e-8)
+
+
+class TestErrors:
+    x = np.ones((2, 4, 3), np.float32)
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="size must be >= 1"):
+            fastnorm.local_response_norm(self.x, 0)
+        with pytest.raises(TypeError, match="size must be an int"):
+            fastnorm.local_response_norm(self.x, 2.5)
+        with pytest.raises(ValueError, match="3 or more dimensions"):
+            fastnorm.local_response_norm(np.ones((2, 4), np.float32), 3)
+        with pytest.raises(TypeError, match="x must be a floating-point array"):
+            fastnorm.local_response_norm(np.ones((2, 4, 3), np.int64), 3)
+        y, s = fastnorm.local_response_norm(self.x, 3, return_stats=True)
+        with pytest.raises(ValueError, match="scale"):
+            fastnorm.local_response_norm_backward(self.x, self.x, s[:1], 3)
