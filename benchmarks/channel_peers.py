@@ -238,3 +238,57 @@ CHANNEL_OPS = {
     "instance_norm": _entry(fastnorm_instance_norm, torch_instance_norm, numpy_instance_norm,
                             [(8, 64, 64, 64)], ("fwd", "fwd+bwd")),
 }
+
+
+# ---------------------------------------------------------------- Local Response Normalization
+
+LRN_SIZE = 5
+
+
+def fastnorm_lrn(x, g, w, b, threads, backward=False, out=False):
+    y = np.empty_like(x) if out else None
+    if not backward:
+        return lambda: fastnorm.local_response_norm(x, LRN_SIZE, out=y, n_threads=threads)
+
+    def run():
+        _, s = fastnorm.local_response_norm(x, LRN_SIZE, n_threads=threads, return_stats=True)
+        return fastnorm.local_response_norm_backward(g, x, s, LRN_SIZE, n_threads=threads)
+    return run
+
+
+def torch_lrn(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return TF.local_response_norm(tx, LRN_SIZE)
+        return run
+    tx = tx.clone().requires_grad_()
+    return lambda: torch.autograd.grad(TF.local_response_norm(tx, LRN_SIZE), (tx,), tg)
+
+
+def numpy_lrn(x, g, w, b, threads, backward=False):
+    """Window sums with a cumulative sum over the zero-padded channels."""
+    C = x.shape[1]
+
+    def forward():
+        sq = x * x
+        pad = np.zeros((x.shape[0], 1) + x.shape[2:], x.dtype)
+        cs = np.concatenate([pad, np.cumsum(np.concatenate(
+            [np.zeros((x.shape[0], LRN_SIZE // 2) + x.shape[2:], x.dtype), sq,
+             np.zeros((x.shape[0], (LRN_SIZE - 1) // 2) + x.shape[2:], x.dtype)], axis=1), axis=1)], axis=1)
+        scale = 1.0 + 1e-4 / LRN_SIZE * (cs[:, LRN_SIZE:LRN_SIZE + C] - cs[:, :C])
+        return x * scale ** -0.75, scale
+
+    if not backward:
+        return lambda: forward()[0]
+    return None
+
+
+CHANNEL_OPS["local_response_norm"] = {
+    "fastnorm": fastnorm_lrn, "torch": torch_lrn, "numpy": numpy_lrn,
+    "shapes": [(8, 96, 55, 55)], "directions": ("fwd", "fwd+bwd"),
+    "make_case": lambda shape: make_channel_case(shape),
+}

@@ -53,33 +53,41 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
                 acc[s] -= <double>p[s] * p[s]
 
 
-cdef inline double _lrn_t(const floating* g, const floating* x, const floating* scale,
-                          Py_ssize_t i, double beta) noexcept nogil:
-    return <double>g[i] * x[i] * _neg_pow(<double>scale[i], beta + 1.0)
-
-
 cdef void _lrn_backward_unit(const floating* g, const floating* x, const floating* scale,
                              floating* dx, Py_ssize_t C, Py_ssize_t S, Py_ssize_t s0, Py_ssize_t s1,
-                             Py_ssize_t size, double alpha, double beta, double* acc) noexcept nogil:
+                             Py_ssize_t size, double alpha, double beta, double* acc,
+                             double* ring) noexcept nogil:
     """dx_i = g_i s_i^-beta - 2 alpha beta / size * x_i * sum over the channels c
-    whose window holds i (c in [i - hi, i + lo]) of g_c x_c s_c^(-beta-1)."""
+    whose window holds i (c in [i - hi, i + lo]) of t_c = g_c x_c s_c^(-beta-1).
+    t is computed once per element into a ring of `size` planes, which the
+    sliding sum adds and later subtracts."""
     cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, i, s, L = s1 - s0, q
-    cdef double coef = 2.0 * alpha * beta / size
+    cdef double coef = 2.0 * alpha * beta / size, sc
+    cdef double* plane
     for s in range(L):
         acc[s] = 0
     for c in range(0, lo + 1 if lo + 1 < C else C):   # channels whose window holds i = 0: [-hi, lo]
+        plane = ring + (c % size) * LRN_CHUNK
         for s in range(L):
-            acc[s] += _lrn_t(g, x, scale, c * S + s0 + s, beta)
+            q = c * S + s0 + s
+            sc = scale[q]
+            plane[s] = <double>g[q] * x[q] * _neg_pow(sc, beta) / sc
+            acc[s] += plane[s]
     for i in range(C):
         for s in range(L):
             q = i * S + s0 + s
             dx[q] = <floating>(<double>g[q] * _neg_pow(<double>scale[q], beta) - coef * x[q] * acc[s])
-        if i + 1 + lo < C:
+        if i - hi >= 0:        # drop t of channel i - hi (in the ring since it was added)
+            plane = ring + ((i - hi) % size) * LRN_CHUNK
             for s in range(L):
-                acc[s] += _lrn_t(g, x, scale, (i + 1 + lo) * S + s0 + s, beta)
-        if i - hi >= 0:
+                acc[s] -= plane[s]
+        if i + 1 + lo < C:     # add t of channel i + 1 + lo (overwrites the plane just dropped)
+            plane = ring + ((i + 1 + lo) % size) * LRN_CHUNK
             for s in range(L):
-                acc[s] -= _lrn_t(g, x, scale, (i - hi) * S + s0 + s, beta)
+                q = (i + 1 + lo) * S + s0 + s
+                sc = scale[q]
+                plane[s] = <double>g[q] * x[q] * _neg_pow(sc, beta) / sc
+                acc[s] += plane[s]
 
 
 def lrn_forward(cnp.ndarray x, cnp.ndarray y, cnp.ndarray scale, Py_ssize_t N, Py_ssize_t C,
@@ -130,7 +138,7 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* sp = cnp.PyArray_DATA(scale)
     cdef void* dp = cnp.PyArray_DATA(dx)
-    cdef double* acc = <double*>malloc(nth * LRN_CHUNK * sizeof(double) + 8)
+    cdef double* acc = <double*>malloc(nth * (size + 1) * LRN_CHUNK * sizeof(double) + 8)
     cdef int p
     if acc == NULL:
         raise MemoryError()
@@ -144,9 +152,13 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
                     if typenum == cnp.NPY_FLOAT32:
                         _lrn_backward_unit[float](<const float*>gp + n * C * S, <const float*>xp + n * C * S,
                                                   <const float*>sp + n * C * S, <float*>dp + n * C * S,
-                                                  C, S, s0, s1, size, alpha, beta, acc + p * LRN_CHUNK)
+                                                  C, S, s0, s1, size, alpha, beta,
+                                                  acc + p * (size + 1) * LRN_CHUNK,
+                                                  acc + p * (size + 1) * LRN_CHUNK + LRN_CHUNK)
                     else:
                         _lrn_backward_unit[double](<const double*>gp + n * C * S, <const double*>xp + n * C * S,
                                                    <const double*>sp + n * C * S, <double*>dp + n * C * S,
-                                                   C, S, s0, s1, size, alpha, beta, acc + p * LRN_CHUNK)
+                                                   C, S, s0, s1, size, alpha, beta,
+                                                  acc + p * (size + 1) * LRN_CHUNK,
+                                                  acc + p * (size + 1) * LRN_CHUNK + LRN_CHUNK)
     free(acc)
