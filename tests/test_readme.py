@@ -12,4 +12,4 @@ def test_readme_examples_run():
     namespace = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["y"].shape == (8, 64, 32, 32)
+    assert namespace["z"].shape == (128, 768) and namespace["w_n"].shape == (16, 8)
