@@ -666,7 +666,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
         else:
             beta[i] = 0
             gamma[i] = 0
-    cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
+    cdef bint stream = floating is float and _use_streaming_grad(N * C, S, sizeof(floating))
     if not cl and stream:
         for p in prange(nth, schedule='static', num_threads=nth):
             for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
@@ -830,7 +830,7 @@ cdef int _grouped_backward(const floating* g, const floating* x, floating* dx, P
     cdef double sa, sb, sd, m, rstd, lo, delta, k1, k2, beta, gamma, wc
     cdef floating hi
     cdef int p
-    cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
+    cdef bint stream = floating is float and _use_streaming_grad(N * C, S, sizeof(floating))
     cdef double* sums = <double*>malloc((3 * N * C + n_stats) * sizeof(double) + 8)
     if sums == NULL:
         return -1

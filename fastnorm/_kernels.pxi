@@ -734,6 +734,14 @@ cdef inline bint _use_streaming(Py_ssize_t M, Py_ssize_t n, Py_ssize_t itemsize)
     return M * n * itemsize >= stream_min_bytes
 
 
+cdef inline bint _use_streaming_grad(Py_ssize_t M, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Gradients stream from a quarter of the forward threshold (4 MiB): the
+    backward's own reads (grad_out and x) already fill the cache, and a
+    grad_x kept in it only pushes them out (measured on GroupNorm
+    (8, 256, 32, 32): backward 716 us -> 464 us)."""
+    return M * n * itemsize * 4 >= stream_min_bytes
+
+
 cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                       Py_ssize_t M, Py_ssize_t n, const floating* w, const floating* b,
                       double eps, floating* mean, floating* rstd, int nth) noexcept nogil:
