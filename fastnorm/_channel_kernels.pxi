@@ -205,14 +205,13 @@ cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssiz
 
 
 cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
-                              Py_ssize_t C, const floating* hi, const floating* lo,
+                              Py_ssize_t C, const floating* hi,
                               floating* work, double* sums) noexcept nogil:
-    """Per channel over rows r0..r1: sums of g, g*t and t, t = (x - hi[c]) - lo[c].
+    """Per channel over rows r0..r1: sums of g, g*t and t, t = x - hi[c].
     work: 5 * m * C scratch; sums: 3*C output (g, g*t, t)."""
     cdef Py_ssize_t ts = _tile_stride(C)
     cdef Py_ssize_t m = _tile_rows(C), L, r, k, c, i, n_k
     cdef floating* thi = work
-    cdef floating* tlo = work + ts
     cdef floating* acc_a = work + 2 * ts
     cdef floating* acc_b = work + 3 * ts
     cdef floating* acc_c = work + 4 * ts
@@ -222,7 +221,6 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
     cdef int pending = 0
     L = m * C
     _tile(thi, hi, C, m)
-    _tile(tlo, lo, C, m)
     for c in range(3 * C):
         sums[c] = 0
     for k in range(L):
@@ -235,7 +233,7 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
         gp = g + r * C
         xp = x + r * C
         for k in range(n_k):
-            t = (xp[k] - thi[k]) - tlo[k]
+            t = xp[k] - thi[k]
             acc_a[k] += gp[k]
             acc_b[k] += gp[k] * t
             acc_c[k] += t
@@ -550,7 +548,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     """Gradients of _channel_forward; grad_w / grad_b (length C) may be NULL."""
     cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
     cdef Py_ssize_t n_coef = (N if per_sample else 1) * C
-    cdef Py_ssize_t i, n, c, s, bl, u, r0, r1, n_units, P = N * S
+    cdef Py_ssize_t i, n, c, s, bl, u, r0, r1, n_units, q, P = N * S
     cdef double rstd, wc, k1, k2, delta, m
     cdef int p
     if not cl and per_sample:
@@ -584,7 +582,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     if not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
-            _block_backward_sums(g + bl * S, x + bl * S, S, hi[i], lo[i],
+            _block_backward_sums(g + bl * S, x + bl * S, S, hi[i], 0,
                                  &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
     else:
         for u in prange(n_units, schedule='static', num_threads=nth):
@@ -595,8 +593,27 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
                 r0 = _part_start(P, <int>n_units, <int>u)
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
             _rows_backward_sums(g, x, r0, r1, C, hi + (u * C if per_sample else 0),
-                                lo + (u * C if per_sample else 0),
                                 scratch + 5 * _tile_stride(C) * u, sums + 3 * u * C)
+    # the kernels centred on hi alone; the mean's low part lo comes in here:
+    # sum g*(t - lo) = sum g*t - lo * sum g, sum (t - lo) = sum t - count * lo
+    for u in range(n_units):
+        for c in range(1 if not cl else C):
+            if not cl:
+                i = u if per_sample else u % C
+                q = 3 * u
+                m = S
+            else:
+                i = (u * C if per_sample else 0) + c
+                q = 3 * u * C + c
+                m = S if per_sample else (_part_start(P, <int>n_units, <int>u + 1)
+                                          - _part_start(P, <int>n_units, <int>u))
+            if lo[i] != 0:
+                if not cl:
+                    sums[q + 1] -= lo[i] * sums[q]
+                    sums[q + 2] -= m * lo[i]
+                else:
+                    sums[q + C] -= lo[i] * sums[q]
+                    sums[q + 2 * C] -= m * lo[i]
     # 2. per-stat sums (fixed order), parameter gradients
     for s in range(4 * n_stats):
         st[s] = 0

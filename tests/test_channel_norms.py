@@ -369,3 +369,15 @@ def test_float16_and_empty_batches(rng):
                                                  np.ones(6, np.float32), np.zeros(6, np.float32))
     assert gx0.shape == (0, 6, 5)
     np.testing.assert_array_equal(gw0, 0)
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_backward_with_float64_stats_for_float32_data(rng, channel_axis):
+    """Statistics given in float64 (a mean float32 cannot hold exactly) are
+    used to full precision."""
+    x = make_input((6, 5, 7, 3), channel_axis, "contiguous", np.float32, rng, offset=1e3)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    _, m64, s64 = ref.batch_norm(x, None, None, training=True, channel_axis=channel_axis, return_stats=True)
+    gx, _, _ = fastnorm.batch_norm_backward(g, x, m64, s64, None, None, True, channel_axis=channel_axis)
+    gxr, _, _ = ref.batch_norm_backward(g, x, m64, s64, None, None, True, channel_axis=channel_axis)
+    np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4 * np.abs(gxr).max())
