@@ -949,6 +949,17 @@ def _frn_param(p, name, C, dtype, cdt, required=True):
     return np.ascontiguousarray(p, dtype=cdt).reshape(C)
 
 
+def _restored_output(x, y, cdt, out):
+    """y (already in x's axis order) in x's dtype, copied into `out` if given."""
+    if cdt != x.dtype:
+        y = y.astype(x.dtype)
+    if out is not None:
+        check_out(out, x, x.dtype)
+        np.copyto(out, y)
+        return out
+    return y
+
+
 def _frn_layout(x, channel_axis):
     """x as C-contiguous (N, C, S) (channels-last input is transposed once)."""
     layout = ChannelLayout(x, channel_axis)
@@ -984,13 +995,7 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     y_k = _empty(data.shape, cdt)
     rstd = np.empty(N * C, cdt)
     _kernels.frn_forward(data, y_k, N, C, S, w, b, t, eps, rstd, n_threads)
-    y = restore(y_k)
-    if cdt != x.dtype:
-        y = y.astype(x.dtype)
-    if out is not None:
-        check_out(out, x, x.dtype)
-        np.copyto(out, y)
-        y = out
+    y = _restored_output(x, restore(y_k), cdt, out)
     return (y, rstd.reshape(N, C)) if return_stats else y
 
 
@@ -1057,13 +1062,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     scale = np.empty(data.shape, cdt) if return_stats else _empty(data.shape, cdt)
     _kernels.lrn_forward(data, y_k, scale, layout.N, layout.C, layout.S, size, alpha, beta, k,
                          n_threads)
-    y = restore(y_k)
-    if cdt != x.dtype:
-        y = y.astype(x.dtype)
-    if out is not None:
-        check_out(out, x, x.dtype)
-        np.copyto(out, y)
-        y = out
+    y = _restored_output(x, restore(y_k), cdt, out)
     return (y, restore(scale)) if return_stats else y
 
 
