@@ -27,7 +27,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale",
+    "add_layer_norm", "add_rms_norm", "standardize", "standardize_backward", "min_max_scale",
     "weight_norm", "weight_norm_backward", "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward",
 ]
@@ -1083,3 +1083,41 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     _kernels.lrn_backward(to_cf(grad_out), data, to_cf(scale), dx, layout.N, layout.C, layout.S,
                           size, alpha, beta, n_threads)
     return restore(dx).astype(x.dtype, copy=False)
+
+
+def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=True, with_std=True,
+                         fitted=True, n_threads=None):
+    """Gradient of `standardize` w.r.t. x.
+
+    fitted=True (the statistics were computed from x): with z = (x - mean) / std
+    and N samples, grad = (g - mean(g)) / std - z / std * sum(g * z) / (N - ddof);
+    a feature with std 0 (scaled by 1) gets g - mean(g).  fitted=False (mean
+    and std were given): they are constants and grad = g / std.
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    g = np.ascontiguousarray(np.moveaxis(grad_out, _check_dim(axis, x.ndim, "axis"), 0),
+                             dtype=cdt).reshape(N, F)
+    mean_v = _feature_stat(mean, "mean", sshape)
+    std_v = _feature_stat(std, "std", sshape)
+    scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
+    if not fitted:
+        return restore(g * scale.astype(cdt))
+    if not with_std:  # z = x - mean (or x): the mean's gradient only
+        return restore(g - g.mean(axis=0) if with_mean else g)
+    if not with_mean:  # z = x / std, std still taken about the mean
+        xc = data - mean_v
+        dot = (g * data).sum(axis=0)
+        grad = g * scale - xc * (dot * scale ** 3 / max(N - ddof, 1))
+        grad[:, std_v == 0] = g[:, std_v == 0]
+        return restore(grad.astype(cdt))
+    # The BatchNorm backward with rstd' = c / std and weight 1 / c, c = sqrt(N / (N - ddof)),
+    # is exactly this gradient (and g - mean(g) for std 0, where rstd' = c).
+    if N - ddof <= 0:
+        raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
+    c = np.sqrt(N / (N - ddof))
+    dx = np.empty((N, F), cdt)
+    _kernels.channel_backward(g, data, dx, True, N, F, 1, 1, False, np.full(F, 1.0 / c, cdt),
+                              np.ascontiguousarray(mean_v), np.ascontiguousarray(c * scale), True,
+                              None, None, n_threads)
+    return restore(dx)

@@ -10,7 +10,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "standardize", "min_max_scale", "weight_norm", "weight_norm_backward",
+    "standardize", "standardize_backward", "min_max_scale", "weight_norm", "weight_norm_backward",
     "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward",
 ]
@@ -381,3 +381,26 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
                              np.zeros((t.shape[0], lo, t.shape[2]))], axis=1)
     back_sum = sum(padded[:, j:j + C] for j in range(size))
     return back(g * s ** -beta - 2 * alpha * beta / size * v * back_sum)
+
+
+def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=True, with_std=True,
+                         fitted=True):
+    """Gradient of standardize w.r.t. x, in float64 (see fastnorm.standardize_backward)."""
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
+    g = np.moveaxis(np.asarray(grad_out, dtype=np.float64), axis, 0)
+    N = x.shape[0]
+    m = np.asarray(mean, np.float64)
+    sd = np.asarray(std, np.float64)
+    s = np.where(sd == 0, 1.0, sd) if with_std else np.ones_like(sd)
+    if not fitted:
+        grad = g / s
+    elif not with_std:
+        grad = g - g.mean(axis=0) if with_mean else g
+    elif not with_mean:
+        grad = g / s - (x - m) * ((g * x).sum(axis=0) / s ** 3 / (N - ddof))
+        grad = np.where(sd == 0, g, grad)
+    else:
+        z = (x - m) / s
+        grad = (g - g.mean(axis=0)) / s - z / s * ((g * z).sum(axis=0) / (N - ddof))
+        grad = np.where(sd == 0, g - g.mean(axis=0), grad)
+    return np.moveaxis(grad, 0, axis)

@@ -120,3 +120,36 @@ def test_out_layouts_and_in_place(rng, axis):
     Xi = X.copy()
     assert fastnorm.min_max_scale(Xi, axis, out=Xi) is Xi
     np.testing.assert_allclose(Xi, ref.min_max_scale(X, axis), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("with_mean,with_std", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("shape,axis", [((40, 5), 0), ((5, 40), 1), ((6, 4, 3), 0)])
+def test_backward_matches_reference(isa, rng, shape, axis, with_mean, with_std, ddof, dtype):
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    x_t = np.moveaxis(x, axis, 0)
+    x_t[:, 0] = 3.0  # a constant feature
+    g = rng.standard_normal(shape).astype(dtype)
+    z, m, s = fastnorm.standardize(x, axis, ddof, with_mean=with_mean, with_std=with_std, return_stats=True)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for fitted in (True, False):
+        gx = fastnorm.standardize_backward(g, x, m, s, axis, ddof, with_mean=with_mean, with_std=with_std,
+                                           fitted=fitted)
+        np.testing.assert_allclose(gx, ref.standardize_backward(g, x, m, s, axis, ddof, with_mean=with_mean,
+                                                                with_std=with_std, fitted=fitted), **tol)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("with_mean", [True, False])
+def test_backward_finite_differences(rng, ddof, with_mean):
+    from conftest import numeric_gradient
+    x = rng.standard_normal((7, 3)) + 0.5
+    g = rng.standard_normal(x.shape)
+    z, m, s = fastnorm.standardize(x, 0, ddof, with_mean=with_mean, return_stats=True)
+    gx = fastnorm.standardize_backward(g, x, m, s, 0, ddof, with_mean=with_mean)
+
+    def loss(xx):
+        return float((fastnorm.standardize(xx, 0, ddof, with_mean=with_mean) * g).sum())
+
+    np.testing.assert_allclose(gx, numeric_gradient(loss, dict(xx=x), "xx", h=1e-5), rtol=1e-6, atol=1e-8)
