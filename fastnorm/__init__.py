@@ -25,7 +25,7 @@ from ._config import get_config, max_threads, show_config
 from .functional import (
     add_layer_norm, add_rms_norm, batch_norm, filter_response_norm, filter_response_norm_backward, batch_norm_backward, group_norm, group_norm_backward, instance_norm,
     instance_norm_backward, layer_norm, local_response_norm, local_response_norm_backward, layer_norm_backward, normalize, normalize_backward,
-    min_max_scale, rms_norm, rms_norm_backward, standardize, standardize_backward, weight_norm,
+    min_max_scale, min_max_scale_backward, rms_norm, rms_norm_backward, standardize, standardize_backward, weight_norm,
     weight_norm_backward,
 )
 from . import functional, nn, reference
@@ -34,7 +34,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "add_layer_norm", "add_rms_norm", "standardize", "standardize_backward", "min_max_scale", "weight_norm",
+    "add_layer_norm", "add_rms_norm", "standardize", "standardize_backward", "min_max_scale", "min_max_scale_backward", "weight_norm",
     "weight_norm_backward", "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward", "functional", "nn", "reference", "show_config", "get_config", "max_threads",
     "set_output_cache", "output_cache_info",

@@ -28,6 +28,7 @@ __all__ = [
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "add_layer_norm", "add_rms_norm", "standardize", "standardize_backward", "min_max_scale",
+    "min_max_scale_backward",
     "weight_norm", "weight_norm_backward", "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward",
 ]
@@ -1121,3 +1122,48 @@ def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=Tr
                               np.ascontiguousarray(mean_v), np.ascontiguousarray(c * scale), True,
                               None, None, n_threads)
     return restore(dx)
+
+
+def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_range=(0.0, 1.0), *,
+                           fitted=True, n_threads=None):
+    """Gradient of `min_max_scale` w.r.t. x.
+
+    Every element gets g * scale, scale = (hi - lo) / (max - min).  fitted=True
+    (min and max came from x) adds, at each feature's first minimum,
+    sum_j g_j * ((y_j - lo) / (max - min) - scale) and, at its first maximum,
+    -sum_j g_j (y_j - lo) / (max - min).  A constant feature (max == min) is
+    treated as scaled by the constant hi - lo; a feature holding NaN gets NaN
+    there, as the loss is NaN.
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    d = _check_dim(axis, x.ndim, "axis")
+    g = np.ascontiguousarray(np.moveaxis(grad_out, d, 0), dtype=cdt).reshape(N, F)
+    lo, hi = (float(v) for v in feature_range)
+    mn = _feature_stat(data_min, "data_min", sshape)
+    mx = _feature_stat(data_max, "data_max", sshape)
+    span = mx - mn
+    scale = (hi - lo) / np.where(span == 0, 1.0, span)
+    grad = np.empty((N, F), cdt)
+    _kernels.channel_affine(g, grad, True, N, F, 1, np.zeros(F), np.ascontiguousarray(scale),
+                            np.zeros(F), n_threads)
+    if fitted and N > 0:
+        # per feature: sum g and sum g * (x - min), from the channel backward's sums
+        sum_g = np.empty(F)
+        sum_gx = np.empty(F)
+        scratch = np.empty((N, F), cdt)
+        _kernels.channel_backward(g, data, scratch, True, N, F, 1, 1, False, None,
+                                  np.ascontiguousarray(np.nan_to_num(mn)), np.ones(F), False,
+                                  sum_gx, sum_g, n_threads)
+        varying = (span != 0) & np.isfinite(span)
+        ratio = np.where(varying, scale / np.where(span == 0, 1.0, span), 0.0)
+        d_min = np.where(varying, sum_gx * ratio - scale * sum_g, 0.0)   # dL/dmin
+        d_max = np.where(varying, -sum_gx * ratio, 0.0)                   # dL/dmax
+        cols = np.arange(F)
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(mn)
+            arg_min = np.nanargmin(np.where(np.isnan(data), np.inf, data), axis=0)
+            arg_max = np.nanargmax(np.where(np.isnan(data), -np.inf, data), axis=0)
+        grad[arg_min[finite], cols[finite]] += d_min[finite].astype(cdt)
+        grad[arg_max[finite], cols[finite]] += d_max[finite].astype(cdt)
+    return restore(grad)

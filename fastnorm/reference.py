@@ -10,7 +10,8 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
-    "standardize", "standardize_backward", "min_max_scale", "weight_norm", "weight_norm_backward",
+    "standardize", "standardize_backward", "min_max_scale", "min_max_scale_backward", "weight_norm",
+    "weight_norm_backward",
     "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward",
 ]
@@ -403,4 +404,29 @@ def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=Tr
         z = (x - m) / s
         grad = (g - g.mean(axis=0)) / s - z / s * ((g * z).sum(axis=0) / (N - ddof))
         grad = np.where(sd == 0, g - g.mean(axis=0), grad)
+    return np.moveaxis(grad, 0, axis)
+
+
+def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_range=(0.0, 1.0), *,
+                           fitted=True):
+    """Gradient of min_max_scale w.r.t. x, in float64 (first min / max take the statistics' part)."""
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
+    g = np.moveaxis(np.asarray(grad_out, dtype=np.float64), axis, 0)
+    lo, hi = feature_range
+    mn, mx = np.asarray(data_min, np.float64), np.asarray(data_max, np.float64)
+    span = mx - mn
+    scale = (hi - lo) / np.where(span == 0, 1.0, span)
+    grad = g * scale
+    if fitted:
+        flat_x, flat_g, flat = x.reshape(len(x), -1), g.reshape(len(g), -1), grad.reshape(len(grad), -1)
+        for f in range(flat_x.shape[1]):
+            s_ = span.reshape(-1)[f]
+            if s_ == 0 or not np.isfinite(s_):
+                continue
+            sc = scale.reshape(-1)[f]
+            sum_g = flat_g[:, f].sum()
+            sum_gx = (flat_g[:, f] * (flat_x[:, f] - mn.reshape(-1)[f])).sum()
+            flat[np.argmin(flat_x[:, f]), f] += sum_gx * sc / s_ - sc * sum_g
+            flat[np.argmax(flat_x[:, f]), f] += -sum_gx * sc / s_
+        grad = flat.reshape(grad.shape)
     return np.moveaxis(grad, 0, axis)

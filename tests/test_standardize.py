@@ -153,3 +153,28 @@ def test_backward_finite_differences(rng, ddof, with_mean):
         return float((fastnorm.standardize(xx, 0, ddof, with_mean=with_mean) * g).sum())
 
     np.testing.assert_allclose(gx, numeric_gradient(loss, dict(xx=x), "xx", h=1e-5), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((40, 5), 0), ((5, 40), 1), ((6, 4, 3), 0)])
+def test_min_max_backward_matches_reference_and_torch(isa, rng, shape, axis, dtype):
+    import torch
+    x = rng.standard_normal(shape).astype(dtype)
+    np.moveaxis(x, axis, 0)[:, 0] = 2.0  # a constant feature
+    g = rng.standard_normal(shape).astype(dtype)
+    y, mn, mx = fastnorm.min_max_scale(x, axis, (-1, 3), return_stats=True)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for fitted in (True, False):
+        gx = fastnorm.min_max_scale_backward(g, x, mn, mx, axis, (-1, 3), fitted=fitted)
+        np.testing.assert_allclose(gx, ref.min_max_scale_backward(g, x, mn, mx, axis, (-1, 3), fitted=fitted),
+                                   **tol)
+    if dtype == np.float64:
+        tx = torch.tensor(np.moveaxis(x, axis, 0), requires_grad=True)
+        tmin, tmax = tx.min(0).values, tx.max(0).values
+        span = torch.where(tmax - tmin == 0, torch.ones_like(tmin), tmax - tmin)
+        ((tx - tmin) * (4 / span) - 1).backward(torch.tensor(np.moveaxis(g, axis, 0).copy()))
+        expected = np.moveaxis(tx.grad.numpy(), 0, axis)
+        # torch routes the constant feature's min/max terms too; compare the varying features
+        gx = fastnorm.min_max_scale_backward(g, x, mn, mx, axis, (-1, 3))
+        np.testing.assert_allclose(np.moveaxis(gx, axis, 0)[:, 1:], np.moveaxis(expected, axis, 0)[:, 1:],
+                                   rtol=1e-10, atol=1e-12)
