@@ -124,7 +124,8 @@ def numpy_batch_norm(x, g, w, b, threads, backward=False, *, channels_last=False
 
 
 def numpy_group_norm(x, g, w, b, threads, backward=False, *, channels_last=False, groups=GROUPS):
-    N, C = x.shape[0], x.shape[1]
+    """Channels-first only (the suite's GroupNorm and InstanceNorm cases are NCHW)."""
+    N = x.shape[0]
     wb, bb = _bcast(w, x, channels_last), _bcast(b, x, channels_last)
 
     def forward():

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - the bench extra installs it
     torch = None
 
 try:
-    import onnx
+    import onnx  # noqa: F401 - the model builder below needs it
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 except ImportError:  # pragma: no cover

@@ -64,7 +64,7 @@ def normalized_dims(x, normalized_shape, name="normalized_shape"):
             return (n,), n
     if normalized_shape is None:
         if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got a 0-d array")
+            raise ValueError("x must have at least 1 dimension, got a 0-d array")
         shape = x.shape[-1:]
     else:
         if isinstance(normalized_shape, (numbers.Integral, np.integer)) and not isinstance(normalized_shape, bool):

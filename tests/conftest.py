@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import fastnorm
 from fastnorm import _config, functional
 
 

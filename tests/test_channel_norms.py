@@ -4,7 +4,6 @@ statistics; finite differences; hard inputs; errors."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as TF
 
 import fastnorm
 from fastnorm import nn
