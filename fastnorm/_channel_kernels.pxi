@@ -43,21 +43,6 @@ cdef inline void _merge_moments(double* count, double* mean, double* m2,
     count[0] = n
 
 
-cdef inline void _block_moments(const floating* x, Py_ssize_t n, double* mean, double* m2) noexcept nogil:
-    """Mean and sum of squared deviations of n contiguous values: moments about
-    x[0] in one pass, a second pass about the mean if x[0] lies far out."""
-    cdef floating shift = x[0]
-    cdef double sq, sd
-    _centered_moments(x, n, shift, 0, &sq, &sd)
-    if not (sq - sd * sd / n) * CANCELLATION_LIMIT >= sq:
-        shift = <floating>(<double>shift + sd / n)
-        _centered_moments(x, n, shift, 0, &sq, &sd)
-    mean[0] = <double>shift + sd / n
-    m2[0] = sq - sd * sd / n
-    if m2[0] < 0:
-        m2[0] = 0
-
-
 cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_ssize_t n,
                                       floating hi, floating lo,
                                       double* sum_g, double* sum_gt, double* sum_t) noexcept nogil:

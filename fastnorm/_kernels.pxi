@@ -314,7 +314,7 @@ def have_openmp():
 def openmp_team_size(int n_threads):
     """Size of the team a parallel region with n_threads actually gets
     (used by the build test that catches a silently lost OpenMP)."""
-    cdef int i, team = 1
+    cdef int i
     cdef int[1] seen
     seen[0] = 1
     with nogil:
@@ -335,31 +335,6 @@ cdef inline double _lanes_total(floating* acc) noexcept nogil:
             acc[j] = acc[j] + acc[j + width]
         width = width // 2
     return <double>acc[0]
-
-
-cdef inline double _shifted_sum(const floating* x, Py_ssize_t n, floating shift) noexcept nogil:
-    """Sum of (x[i] - shift)."""
-    cdef floating acc[LANES]
-    cdef floating rest
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
-    while i < n:
-        end = i + BLOCK if i + BLOCK < n else n
-        vend = i + ((end - i) // LANES) * LANES
-        for j in range(LANES):
-            acc[j] = 0
-        k = i
-        while k < vend:
-            for j in range(LANES):
-                acc[j] += x[k + j] - shift
-            k += LANES
-        rest = 0
-        for k in range(vend, end):
-            rest += x[k] - shift
-        total += _lanes_total(acc) + rest
-        i = end
-    return total
 
 
 cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shift,
@@ -479,27 +454,30 @@ cdef inline bint _one_pass_ok(double sum_sq, double var, Py_ssize_t n) noexcept 
     return var * CANCELLATION_LIMIT >= sum_sq / n
 
 
+cdef inline void _block_moments(const floating* x, Py_ssize_t n, double* mean, double* m2) noexcept nogil:
+    """Mean and sum of squared deviations of n contiguous values (the one
+    moments helper of the row and channel kernels): moments of d = x - x[0]
+    in one pass (shifted data: an offset is gone before anything is summed),
+    and a second pass about the mean when x[0] lies far out (_one_pass_ok)."""
+    cdef floating shift = x[0]
+    cdef double sq, sd
+    _centered_moments(x, n, shift, 0, &sq, &sd)
+    if not _one_pass_ok(sq, sq / n - (sd / n) * (sd / n), n):
+        shift = <floating>(<double>shift + sd / n)
+        _centered_moments(x, n, shift, 0, &sq, &sd)
+    mean[0] = <double>shift + sd / n
+    m2[0] = sq - sd * sd / n
+    if m2[0] < 0:
+        m2[0] = 0
+
+
 cdef inline void _ln_forward_row(const floating* x, floating* y, Py_ssize_t n,
                                  const floating* w, const floating* b, double eps,
                                  double* mean_out, double* rstd_out, bint stream) noexcept nogil:
-    cdef floating shift = x[0]
-    cdef double dev_mean, sum_sq, sum_dev, var, rstd, mean
-    cdef floating center_hi, hi
-    # Pass 1: moments of d = x - x[0] (shifted data: the row's offset is gone
-    # before anything is summed).
-    _centered_moments(x, n, shift, 0, &sum_sq, &sum_dev)
-    dev_mean = sum_dev / n
-    var = sum_sq / n - dev_mean * dev_mean
-    if not _one_pass_ok(sum_sq, var, n):
-        # Pass 1b, rare: moments about the mean itself (two-pass algorithm).
-        center_hi = <floating>dev_mean
-        _centered_moments(x, n, shift, center_hi, &sum_sq, &sum_dev)
-        dev_mean = <double>center_hi + sum_dev / n
-        var = sum_sq / n - (sum_dev / n) * (sum_dev / n)
-    if var < 0.0:
-        var = 0.0
-    rstd = 1.0 / sqrt(var + eps)
-    mean = <double>shift + dev_mean
+    cdef double mean, m2, rstd
+    cdef floating hi
+    _block_moments(x, n, &mean, &m2)
+    rstd = 1.0 / sqrt(m2 / n + eps)
     hi = <floating>mean
     _ln_normalize_segment(x, y, n, w, b, hi, <floating>rstd,
                           <floating>(-(mean - <double>hi) * rstd), stream)
