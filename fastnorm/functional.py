@@ -244,7 +244,9 @@ def _check_momentum(momentum):
 
 
 def _running_buffer(a, name, C):
-    """A running statistic updated in place: a writeable float (C,) ndarray."""
+    """A running statistic updated in place: None, or a float (C,) ndarray."""
+    if a is None:
+        return None
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), got {type(a).__name__}")
     if a.shape != (C,):
@@ -252,6 +254,14 @@ def _running_buffer(a, name, C):
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     return a
+
+
+def _blend_running(buf, value, momentum):
+    """buf = (1 - momentum) * buf + momentum * value(), in place; nothing (and
+    value is not computed) when buf is None."""
+    if buf is not None:
+        buf *= 1.0 - momentum
+        buf += (momentum * value()).astype(buf.dtype)
 
 
 def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats,
@@ -320,10 +330,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     C = layout.C
     eps = check_eps(eps)
     momentum = _check_momentum(momentum)
-    if running_mean is not None:
-        running_mean = _running_buffer(running_mean, "running_mean", C)
-    if running_var is not None:
-        running_var = _running_buffer(running_var, "running_var", C)
+    running_mean = _running_buffer(running_mean, "running_mean", C)
+    running_var = _running_buffer(running_var, "running_var", C)
     st_mean = np.empty(C, np.float64)
     st_var = np.empty(C, np.float64)
     if training:
@@ -338,12 +346,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     y = _channel_run(x, layout, cdt, 1, False, weight, bias, eps, training, st_mean, st_var,
                      out, n_threads)
     if training:
-        if running_mean is not None:
-            running_mean *= 1.0 - momentum
-            running_mean += (momentum * st_mean).astype(running_mean.dtype)
-        if running_var is not None:
-            running_var *= 1.0 - momentum
-            running_var += (momentum * st_var * (count / (count - 1))).astype(running_var.dtype)
+        _blend_running(running_mean, lambda: st_mean, momentum)
+        _blend_running(running_var, lambda: st_var * (count / (count - 1)), momentum)
     if not return_stats:
         return y
     invstd = 1.0 / np.sqrt(st_var + eps)
@@ -477,10 +481,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         raise ValueError(f"x must have at least 3 dimensions (N, C, *spatial), got shape {x.shape}")
     eps = check_eps(eps)
     momentum = _check_momentum(momentum)
-    if running_mean is not None:
-        running_mean = _running_buffer(running_mean, "running_mean", C)
-    if running_var is not None:
-        running_var = _running_buffer(running_var, "running_var", C)
+    running_mean = _running_buffer(running_mean, "running_mean", C)
+    running_var = _running_buffer(running_var, "running_var", C)
     if use_input_stats:
         if S <= 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
@@ -488,13 +490,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         st_var = np.empty(N * C, np.float64)
         y = _channel_run(x, layout, cdt, 1, True, weight, bias, eps, True, st_mean, st_var,
                          out, n_threads)
-        if running_mean is not None:
-            running_mean *= 1.0 - momentum
-            running_mean += (momentum * st_mean.reshape(N, C).mean(axis=0)).astype(running_mean.dtype)
-        if running_var is not None:
-            unbiased = st_var.reshape(N, C) * (S / (S - 1))
-            running_var *= 1.0 - momentum
-            running_var += (momentum * unbiased.mean(axis=0)).astype(running_var.dtype)
+        _blend_running(running_mean, lambda: st_mean.reshape(N, C).mean(axis=0), momentum)
+        _blend_running(running_var, lambda: (st_var.reshape(N, C) * (S / (S - 1))).mean(axis=0), momentum)
         mean_nc, var_nc = st_mean, st_var
     else:
         if running_mean is None or running_var is None:
