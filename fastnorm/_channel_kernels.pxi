@@ -20,9 +20,37 @@
 from libc.string cimport memcpy
 from libc.math cimport INFINITY
 
+cdef extern from "_panels.h" nogil:
+    void fastnorm_cl_moments_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                               const float* shift, double* sd, double* sq)
+    void fastnorm_cl_moments_d(const double* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                               const double* shift, double* sd, double* sq)
+    void fastnorm_cl_backward_sums_f(const float* g, const float* x, Py_ssize_t r0, Py_ssize_t r1,
+                                     Py_ssize_t C, const float* hi, double* sums)
+    void fastnorm_cl_backward_sums_d(const double* g, const double* x, Py_ssize_t r0, Py_ssize_t r1,
+                                     Py_ssize_t C, const double* hi, double* sums)
+    bint fastnorm_cl_stream_ok(const void* y, Py_ssize_t C, size_t itemsize)
+    void fastnorm_cl_affine_f(const float* x, float* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              const float* hi, const float* a, const float* b, bint stream)
+    void fastnorm_cl_affine_d(const double* x, double* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              const double* hi, const double* a, const double* b, bint stream)
+    void fastnorm_cl_backward_f(const float* g, const float* x, float* dx, Py_ssize_t r0,
+                                Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al,
+                                const float* be, const float* ga, bint centred, bint stream)
+    void fastnorm_cl_backward_d(const double* g, const double* x, double* dx, Py_ssize_t r0,
+                                Py_ssize_t r1, Py_ssize_t C, const double* hi, const double* al,
+                                const double* be, const double* ga, bint centred, bint stream)
+
 cdef enum:
     CL_FLUSH_ROWS = 16       # tiles accumulated in `floating` before a flush to double
     TILE_ELEMS = 1024        # values per channels-last tile (see _tile_rows)
+    PANEL_ROW_BYTES = 1024   # longest rows for the register panels (see _panels)
+
+
+cdef inline bint _panels(Py_ssize_t C, size_t itemsize) noexcept nogil:
+    """Whether rows of C values take the register-panel kernels of _panels.h
+    (rows of up to PANEL_ROW_BYTES) rather than the flat tiles below."""
+    return C * itemsize <= PANEL_ROW_BYTES
 
 
 cdef inline Py_ssize_t _stat_of(Py_ssize_t n, Py_ssize_t c, bint per_sample,
@@ -153,6 +181,12 @@ cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssiz
     cdef const floating* p
     cdef floating d
     cdef int pending = 0
+    if _panels(C, sizeof(floating)):
+        if floating is float:
+            fastnorm_cl_moments_f(x, r0, r1, C, shift, sum_dev, sum_sq)
+        else:
+            fastnorm_cl_moments_d(x, r0, r1, C, shift, sum_dev, sum_sq)
+        return
     L = m * C
     _tile(sh, shift, C, m)
     for c in range(C):
@@ -204,6 +238,12 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
     cdef const floating* xp
     cdef floating t
     cdef int pending = 0
+    if _panels(C, sizeof(floating)):
+        if floating is float:
+            fastnorm_cl_backward_sums_f(g, x, r0, r1, C, hi, sums)
+        else:
+            fastnorm_cl_backward_sums_d(g, x, r0, r1, C, hi, sums)
+        return
     L = m * C
     _tile(thi, hi, C, m)
     for c in range(3 * C):
@@ -249,6 +289,12 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
     cdef floating* tb = work + 3 * ts
     cdef const floating* xp
     cdef floating* yp
+    if _panels(C, sizeof(floating)) and (not stream or fastnorm_cl_stream_ok(y + r0 * C, C, sizeof(floating))):
+        if floating is float:
+            fastnorm_cl_affine_f(x, y, r0, r1, C, hi, a, b, stream)
+        else:
+            fastnorm_cl_affine_d(x, y, r0, r1, C, hi, a, b, stream)
+        return
     L = m * C
     _tile(thi, hi, C, m)
     _tile(ta, a, C, m)
@@ -291,15 +337,21 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
     cdef const floating* gp
     cdef const floating* xp
     cdef floating* dp
+    cdef bint centred = False
+    for k in range(C):
+        if beta[k] != 0 or gamma[k] != 0:
+            centred = True
+    if _panels(C, sizeof(floating)) and (not stream or fastnorm_cl_stream_ok(dx + r0 * C, C, sizeof(floating))):
+        if floating is float:
+            fastnorm_cl_backward_f(g, x, dx, r0, r1, C, hi, alpha, beta, gamma, centred, stream)
+        else:
+            fastnorm_cl_backward_d(g, x, dx, r0, r1, C, hi, alpha, beta, gamma, centred, stream)
+        return
     L = m * C
     _tile(thi, hi, C, m)
     _tile(tal, alpha, C, m)
     _tile(tbe, beta, C, m)
     _tile(tga, gamma, C, m)
-    cdef bint centred = False
-    for k in range(C):
-        if beta[k] != 0 or gamma[k] != 0:
-            centred = True
     r = r0
     while r < r1:
         n_k = L if r + m <= r1 else C

@@ -1,0 +1,283 @@
+/* Channels-last reductions over register panels.
+ *
+ * A channels-last array is rows of C values; a statistic is per column.  The
+ * kernels here walk the rows in blocks of FN_RB rows and each block in panels
+ * of a few SIMD vectors of columns: a panel's accumulators (and its shift)
+ * live in registers for the whole block, so each value costs one load and
+ * two or three vector operations, with no accumulator traffic through memory.
+ * A row block is read once from memory; the panels after the first find it in
+ * the L1/L2 cache.  For short rows only (the caller's choice, see
+ * PANEL_ROW_BYTES in _channel_kernels.pxi): with long rows a block's panels
+ * become many strided streams, and rows of 4 KiB alias in the L1 cache.  At the end of a block the `T` accumulators are added into
+ * double sums, so the float accumulation spans at most FN_RB values.
+ *
+ * Written with GCC vector extensions, so every instruction-set build
+ * (SSE2 / AVX2 / AVX-512) gets its own native vector width; columns left over
+ * after whole panels go a vector, then a value, at a time.
+ *
+ * Each kernel is defined for float and double by one macro.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define FN_VBYTES 64
+#elif defined(__AVX__)
+#define FN_VBYTES 32
+#else
+#define FN_VBYTES 16
+#endif
+#define FN_RB 64  /* rows per block */
+
+typedef float fn_vf __attribute__((vector_size(FN_VBYTES)));
+typedef float fn_vfu __attribute__((vector_size(FN_VBYTES), aligned(4), may_alias));
+typedef double fn_vd __attribute__((vector_size(FN_VBYTES)));
+typedef double fn_vdu __attribute__((vector_size(FN_VBYTES), aligned(8), may_alias));
+
+#define FN_LOAD(VU, p) (*(const VU*)(p))
+
+/* non-temporal (streaming) store of one whole, aligned vector */
+#if defined(__AVX512F__)
+#define FN_STREAM_float(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define FN_STREAM_double(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#elif defined(__AVX__)
+#define FN_STREAM_float(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define FN_STREAM_double(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#elif defined(__SSE2__)
+#define FN_STREAM_float(p, v) _mm_stream_ps((p), (__m128)(v))
+#define FN_STREAM_double(p, v) _mm_stream_pd((p), (__m128d)(v))
+#else
+#define FN_STREAM_float(p, v) (*(fn_vf*)(p) = (v))
+#define FN_STREAM_double(p, v) (*(fn_vd*)(p) = (v))
+#endif
+#define FN_PUT(T, VU, p, v, stream) \
+    do { if (stream) FN_STREAM_##T((p), (v)); else *(VU*)(p) = (v); } while (0)
+
+/* Streaming stores need every vector of the rows aligned: y at a vector
+   boundary and rows of whole vectors. */
+static int fastnorm_cl_stream_ok(const void* y, Py_ssize_t C, size_t itemsize)
+{
+    return ((uintptr_t)y % FN_VBYTES) == 0 && (C * itemsize) % FN_VBYTES == 0;
+}
+
+/* sums of d and d * d per column over rows r0..r1, d = x - shift[c]; sd, sq: C doubles */
+#define FN_DEFINE_CL_MOMENTS(NAME, T, V, VU)                                            \
+static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,                \
+                 const T* shift, double* sd, double* sq)                                 \
+{                                                                                       \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                         \
+    Py_ssize_t rb, re, r, c0, j;                                                        \
+    for (j = 0; j < C; j++) { sd[j] = 0; sq[j] = 0; }                                   \
+    for (rb = r0; rb < r1; rb = re) {                                                   \
+        re = rb + FN_RB < r1 ? rb + FN_RB : r1;                                         \
+        for (c0 = 0; c0 + 4 * W <= C; c0 += 4 * W) {                                    \
+            const V s0 = FN_LOAD(VU, shift + c0), s1 = FN_LOAD(VU, shift + c0 + W);      \
+            const V s2 = FN_LOAD(VU, shift + c0 + 2 * W);                                \
+            const V s3 = FN_LOAD(VU, shift + c0 + 3 * W);                                \
+            V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                   \
+            V q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};                                   \
+            for (r = rb; r < re; r++) {                                                 \
+                const T* p = x + r * C + c0;                                            \
+                V d0 = FN_LOAD(VU, p) - s0, d1 = FN_LOAD(VU, p + W) - s1;               \
+                V d2 = FN_LOAD(VU, p + 2 * W) - s2, d3 = FN_LOAD(VU, p + 3 * W) - s3;   \
+                a0 += d0; a1 += d1; a2 += d2; a3 += d3;                                 \
+                q0 += d0 * d0; q1 += d1 * d1; q2 += d2 * d2; q3 += d3 * d3;             \
+            }                                                                           \
+            for (j = 0; j < W; j++) {                                                   \
+                sd[c0 + j] += a0[j]; sd[c0 + W + j] += a1[j];                           \
+                sd[c0 + 2 * W + j] += a2[j]; sd[c0 + 3 * W + j] += a3[j];               \
+                sq[c0 + j] += q0[j]; sq[c0 + W + j] += q1[j];                           \
+                sq[c0 + 2 * W + j] += q2[j]; sq[c0 + 3 * W + j] += q3[j];               \
+            }                                                                           \
+        }                                                                               \
+        for (; c0 + W <= C; c0 += W) {                                                  \
+            const V s0 = FN_LOAD(VU, shift + c0);                                       \
+            V a0 = {0}, q0 = {0};                                                       \
+            for (r = rb; r < re; r++) {                                                 \
+                V d0 = FN_LOAD(VU, x + r * C + c0) - s0;                                \
+                a0 += d0;                                                               \
+                q0 += d0 * d0;                                                          \
+            }                                                                           \
+            for (j = 0; j < W; j++) { sd[c0 + j] += a0[j]; sq[c0 + j] += q0[j]; }       \
+        }                                                                               \
+        for (; c0 < C; c0++) {                                                          \
+            T a0 = 0, q0 = 0;                                                           \
+            for (r = rb; r < re; r++) {                                                 \
+                T d0 = x[r * C + c0] - shift[c0];                                       \
+                a0 += d0;                                                               \
+                q0 += d0 * d0;                                                          \
+            }                                                                           \
+            sd[c0] += a0;                                                               \
+            sq[c0] += q0;                                                               \
+        }                                                                               \
+    }                                                                                   \
+}
+
+/* sums of g, g * t and t per column over rows r0..r1, t = x - hi[c];
+   sums: 3 * C doubles (g, then g * t, then t) */
+#define FN_DEFINE_CL_BACKWARD_SUMS(NAME, T, V, VU)                                      \
+static void NAME(const T* g, const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,    \
+                 const T* hi, double* sums)                                              \
+{                                                                                       \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                         \
+    Py_ssize_t rb, re, r, c0, j;                                                        \
+    double* sa = sums;                                                                  \
+    double* sb = sums + C;                                                              \
+    double* st = sums + 2 * C;                                                          \
+    for (j = 0; j < 3 * C; j++) sums[j] = 0;                                            \
+    for (rb = r0; rb < r1; rb = re) {                                                   \
+        re = rb + FN_RB < r1 ? rb + FN_RB : r1;                                         \
+        for (c0 = 0; c0 + 2 * W <= C; c0 += 2 * W) {                                    \
+            const V h0 = FN_LOAD(VU, hi + c0), h1 = FN_LOAD(VU, hi + c0 + W);            \
+            V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, t0 = {0}, t1 = {0};               \
+            for (r = rb; r < re; r++) {                                                 \
+                const T* gp = g + r * C + c0;                                           \
+                const T* xp = x + r * C + c0;                                           \
+                V g0 = FN_LOAD(VU, gp), g1 = FN_LOAD(VU, gp + W);                       \
+                V d0 = FN_LOAD(VU, xp) - h0, d1 = FN_LOAD(VU, xp + W) - h1;             \
+                a0 += g0; a1 += g1;                                                     \
+                b0 += g0 * d0; b1 += g1 * d1;                                           \
+                t0 += d0; t1 += d1;                                                     \
+            }                                                                           \
+            for (j = 0; j < W; j++) {                                                   \
+                sa[c0 + j] += a0[j]; sa[c0 + W + j] += a1[j];                           \
+                sb[c0 + j] += b0[j]; sb[c0 + W + j] += b1[j];                           \
+                st[c0 + j] += t0[j]; st[c0 + W + j] += t1[j];                           \
+            }                                                                           \
+        }                                                                               \
+        for (; c0 + W <= C; c0 += W) {                                                  \
+            const V h0 = FN_LOAD(VU, hi + c0);                                          \
+            V a0 = {0}, b0 = {0}, t0 = {0};                                             \
+            for (r = rb; r < re; r++) {                                                 \
+                V g0 = FN_LOAD(VU, g + r * C + c0);                                     \
+                V d0 = FN_LOAD(VU, x + r * C + c0) - h0;                                \
+                a0 += g0;                                                               \
+                b0 += g0 * d0;                                                          \
+                t0 += d0;                                                               \
+            }                                                                           \
+            for (j = 0; j < W; j++) {                                                   \
+                sa[c0 + j] += a0[j]; sb[c0 + j] += b0[j]; st[c0 + j] += t0[j];          \
+            }                                                                           \
+        }                                                                               \
+        for (; c0 < C; c0++) {                                                          \
+            T a0 = 0, b0 = 0, t0 = 0;                                                   \
+            for (r = rb; r < re; r++) {                                                 \
+                T g0 = g[r * C + c0], d0 = x[r * C + c0] - hi[c0];                      \
+                a0 += g0;                                                               \
+                b0 += g0 * d0;                                                          \
+                t0 += d0;                                                               \
+            }                                                                           \
+            sa[c0] += a0; sb[c0] += b0; st[c0] += t0;                                   \
+        }                                                                               \
+    }                                                                                   \
+}
+
+/* y = (x - hi[c]) * a[c] + b[c] over rows r0..r1 (rows of C values);
+   stream: non-temporal stores (fastnorm_cl_stream_ok must hold for y + r0 * C) */
+#define FN_DEFINE_CL_AFFINE(NAME, T, V, VU)                                              \
+static void NAME(const T* x, T* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,           \
+                 const T* hi, const T* a, const T* b, int stream)                         \
+{                                                                                        \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
+    Py_ssize_t rb, re, r, c0;                                                            \
+    for (rb = r0; rb < r1; rb = re) {                                                    \
+        re = rb + FN_RB < r1 ? rb + FN_RB : r1;                                          \
+        for (c0 = 0; c0 + 4 * W <= C; c0 += 4 * W) {                                     \
+            const V h0 = FN_LOAD(VU, hi + c0), h1 = FN_LOAD(VU, hi + c0 + W);             \
+            const V h2 = FN_LOAD(VU, hi + c0 + 2 * W), h3 = FN_LOAD(VU, hi + c0 + 3 * W); \
+            const V a0 = FN_LOAD(VU, a + c0), a1 = FN_LOAD(VU, a + c0 + W);               \
+            const V a2 = FN_LOAD(VU, a + c0 + 2 * W), a3 = FN_LOAD(VU, a + c0 + 3 * W);   \
+            const V b0 = FN_LOAD(VU, b + c0), b1 = FN_LOAD(VU, b + c0 + W);               \
+            const V b2 = FN_LOAD(VU, b + c0 + 2 * W), b3 = FN_LOAD(VU, b + c0 + 3 * W);   \
+            for (r = rb; r < re; r++) {                                                  \
+                const T* p = x + r * C + c0;                                             \
+                T* q = y + r * C + c0;                                                   \
+                V v0 = (FN_LOAD(VU, p) - h0) * a0 + b0;                                  \
+                V v1 = (FN_LOAD(VU, p + W) - h1) * a1 + b1;                              \
+                V v2 = (FN_LOAD(VU, p + 2 * W) - h2) * a2 + b2;                          \
+                V v3 = (FN_LOAD(VU, p + 3 * W) - h3) * a3 + b3;                          \
+                FN_PUT(T, VU, q, v0, stream);                                            \
+                FN_PUT(T, VU, q + W, v1, stream);                                        \
+                FN_PUT(T, VU, q + 2 * W, v2, stream);                                    \
+                FN_PUT(T, VU, q + 3 * W, v3, stream);                                    \
+            }                                                                            \
+        }                                                                                \
+        for (; c0 + W <= C; c0 += W) {                                                   \
+            const V h0 = FN_LOAD(VU, hi + c0), a0 = FN_LOAD(VU, a + c0);                  \
+            const V b0 = FN_LOAD(VU, b + c0);                                            \
+            for (r = rb; r < re; r++) {                                                  \
+                V v0 = (FN_LOAD(VU, x + r * C + c0) - h0) * a0 + b0;                     \
+                FN_PUT(T, VU, y + r * C + c0, v0, stream);                               \
+            }                                                                            \
+        }                                                                                \
+        for (; c0 < C; c0++)                                                             \
+            for (r = rb; r < re; r++)                                                    \
+                y[r * C + c0] = (x[r * C + c0] - hi[c0]) * a[c0] + b[c0];                \
+    }                                                                                    \
+}
+
+/* dx = al[c] * g + (be[c] * (x - hi[c]) + ga[c]) over rows r0..r1; with
+   centred == 0 (running statistics) dx = al[c] * g, x unread (inf * 0 would
+   be NaN); stream as for the affine kernel */
+#define FN_DEFINE_CL_BACKWARD(NAME, T, V, VU)                                            \
+static void NAME(const T* g, const T* x, T* dx, Py_ssize_t r0, Py_ssize_t r1,            \
+                 Py_ssize_t C, const T* hi, const T* al, const T* be, const T* ga,        \
+                 int centred, int stream)                                                 \
+{                                                                                        \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
+    Py_ssize_t rb, re, r, c0;                                                            \
+    for (rb = r0; rb < r1; rb = re) {                                                    \
+        re = rb + FN_RB < r1 ? rb + FN_RB : r1;                                          \
+        for (c0 = 0; c0 + 2 * W <= C; c0 += 2 * W) {                                     \
+            const V h0 = FN_LOAD(VU, hi + c0), h1 = FN_LOAD(VU, hi + c0 + W);             \
+            const V l0 = FN_LOAD(VU, al + c0), l1 = FN_LOAD(VU, al + c0 + W);             \
+            const V e0 = FN_LOAD(VU, be + c0), e1 = FN_LOAD(VU, be + c0 + W);             \
+            const V k0 = FN_LOAD(VU, ga + c0), k1 = FN_LOAD(VU, ga + c0 + W);             \
+            for (r = rb; r < re; r++) {                                                  \
+                const T* gp = g + r * C + c0;                                            \
+                const T* xp = x + r * C + c0;                                            \
+                T* q = dx + r * C + c0;                                                  \
+                V v0, v1;                                                                \
+                if (centred) {                                                           \
+                    v0 = l0 * FN_LOAD(VU, gp) + (e0 * (FN_LOAD(VU, xp) - h0) + k0);      \
+                    v1 = l1 * FN_LOAD(VU, gp + W) + (e1 * (FN_LOAD(VU, xp + W) - h1) + k1); \
+                } else {                                                                 \
+                    v0 = l0 * FN_LOAD(VU, gp);                                           \
+                    v1 = l1 * FN_LOAD(VU, gp + W);                                       \
+                }                                                                        \
+                FN_PUT(T, VU, q, v0, stream);                                            \
+                FN_PUT(T, VU, q + W, v1, stream);                                        \
+            }                                                                            \
+        }                                                                                \
+        for (; c0 + W <= C; c0 += W) {                                                   \
+            const V h0 = FN_LOAD(VU, hi + c0), l0 = FN_LOAD(VU, al + c0);                 \
+            const V e0 = FN_LOAD(VU, be + c0), k0 = FN_LOAD(VU, ga + c0);                 \
+            for (r = rb; r < re; r++) {                                                  \
+                V v0;                                                                    \
+                if (centred)                                                             \
+                    v0 = l0 * FN_LOAD(VU, g + r * C + c0)                                \
+                         + (e0 * (FN_LOAD(VU, x + r * C + c0) - h0) + k0);               \
+                else                                                                     \
+                    v0 = l0 * FN_LOAD(VU, g + r * C + c0);                               \
+                FN_PUT(T, VU, dx + r * C + c0, v0, stream);                              \
+            }                                                                            \
+        }                                                                                \
+        for (; c0 < C; c0++)                                                             \
+            for (r = rb; r < re; r++)                                                    \
+                dx[r * C + c0] = centred                                                 \
+                    ? al[c0] * g[r * C + c0] + (be[c0] * (x[r * C + c0] - hi[c0]) + ga[c0]) \
+                    : al[c0] * g[r * C + c0];                                            \
+    }                                                                                    \
+}
+
+FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_f, float, fn_vf, fn_vfu)
+FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_d, double, fn_vd, fn_vdu)
+FN_DEFINE_CL_BACKWARD(fastnorm_cl_backward_f, float, fn_vf, fn_vfu)
+FN_DEFINE_CL_BACKWARD(fastnorm_cl_backward_d, double, fn_vd, fn_vdu)
+FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_f, float, fn_vf, fn_vfu)
+FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_d, double, fn_vd, fn_vdu)
+FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_f, float, fn_vf, fn_vfu)
+FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_d, double, fn_vd, fn_vdu)
