@@ -270,26 +270,51 @@ def torch_lrn(x, g, w, b, threads, backward=False):
     return lambda: torch.autograd.grad(TF.local_response_norm(tx, LRN_SIZE), (tx,), tg)
 
 
+def _window_sum(a, before, after):
+    """Sum over channels c - before .. c + after (zero-padded) of an NCHW array,
+    from a cumulative sum."""
+    N, C = a.shape[:2]
+    zeros = np.zeros((N, 1) + a.shape[2:], a.dtype)
+    padded = np.concatenate([np.repeat(zeros, before + 1, axis=1), a,
+                             np.repeat(zeros, after, axis=1)], axis=1)
+    cs = np.cumsum(padded, axis=1)
+    return cs[:, before + after + 1:before + after + 1 + C] - cs[:, :C]
+
+
 def numpy_lrn(x, g, w, b, threads, backward=False):
-    """Window sums with a cumulative sum over the zero-padded channels."""
-    C = x.shape[1]
+    """torch's formula with window sums from cumulative sums: forward, and the
+    backward through the mirrored window."""
+    alpha, beta = 1e-4, 0.75
+    lo, hi = LRN_SIZE // 2, (LRN_SIZE - 1) // 2
 
     def forward():
-        sq = x * x
-        pad = np.zeros((x.shape[0], 1) + x.shape[2:], x.dtype)
-        cs = np.concatenate([pad, np.cumsum(np.concatenate(
-            [np.zeros((x.shape[0], LRN_SIZE // 2) + x.shape[2:], x.dtype), sq,
-             np.zeros((x.shape[0], (LRN_SIZE - 1) // 2) + x.shape[2:], x.dtype)], axis=1), axis=1)], axis=1)
-        scale = 1.0 + 1e-4 / LRN_SIZE * (cs[:, LRN_SIZE:LRN_SIZE + C] - cs[:, :C])
-        return x * scale ** -0.75, scale
+        scale = 1.0 + alpha / LRN_SIZE * _window_sum(x * x, lo, hi)
+        return x * scale ** -beta, scale
 
     if not backward:
         return lambda: forward()[0]
-    return None
+
+    def run():
+        y, scale = forward()
+        t = g * x * scale ** (-beta - 1)
+        return g * scale ** -beta - (2 * alpha * beta / LRN_SIZE) * x * _window_sum(t, hi, lo)
+    return run
+
+
+def ort_lrn(x, g, w, b, threads, backward=False):
+    """ONNX's LRN (opset 13): the window c - (size-1)//2 .. c + size//2 and
+    alpha / size as torch's, for odd sizes."""
+    from peers import _ort_session, helper, ort
+    if ort is None or backward:
+        return None
+    node = helper.make_node("LRN", ["x"], ["y"], size=LRN_SIZE, alpha=1e-4, beta=0.75, bias=1.0)
+    sess = _ort_session(node, 13, [("x", x.shape)], [], threads)
+    feed = {"x": x}
+    return lambda: sess.run(None, feed)
 
 
 CHANNEL_OPS["local_response_norm"] = {
-    "fastnorm": fastnorm_lrn, "torch": torch_lrn, "numpy": numpy_lrn,
+    "fastnorm": fastnorm_lrn, "torch": torch_lrn, "numpy": numpy_lrn, "onnxruntime": ort_lrn,
     "shapes": [(8, 96, 55, 55)], "directions": ("fwd", "fwd+bwd"),
     "make_case": lambda shape: make_channel_case(shape),
 }

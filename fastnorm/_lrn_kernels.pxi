@@ -7,7 +7,7 @@
 # (O(1), not O(size)), in float64 planes so that the running sum does not drift.
 # Work is split into units of (sample, chunk of positions).
 
-from libc.math cimport exp, log
+from libc.math cimport exp, log, sqrtf
 
 cdef enum:
     LRN_CHUNK = 512     # positions per unit
@@ -24,13 +24,33 @@ cdef inline double _neg_pow(double s, double beta) noexcept nogil:
     return exp(-beta * log(s))
 
 
+cdef void _neg_pow_plane(floating* v, Py_ssize_t n, double beta) noexcept nogil:
+    """v[i] = v[i] ** -beta over a plane, in v's own precision: one loop per
+    common exponent (square roots and a division, vectorized), else exp/log."""
+    cdef Py_ssize_t i
+    cdef float one = 1
+    if floating is float:
+        if beta == 0.75:
+            for i in range(n):
+                v[i] = one / sqrtf(v[i] * sqrtf(v[i]))
+            return
+        if beta == 0.5:
+            for i in range(n):
+                v[i] = one / sqrtf(v[i])
+            return
+    for i in range(n):
+        v[i] = <floating>_neg_pow(v[i], beta)
+
+
 cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssize_t C, Py_ssize_t S,
                     Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t size, double alpha, double beta,
-                    double k, double* acc) noexcept nogil:
-    """One sample (x: C planes of S), positions s0..s1; acc: s1 - s0 doubles."""
+                    double k, double* acc, floating* plane) noexcept nogil:
+    """One sample (x: C planes of S), positions s0..s1; acc: s1 - s0 doubles,
+    plane: s1 - s0 scratch values; scale_out may be NULL (not wanted)."""
     cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, j, s, L = s1 - s0
     cdef const floating* p
-    cdef double a = alpha / size, sc
+    cdef floating* q
+    cdef double a = alpha / size
     for s in range(L):
         acc[s] = 0
     for j in range(0, hi + 1 if hi + 1 < C else C):   # window of channel 0: [-lo, hi]
@@ -39,10 +59,14 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
             acc[s] += <double>p[s] * p[s]
     for c in range(C):
         p = x + c * S + s0
+        q = y + c * S + s0
         for s in range(L):
-            sc = k + a * acc[s]
-            scale_out[c * S + s0 + s] = <floating>sc
-            y[c * S + s0 + s] = <floating>(p[s] * _neg_pow(sc, beta))
+            plane[s] = <floating>(k + a * acc[s])
+        if scale_out != NULL:
+            memcpy(scale_out + c * S + s0, plane, L * sizeof(floating))
+        _neg_pow_plane(plane, L, beta)
+        for s in range(L):
+            q[s] = p[s] * plane[s]
         if c + 1 + hi < C:          # slide: the window of c + 1 gains c + 1 + hi ...
             p = x + (c + 1 + hi) * S + s0
             for s in range(L):
@@ -53,56 +77,69 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
                 acc[s] -= <double>p[s] * p[s]
 
 
+cdef void _lrn_add_channel(const floating* g, const floating* x, const floating* scale,
+                           Py_ssize_t q0, Py_ssize_t L, double beta, floating* r, double* t,
+                           double* acc) noexcept nogil:
+    """r = scale^-beta and t = g x scale^(-beta-1) of one channel's positions
+    q0..q0+L into ring planes; t is added to the sliding sum acc."""
+    cdef Py_ssize_t s
+    memcpy(r, scale + q0, L * sizeof(floating))
+    _neg_pow_plane(r, L, beta)
+    for s in range(L):
+        t[s] = <double>g[q0 + s] * x[q0 + s] * (r[s] / scale[q0 + s])
+        acc[s] += t[s]
+
+
 cdef void _lrn_backward_unit(const floating* g, const floating* x, const floating* scale,
                              floating* dx, Py_ssize_t C, Py_ssize_t S, Py_ssize_t s0, Py_ssize_t s1,
                              Py_ssize_t size, double alpha, double beta, double* acc,
-                             double* ring) noexcept nogil:
+                             double* ring, floating* rring) noexcept nogil:
     """dx_i = g_i s_i^-beta - 2 alpha beta / size * x_i * sum over the channels c
     whose window holds i (c in [i - hi, i + lo]) of t_c = g_c x_c s_c^(-beta-1).
-    t is computed once per element into a ring of `size` planes, which the
-    sliding sum adds and later subtracts."""
-    cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, i, s, L = s1 - s0, q
-    cdef double coef = 2.0 * alpha * beta / size, sc
+    t and s^-beta are computed once per element into rings of `size` planes
+    (ring: double t, which the sliding sum adds and later subtracts; rring:
+    s^-beta, used again for dx).  At step i the rings hold channels i - hi ..
+    i + lo, so channel i's planes are there."""
+    cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, i, s, L = s1 - s0, q0
+    cdef double coef = 2.0 * alpha * beta / size
     cdef double* plane
+    cdef const floating* r
     for s in range(L):
         acc[s] = 0
     for c in range(0, lo + 1 if lo + 1 < C else C):   # channels whose window holds i = 0: [-hi, lo]
-        plane = ring + (c % size) * LRN_CHUNK
-        for s in range(L):
-            q = c * S + s0 + s
-            sc = scale[q]
-            plane[s] = <double>g[q] * x[q] * _neg_pow(sc, beta) / sc
-            acc[s] += plane[s]
+        _lrn_add_channel(g, x, scale, c * S + s0, L, beta, rring + (c % size) * LRN_CHUNK,
+                         ring + (c % size) * LRN_CHUNK, acc)
     for i in range(C):
+        q0 = i * S + s0
+        r = rring + (i % size) * LRN_CHUNK
         for s in range(L):
-            q = i * S + s0 + s
-            dx[q] = <floating>(<double>g[q] * _neg_pow(<double>scale[q], beta) - coef * x[q] * acc[s])
-        if i - hi >= 0:        # drop t of channel i - hi (in the ring since it was added)
+            dx[q0 + s] = <floating>(<double>g[q0 + s] * r[s] - coef * x[q0 + s] * acc[s])
+        if i - hi >= 0:        # drop t of channel i - hi
             plane = ring + ((i - hi) % size) * LRN_CHUNK
             for s in range(L):
                 acc[s] -= plane[s]
-        if i + 1 + lo < C:     # add t of channel i + 1 + lo (overwrites the plane just dropped)
-            plane = ring + ((i + 1 + lo) % size) * LRN_CHUNK
-            for s in range(L):
-                q = (i + 1 + lo) * S + s0 + s
-                sc = scale[q]
-                plane[s] = <double>g[q] * x[q] * _neg_pow(sc, beta) / sc
-                acc[s] += plane[s]
+        if i + 1 + lo < C:     # add channel i + 1 + lo (into the planes just dropped)
+            c = i + 1 + lo
+            _lrn_add_channel(g, x, scale, c * S + s0, L, beta, rring + (c % size) * LRN_CHUNK,
+                             ring + (c % size) * LRN_CHUNK, acc)
 
 
-def lrn_forward(cnp.ndarray x, cnp.ndarray y, cnp.ndarray scale, Py_ssize_t N, Py_ssize_t C,
+def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, Py_ssize_t N, Py_ssize_t C,
                 Py_ssize_t S, Py_ssize_t size, double alpha, double beta, double k, object n_threads):
-    """x, y, scale: C-contiguous (N, C, S) of one dtype."""
+    """x, y, scale: C-contiguous (N, C, S) of one dtype; scale None: not wanted."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
-    _check_flat(scale, typenum, N * C * S, "scale")
+    if scale is not None:
+        _check_flat(scale, typenum, N * C * S, "scale")
     cdef int nth = resolve_threads(n_threads, N * C * S * size)
     cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1
-    cdef void* xp = cnp.PyArray_DATA(x)
-    cdef void* yp = cnp.PyArray_DATA(y)
-    cdef void* sp = cnp.PyArray_DATA(scale)
-    cdef double* acc = <double*>malloc(nth * LRN_CHUNK * sizeof(double) + 8)
+    cdef char* xp = <char*>cnp.PyArray_DATA(x)
+    cdef char* yp = <char*>cnp.PyArray_DATA(y)
+    cdef char* sp = <char*>cnp.PyArray_DATA(scale) if scale is not None else NULL
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x), sample = C * S * cnp.PyArray_ITEMSIZE(x)
+    # per thread: LRN_CHUNK doubles of window sums, then a plane of LRN_CHUNK values
+    cdef double* acc = <double*>malloc(nth * 2 * LRN_CHUNK * sizeof(double) + 8)
     cdef int p
     if acc == NULL:
         raise MemoryError()
@@ -114,13 +151,15 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, cnp.ndarray scale, Py_ssize_t N, P
                     s0 = (u % chunks) * LRN_CHUNK
                     s1 = s0 + LRN_CHUNK if s0 + LRN_CHUNK < S else S
                     if typenum == cnp.NPY_FLOAT32:
-                        _lrn_unit[float](<const float*>xp + n * C * S, <float*>yp + n * C * S,
-                                         <float*>sp + n * C * S, C, S, s0, s1, size, alpha, beta, k,
-                                         acc + p * LRN_CHUNK)
+                        _lrn_unit[float](<const float*>(xp + n * sample), <float*>(yp + n * sample),
+                                         <float*>(sp + n * sample) if sp != NULL else NULL,
+                                         C, S, s0, s1, size, alpha, beta, k,
+                                         acc + p * 2 * LRN_CHUNK, <float*>(acc + (p * 2 + 1) * LRN_CHUNK))
                     else:
-                        _lrn_unit[double](<const double*>xp + n * C * S, <double*>yp + n * C * S,
-                                          <double*>sp + n * C * S, C, S, s0, s1, size, alpha, beta, k,
-                                          acc + p * LRN_CHUNK)
+                        _lrn_unit[double](<const double*>(xp + n * sample), <double*>(yp + n * sample),
+                                          <double*>(sp + n * sample) if sp != NULL else NULL,
+                                          C, S, s0, s1, size, alpha, beta, k,
+                                          acc + p * 2 * LRN_CHUNK, <double*>(acc + (p * 2 + 1) * LRN_CHUNK))
     free(acc)
 
 
@@ -138,7 +177,9 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* sp = cnp.PyArray_DATA(scale)
     cdef void* dp = cnp.PyArray_DATA(dx)
-    cdef double* acc = <double*>malloc(nth * (size + 1) * LRN_CHUNK * sizeof(double) + 8)
+    # per thread: the sliding sum, a ring of size double planes, a ring of size value planes
+    cdef Py_ssize_t per = (2 * size + 1) * LRN_CHUNK
+    cdef double* acc = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
     if acc == NULL:
         raise MemoryError()
@@ -152,13 +193,13 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
                     if typenum == cnp.NPY_FLOAT32:
                         _lrn_backward_unit[float](<const float*>gp + n * C * S, <const float*>xp + n * C * S,
                                                   <const float*>sp + n * C * S, <float*>dp + n * C * S,
-                                                  C, S, s0, s1, size, alpha, beta,
-                                                  acc + p * (size + 1) * LRN_CHUNK,
-                                                  acc + p * (size + 1) * LRN_CHUNK + LRN_CHUNK)
+                                                  C, S, s0, s1, size, alpha, beta, acc + p * per,
+                                                  acc + p * per + LRN_CHUNK,
+                                                  <float*>(acc + p * per + (size + 1) * LRN_CHUNK))
                     else:
                         _lrn_backward_unit[double](<const double*>gp + n * C * S, <const double*>xp + n * C * S,
                                                    <const double*>sp + n * C * S, <double*>dp + n * C * S,
-                                                   C, S, s0, s1, size, alpha, beta,
-                                                  acc + p * (size + 1) * LRN_CHUNK,
-                                                  acc + p * (size + 1) * LRN_CHUNK + LRN_CHUNK)
+                                                   C, S, s0, s1, size, alpha, beta, acc + p * per,
+                                                   acc + p * per + LRN_CHUNK,
+                                                   <double*>(acc + p * per + (size + 1) * LRN_CHUNK))
     free(acc)

@@ -958,6 +958,19 @@ def _restored_output(x, y, cdt, out):
     return y
 
 
+def _cf_output(x, layout, data, cdt, out):
+    """Where a channels-first (N, C, S) kernel writes: straight into `out` when
+    it is C-contiguous, channels-first, of the compute dtype and clear of the
+    kernel's input; else into a fresh buffer (_restored_output copies it).
+    Returns (buffer, direct)."""
+    if out is not None:
+        check_out(out, x, x.dtype)
+        if (not layout.cl and out.dtype == cdt and out.flags.c_contiguous
+                and not np.may_share_memory(out, data)):
+            return out.reshape(data.shape), True
+    return _empty(data.shape, cdt), False
+
+
 def _frn_layout(x, channel_axis):
     """x as C-contiguous (N, C, S) (channels-last input is transposed once)."""
     layout = ChannelLayout(x, channel_axis)
@@ -990,10 +1003,10 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     eps = check_eps(eps)
     data = data if data.dtype == cdt else data.astype(cdt)
-    y_k = _empty(data.shape, cdt)
+    y_k, direct = _cf_output(x, layout, data, cdt, out)
     rstd = np.empty(N * C, cdt)
     _kernels.frn_forward(data, y_k, N, C, S, w, b, t, eps, rstd, n_threads)
-    y = _restored_output(x, restore(y_k), cdt, out)
+    y = out if direct else _restored_output(x, restore(y_k), cdt, out)
     return (y, rstd.reshape(N, C)) if return_stats else y
 
 
@@ -1056,11 +1069,11 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
     layout, data, restore = _frn_layout(x, channel_axis)
     data = data if data.dtype == cdt else data.astype(cdt)
-    y_k = _empty(data.shape, cdt)
-    scale = np.empty(data.shape, cdt) if return_stats else _empty(data.shape, cdt)
+    y_k, direct = _cf_output(x, layout, data, cdt, out)
+    scale = np.empty(data.shape, cdt) if return_stats else None
     _kernels.lrn_forward(data, y_k, scale, layout.N, layout.C, layout.S, size, alpha, beta, k,
                          n_threads)
-    y = _restored_output(x, restore(y_k), cdt, out)
+    y = out if direct else _restored_output(x, restore(y_k), cdt, out)
     return (y, restore(scale)) if return_stats else y
 
 

@@ -102,3 +102,39 @@ class TestErrors:
         y, r = fastnorm.filter_response_norm(self.x, p, p, return_stats=True)
         with pytest.raises(ValueError, match="rstd"):
             fastnorm.filter_response_norm_backward(self.x, self.x, r[:1], p, p)
+
+
+OUT_OPS = {
+    "filter_response_norm": lambda x, **kw: fastnorm.filter_response_norm(
+        x, np.linspace(0.5, 1.5, 6).astype(x.dtype), np.linspace(-1, 1, 6).astype(x.dtype),
+        np.full(6, -0.2, x.dtype), **kw),
+    "local_response_norm": lambda x, **kw: fastnorm.local_response_norm(x, 3, **kw),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OUT_OPS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_out_direct_and_through_a_temporary(rng, op, dtype):
+    """FRN and LRN write straight into a C-contiguous channels-first `out`, and
+    through a temporary when `out` is x itself, strided, channels-last or of a
+    dtype computed in another precision; the result is the same every way."""
+    f = OUT_OPS[op]
+    x = rng.standard_normal((3, 6, 7, 5)).astype(dtype)
+    expected = f(x)
+    out = np.empty_like(x)
+    assert f(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    xi = x.copy()
+    assert f(xi, out=xi) is xi  # in place: the kernel must not read what it wrote
+    np.testing.assert_array_equal(xi, expected)
+    strided = np.empty((3, 12, 7, 5), dtype)[:, ::2]
+    f(x, out=strided)
+    np.testing.assert_array_equal(strided, expected)
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    out_l = np.empty_like(xl)
+    assert f(xl, channel_axis=-1, out=out_l) is out_l
+    np.testing.assert_array_equal(out_l, np.moveaxis(expected, 1, -1))
+    with pytest.raises(TypeError, match="out must have dtype"):
+        f(x, out=np.empty(x.shape, np.float64))
+    with pytest.raises(ValueError, match="out must have shape"):
+        f(x, out=np.empty((3, 6, 7, 4), dtype))
