@@ -11,7 +11,9 @@ table shows each one's median.  Ratios are peer time / fastnorm time (above 1:
 fastnorm is faster), measured side by side in this one run.  "copy" is the
 memory limit: np.copyto of x (forward), plus np.add of two inputs into a third
 (a backward's two reads and one write) for forward+backward; "of copy" is
-fastnorm's time over that limit, with out= for forwards.
+fastnorm's time over that limit, with out= for forwards.  Before timing a
+case, every peer's first output is checked against fastnorm's (--no-check
+skips it): the table never times a different computation.
 """
 import argparse
 import datetime
@@ -62,6 +64,38 @@ def time_case(impls, repeats, min_time):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def first_array(result):
+    """The first output of an implementation's result (an array, a torch
+    tensor, or the first of a tuple / list of them) as a flat float64 array
+    in memory order (channels-last cases: torch's NCHW view of NHWC memory
+    and fastnorm's NHWC array flatten alike)."""
+    while isinstance(result, (tuple, list)):
+        result = result[0]
+    if hasattr(result, "detach"):
+        result = result.detach().numpy()
+    return np.asarray(result).astype(np.float64, order="K").ravel(order="K")
+
+
+def check_agreement(case, impls, tol=2e-3):
+    """Every peer must compute what fastnorm computes: its first output (y, or
+    grad_x for fwd+bwd) within tol of fastnorm's, relative to its largest
+    value.  A table that times a different computation is refused."""
+    ours = first_array(impls["fastnorm"]())
+    bad = []
+    for name, fn in impls.items():
+        if name in ("fastnorm", "copy"):
+            continue
+        theirs = first_array(fn())
+        if theirs.shape != ours.shape:
+            bad.append(f"{name}: {theirs.size} values, fastnorm {ours.size}")
+            continue
+        err = float(np.max(np.abs(theirs - ours))) if ours.size else 0.0
+        if not err <= tol * max(1.0, float(np.max(np.abs(ours)))):
+            bad.append(f"{name}: max difference {err:.3g}")
+    if bad:
+        raise SystemExit(f"{case}: peers disagree with fastnorm ({'; '.join(bad)})")
+
+
 def fmt_time(t):
     if t is None:
         return "n/a"
@@ -74,7 +108,7 @@ def fmt_ratio(peer, ours):
     return "n/a" if peer is None or ours is None else f"{peer / ours:.2f}x"
 
 
-def run(ops, shapes, threads, repeats, min_time, emit):
+def run(ops, shapes, threads, repeats, min_time, emit, check=True):
     peers.set_threads(threads)
     rows = []
     header = ("| case | shape | fastnorm | fastnorm out= | PyTorch | vs PyTorch | ONNX Runtime "
@@ -96,10 +130,12 @@ def run(ops, shapes, threads, repeats, min_time, emit):
                 if "unfused" in factories:
                     impls["unfused"] = factories["unfused"](x, g, w, b, threads)
                 impls["copy"] = factories.get("copy", peers.copy_limit)(x, g, w, b, threads, backward=backward)
+                case = f"{op} {'fwd+bwd' if backward else 'fwd'}"
+                if check:
+                    check_agreement(f"{case} {shape}", impls)
                 t = time_case(impls, repeats, min_time)
                 ours = t["fastnorm"]
                 limit_ours = t.get("fastnorm_out", ours)
-                case = f"{op} {'fwd+bwd' if backward else 'fwd'}"
                 row = dict(case=case, shape=shape, times=t)
                 rows.append(row)
                 if "scikit-learn" in t:
@@ -165,6 +201,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--min-time", type=float, default=0.02, help="seconds per timed loop")
     p.add_argument("--shapes", nargs="+", default=None, help="e.g. 64x768 8192x4096")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check that every peer's output agrees with fastnorm's")
     p.add_argument("--save", metavar="FILE", help="also write the table, machine and versions to FILE")
     p.add_argument("--readme", metavar="FILE",
                    help="also replace the results block of FILE (between its results markers)")
@@ -179,7 +217,7 @@ def main(argv=None):
     env = environment(args.threads)
     print("\n".join(env) + "\n", flush=True)
     ops = [op for op in peers.OPS if args.ops is None or any(op.startswith(p) for p in args.ops)]
-    rows = run(ops, shapes, args.threads, args.repeats, args.min_time, emit)
+    rows = run(ops, shapes, args.threads, args.repeats, args.min_time, emit, check=not args.no_check)
     tail = summary(rows)
     print("\n" + "\n".join(tail))
     body = "\n".join(env) + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(tail) + "\n"
