@@ -20,27 +20,6 @@
 from libc.string cimport memcpy
 from libc.math cimport INFINITY
 
-cdef extern from "_panels.h" nogil:
-    void fastnorm_cl_moments_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                               const float* shift, double* sd, double* sq)
-    void fastnorm_cl_moments_d(const double* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                               const double* shift, double* sd, double* sq)
-    void fastnorm_cl_backward_sums_f(const float* g, const float* x, Py_ssize_t r0, Py_ssize_t r1,
-                                     Py_ssize_t C, const float* hi, double* sums)
-    void fastnorm_cl_backward_sums_d(const double* g, const double* x, Py_ssize_t r0, Py_ssize_t r1,
-                                     Py_ssize_t C, const double* hi, double* sums)
-    bint fastnorm_cl_stream_ok(const void* y, Py_ssize_t C, size_t itemsize)
-    void fastnorm_cl_affine_f(const float* x, float* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                              const float* hi, const float* a, const float* b, bint stream)
-    void fastnorm_cl_affine_d(const double* x, double* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                              const double* hi, const double* a, const double* b, bint stream)
-    void fastnorm_cl_backward_f(const float* g, const float* x, float* dx, Py_ssize_t r0,
-                                Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al,
-                                const float* be, const float* ga, bint centred, bint stream)
-    void fastnorm_cl_backward_d(const double* g, const double* x, double* dx, Py_ssize_t r0,
-                                Py_ssize_t r1, Py_ssize_t C, const double* hi, const double* al,
-                                const double* be, const double* ga, bint centred, bint stream)
-
 cdef enum:
     CL_FLUSH_ROWS = 16       # tiles accumulated in `floating` before a flush to double
     TILE_ELEMS = 1024        # values per channels-last tile (see _tile_rows)

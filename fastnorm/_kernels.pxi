@@ -264,6 +264,43 @@ cdef extern from *:
                                     const float* hi, const float* al,
                                     const float* be, const float* ga) noexcept nogil
 
+# Register-panel and four-row loops written in C with GCC vector extensions
+cdef extern from "_panels.h" nogil:
+    void fastnorm_cl_moments_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                               const float* shift, double* sd, double* sq)
+    void fastnorm_cl_moments_d(const double* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                               const double* shift, double* sd, double* sq)
+    void fastnorm_cl_backward_sums_f(const float* g, const float* x, Py_ssize_t r0, Py_ssize_t r1,
+                                     Py_ssize_t C, const float* hi, double* sums)
+    void fastnorm_cl_backward_sums_d(const double* g, const double* x, Py_ssize_t r0, Py_ssize_t r1,
+                                     Py_ssize_t C, const double* hi, double* sums)
+    bint fastnorm_cl_stream_ok(const void* y, Py_ssize_t C, size_t itemsize)
+    void fastnorm_cl_affine_f(const float* x, float* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              const float* hi, const float* a, const float* b, bint stream)
+    void fastnorm_cl_affine_d(const double* x, double* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              const double* hi, const double* a, const double* b, bint stream)
+    void fastnorm_cl_backward_f(const float* g, const float* x, float* dx, Py_ssize_t r0,
+                                Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al,
+                                const float* be, const float* ga, bint centred, bint stream)
+    void fastnorm_cl_backward_d(const double* g, const double* x, double* dx, Py_ssize_t r0,
+                                Py_ssize_t r1, Py_ssize_t C, const double* hi, const double* al,
+                                const double* be, const double* ga, bint centred, bint stream)
+    void fastnorm_ln_backward4_f(const float* const* g, const float* const* x, float* const* dx,
+                                 const float* w, Py_ssize_t n, const float* mean, const float* rstd,
+                                 const float* shift, const float* mg, const float* mgx,
+                                 float* gw, float* gb)
+    void fastnorm_ln_backward4_d(const double* const* g, const double* const* x, double* const* dx,
+                                 const double* w, Py_ssize_t n, const double* mean, const double* rstd,
+                                 const double* shift, const double* mg, const double* mgx,
+                                 double* gw, double* gb)
+    void fastnorm_rms_backward4_f(const float* const* g, const float* const* x, float* const* dx,
+                                  const float* w, Py_ssize_t n, const float* rstd, const float* coef,
+                                  float* gw)
+    void fastnorm_rms_backward4_d(const double* const* g, const double* const* x, double* const* dx,
+                                  const double* w, Py_ssize_t n, const double* rstd, const double* coef,
+                                  double* gw)
+
+
 cdef enum:
     LANES = 32              # independent accumulators: 2 zmm / 4 ymm / 8 xmm of float32
     BLOCK = 256             # elements summed in `floating` before a flush to double
@@ -822,26 +859,49 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
                             floating* gw_acc, floating* gb_acc,
                             double* gw_total, double* gb_total) noexcept nogil:
     """Backward over rows [r0, r1); parameter-gradient partials accumulate in
-    `floating` and are flushed into the chunk's double totals every FLUSH_ROWS rows."""
-    cdef Py_ssize_t r
-    cdef const floating* g
-    cdef const floating* x
+    `floating` and are flushed into the chunk's double totals every FLUSH_ROWS
+    rows.  With both partials (the layer's case) rows go four at a time
+    through fastnorm_ln_backward4, which keeps the partials in registers
+    across the four."""
+    cdef Py_ssize_t r, j, m
+    cdef const floating* gp[4]
+    cdef const floating* xp[4]
+    cdef floating* dp[4]
+    cdef floating m4[4]
+    cdef floating s4[4]
+    cdef floating sh4[4]
+    cdef floating mg4[4]
+    cdef floating mgx4[4]
     cdef double a, bsum, c, inv_n = 1.0 / n
-    cdef floating xhat_shift
     cdef int pending = 0
-    for r in range(r0, r1):
-        g = <const floating*>(gb_ + r * gs)
-        x = <const floating*>(xb + r * xs)
-        _ln_backward_sums(g, x, w, n, mean[r], rstd[r], &a, &bsum, &c)
-        # xhat should average to zero; whatever the rounding of the stored
-        # mean left over (c / n) is removed, which keeps float32 rows with a
-        # large offset accurate.
-        xhat_shift = <floating>(c * inv_n)
-        _ln_backward_segment(g, x, w, <floating*>(db + r * ds), n, mean[r], rstd[r],
-                             xhat_shift, <floating>(a * inv_n),
-                             <floating>((bsum - c * inv_n * a) * inv_n), gw_acc, gb_acc)
-        pending += 1
-        if pending == FLUSH_ROWS:
+    cdef bint four = w != NULL and gw_acc != NULL and gb_acc != NULL
+    r = r0
+    while r < r1:
+        m = 4 if four and r + 4 <= r1 else 1
+        for j in range(m):
+            gp[j] = <const floating*>(gb_ + (r + j) * gs)
+            xp[j] = <const floating*>(xb + (r + j) * xs)
+            dp[j] = <floating*>(db + (r + j) * ds)
+            _ln_backward_sums(gp[j], xp[j], w, n, mean[r + j], rstd[r + j], &a, &bsum, &c)
+            # xhat should average to zero; whatever the rounding of the stored
+            # mean left over (c / n) is removed, which keeps float32 rows with a
+            # large offset accurate.
+            m4[j] = mean[r + j]
+            s4[j] = rstd[r + j]
+            sh4[j] = <floating>(c * inv_n)
+            mg4[j] = <floating>(a * inv_n)
+            mgx4[j] = <floating>((bsum - c * inv_n * a) * inv_n)
+        if m == 4:
+            if floating is float:
+                fastnorm_ln_backward4_f(gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4, gw_acc, gb_acc)
+            else:
+                fastnorm_ln_backward4_d(gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4, gw_acc, gb_acc)
+        else:
+            _ln_backward_segment(gp[0], xp[0], w, dp[0], n, m4[0], s4[0], sh4[0], mg4[0], mgx4[0],
+                                 gw_acc, gb_acc)
+        r += m
+        pending += m
+        if pending >= FLUSH_ROWS:
             if gw_acc != NULL:
                 _flush_partials(gw_acc, gw_total, n)
             if gb_acc != NULL:
@@ -857,19 +917,37 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
                              char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                              const floating* rstd, const floating* w,
                              floating* gw_acc, double* gw_total) noexcept nogil:
-    cdef Py_ssize_t r
-    cdef const floating* g
-    cdef const floating* x
-    cdef double s, coef
+    """As _ln_backward_rows: four rows at a time through fastnorm_rms_backward4
+    when there is a weight and its gradient is wanted."""
+    cdef Py_ssize_t r, j, m
+    cdef const floating* gp[4]
+    cdef const floating* xp[4]
+    cdef floating* dp[4]
+    cdef floating s4[4]
+    cdef floating c4[4]
+    cdef double s
     cdef int pending = 0
-    for r in range(r0, r1):
-        g = <const floating*>(gb_ + r * gs)
-        x = <const floating*>(xb + r * xs)
-        s = rstd[r]
-        coef = s * s * s * _rms_backward_sum(g, x, w, n) / n
-        _rms_backward_segment(g, x, w, <floating*>(db + r * ds), n, <floating>s, <floating>coef, gw_acc)
-        pending += 1
-        if pending == FLUSH_ROWS and gw_acc != NULL:
+    cdef bint four = w != NULL and gw_acc != NULL
+    r = r0
+    while r < r1:
+        m = 4 if four and r + 4 <= r1 else 1
+        for j in range(m):
+            gp[j] = <const floating*>(gb_ + (r + j) * gs)
+            xp[j] = <const floating*>(xb + (r + j) * xs)
+            dp[j] = <floating*>(db + (r + j) * ds)
+            s = rstd[r + j]
+            s4[j] = <floating>s
+            c4[j] = <floating>(s * s * s * _rms_backward_sum(gp[j], xp[j], w, n) / n)
+        if m == 4:
+            if floating is float:
+                fastnorm_rms_backward4_f(gp, xp, dp, w, n, s4, c4, gw_acc)
+            else:
+                fastnorm_rms_backward4_d(gp, xp, dp, w, n, s4, c4, gw_acc)
+        else:
+            _rms_backward_segment(gp[0], xp[0], w, dp[0], n, s4[0], c4[0], gw_acc)
+        r += m
+        pending += m
+        if pending >= FLUSH_ROWS and gw_acc != NULL:
             _flush_partials(gw_acc, gw_total, n)
             pending = 0
     if gw_acc != NULL:

@@ -281,3 +281,113 @@ FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_f, float, fn_vf, fn_vfu)
 FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_d, double, fn_vd, fn_vdu)
 FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_f, float, fn_vf, fn_vfu)
 FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_d, double, fn_vd, fn_vdu)
+
+
+/* ---- Row-norm backward, four rows at a time ----
+ * LayerNorm / RMSNorm gradients of four rows of n values, with the partial
+ * parameter gradients (per column: gw += g * xhat, gb += g) loaded and stored
+ * once per four rows instead of once per row: one row at a time, those
+ * partials cost two loads and two stores per value, more than the row's own
+ * traffic.  The rows are added in order, so the partials are the sums of one
+ * row at a time.
+ *
+ * LayerNorm: xhat = (x - mean) * rstd - shift,
+ *            dx = rstd * ((g * w - mg) - xhat * mgx), gw += g * xhat, gb += g.
+ * RMSNorm:   dx = rstd * (g * w) - coef * x, gw += g * (x * rstd).
+ * Per-row scalars come in arrays of four. */
+/* The row pointers and scalars are copied into locals first: the extensions
+   build with -fno-strict-aliasing, so a store through dx would otherwise force
+   every pointer and scalar to be reloaded from its array. */
+#define FN_LN_ROW4(r, V, VU)                                                                    \
+    {                                                                                    \
+        V gv = FN_LOAD(VU, g##r + k);                                                    \
+        V xh = (FN_LOAD(VU, x##r + k) - m##r) * s##r - h##r;                             \
+        *(VU*)(d##r + k) = s##r * ((gv * wv - a##r) - xh * b##r);                        \
+        sw += gv * xh;                                                                   \
+        sb += gv;                                                                        \
+    }
+#define FN_LN_ROW4_SCALAR(r, T)                                                             \
+    {                                                                                    \
+        T gv = g##r[k];                                                                  \
+        T xh = (x##r[k] - m##r) * s##r - h##r;                                           \
+        d##r[k] = s##r * ((gv * w[k] - a##r) - xh * b##r);                               \
+        sw += gv * xh;                                                                   \
+        sb += gv;                                                                        \
+    }
+#define FN_DEFINE_LN_BACKWARD4(NAME, T, V, VU)                                           \
+static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,        \
+                 Py_ssize_t n, const T* mean, const T* rstd, const T* shift,             \
+                 const T* mg, const T* mgx, T* gw, T* gb)                                \
+{                                                                                        \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
+    const T* const g0 = g[0]; const T* const g1 = g[1];                                  \
+    const T* const g2 = g[2]; const T* const g3 = g[3];                                  \
+    const T* const x0 = x[0]; const T* const x1 = x[1];                                  \
+    const T* const x2 = x[2]; const T* const x3 = x[3];                                  \
+    T* const d0 = dx[0]; T* const d1 = dx[1]; T* const d2 = dx[2]; T* const d3 = dx[3];  \
+    const T m0 = mean[0], m1 = mean[1], m2 = mean[2], m3 = mean[3];                      \
+    const T s0 = rstd[0], s1 = rstd[1], s2 = rstd[2], s3 = rstd[3];                      \
+    const T h0 = shift[0], h1 = shift[1], h2 = shift[2], h3 = shift[3];                  \
+    const T a0 = mg[0], a1 = mg[1], a2 = mg[2], a3 = mg[3];                              \
+    const T b0 = mgx[0], b1 = mgx[1], b2 = mgx[2], b3 = mgx[3];                          \
+    Py_ssize_t k = 0;                                                                    \
+    for (; k + W <= n; k += W) {                                                         \
+        V sw = FN_LOAD(VU, gw + k), sb = FN_LOAD(VU, gb + k);                            \
+        const V wv = FN_LOAD(VU, w + k);                                                 \
+        FN_LN_ROW4(0, V, VU) FN_LN_ROW4(1, V, VU)                                        \
+        FN_LN_ROW4(2, V, VU) FN_LN_ROW4(3, V, VU)                                        \
+        *(VU*)(gw + k) = sw;                                                             \
+        *(VU*)(gb + k) = sb;                                                             \
+    }                                                                                    \
+    for (; k < n; k++) {                                                                 \
+        T sw = gw[k], sb = gb[k];                                                        \
+        FN_LN_ROW4_SCALAR(0, T) FN_LN_ROW4_SCALAR(1, T)                                  \
+        FN_LN_ROW4_SCALAR(2, T) FN_LN_ROW4_SCALAR(3, T)                                  \
+        gw[k] = sw;                                                                      \
+        gb[k] = sb;                                                                      \
+    }                                                                                    \
+}
+
+#define FN_RMS_ROW4(r, V, VU)                                                                   \
+    {                                                                                    \
+        V gv = FN_LOAD(VU, g##r + k), xv = FN_LOAD(VU, x##r + k);                        \
+        *(VU*)(d##r + k) = s##r * (gv * wv) - c##r * xv;                                 \
+        sw += gv * (xv * s##r);                                                          \
+    }
+#define FN_RMS_ROW4_SCALAR(r)                                                            \
+    {                                                                                    \
+        d##r[k] = s##r * (g##r[k] * w[k]) - c##r * x##r[k];                              \
+        sw += g##r[k] * (x##r[k] * s##r);                                                \
+    }
+#define FN_DEFINE_RMS_BACKWARD4(NAME, T, V, VU)                                          \
+static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,        \
+                 Py_ssize_t n, const T* rstd, const T* coef, T* gw)                      \
+{                                                                                        \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
+    const T* const g0 = g[0]; const T* const g1 = g[1];                                  \
+    const T* const g2 = g[2]; const T* const g3 = g[3];                                  \
+    const T* const x0 = x[0]; const T* const x1 = x[1];                                  \
+    const T* const x2 = x[2]; const T* const x3 = x[3];                                  \
+    T* const d0 = dx[0]; T* const d1 = dx[1]; T* const d2 = dx[2]; T* const d3 = dx[3];  \
+    const T s0 = rstd[0], s1 = rstd[1], s2 = rstd[2], s3 = rstd[3];                      \
+    const T c0 = coef[0], c1 = coef[1], c2 = coef[2], c3 = coef[3];                      \
+    Py_ssize_t k = 0;                                                                    \
+    for (; k + W <= n; k += W) {                                                         \
+        V sw = FN_LOAD(VU, gw + k);                                                      \
+        const V wv = FN_LOAD(VU, w + k);                                                 \
+        FN_RMS_ROW4(0, V, VU) FN_RMS_ROW4(1, V, VU)                                      \
+        FN_RMS_ROW4(2, V, VU) FN_RMS_ROW4(3, V, VU)                                      \
+        *(VU*)(gw + k) = sw;                                                             \
+    }                                                                                    \
+    for (; k < n; k++) {                                                                 \
+        T sw = gw[k];                                                                    \
+        FN_RMS_ROW4_SCALAR(0) FN_RMS_ROW4_SCALAR(1)                                      \
+        FN_RMS_ROW4_SCALAR(2) FN_RMS_ROW4_SCALAR(3)                                      \
+        gw[k] = sw;                                                                      \
+    }                                                                                    \
+}
+
+FN_DEFINE_LN_BACKWARD4(fastnorm_ln_backward4_f, float, fn_vf, fn_vfu)
+FN_DEFINE_LN_BACKWARD4(fastnorm_ln_backward4_d, double, fn_vd, fn_vdu)
+FN_DEFINE_RMS_BACKWARD4(fastnorm_rms_backward4_f, float, fn_vf, fn_vfu)
+FN_DEFINE_RMS_BACKWARD4(fastnorm_rms_backward4_d, double, fn_vd, fn_vdu)
