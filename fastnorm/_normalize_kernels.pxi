@@ -2,30 +2,50 @@
 # included by _kernels.pxi, so compiled into every instruction-set build.
 #
 # y = x / max(||x||_p, eps) per row.  p = 2 runs the blocked sum of squares
-# and a multiply by the reciprocal (memory speed); p = 1 sums |x|; any other
-# finite p > 0 sums |x|^p with pow (correct, compute-bound).
+# and a multiply by the reciprocal (memory speed); p = 1 sums |x|; p = inf
+# takes max |x|; any other finite p > 0 sums |x|^p with pow (correct,
+# compute-bound).  As torch: a NaN norm is not clamped (the row comes out
+# NaN), an infinite element gives an infinite norm.
 
-from libc.math cimport fabs, pow as c_pow
+from libc.math cimport fabs, pow as c_pow, INFINITY, isinf
+
+
+cdef inline double _row_maxabs(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max |x| over a row, NaN when the row holds a NaN."""
+    cdef Py_ssize_t k
+    cdef floating m = 0, v
+    cdef Py_ssize_t nans = 0
+    for k in range(n):
+        v = fabs(x[k])
+        m = v if v > m else m
+        nans += x[k] != x[k]
+    return NAN if nans else <double>m
 
 
 cdef inline double _row_pnorm(const floating* x, Py_ssize_t n, double p) noexcept nogil:
     cdef Py_ssize_t k
-    cdef double s = 0.0, c = 0.0, t, yk
+    cdef double s = 0.0, c = 0.0, plain = 0.0, t, yk
     if p == 2.0:
         return sqrt(_sum_squares(x, n))
-    if p == 1.0:
-        for k in range(n):  # Kahan-compensated: a row of 10^6 |x| stays exact to ~eps
-            yk = fabs(<double>x[k]) - c
-            t = s + yk
-            c = (t - s) - yk
-            s = t
-        return s
+    if isinf(p):
+        return _row_maxabs(x, n)
+    # Kahan-compensated: a row of 10^6 |x|^p stays exact to ~eps.  The plain sum
+    # runs alongside for inf / NaN, where the compensation itself turns NaN.
     for k in range(n):
-        yk = c_pow(fabs(<double>x[k]), p) - c
+        yk = fabs(<double>x[k]) if p == 1.0 else c_pow(fabs(<double>x[k]), p)
+        plain += yk
+        yk = yk - c
         t = s + yk
         c = (t - s) - yk
         s = t
-    return c_pow(s, 1.0 / p)
+    if not plain < INFINITY:  # inf or NaN
+        return plain
+    return s if p == 1.0 else c_pow(s, 1.0 / p)
+
+
+cdef inline double _clamped(double nrm, double eps) noexcept nogil:
+    """max(nrm, eps) as torch's clamp_min: a NaN norm stays NaN."""
+    return eps if nrm < eps else nrm
 
 
 cdef void _normalize_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
@@ -40,7 +60,7 @@ cdef void _normalize_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys
         x = <const floating*>(xb + r * xs)
         y = <floating*>(yb + r * ys)
         nrm = _row_pnorm(x, n, p)
-        inv = <floating>(1.0 / (nrm if nrm > eps else eps))
+        inv = <floating>(1.0 / _clamped(nrm, eps))
         for k in range(n):
             y[k] = x[k] * inv
         if norms != NULL:
@@ -51,26 +71,37 @@ cdef void _normalize_backward_rows(const char* gb_, Py_ssize_t gs, const char* x
                                    char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1,
                                    Py_ssize_t n, double p, double eps,
                                    const floating* norms) noexcept nogil:
-    """grad_x = g / N - (sum g*x) / N^(p+1) * sign(x) |x|^(p-1) when N = ||x||_p > eps,
-    else g / eps (the clamp is constant)."""
-    cdef Py_ssize_t r, k
+    """grad_x = g / N - (sum g*x) / N^(p+1) * sign(x) |x|^(p-1) when N = ||x||_p >= eps
+    (the norm's derivative taken as 0 where x = 0), else g / eps (the clamp is constant).  p = inf: the norm's gradient is
+    sign(x) on the elements where |x| = N, split evenly between them (as torch),
+    grad_x = g / N - (sum g*x) / (N^2 * ties) * sign(x) [|x| = N]."""
+    cdef Py_ssize_t r, k, ties
     cdef const floating* g
     cdef const floating* x
     cdef floating* dx
     cdef double nrm, dot
-    cdef floating inv, coef
+    cdef floating inv, coef, top
     for r in range(r0, r1):
         g = <const floating*>(gb_ + r * gs)
         x = <const floating*>(xb + r * xs)
         dx = <floating*>(db + r * ds)
         nrm = norms[r]
-        if not nrm > eps:
+        if nrm < eps:
             inv = <floating>(1.0 / eps)
             for k in range(n):
                 dx[k] = g[k] * inv
             continue
         dot = _dot(g, x, n)
         inv = <floating>(1.0 / nrm)
+        if isinf(p):
+            top = <floating>nrm
+            ties = 0
+            for k in range(n):
+                ties += fabs(x[k]) == top
+            coef = <floating>(dot / (nrm * nrm * (ties if ties > 0 else 1)))
+            for k in range(n):
+                dx[k] = g[k] * inv - coef * ((fabs(x[k]) == top) * ((x[k] > 0) - (x[k] < 0)))
+            continue
         coef = <floating>(dot / c_pow(nrm, p + 1.0))
         if p == 2.0:
             for k in range(n):
@@ -78,10 +109,10 @@ cdef void _normalize_backward_rows(const char* gb_, Py_ssize_t gs, const char* x
         elif p == 1.0:
             for k in range(n):
                 dx[k] = g[k] * inv - coef * ((x[k] > 0) - (x[k] < 0))
-        else:
+        else:  # |x|^(p-1) is infinite at x = 0 for p < 1: the norm's derivative there is 0 (as torch)
             for k in range(n):
-                dx[k] = g[k] * inv - coef * <floating>(
-                    ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]), p - 1.0))
+                dx[k] = g[k] * inv - coef * (<floating>(
+                    ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]), p - 1.0)) if x[k] != 0 else 0)
 
 
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:

@@ -527,10 +527,8 @@ def _check_p(p):
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"p must be a real number, got {p!r}")
     p = float(p)
-    if not p > 0:
-        raise ValueError(f"p must be > 0, got {p!r}")
-    if not np.isfinite(p):
-        raise ValueError("p=inf is not supported (finite p > 0 only)")
+    if not p > 0:  # also NaN
+        raise ValueError(f"p must be > 0 (or inf), got {p!r}")
     return p
 
 
@@ -551,7 +549,7 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_st
 
     Parameters
     ----------
-    x : float array.  p : finite p > 0 (default 2).  dim : int (default 1, as torch).
+    x : float array.  p : p > 0, or inf for max |x| (default 2).  dim : int (default 1, as torch).
     eps : the floor of the norm.  out, n_threads : as the other ops.
     return_stats : also return ``norm`` = ||x||_p (x's shape without `dim`),
         for `normalize_backward`.
@@ -602,8 +600,10 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_st
 def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12, *, n_threads=None):
     """Gradient of `normalize` w.r.t. x, given the ``norm`` it returned.
 
-    With N = ||x||_p along `dim`: where N > eps,
+    With N = ||x||_p along `dim`: where N >= eps,
     grad_x = g / N - sum(g * x) / N^(p+1) * sign(x) |x|^(p-1); elsewhere g / eps.
+    p = inf: the norm's gradient goes to the elements with |x| = N, split
+    evenly between ties (as torch).
     """
     x, cdt = as_float_array(x, "x")
     if x.ndim == 0:

@@ -229,7 +229,10 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
 def normalize(x, p=2.0, dim=1, eps=1e-12, *, return_stats=False):
     """x / max(||x||_p, eps) along dim, in float64."""
     x = np.asarray(x, dtype=np.float64)
-    norm = (np.abs(x) ** p).sum(axis=dim, keepdims=True) ** (1.0 / p)
+    if np.isinf(p):
+        norm = np.abs(x).max(axis=dim, keepdims=True, initial=0.0)
+    else:
+        norm = (np.abs(x) ** p).sum(axis=dim, keepdims=True) ** (1.0 / p)
     y = x / np.maximum(norm, eps)
     return (y, np.squeeze(norm, axis=dim)) if return_stats else y
 
@@ -240,9 +243,17 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12):
     g = np.asarray(grad_out, dtype=np.float64)
     n = np.expand_dims(np.asarray(norm, dtype=np.float64), dim)
     dot = (g * x).sum(axis=dim, keepdims=True)
-    big = g / np.where(n > eps, n, 1.0) - dot / np.where(n > eps, n, 1.0) ** (p + 1) \
-        * np.sign(x) * np.abs(x) ** (p - 1)
-    return np.where(n > eps, big, g / eps)
+    clamped = n < eps
+    nn = np.where(clamped, 1.0, n)
+    if np.isinf(p):  # d max|x| / dx: sign(x) at the maxima, split evenly between ties
+        at_max = np.abs(x) == nn
+        dnorm = np.sign(x) * at_max / np.maximum(at_max.sum(axis=dim, keepdims=True), 1)
+        big = g / nn - dot / nn ** 2 * dnorm
+    else:
+        with np.errstate(divide="ignore"):  # |x|^(p-1) at x = 0, p < 1: the term is 0
+            dnorm = np.where(x == 0, 0.0, np.sign(x) * np.abs(x) ** (p - 1))
+        big = g / nn - dot / nn ** (p + 1) * dnorm
+    return np.where(clamped, g / eps, big)
 
 
 # ---------------------------------------------------------------- data standardization

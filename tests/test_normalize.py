@@ -10,7 +10,7 @@ from fastnorm import reference as ref
 from conftest import numeric_gradient
 from zoo import make
 
-PS = [2.0, 1.0, 3.0, 0.5]
+PS = [2.0, 1.0, 3.0, 0.5, np.inf]
 CASES = [((7,), 0), ((4, 9), 1), ((4, 9), 0), ((3, 5, 33), -1), ((3, 5, 33), 1), ((2, 3, 4, 4097), -1), ((0, 8), 1)]
 
 
@@ -65,7 +65,7 @@ def test_eps_clamp_and_zero_rows(rng):
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-10)
 
 
-@pytest.mark.parametrize("p", [2.0, 1.5])
+@pytest.mark.parametrize("p", [2.0, 1.5, np.inf])
 def test_finite_differences_float64(rng, p):
     x = rng.standard_normal((3, 5)) + 0.3
     g = rng.standard_normal(x.shape)
@@ -76,6 +76,39 @@ def test_finite_differences_float64(rng, p):
         return float((fastnorm.normalize(xx, p, 1) * g).sum())
 
     np.testing.assert_allclose(gx, numeric_gradient(loss, dict(xx=x), "xx"), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("p", PS)
+def test_nonfinite_rows_as_torch(p):
+    """A NaN makes its row's norm NaN and the row NaN (the clamp does not hide
+    it); an inf makes the norm inf; other rows are untouched.  Values and
+    gradients as torch."""
+    x = np.array([[1.0, np.nan, 2.0, 0.5], [np.inf, 1.0, 0.0, -2.0], [3.0, -4.0, 0.0, 1.0],
+                  [-np.inf, np.inf, 1.0, 0.0]], np.float32)
+    g = np.array([[1.0, 2.0, -1.0, 0.5]] * 4, np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = TF.normalize(tx, p, 1)
+    ty.backward(torch.tensor(g))
+    y, n = fastnorm.normalize(x, p, 1, return_stats=True)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert np.isnan(n[0]) and np.isinf(n[1]) and np.isfinite(n[2])
+    np.testing.assert_allclose(fastnorm.normalize_backward(g, x, n, p, 1), tx.grad.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with np.errstate(invalid="ignore"):  # inf / inf in the reference, as in torch
+        np.testing.assert_allclose(y, ref.normalize(x, p, 1), rtol=1e-6, atol=1e-7)
+
+
+def test_inf_norm_splits_ties_as_torch():
+    """p = inf: the gradient through max |x| is shared evenly by tied maxima."""
+    x = np.array([[3.0, -3.0, 1.0, 2.0], [0.5, -4.0, 4.0, 4.0], [1.0, 2.0, 3.0, -0.5]])
+    g = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0], [0.5, -1.0, 2.0, 1.0]])
+    tx = torch.tensor(x, requires_grad=True)
+    TF.normalize(tx, float("inf"), 1).backward(torch.tensor(g))
+    y, n = fastnorm.normalize(x, np.inf, 1, return_stats=True)
+    np.testing.assert_array_equal(n, [3.0, 4.0, 3.0])
+    gx = fastnorm.normalize_backward(g, x, n, np.inf, 1)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ref.normalize_backward(g, x, n, np.inf, 1), gx, rtol=1e-12)
 
 
 def test_out_and_in_place(rng):
@@ -106,8 +139,10 @@ class TestErrors:
             fastnorm.normalize(self.x, p=0)
         with pytest.raises(ValueError, match="p must be > 0"):
             fastnorm.normalize(self.x, p=-2)
-        with pytest.raises(ValueError, match="p=inf"):
-            fastnorm.normalize(self.x, p=float("inf"))
+        with pytest.raises(ValueError, match="p must be > 0"):
+            fastnorm.normalize(self.x, p=float("nan"))
+        with pytest.raises(ValueError, match="p must be > 0"):
+            fastnorm.normalize(self.x, p=-np.inf)
         with pytest.raises(ValueError, match="dim=2 is out of range"):
             fastnorm.normalize(self.x, dim=2)
         with pytest.raises(TypeError, match="dim must be an int"):
