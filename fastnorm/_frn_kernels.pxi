@@ -1,8 +1,26 @@
 # Filter Response Normalization + TLU (Singh & Krishnan 2019), channels-first
 # blocks: included by _kernels.pxi.  Per (sample, channel) block of S values:
 # nu2 = mean(x^2), rstd = 1/sqrt(nu2 + eps), z = w * x * rstd + b,
-# y = max(z, tau) (y = z without tau).  The functional layer brings
-# channels-last input to this layout.
+# y = max(z, tau) (y = z without tau), NaN when either is NaN, as
+# torch.maximum.  The functional layer brings channels-last input to this
+# layout.
+
+
+cdef inline floating _tlu(floating z, floating tau) noexcept nogil:
+    """max(z, tau), NaN when either is NaN (as torch.maximum)."""
+    return z if (z > tau or z != z) else tau
+
+
+cdef inline floating _tlu_grad_z(floating z, floating tau, floating g) noexcept nogil:
+    """The share of g that goes to z in max(z, tau), as torch.maximum's
+    backward: all of it above tau, half at a tie, none below; all of it when
+    either is NaN (neither comparison holds)."""
+    return g * <floating>0.5 if z == tau else (0 if z < tau else g)
+
+
+cdef inline floating _tlu_grad_tau(floating z, floating tau, floating g) noexcept nogil:
+    """The share of g that goes to tau (the mirror of _tlu_grad_z)."""
+    return g * <floating>0.5 if z == tau else (0 if z > tau else g)
 
 
 cdef void _frn_block_forward(const floating* x, floating* y, Py_ssize_t S, double eps,
@@ -15,8 +33,7 @@ cdef void _frn_block_forward(const floating* x, floating* y, Py_ssize_t S, doubl
     rstd_out[0] = <floating>r
     if has_tau:
         for k in range(S):
-            z = x[k] * a + b
-            y[k] = z if z > tau else tau
+            y[k] = _tlu(x[k] * a + b, tau)
     else:
         for k in range(S):
             y[k] = x[k] * a + b
@@ -25,26 +42,24 @@ cdef void _frn_block_forward(const floating* x, floating* y, Py_ssize_t S, doubl
 cdef void _frn_block_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t S,
                               floating w, floating b, floating tau, bint has_tau, floating rstd,
                               double* sum_gz, double* sum_gz_xhat, double* sum_gtau) noexcept nogil:
-    """gz = g where z > tau (half at ties, as torch.maximum), gtau = g - gz;
-    dx = w*rstd*gz - x * w * rstd^3 * sum(gz * x) / S."""
+    """gz, gtau: g's shares of z and tau in max(z, tau) (_tlu_grad_z /
+    _tlu_grad_tau); dx = w*rstd*gz - x * w * rstd^3 * sum(gz * x) / S."""
     cdef Py_ssize_t k
     cdef floating a = w * rstd, z, gz
     cdef double sa = 0.0, sx = 0.0, st = 0.0
     for k in range(S):
         if has_tau:
             z = x[k] * a + b
-            gz = g[k] if z > tau else (g[k] * <floating>0.5 if z == tau else 0)
+            gz = _tlu_grad_z(z, tau, g[k])
+            st += _tlu_grad_tau(z, tau, g[k])
         else:
             gz = g[k]
         sa += gz
         sx += gz * x[k]
-        st += g[k] - gz
     cdef floating coef = <floating>(<double>w * rstd * rstd * rstd * sx / S)
     if has_tau:
         for k in range(S):
-            z = x[k] * a + b
-            gz = g[k] if z > tau else (g[k] * <floating>0.5 if z == tau else 0)
-            dx[k] = a * gz - coef * x[k]
+            dx[k] = a * _tlu_grad_z(x[k] * a + b, tau, g[k]) - coef * x[k]
     else:
         for k in range(S):
             dx[k] = a * g[k] - coef * x[k]

@@ -352,12 +352,14 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
         gz = g
     else:
         t = np.asarray(tau, np.float64).reshape(1, C, 1)
-        gz = np.where(z > t, g, np.where(z == t, g / 2, 0.0))
+        # torch.maximum's backward: a tie splits g; with a NaN both get all of g
+        gz = np.where(z == t, g / 2, np.where(z < t, 0.0, g))
+        gt = np.where(z == t, g / 2, np.where(z > t, 0.0, g))
     gxhat = gz * w
     grad_x = r * (gxhat - xhat * (gxhat * xhat).mean(axis=2, keepdims=True))
     return (back(grad_x), (gz * xhat).sum(axis=(0, 2)).reshape(np.shape(weight)),
             gz.sum(axis=(0, 2)).reshape(np.shape(bias)),
-            None if tau is None else (g - gz).sum(axis=(0, 2)).reshape(np.shape(tau)))
+            None if tau is None else gt.sum(axis=(0, 2)).reshape(np.shape(tau)))
 
 
 # ---------------------------------------------------------------- Local Response Normalization

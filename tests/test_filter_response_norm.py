@@ -60,6 +60,31 @@ def test_matches_torch_composition(rng):
         np.testing.assert_allclose(a, e.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_nan_and_ties_as_torch_maximum(rng):
+    """The TLU is torch.maximum: a NaN (in x, so in its whole block, or in tau)
+    comes out NaN instead of being replaced by tau, ties split the gradient,
+    and a NaN block gives both z and tau the whole gradient."""
+    x = rng.standard_normal((2, 3, 5))
+    x[0, 1, 2] = np.nan
+    w, b = np.array([1.0, 0.5, 2.0]), np.array([0.0, 0.1, -0.2])
+    t = np.array([-0.3, np.nan, 0.0])
+    b[2] = 0.0
+    x[1, 2, :] = 0.0  # z == tau == 0 in this block: every element a tie
+    g = rng.standard_normal(x.shape)
+    tx, tw, tb, tt = (torch.tensor(a.reshape(s), requires_grad=True)
+                      for a, s in ((x, x.shape), (w, (1, 3, 1)), (b, (1, 3, 1)), (t, (1, 3, 1))))
+    ty = torch.maximum(tw * tx * torch.rsqrt((tx * tx).mean(dim=2, keepdim=True) + 1e-6) + tb, tt)
+    ty.backward(torch.tensor(g))
+    y, r = fastnorm.filter_response_norm(x, w, b, t, return_stats=True)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12)
+    assert np.isnan(y[0, 1]).all() and np.isnan(y[:, 1]).all()
+    gx, gw, gb, gt = fastnorm.filter_response_norm_backward(g, x, r, w, b, t)
+    for a, e in ((gx, tx), (gw, tw), (gb, tb), (gt, tt)):
+        np.testing.assert_allclose(a.reshape(e.shape), e.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for a, e in zip((gx, gw, gb, gt), ref.filter_response_norm_backward(g, x, r, w, b, t)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
+
+
 def test_finite_differences_float64(rng):
     x = rng.standard_normal((2, 3, 4))
     w, b = rng.standard_normal(3), rng.standard_normal(3)
