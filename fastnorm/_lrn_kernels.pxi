@@ -5,9 +5,12 @@
 # j in [c - size//2, c + (size-1)//2]; y_c = x_c * scale_c^-beta.  The window
 # sums slide along the channels with one add and one subtract per element
 # (O(1), not O(size)), in float64 planes so that the running sum does not drift.
+# A NaN or inf that leaves a window cannot be subtracted (inf - inf is NaN):
+# where one leaves, that position's sum is recomputed over its window, so a
+# non-finite value affects exactly the windows that hold it (as torch).
 # Work is split into units of (sample, chunk of positions).
 
-from libc.math cimport exp, log, sqrtf
+from libc.math cimport exp, log, sqrtf, fabs, INFINITY
 
 cdef enum:
     LRN_CHUNK = 512     # positions per unit
@@ -50,7 +53,8 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
     cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, j, s, L = s1 - s0
     cdef const floating* p
     cdef floating* q
-    cdef double a = alpha / size
+    cdef double a = alpha / size, v
+    cdef Py_ssize_t bad
     for s in range(L):
         acc[s] = 0
     for j in range(0, hi + 1 if hi + 1 < C else C):   # window of channel 0: [-lo, hi]
@@ -73,8 +77,17 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
                 acc[s] += <double>p[s] * p[s]
         if c - lo >= 0:             # ... and loses c - lo
             p = x + (c - lo) * S + s0
+            bad = 0
             for s in range(L):
-                acc[s] -= <double>p[s] * p[s]
+                v = <double>p[s] * p[s]
+                acc[s] -= v
+                bad += not (v < INFINITY)
+            if bad:  # NaN / inf left: recompute those positions over the window of c + 1
+                for s in range(L):
+                    if not (<double>p[s] * p[s] < INFINITY):
+                        acc[s] = 0
+                        for j in range(c + 1 - lo, (c + 2 + hi) if c + 2 + hi < C else C):
+                            acc[s] += <double>x[j * S + s0 + s] * x[j * S + s0 + s]
 
 
 cdef void _lrn_add_channel(const floating* g, const floating* x, const floating* scale,
@@ -100,7 +113,7 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
     (ring: double t, which the sliding sum adds and later subtracts; rring:
     s^-beta, used again for dx).  At step i the rings hold channels i - hi ..
     i + lo, so channel i's planes are there."""
-    cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, i, s, L = s1 - s0, q0
+    cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, i, s, L = s1 - s0, q0, bad
     cdef double coef = 2.0 * alpha * beta / size
     cdef double* plane
     cdef const floating* r
@@ -116,8 +129,16 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
             dx[q0 + s] = <floating>(<double>g[q0 + s] * r[s] - coef * x[q0 + s] * acc[s])
         if i - hi >= 0:        # drop t of channel i - hi
             plane = ring + ((i - hi) % size) * LRN_CHUNK
+            bad = 0
             for s in range(L):
                 acc[s] -= plane[s]
+                bad += not (fabs(plane[s]) < INFINITY)
+            if bad:  # NaN / inf left: recompute from the ring's other planes, i - hi + 1 .. i + lo
+                for s in range(L):
+                    if not (fabs(plane[s]) < INFINITY):
+                        acc[s] = 0
+                        for c in range(i - hi + 1, (i + lo + 1) if i + lo + 1 < C else C):
+                            acc[s] += ring[(c % size) * LRN_CHUNK + s]
         if i + 1 + lo < C:     # add channel i + 1 + lo (into the planes just dropped)
             c = i + 1 + lo
             _lrn_add_channel(g, x, scale, c * S + s0, L, beta, rring + (c % size) * LRN_CHUNK,

@@ -745,13 +745,36 @@ def _finish_features(x, y_k, restore, out, direct):
     return y
 
 
+def _nan_ignoring_moments(data, mean_v, var_v, count):
+    """Redo, leaving NaN out, the moments of the features whose fast moments
+    came out non-finite (a NaN or inf in the feature; rare, so in NumPy)."""
+    bad = np.flatnonzero(~(np.isfinite(mean_v) & np.isfinite(var_v)))
+    if bad.size == 0:
+        return
+    sub = data[:, bad].astype(np.float64)
+    nan = np.isnan(sub)
+    with_nan = nan.any(axis=0)
+    if not with_nan.any():
+        return
+    cols, sub, nan = bad[with_nan], sub[:, with_nan], nan[:, with_nan]
+    n = (~nan).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(nan, 0.0, sub).sum(axis=0) / n
+        dev = np.where(nan, 0.0, sub - m)
+        mean_v[cols] = m
+        var_v[cols] = (dev * dev).sum(axis=0) / n
+    count[cols] = n
+
+
 def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_std=True,
                 out=None, n_threads=None, return_stats=False):
     """Z-score every feature: z = (x - mean) / std over the samples along `axis`.
 
     As scikit-learn's StandardScaler: the standard deviation uses `ddof`
     (default 0, the biased one); a feature whose std is 0 (constant) is scaled
-    by 1, so it comes out as 0 (or as x - mean).  Given `mean` and `std` (from
+    by 1, so it comes out as 0 (or as x - mean); NaN is a missing value,
+    left out of its feature's statistics and kept as NaN in z (an infinite
+    value makes its feature's statistics NaN).  Given `mean` and `std` (from
     an earlier call with return_stats=True), they are applied instead of
     computed: the fit / transform split.  Statistics are accurate for features
     with a large offset (moments about each feature's first value, merged with
@@ -777,7 +800,11 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
         mean_v = np.empty(F, np.float64)
         var_v = np.empty(F, np.float64)
         _kernels.channel_moments(data, True, N, F, 1, mean_v, var_v, n_threads)
-        std_v = np.sqrt(var_v * (N / (N - ddof)))
+        count = np.full(F, float(N))
+        _nan_ignoring_moments(data, mean_v, var_v, count)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std_v = np.sqrt(var_v * (count / (count - ddof)))
+        std_v[count - ddof <= 0] = np.nan
     else:
         mean_v = _feature_stat(mean, "mean", sshape)
         std_v = _feature_stat(std, "std", sshape)
@@ -1102,7 +1129,8 @@ def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=Tr
 
     fitted=True (the statistics were computed from x): with z = (x - mean) / std
     and N samples, grad = (g - mean(g)) / std - z / std * sum(g * z) / (N - ddof);
-    a feature with std 0 (scaled by 1) gets g - mean(g).  fitted=False (mean
+    a feature with std 0 (scaled by 1) gets g - mean(g); a feature holding NaN
+    gets NaN (its statistics depend on the NaN entries' z).  fitted=False (mean
     and std were given): they are constants and grad = g / std.
     """
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)

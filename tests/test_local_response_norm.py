@@ -79,3 +79,24 @@ class TestErrors:
         y, s = fastnorm.local_response_norm(self.x, 3, return_stats=True)
         with pytest.raises(ValueError, match="scale"):
             fastnorm.local_response_norm_backward(self.x, self.x, s[:1], 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_nonfinite_confined_to_their_windows(isa, rng, size, dtype):
+    """A NaN or inf reaches exactly the channels whose window holds it: the
+    sliding sums recompute a position when one leaves (inf - inf would be NaN
+    for every later channel).  Values and gradients as torch."""
+    x = rng.standard_normal((2, 9, 4, 3)).astype(dtype)
+    x[0, 1, 2, 1] = np.nan
+    x[1, 4, 0, 0] = np.inf
+    x[1, 6, 1, 2] = -np.inf
+    g = rng.standard_normal(x.shape).astype(dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = TF.local_response_norm(tx, size)
+    ty.backward(torch.tensor(g))
+    y, s = fastnorm.local_response_norm(x, size, return_stats=True)
+    gx = fastnorm.local_response_norm_backward(g, x, s, size)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.isfinite(y[0, 1 + size:]).all()  # past the NaN's last window

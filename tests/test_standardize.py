@@ -66,11 +66,32 @@ def test_large_offset_columns_float32(rng):
     assert np.abs(y - ref.min_max_scale(X64)).max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_is_missing_as_scikit_learn(isa, rng, dtype):
+    """NaN is left out of its feature's statistics and stays NaN in the
+    output (scikit-learn's scalers); an all-NaN feature gets NaN statistics;
+    an inf makes its feature's statistics NaN; other features are untouched."""
+    X = (rng.standard_normal((300, 5)) * 3 + 1e3).astype(dtype)
+    X[5, 1] = X[17, 1] = np.nan
+    X[:, 3] = np.nan
+    X[9, 4] = np.inf
+    z, m, s = fastnorm.standardize(X, return_stats=True)
+    finite = X[:, :3]
+    sc = StandardScaler().fit(finite)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(m[:3], sc.mean_, rtol=1e-7)
+    np.testing.assert_allclose(s[:3], sc.scale_, rtol=tol)
+    np.testing.assert_allclose(z[:, :3], sc.transform(finite), rtol=tol, atol=tol, equal_nan=True)
+    assert np.isnan(z[[5, 17], 1]).all() and np.isfinite(np.delete(z[:, 1], [5, 17])).all()
+    assert np.isnan(m[3]) and np.isnan(s[3]) and np.isnan(z[:, 3]).all()
+    assert np.isnan(s[4]) and np.isnan(z[:, 4]).all()
+    z2 = fastnorm.standardize(X, mean=m, std=s)  # transform with the fitted statistics
+    np.testing.assert_array_equal(z2, z)
+
+
 def test_nan_confined_to_its_feature(rng):
     X = rng.standard_normal((40, 3))
     X[5, 1] = np.nan
-    z = fastnorm.standardize(X)
-    assert np.isnan(z[:, 1]).all() and np.isfinite(z[:, [0, 2]]).all()
     y = fastnorm.min_max_scale(X)  # min-max ignores NaN when fitting, as scikit-learn
     mm = MinMaxScaler().fit(X)
     np.testing.assert_allclose(y, mm.transform(X), rtol=1e-12, equal_nan=True)
