@@ -57,10 +57,17 @@ cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_s
     cdef floating acc_a[LANES]
     cdef floating acc_b[LANES]
     cdef floating acc_c[LANES]
+    cdef double lanes_a[LANES]
+    cdef double lanes_b[LANES]
+    cdef double lanes_c[LANES]
     cdef floating t, ra, rb, rc
     cdef double ta = 0.0, tb = 0.0, tc = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    for j in range(LANES):
+        lanes_a[j] = 0
+        lanes_b[j] = 0
+        lanes_c[j] = 0
     while i < n:
         end = i + BLOCK if i + BLOCK < n else n
         vend = i + ((end - i) // LANES) * LANES
@@ -84,13 +91,16 @@ cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_s
             ra += g[k]
             rb += g[k] * t
             rc += t
-        ta += _lanes_total(acc_a) + ra
-        tb += _lanes_total(acc_b) + rb
-        tc += _lanes_total(acc_c) + rc
+        _lanes_flush(acc_a, lanes_a)
+        _lanes_flush(acc_b, lanes_b)
+        _lanes_flush(acc_c, lanes_c)
+        ta += ra
+        tb += rb
+        tc += rc
         i = end
-    sum_g[0] = ta
-    sum_gt[0] = tb
-    sum_t[0] = tc
+    sum_g[0] = ta + _lanes_total(lanes_a)
+    sum_gt[0] = tb + _lanes_total(lanes_b)
+    sum_t[0] = tc + _lanes_total(lanes_c)
 
 
 cdef inline void _block_affine(const floating* x, floating* y, Py_ssize_t n,

@@ -17,9 +17,9 @@
 #      contiguous vectors of length D, stats are contiguous vectors of length M.
 #
 # Numerics (float32 data):
-#   * sums run in `floating` lanes over blocks of BLOCK elements and each block
-#     is flushed into a double total: error O(BLOCK/LANES * eps) per block,
-#     not O(n * eps);
+#   * sums run in `floating` lanes over blocks of BLOCK elements and each block's
+#     lanes are flushed into double lanes, summed once per row: error
+#     O(BLOCK/LANES * eps) per block, not O(n * eps);
 #   * LayerNorm statistics are two-pass on the cached row and shifted by the
 #     row's first element, so a row of 1e5 + 0.1*N(0,1) loses nothing to
 #     cancellation; the output subtracts the mean in two pieces (hi + lo) so
@@ -364,14 +364,24 @@ def openmp_team_size(int n_threads):
 # 1. row kernels
 # --------------------------------------------------------------------------
 
-cdef inline double _lanes_total(floating* acc) noexcept nogil:
-    """Sum of the LANES accumulators, as a fixed pairwise tree."""
+cdef inline void _lanes_flush(floating* acc, double* lanes) noexcept nogil:
+    """lanes[j] += acc[j], acc[j] = 0: the `floating` lanes of a block widen
+    into double lanes (a few vector instructions; the lanes are reduced to one
+    sum only once, at the end of the row, by _lanes_total)."""
+    cdef int j
+    for j in range(LANES):
+        lanes[j] += acc[j]
+        acc[j] = 0
+
+
+cdef inline double _lanes_total(double* lanes) noexcept nogil:
+    """Sum of the LANES double lanes, as a fixed pairwise tree."""
     cdef int j, width = LANES // 2
     while width > 0:
         for j in range(width):
-            acc[j] = acc[j] + acc[j + width]
+            lanes[j] = lanes[j] + lanes[j + width]
         width = width // 2
-    return <double>acc[0]
+    return lanes[0]
 
 
 cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shift,
@@ -379,10 +389,15 @@ cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shi
     """Sum of d^2 and of d, where d = (x[i] - shift) - center."""
     cdef floating acc_q[LANES]
     cdef floating acc_s[LANES]
+    cdef double lanes_q[LANES]
+    cdef double lanes_s[LANES]
     cdef floating d, rest_q, rest_s
     cdef double total_q = 0.0, total_s = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    for j in range(LANES):
+        lanes_q[j] = 0
+        lanes_s[j] = 0
     while i < n:
         end = i + BLOCK if i + BLOCK < n else n
         vend = i + ((end - i) // LANES) * LANES
@@ -410,20 +425,25 @@ cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shi
             d = (x[k] - shift) - center
             rest_q += d * d
             rest_s += d
-        total_q += _lanes_total(acc_q) + rest_q
-        total_s += _lanes_total(acc_s) + rest_s
+        _lanes_flush(acc_q, lanes_q)
+        _lanes_flush(acc_s, lanes_s)
+        total_q += rest_q
+        total_s += rest_s
         i = end
-    sum_sq[0] = total_q
-    sum_dev[0] = total_s
+    sum_sq[0] = total_q + _lanes_total(lanes_q)
+    sum_dev[0] = total_s + _lanes_total(lanes_s)
 
 
 cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
     """Sum of x[i]^2."""
     cdef floating acc[LANES]
+    cdef double lanes[LANES]
     cdef floating rest
     cdef double total = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    for j in range(LANES):
+        lanes[j] = 0
     while i < n:
         end = i + BLOCK if i + BLOCK < n else n
         vend = i + ((end - i) // LANES) * LANES
@@ -437,9 +457,10 @@ cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
         rest = 0
         for k in range(vend, end):
             rest += x[k] * x[k]
-        total += _lanes_total(acc) + rest
+        _lanes_flush(acc, lanes)
+        total += rest
         i = end
-    return total
+    return total + _lanes_total(lanes)
 
 
 cdef inline void _ln_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
@@ -529,10 +550,17 @@ cdef inline void _ln_backward_sums(const floating* g, const floating* x, const f
     cdef floating acc_a[LANES]
     cdef floating acc_b[LANES]
     cdef floating acc_c[LANES]
+    cdef double lanes_a[LANES]
+    cdef double lanes_b[LANES]
+    cdef double lanes_c[LANES]
     cdef floating xh, gw, ra, rb, rc
     cdef double ta = 0.0, tb = 0.0, tc = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    for j in range(LANES):
+        lanes_a[j] = 0
+        lanes_b[j] = 0
+        lanes_c[j] = 0
     while i < n:
         end = i + BLOCK if i + BLOCK < n else n
         vend = i + ((end - i) // LANES) * LANES
@@ -567,13 +595,16 @@ cdef inline void _ln_backward_sums(const floating* g, const floating* x, const f
             ra += gw
             rb += gw * xh
             rc += xh
-        ta += _lanes_total(acc_a) + ra
-        tb += _lanes_total(acc_b) + rb
-        tc += _lanes_total(acc_c) + rc
+        _lanes_flush(acc_a, lanes_a)
+        _lanes_flush(acc_b, lanes_b)
+        _lanes_flush(acc_c, lanes_c)
+        ta += ra
+        tb += rb
+        tc += rc
         i = end
-    sum_gw[0] = ta
-    sum_gw_xhat[0] = tb
-    sum_xhat[0] = tc
+    sum_gw[0] = ta + _lanes_total(lanes_a)
+    sum_gw_xhat[0] = tb + _lanes_total(lanes_b)
+    sum_xhat[0] = tc + _lanes_total(lanes_c)
 
 
 cdef inline void _ln_backward_segment(const floating* g, const floating* x, const floating* w,
@@ -613,10 +644,13 @@ cdef inline double _rms_backward_sum(const floating* g, const floating* x, const
                                      Py_ssize_t n) noexcept nogil:
     """Row sum of g*w*x."""
     cdef floating acc[LANES]
+    cdef double lanes[LANES]
     cdef floating rest
     cdef double total = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    for j in range(LANES):
+        lanes[j] = 0
     while i < n:
         end = i + BLOCK if i + BLOCK < n else n
         vend = i + ((end - i) // LANES) * LANES
@@ -636,9 +670,10 @@ cdef inline double _rms_backward_sum(const floating* g, const floating* x, const
         rest = 0
         for k in range(vend, end):
             rest += (g[k] * w[k] if w != NULL else g[k]) * x[k]
-        total += _lanes_total(acc) + rest
+        _lanes_flush(acc, lanes)
+        total += rest
         i = end
-    return total
+    return total + _lanes_total(lanes)
 
 
 cdef inline void _rms_backward_segment(const floating* g, const floating* x, const floating* w,

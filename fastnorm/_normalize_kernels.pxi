@@ -118,10 +118,13 @@ cdef void _normalize_backward_rows(const char* gb_, Py_ssize_t gs, const char* x
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
     """sum a*b, blocked like the other row sums."""
     cdef floating acc[LANES]
+    cdef double lanes[LANES]
     cdef floating rest
     cdef double total = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    for j in range(LANES):
+        lanes[j] = 0
     while i < n:
         end = i + BLOCK if i + BLOCK < n else n
         vend = i + ((end - i) // LANES) * LANES
@@ -135,9 +138,10 @@ cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noex
         rest = 0
         for k in range(vend, end):
             rest += a[k] * b[k]
-        total += _lanes_total(acc) + rest
+        _lanes_flush(acc, lanes)
+        total += rest
         i = end
-    return total
+    return total + _lanes_total(lanes)
 
 
 def normalize_forward(cnp.ndarray x, cnp.ndarray y, double p, double eps, object norms,
