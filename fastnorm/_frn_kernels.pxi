@@ -2,8 +2,7 @@
 # blocks: included by _kernels.pxi.  Per (sample, channel) block of S values:
 # nu2 = mean(x^2), rstd = 1/sqrt(nu2 + eps), z = w * x * rstd + b,
 # y = max(z, tau) (y = z without tau), NaN when either is NaN, as
-# torch.maximum.  The functional layer brings channels-last input to this
-# layout.
+# torch.maximum.  Channels-last input has its own kernels (below).
 
 
 cdef inline floating _tlu(floating z, floating tau) noexcept nogil:
@@ -14,13 +13,14 @@ cdef inline floating _tlu(floating z, floating tau) noexcept nogil:
 cdef inline floating _tlu_grad_z(floating z, floating tau, floating g) noexcept nogil:
     """The share of g that goes to z in max(z, tau), as torch.maximum's
     backward: all of it above tau, half at a tie, none below; all of it when
-    either is NaN (neither comparison holds)."""
-    return g * <floating>0.5 if z == tau else (0 if z < tau else g)
+    either is NaN (no comparison holds).  Branch-free (the comparisons become
+    0 / 1 factors), so the loops that use it vectorize."""
+    return g * (<floating>(z == tau) * <floating>0.5 + <floating>(not (z <= tau)))
 
 
 cdef inline floating _tlu_grad_tau(floating z, floating tau, floating g) noexcept nogil:
     """The share of g that goes to tau (the mirror of _tlu_grad_z)."""
-    return g * <floating>0.5 if z == tau else (0 if z > tau else g)
+    return g * (<floating>(z == tau) * <floating>0.5 + <floating>(not (z >= tau)))
 
 
 cdef void _frn_block_forward(const floating* x, floating* y, Py_ssize_t S, double eps,
@@ -43,19 +43,61 @@ cdef void _frn_block_backward(const floating* g, const floating* x, floating* dx
                               floating w, floating b, floating tau, bint has_tau, floating rstd,
                               double* sum_gz, double* sum_gz_xhat, double* sum_gtau) noexcept nogil:
     """gz, gtau: g's shares of z and tau in max(z, tau) (_tlu_grad_z /
-    _tlu_grad_tau); dx = w*rstd*gz - x * w * rstd^3 * sum(gz * x) / S."""
-    cdef Py_ssize_t k
+    _tlu_grad_tau); dx = w*rstd*gz - x * w * rstd^3 * sum(gz * x) / S.  The
+    sums run in `floating` lanes flushed to double lanes, as the row sums."""
+    cdef floating acc_a[LANES]
+    cdef floating acc_x[LANES]
+    cdef floating acc_t[LANES]
+    cdef double lanes_a[LANES]
+    cdef double lanes_x[LANES]
+    cdef double lanes_t[LANES]
     cdef floating a = w * rstd, z, gz
     cdef double sa = 0.0, sx = 0.0, st = 0.0
-    for k in range(S):
+    cdef Py_ssize_t i = 0, k, end, vend
+    cdef int j
+    for j in range(LANES):
+        lanes_a[j] = 0
+        lanes_x[j] = 0
+        lanes_t[j] = 0
+    while i < S:
+        end = i + BLOCK if i + BLOCK < S else S
+        vend = i + ((end - i) // LANES) * LANES
+        for j in range(LANES):
+            acc_a[j] = 0
+            acc_x[j] = 0
+            acc_t[j] = 0
+        k = i
         if has_tau:
-            z = x[k] * a + b
-            gz = _tlu_grad_z(z, tau, g[k])
-            st += _tlu_grad_tau(z, tau, g[k])
+            while k < vend:
+                for j in range(LANES):
+                    z = x[k + j] * a + b
+                    gz = _tlu_grad_z(z, tau, g[k + j])
+                    acc_a[j] += gz
+                    acc_x[j] += gz * x[k + j]
+                    acc_t[j] += _tlu_grad_tau(z, tau, g[k + j])
+                k += LANES
         else:
-            gz = g[k]
-        sa += gz
-        sx += gz * x[k]
+            while k < vend:
+                for j in range(LANES):
+                    acc_a[j] += g[k + j]
+                    acc_x[j] += g[k + j] * x[k + j]
+                k += LANES
+        for k in range(vend, end):
+            if has_tau:
+                z = x[k] * a + b
+                gz = _tlu_grad_z(z, tau, g[k])
+                st += _tlu_grad_tau(z, tau, g[k])
+            else:
+                gz = g[k]
+            sa += gz
+            sx += gz * x[k]
+        _lanes_flush(acc_a, lanes_a)
+        _lanes_flush(acc_x, lanes_x)
+        _lanes_flush(acc_t, lanes_t)
+        i = end
+    sa += _lanes_total(lanes_a)
+    sx += _lanes_total(lanes_x)
+    st += _lanes_total(lanes_t)
     cdef floating coef = <floating>(<double>w * rstd * rstd * rstd * sx / S)
     if has_tau:
         for k in range(S):
@@ -68,11 +110,11 @@ cdef void _frn_block_backward(const floating* g, const floating* x, floating* dx
     sum_gtau[0] = st
 
 
-def frn_forward(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                 cnp.ndarray weight, cnp.ndarray bias, object tau, double eps, cnp.ndarray rstd,
                 object n_threads):
-    """x, y: C-contiguous (N, C, S); weight, bias, tau: contiguous (C,) of x's
-    dtype (tau may be None); rstd: (N*C,) output of x's dtype."""
+    """x, y: C-contiguous (N, C, S), or (N, S, C) when cl; weight, bias, tau:
+    contiguous (C,) of x's dtype (tau may be None); rstd: (N*C,) output of x's dtype."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
@@ -90,7 +132,21 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssi
     cdef void* tp = _ptr_or_null(tau)
     cdef void* rp = cnp.PyArray_DATA(rstd)
     cdef Py_ssize_t bl, c
+    cdef int status = 0
     if N * C * S == 0:
+        return
+    if cl:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                status = _frn_cl_forward[float](<const float*>xp, <float*>yp, N, C, S, eps,
+                                                <const float*>wp, <const float*>bp,
+                                                <const float*>tp, <float*>rp, nth)
+            else:
+                status = _frn_cl_forward[double](<const double*>xp, <double*>yp, N, C, S, eps,
+                                                 <const double*>wp, <const double*>bp,
+                                                 <const double*>tp, <double*>rp, nth)
+        if status != 0:
+            raise MemoryError()
         return
     if typenum == cnp.NPY_FLOAT32:
         with nogil:
@@ -110,11 +166,12 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssi
                                            <double*>rp + bl)
 
 
-def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C,
+def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize_t N, Py_ssize_t C,
                  Py_ssize_t S, cnp.ndarray weight, cnp.ndarray bias, object tau,
                  cnp.ndarray rstd, cnp.ndarray grad_w, cnp.ndarray grad_b, cnp.ndarray grad_tau,
                  object n_threads):
-    """grad_w, grad_b, grad_tau: float64 (C,) outputs (per-block sums added in a fixed order)."""
+    """g, x, dx in x's layout (as frn_forward); grad_w, grad_b, grad_tau:
+    float64 (C,) outputs (per-block sums added in a fixed order)."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(g, typenum, N * C * S, "grad_out")
@@ -132,8 +189,28 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_
     cdef double* gw = <double*>cnp.PyArray_DATA(grad_w)
     cdef double* gb = <double*>cnp.PyArray_DATA(grad_b)
     cdef double* gt = <double*>cnp.PyArray_DATA(grad_tau)
-    cdef double* sums = <double*>malloc(3 * N * C * sizeof(double) + 8)
     cdef Py_ssize_t bl, c
+    cdef int status = 0
+    if cl:
+        if N * C * S == 0:
+            for c in range(C):
+                gw[c] = 0
+                gb[c] = 0
+                gt[c] = 0
+            return
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                status = _frn_cl_backward[float](<const float*>gp, <const float*>xp, <float*>dp, N, C, S,
+                                                 <const float*>wp, <const float*>bp, <const float*>tp,
+                                                 <const float*>rp, gw, gb, gt, nth)
+            else:
+                status = _frn_cl_backward[double](<const double*>gp, <const double*>xp, <double*>dp, N, C,
+                                                  S, <const double*>wp, <const double*>bp,
+                                                  <const double*>tp, <const double*>rp, gw, gb, gt, nth)
+        if status != 0:
+            raise MemoryError()
+        return
+    cdef double* sums = <double*>malloc(3 * N * C * sizeof(double) + 8)
     if sums == NULL:
         raise MemoryError()
     if N * C * S > 0:
@@ -167,3 +244,144 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_
         gw[c] += sums[3 * bl + 1]
         gt[c] += sums[3 * bl + 2]
     free(sums)
+
+
+# ---------------------------------------------------------------- channels-last
+#
+# x is N samples of S rows of C values.  The sums over each sample's rows are
+# split into units (a sample, or a chunk of its rows when there are fewer
+# samples than threads) with per-unit, per-channel double sums, merged per
+# sample in unit order (deterministic for a thread count); the elementwise
+# passes split all N * S rows across the threads.
+
+cdef inline Py_ssize_t _frn_parts(Py_ssize_t N, Py_ssize_t S, int nth) noexcept nogil:
+    """Row chunks per sample: enough units for every thread."""
+    return 1 if N >= nth or S < nth else (nth + N - 1) // N
+
+
+cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
+                       Py_ssize_t C, const floating* a, const floating* b, const floating* tau,
+                       double* sums) noexcept nogil:
+    """Per channel over rows r0..r1: sums of gz, gz * x and gtau (_tlu_grad_z /
+    _tlu_grad_tau; gz = g without tau); sums: 3 * C doubles."""
+    cdef Py_ssize_t r, c
+    cdef const floating* gp
+    cdef const floating* xp
+    cdef floating gz, z
+    for c in range(3 * C):
+        sums[c] = 0
+    for r in range(r0, r1):
+        gp = g + r * C
+        xp = x + r * C
+        if tau != NULL:
+            for c in range(C):
+                z = xp[c] * a[c] + b[c]
+                gz = _tlu_grad_z(z, tau[c], gp[c])
+                sums[c] += gz
+                sums[C + c] += gz * xp[c]
+                sums[2 * C + c] += _tlu_grad_tau(z, tau[c], gp[c])
+        else:
+            for c in range(C):
+                sums[c] += gp[c]
+                sums[C + c] += gp[c] * xp[c]
+
+
+cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                         double eps, const floating* w, const floating* b, const floating* tau,
+                         floating* rstd, int nth) noexcept nogil:
+    cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1
+    cdef Py_ssize_t work_len = 3 * _tile_stride(C)
+    cdef double* sq = <double*>malloc(2 * units * C * sizeof(double) + 8)
+    cdef floating* zero = <floating*>malloc((C + N * C) * sizeof(floating) + (nth * work_len + 16) * sizeof(floating) + 64)
+    cdef floating* a
+    cdef floating* scratch
+    cdef double s2, rs
+    cdef int p
+    if sq == NULL or zero == NULL:
+        free(sq)
+        free(zero)
+        return -1
+    a = zero + C
+    scratch = <floating*>_aligned(a + N * C)
+    for c in range(C):
+        zero[c] = 0
+    for u in prange(units, schedule='static', num_threads=nth):
+        n = u // parts
+        r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
+        r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
+        _rows_moments(x, r0, r1, C, zero, scratch + omp_get_thread_num() * work_len,
+                      sq + units * C + u * C, sq + u * C)
+    for n in range(N):
+        for c in range(C):
+            s2 = 0
+            for u in range(n * parts, (n + 1) * parts):
+                s2 += sq[u * C + c]
+            rs = 1.0 / sqrt(s2 / S + eps)
+            rstd[n * C + c] = <floating>rs
+            a[n * C + c] = <floating>(w[c] * rs)
+    free(sq)
+    for p in prange(nth, schedule='static', num_threads=nth):
+        for r in range(_part_start(N * S, nth, p), _part_start(N * S, nth, p + 1)):
+            n = r // S
+            if tau != NULL:
+                for c in range(C):
+                    y[r * C + c] = _tlu(x[r * C + c] * a[n * C + c] + b[c], tau[c])
+            else:
+                for c in range(C):
+                    y[r * C + c] = x[r * C + c] * a[n * C + c] + b[c]
+    free(zero)
+    return 0
+
+
+cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
+                          Py_ssize_t C, Py_ssize_t S, const floating* w, const floating* b,
+                          const floating* tau, const floating* rstd, double* gw, double* gb,
+                          double* gt, int nth) noexcept nogil:
+    cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1
+    cdef double* sums = <double*>malloc(3 * units * C * sizeof(double) + 8)
+    cdef floating* a = <floating*>malloc(2 * N * C * sizeof(floating) + 8)
+    cdef floating* coef
+    cdef double sa, sx, st, rs
+    cdef floating gz
+    cdef int p
+    if sums == NULL or a == NULL:
+        free(sums)
+        free(a)
+        return -1
+    coef = a + N * C
+    for n in range(N):
+        for c in range(C):
+            a[n * C + c] = w[c] * rstd[n * C + c]
+    for u in prange(units, schedule='static', num_threads=nth):
+        n = u // parts
+        r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
+        r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
+        _frn_cl_sums(g, x, r0, r1, C, a + n * C, b, tau, sums + 3 * u * C)
+    for c in range(C):
+        gw[c] = 0
+        gb[c] = 0
+        gt[c] = 0
+    for n in range(N):
+        for c in range(C):
+            sa = 0
+            sx = 0
+            st = 0
+            for u in range(n * parts, (n + 1) * parts):
+                sa += sums[3 * u * C + c]
+                sx += sums[3 * u * C + C + c]
+                st += sums[3 * u * C + 2 * C + c]
+            rs = rstd[n * C + c]
+            coef[n * C + c] = <floating>(<double>w[c] * rs * rs * rs * sx / S)
+            gb[c] += sa
+            gw[c] += sx * rs
+            gt[c] += st
+    free(sums)
+    for p in prange(nth, schedule='static', num_threads=nth):
+        for r in range(_part_start(N * S, nth, p), _part_start(N * S, nth, p + 1)):
+            n = r // S
+            for c in range(C):
+                gz = (_tlu_grad_z(x[r * C + c] * a[n * C + c] + b[c], tau[c], g[r * C + c])
+                      if tau != NULL else g[r * C + c])
+                dx[r * C + c] = a[n * C + c] * gz - coef[n * C + c] * x[r * C + c]
+    free(a)
+    return 0

@@ -34,7 +34,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from fastnorm._buffers cimport empty_array
-from fastnorm._openmp cimport omp_get_max_threads, omp_get_num_threads, FASTNORM_HAVE_OPENMP
+from fastnorm._openmp cimport (omp_get_max_threads, omp_get_num_threads, omp_get_thread_num,
+                              FASTNORM_HAVE_OPENMP)
 
 cnp.import_array()
 

@@ -1,15 +1,17 @@
-/* Channels-last reductions over register panels.
+/* Channels-last loops over register panels, and the four-row LayerNorm /
+ * RMSNorm backward.
  *
  * A channels-last array is rows of C values; a statistic is per column.  The
  * kernels here walk the rows in blocks of FN_RB rows and each block in panels
- * of a few SIMD vectors of columns: a panel's accumulators (and its shift)
+ * of a few SIMD vectors of columns: a panel's accumulators (or coefficients)
  * live in registers for the whole block, so each value costs one load and
  * two or three vector operations, with no accumulator traffic through memory.
  * A row block is read once from memory; the panels after the first find it in
  * the L1/L2 cache.  For short rows only (the caller's choice, see
  * PANEL_ROW_BYTES in _channel_kernels.pxi): with long rows a block's panels
- * become many strided streams, and rows of 4 KiB alias in the L1 cache.  At the end of a block the `T` accumulators are added into
- * double sums, so the float accumulation spans at most FN_RB values.
+ * become many strided streams, and rows of 4 KiB alias in the L1 cache.  At
+ * the end of a block the `T` accumulators are added into double sums, so the
+ * float accumulation spans at most FN_RB values.
  *
  * Written with GCC vector extensions, so every instruction-set build
  * (SSE2 / AVX2 / AVX-512) gets its own native vector width; columns left over
@@ -298,7 +300,13 @@ FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_d, double, fn_vd, fn_vdu)
 /* The row pointers and scalars are copied into locals first: the extensions
    build with -fno-strict-aliasing, so a store through dx would otherwise force
    every pointer and scalar to be reloaded from its array. */
-#define FN_LN_ROW4(r, V, VU)                                                                    \
+#define FN_ROWS4_LOCALS(T)                                                               \
+    const T* const g0 = g[0]; const T* const g1 = g[1];                                  \
+    const T* const g2 = g[2]; const T* const g3 = g[3];                                  \
+    const T* const x0 = x[0]; const T* const x1 = x[1];                                  \
+    const T* const x2 = x[2]; const T* const x3 = x[3];                                  \
+    T* const d0 = dx[0]; T* const d1 = dx[1]; T* const d2 = dx[2]; T* const d3 = dx[3];
+#define FN_LN_ROW4(r, V, VU)                                                             \
     {                                                                                    \
         V gv = FN_LOAD(VU, g##r + k);                                                    \
         V xh = (FN_LOAD(VU, x##r + k) - m##r) * s##r - h##r;                             \
@@ -306,7 +314,7 @@ FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_d, double, fn_vd, fn_vdu)
         sw += gv * xh;                                                                   \
         sb += gv;                                                                        \
     }
-#define FN_LN_ROW4_SCALAR(r, T)                                                             \
+#define FN_LN_ROW4_SCALAR(r, T)                                                          \
     {                                                                                    \
         T gv = g##r[k];                                                                  \
         T xh = (x##r[k] - m##r) * s##r - h##r;                                           \
@@ -320,11 +328,7 @@ static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,
                  const T* mg, const T* mgx, T* gw, T* gb)                                \
 {                                                                                        \
     const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
-    const T* const g0 = g[0]; const T* const g1 = g[1];                                  \
-    const T* const g2 = g[2]; const T* const g3 = g[3];                                  \
-    const T* const x0 = x[0]; const T* const x1 = x[1];                                  \
-    const T* const x2 = x[2]; const T* const x3 = x[3];                                  \
-    T* const d0 = dx[0]; T* const d1 = dx[1]; T* const d2 = dx[2]; T* const d3 = dx[3];  \
+    FN_ROWS4_LOCALS(T)                                                                   \
     const T m0 = mean[0], m1 = mean[1], m2 = mean[2], m3 = mean[3];                      \
     const T s0 = rstd[0], s1 = rstd[1], s2 = rstd[2], s3 = rstd[3];                      \
     const T h0 = shift[0], h1 = shift[1], h2 = shift[2], h3 = shift[3];                  \
@@ -348,7 +352,7 @@ static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,
     }                                                                                    \
 }
 
-#define FN_RMS_ROW4(r, V, VU)                                                                   \
+#define FN_RMS_ROW4(r, V, VU)                                                            \
     {                                                                                    \
         V gv = FN_LOAD(VU, g##r + k), xv = FN_LOAD(VU, x##r + k);                        \
         *(VU*)(d##r + k) = s##r * (gv * wv) - c##r * xv;                                 \
@@ -364,11 +368,7 @@ static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,
                  Py_ssize_t n, const T* rstd, const T* coef, T* gw)                      \
 {                                                                                        \
     const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
-    const T* const g0 = g[0]; const T* const g1 = g[1];                                  \
-    const T* const g2 = g[2]; const T* const g3 = g[3];                                  \
-    const T* const x0 = x[0]; const T* const x1 = x[1];                                  \
-    const T* const x2 = x[2]; const T* const x3 = x[3];                                  \
-    T* const d0 = dx[0]; T* const d1 = dx[1]; T* const d2 = dx[2]; T* const d3 = dx[3];  \
+    FN_ROWS4_LOCALS(T)                                                                   \
     const T s0 = rstd[0], s1 = rstd[1], s2 = rstd[2], s3 = rstd[3];                      \
     const T c0 = coef[0], c1 = coef[1], c2 = coef[2], c3 = coef[3];                      \
     Py_ssize_t k = 0;                                                                    \

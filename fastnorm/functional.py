@@ -985,20 +985,21 @@ def _restored_output(x, y, cdt, out):
     return y
 
 
-def _cf_output(x, layout, data, cdt, out):
-    """Where a channels-first (N, C, S) kernel writes: straight into `out` when
-    it is C-contiguous, channels-first, of the compute dtype and clear of the
-    kernel's input; else into a fresh buffer (_restored_output copies it).
-    Returns (buffer, direct)."""
+def _channel_output(x, layout, data, cdt, out):
+    """Where a kernel reading `data` (x in the kernel's layout) writes: straight
+    into `out` when out's memory has that layout, is of the compute dtype and
+    is clear of the kernel's input; else into a fresh buffer
+    (_restored_output copies it).  Returns (buffer, direct)."""
     if out is not None:
         check_out(out, x, x.dtype)
-        if (not layout.cl and out.dtype == cdt and out.flags.c_contiguous
-                and not np.may_share_memory(out, data)):
-            return out.reshape(data.shape), True
+        if out.dtype == cdt and not np.may_share_memory(out, data):
+            view = layout.to_kernel(out)
+            if view is not None and view.shape == data.shape:
+                return view, True
     return _empty(data.shape, cdt), False
 
 
-def _frn_layout(x, channel_axis):
+def _channels_first_layout(x, channel_axis):
     """x as C-contiguous (N, C, S) (channels-last input is transposed once)."""
     layout = ChannelLayout(x, channel_axis)
     if layout.cl:
@@ -1023,17 +1024,17 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     Channels-last input (channel_axis=-1) is transposed once.
     """
     x, cdt = as_float_array(x, "x")
-    layout, data, restore = _frn_layout(x, channel_axis)
+    layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
     w = _frn_param(weight, "weight", C, x.dtype, cdt)
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     eps = check_eps(eps)
-    data = data if data.dtype == cdt else data.astype(cdt)
-    y_k, direct = _cf_output(x, layout, data, cdt, out)
+    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    y_k, direct = _channel_output(x, layout, data, cdt, out)
     rstd = np.empty(N * C, cdt)
-    _kernels.frn_forward(data, y_k, N, C, S, w, b, t, eps, rstd, n_threads)
-    y = out if direct else _restored_output(x, restore(y_k), cdt, out)
+    _kernels.frn_forward(data, y_k, layout.cl, N, C, S, w, b, t, eps, rstd, n_threads)
+    y = out if direct else _restored_output(x, layout.restore(y_k), cdt, out)
     return (y, rstd.reshape(N, C)) if return_stats else y
 
 
@@ -1047,18 +1048,18 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     """
     x, cdt = as_float_array(x, "x")
     grad_out = same_shape_input(grad_out, "grad_out", x)
-    layout, data, _ = _frn_layout(x, channel_axis)
+    layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
-    g = np.ascontiguousarray(np.moveaxis(grad_out, layout.axis, 1), dtype=cdt)
+    g = _to_kernel_layout(grad_out, layout).astype(cdt, copy=False)
     w = _frn_param(weight, "weight", C, x.dtype, cdt)
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     rstd = _channel_stat_input(rstd, "rstd", (N, C), cdt).astype(cdt)
-    data = data if data.dtype == cdt else data.astype(cdt)
+    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
     dx = _empty(data.shape, cdt)
     gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)
-    _kernels.frn_backward(g, data, dx, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
-    grad_x = np.moveaxis(dx.reshape(g.shape), 1, layout.axis).astype(x.dtype, copy=False)
+    _kernels.frn_backward(g, data, dx, layout.cl, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
+    grad_x = layout.restore(dx).astype(x.dtype, copy=False)
     return (grad_x,
             gw.reshape(np.shape(weight)).astype(x.dtype),
             gb.reshape(np.shape(bias)).astype(x.dtype),
@@ -1094,9 +1095,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     """
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
-    layout, data, restore = _frn_layout(x, channel_axis)
+    layout, data, restore = _channels_first_layout(x, channel_axis)
     data = data if data.dtype == cdt else data.astype(cdt)
-    y_k, direct = _cf_output(x, layout, data, cdt, out)
+    y_k, direct = _channel_output(x, layout, data, cdt, out)
     scale = np.empty(data.shape, cdt) if return_stats else None
     _kernels.lrn_forward(data, y_k, scale, layout.N, layout.C, layout.S, size, alpha, beta, k,
                          n_threads)
@@ -1114,7 +1115,7 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     grad_out = same_shape_input(grad_out, "grad_out", x)
     scale = same_shape_input(np.asarray(scale, dtype=x.dtype) if np.asarray(scale).dtype.kind == "f"
                              else scale, "scale", x)
-    layout, data, restore = _frn_layout(x, channel_axis)
+    layout, data, restore = _channels_first_layout(x, channel_axis)
     to_cf = (lambda a: np.ascontiguousarray(np.moveaxis(a, layout.axis, 1), dtype=cdt))
     data = data if data.dtype == cdt else data.astype(cdt)
     dx = _empty(data.shape, cdt)
