@@ -754,6 +754,11 @@ def channel_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssiz
     cdef int typenum = cnp.PyArray_TYPE(x)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
+    if C == 0:  # no channels (GroupNorm's groups are then empty): nothing to compute
+        if batch_stats:
+            st_mean.fill(NAN)
+            st_var.fill(NAN)
+        return
     cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
     _check_flat(st_mean, cnp.NPY_FLOAT64, n_stats, "st_mean")
     _check_flat(st_var, cnp.NPY_FLOAT64, n_stats, "st_var")
@@ -790,6 +795,8 @@ def channel_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_s
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(g, typenum, N * C * S, "grad_out")
     _check_flat(dx, typenum, N * C * S, "grad_x")
+    if C == 0:  # no channels: no gradients
+        return
     cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
     _check_flat(st_mean, cnp.NPY_FLOAT64, n_stats, "st_mean")
     _check_flat(st_rstd, cnp.NPY_FLOAT64, n_stats, "st_rstd")
@@ -994,9 +1001,14 @@ def channel_moments(cnp.ndarray x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize
     _check_flat(st_mean, cnp.NPY_FLOAT64, C, "st_mean")
     _check_flat(st_var, cnp.NPY_FLOAT64, C, "st_var")
     cdef int nth = resolve_threads(n_threads, N * C * S)
-    cdef double* count = <double*>malloc(2 * C * sizeof(double) + 8)
+    cdef double* count
     cdef int status
     cdef Py_ssize_t c
+    if N * C * S == 0:  # no values: NaN statistics (and nothing at all without channels)
+        st_mean.fill(NAN)
+        st_var.fill(NAN)
+        return
+    count = <double*>malloc(2 * C * sizeof(double) + 8)
     if count == NULL:
         raise MemoryError()
     if typenum == cnp.NPY_FLOAT32:

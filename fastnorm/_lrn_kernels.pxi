@@ -5,9 +5,12 @@
 # j in [c - size//2, c + (size-1)//2]; y_c = x_c * scale_c^-beta.  The window
 # sums slide along the channels with one add and one subtract per element
 # (O(1), not O(size)), in float64 planes so that the running sum does not drift.
-# A NaN or inf that leaves a window cannot be subtracted (inf - inf is NaN):
-# where one leaves, that position's sum is recomputed over its window, so a
-# non-finite value affects exactly the windows that hold it (as torch).
+# A value leaving a window is subtracted, which fails when it is not finite
+# (inf - inf is NaN), when the sum overflowed, or when it dwarfs what stays
+# (the rest cancels): where the sum after the subtraction is not finite or is
+# below 1/1024 of the value that left, that position's sum is recomputed over
+# its window.  So a non-finite value affects exactly the windows that hold it,
+# and no window loses more than 10 bits of float64's 53 (as torch's direct sums).
 # Work is split into units of (sample, chunk of positions).
 
 from libc.math cimport exp, log, sqrtf, fabs, INFINITY
@@ -16,10 +19,17 @@ cdef enum:
     LRN_CHUNK = 512     # positions per unit
 
 
+cdef inline bint _window_lost(double remaining, double left) noexcept nogil:
+    """Whether a sliding sum must be recomputed after `left` (>= 0) left it:
+    the sum is not finite, or it kept under 1/1024 of the value that left."""
+    return not (remaining * 1024.0 >= left and remaining < INFINITY)
+
+
 cdef inline double _neg_pow(double s, double beta) noexcept nogil:
-    """s ** -beta, with the common exponents without pow."""
+    """s ** -beta, with the common exponents without pow (s^-0.75 as
+    s^-0.5 * s^-0.25: s^1.5 would overflow for s beyond 1e205)."""
     if beta == 0.75:
-        return 1.0 / sqrt(s * sqrt(s))
+        return (1.0 / sqrt(s)) * (1.0 / sqrt(sqrt(s)))
     if beta == 0.5:
         return 1.0 / sqrt(s)
     if beta == 1.0:
@@ -29,13 +39,15 @@ cdef inline double _neg_pow(double s, double beta) noexcept nogil:
 
 cdef void _neg_pow_plane(floating* v, Py_ssize_t n, double beta) noexcept nogil:
     """v[i] = v[i] ** -beta over a plane, in v's own precision: one loop per
-    common exponent (square roots and a division, vectorized), else exp/log."""
+    common exponent (square roots and divisions, vectorized), else exp/log.
+    v^-0.75 is taken as v^-0.5 * v^-0.25, never forming v^1.5 (which leaves
+    float32's range for v beyond 5e25 or below 1e-26)."""
     cdef Py_ssize_t i
     cdef float one = 1
     if floating is float:
         if beta == 0.75:
             for i in range(n):
-                v[i] = one / sqrtf(v[i] * sqrtf(v[i]))
+                v[i] = (one / sqrtf(v[i])) * (one / sqrtf(sqrtf(v[i])))
             return
         if beta == 0.5:
             for i in range(n):
@@ -81,10 +93,10 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
             for s in range(L):
                 v = <double>p[s] * p[s]
                 acc[s] -= v
-                bad += not (v < INFINITY)
-            if bad:  # NaN / inf left: recompute those positions over the window of c + 1
+                bad += _window_lost(acc[s], v)
+            if bad:  # recompute those positions over the window of c + 1
                 for s in range(L):
-                    if not (<double>p[s] * p[s] < INFINITY):
+                    if _window_lost(acc[s], <double>p[s] * p[s]):
                         acc[s] = 0
                         for j in range(c + 1 - lo, (c + 2 + hi) if c + 2 + hi < C else C):
                             acc[s] += <double>x[j * S + s0 + s] * x[j * S + s0 + s]
@@ -99,7 +111,7 @@ cdef void _lrn_add_channel(const floating* g, const floating* x, const floating*
     memcpy(r, scale + q0, L * sizeof(floating))
     _neg_pow_plane(r, L, beta)
     for s in range(L):
-        t[s] = <double>g[q0 + s] * x[q0 + s] * (r[s] / scale[q0 + s])
+        t[s] = <double>g[q0 + s] * x[q0 + s] * (<double>r[s] / scale[q0 + s])  # s^(-beta-1), in double
         acc[s] += t[s]
 
 
@@ -132,10 +144,10 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
             bad = 0
             for s in range(L):
                 acc[s] -= plane[s]
-                bad += not (fabs(plane[s]) < INFINITY)
-            if bad:  # NaN / inf left: recompute from the ring's other planes, i - hi + 1 .. i + lo
+                bad += _window_lost(fabs(acc[s]), fabs(plane[s]))
+            if bad:  # recompute from the ring's other planes, i - hi + 1 .. i + lo
                 for s in range(L):
-                    if not (fabs(plane[s]) < INFINITY):
+                    if _window_lost(fabs(acc[s]), fabs(plane[s])):
                         acc[s] = 0
                         for c in range(i - hi + 1, (i + lo + 1) if i + lo + 1 < C else C):
                             acc[s] += ring[(c % size) * LRN_CHUNK + s]

@@ -297,9 +297,9 @@ FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_d, double, fn_vd, fn_vdu)
  *            dx = rstd * ((g * w - mg) - xhat * mgx), gw += g * xhat, gb += g.
  * RMSNorm:   dx = rstd * (g * w) - coef * x, gw += g * (x * rstd).
  * Per-row scalars come in arrays of four. */
-/* The row pointers and scalars are copied into locals first: the extensions
-   build with -fno-strict-aliasing, so a store through dx would otherwise force
-   every pointer and scalar to be reloaded from its array. */
+/* The row pointers and scalars are copied into locals first: gcc cannot tell
+   that a store through dx leaves the pointer and scalar arrays alone, and
+   reloaded every one of them after each store. */
 #define FN_ROWS4_LOCALS(T)                                                               \
     const T* const g0 = g[0]; const T* const g1 = g[1];                                  \
     const T* const g2 = g[2]; const T* const g3 = g[3];                                  \

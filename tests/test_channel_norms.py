@@ -407,3 +407,20 @@ def test_backward_with_float64_stats_for_float32_data(rng, channel_axis):
     gx, _, _ = fastnorm.batch_norm_backward(g, x, m64, s64, None, None, True, channel_axis=channel_axis)
     gxr, _, _ = ref.batch_norm_backward(g, x, m64, s64, None, None, True, channel_axis=channel_axis)
     np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4 * np.abs(gxr).max())
+
+
+def test_no_channels_or_features():
+    """Zero channels (or features) give empty outputs and NaN statistics, not
+    a crash (GroupNorm's groups are empty then)."""
+    x = np.ones((2, 0, 5), np.float32)
+    y, m, r = fastnorm.group_norm(x, 1, return_stats=True)
+    assert y.shape == x.shape and m.shape == (2, 1) and np.isnan(m).all()
+    dx, _, _ = fastnorm.group_norm_backward(x, x, 1, m, r)
+    assert dx.shape == x.shape
+    y, m, r = fastnorm.instance_norm(x, return_stats=True)
+    assert y.shape == x.shape and m.shape == (2, 0)
+    y, m, r = fastnorm.batch_norm(x, None, None, training=True, return_stats=True)
+    assert y.shape == x.shape and m.shape == (0,)
+    z, mean, std = fastnorm.standardize(np.ones((3, 0)), return_stats=True)
+    assert z.shape == (3, 0) and mean.shape == (0,) and std.shape == (0,)
+    assert fastnorm.min_max_scale(np.ones((3, 0))).shape == (3, 0)

@@ -100,3 +100,26 @@ def test_nonfinite_confined_to_their_windows(isa, rng, size, dtype):
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
     assert np.isfinite(y[0, 1 + size:]).all()  # past the NaN's last window
+
+
+@pytest.mark.parametrize("x,size,kw", [
+    (np.array([0.0, 2e15, 0.0], np.float32), 5, {}),                   # scale^1.5 beyond float32
+    (np.array([1e-16, 1e-16], np.float32), 2, dict(alpha=1.0, k=0.0)),  # tiny scales
+    (np.array([1e9, 1, 1, 1, 1], np.float64), 2, dict(k=0.0)),          # a value that dwarfs the rest leaves
+    (np.array([1e154, 1e154, 1, 1, 1, 1], np.float64), 2, {}),          # a window sum that overflows
+], ids=["huge-f32", "tiny-f32", "cancel-f64", "overflow-f64"])
+def test_extreme_ranges_as_torch(x, size, kw):
+    """Powers never form scale^1.5, and a sliding sum that a departing value
+    leaves overflowed or cancelled is recomputed: values as torch's direct
+    window sums, gradients as the float64 twin (torch's float32 backward
+    overflows to -inf on the tiny scales, where the gradient is ~1e24)."""
+    x = x.reshape(1, -1, 1)
+    g = np.ones_like(x)
+    ty = TF.local_response_norm(torch.tensor(x), size, **kw)
+    y, s = fastnorm.local_response_norm(x, size, return_stats=True, **kw)
+    np.testing.assert_allclose(y, ty.numpy(), rtol=1e-6)
+    gx = fastnorm.local_response_norm_backward(g, x, s, size, **kw)
+    with np.errstate(over="ignore"):  # the reference's window holding both 1e154 overflows, as torch's
+        _, sr = ref.local_response_norm(x, size, return_stats=True, **kw)
+        np.testing.assert_allclose(gx, ref.local_response_norm_backward(g, x, sr, size, **kw),
+                                   rtol=1e-5, atol=1e-300)
