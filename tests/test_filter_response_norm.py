@@ -162,6 +162,10 @@ def test_out_direct_and_through_a_temporary(rng, op, dtype):
     # FRN has its own channels-last kernels (sums in another order)
     np.testing.assert_allclose(out_l, np.moveaxis(expected, 1, -1), rtol=2e-6, atol=2e-6)
     np.testing.assert_array_equal(out_l, f(xl, channel_axis=-1))
+    xm = np.moveaxis(x, 1, -1)  # channels-last axes over channels-first memory
+    out_m = np.empty(xm.shape, dtype)  # C-contiguous in the channels-last order
+    assert f(xm, channel_axis=-1, out=out_m) is out_m
+    np.testing.assert_array_equal(out_m, np.moveaxis(expected, 1, -1))
     with pytest.raises(TypeError, match="out must have dtype"):
         f(x, out=np.empty(x.shape, np.float64))
     with pytest.raises(ValueError, match="out must have shape"):
