@@ -22,14 +22,16 @@ cdef enum:
 cdef inline bint _window_lost(double remaining, double left) noexcept nogil:
     """Whether a sliding sum must be recomputed after `left` (>= 0) left it:
     the sum is not finite, or it kept under 1/1024 of the value that left."""
-    return not (remaining * 1024.0 >= left and remaining < INFINITY)
+    return not ((remaining * 1024.0 >= left) & (remaining < INFINITY))
 
 
 cdef inline double _neg_pow(double s, double beta) noexcept nogil:
-    """s ** -beta, with the common exponents without pow (s^-0.75 as
-    s^-0.5 * s^-0.25: s^1.5 would overflow for s beyond 1e205)."""
+    """s ** -beta, with the common exponents without pow (s^-0.75 as r * sqrt(r),
+    r = s^-0.5: s^1.5 would overflow for s beyond 1e205)."""
+    cdef double r
     if beta == 0.75:
-        return (1.0 / sqrt(s)) * (1.0 / sqrt(sqrt(s)))
+        r = 1.0 / sqrt(s)
+        return r * sqrt(r)
     if beta == 0.5:
         return 1.0 / sqrt(s)
     if beta == 1.0:
@@ -40,14 +42,15 @@ cdef inline double _neg_pow(double s, double beta) noexcept nogil:
 cdef void _neg_pow_plane(floating* v, Py_ssize_t n, double beta) noexcept nogil:
     """v[i] = v[i] ** -beta over a plane, in v's own precision: one loop per
     common exponent (square roots and divisions, vectorized), else exp/log.
-    v^-0.75 is taken as v^-0.5 * v^-0.25, never forming v^1.5 (which leaves
-    float32's range for v beyond 5e25 or below 1e-26)."""
+    v^-0.75 is taken as r * sqrt(r), r = v^-0.5, never forming v^1.5 (which
+    leaves float32's range for v beyond 5e25 or below 1e-26)."""
     cdef Py_ssize_t i
-    cdef float one = 1
+    cdef float one = 1, r
     if floating is float:
         if beta == 0.75:
             for i in range(n):
-                v[i] = (one / sqrtf(v[i])) * (one / sqrtf(sqrtf(v[i])))
+                r = one / sqrtf(v[i])
+                v[i] = r * sqrtf(r)
             return
         if beta == 0.5:
             for i in range(n):
