@@ -1021,7 +1021,7 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     weight, bias, tau: C values, shape (C,) or (1, C, 1, ...).
 
     Returns y, or (y, rstd) with rstd = 1/sqrt(nu2 + eps) of shape (N, C).
-    Channels-last input (channel_axis=-1) is transposed once.
+    Channels-first and channels-last memory each have their own kernels.
     """
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
