@@ -1,5 +1,5 @@
-# Local Response Normalization (torch.nn.functional.local_response_norm),
-# channels-first: included by _kernels.pxi.
+# Local Response Normalization (torch.nn.functional.local_response_norm):
+# included by _kernels.pxi.
 #
 # scale_c = k + alpha / size * sum of x_j^2 over the zero-padded window
 # j in [c - size//2, c + (size-1)//2]; y_c = x_c * scale_c^-beta.  The window
@@ -11,12 +11,15 @@
 # below 1/1024 of the value that left, that position's sum is recomputed over
 # its window.  So a non-finite value affects exactly the windows that hold it,
 # and no window loses more than 10 bits of float64's 53 (as torch's direct sums).
-# Work is split into units of (sample, chunk of positions).
+# Work is split into units: channels-first, (sample, chunk of positions);
+# channels-last, LRN_CL_ROWS positions, transposed into a channels-first tile
+# in cache, run by the same code, and transposed back (no whole-array copy).
 
 from libc.math cimport exp, log, sqrtf, fabs, INFINITY
 
 cdef enum:
-    LRN_CHUNK = 512     # positions per unit
+    LRN_CHUNK = 512     # positions per unit (channels-first)
+    LRN_CL_ROWS = 32    # rows per unit (channels-last), transposed into a tile
 
 
 cdef inline bint _window_lost(double remaining, double left) noexcept nogil:
@@ -160,82 +163,147 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
                              ring + (c % size) * LRN_CHUNK, acc)
 
 
-def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, Py_ssize_t N, Py_ssize_t C,
+cdef inline void _transpose(const floating* src, floating* dst, Py_ssize_t rows,
+                            Py_ssize_t cols) noexcept nogil:
+    """dst (cols, rows) = src (rows, cols)^T, both contiguous (an in-cache tile)."""
+    cdef Py_ssize_t i, c
+    for i in range(rows):
+        for c in range(cols):
+            dst[c * rows + i] = src[i * cols + c]
+
+
+cdef void _lrn_forward_part(const floating* x, floating* y, floating* sc, bint cl, Py_ssize_t N,
+                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t u0, Py_ssize_t u1, Py_ssize_t size,
+                            double alpha, double beta, double k, double* scratch) noexcept nogil:
+    """Units u0..u1 of the forward.  Channels-first: a unit is (sample, chunk
+    of LRN_CHUNK positions).  Channels-last: a unit is LRN_CL_ROWS rows (positions)
+    of C channels, transposed into a channels-first tile in cache, run as
+    one chunk, and transposed back.  scratch: _lrn_scratch doubles."""
+    cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
+    cdef double* acc = scratch
+    cdef floating* plane = <floating*>(scratch + LRN_CHUNK)
+    cdef floating* xt = <floating*>(scratch + 2 * LRN_CHUNK)
+    cdef floating* yt = xt + C * LRN_CL_ROWS
+    cdef floating* st = yt + C * LRN_CL_ROWS
+    for u in range(u0, u1):
+        if not cl:
+            n = u // chunks
+            s0 = (u % chunks) * LRN_CHUNK
+            s1 = s0 + LRN_CHUNK if s0 + LRN_CHUNK < S else S
+            _lrn_unit(x + n * C * S, y + n * C * S, sc + n * C * S if sc != NULL else NULL,
+                      C, S, s0, s1, size, alpha, beta, k, acc, plane)
+            continue
+        s0 = u * LRN_CL_ROWS
+        L = LRN_CL_ROWS if s0 + LRN_CL_ROWS <= P else P - s0
+        _transpose(x + s0 * C, xt, L, C)
+        _lrn_unit(xt, yt, st if sc != NULL else NULL, C, L, 0, L, size, alpha, beta, k, acc, plane)
+        _transpose(yt, y + s0 * C, C, L)
+        if sc != NULL:
+            _transpose(st, sc + s0 * C, C, L)
+
+
+cdef void _lrn_backward_part(const floating* g, const floating* x, const floating* sc, floating* dx,
+                             bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t u0,
+                             Py_ssize_t u1, Py_ssize_t size, double alpha, double beta,
+                             double* scratch) noexcept nogil:
+    """Units u0..u1 of the backward, as _lrn_forward_part."""
+    cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
+    cdef double* acc = scratch
+    cdef double* ring = scratch + LRN_CHUNK
+    cdef floating* rring = <floating*>(scratch + (size + 1) * LRN_CHUNK)
+    cdef floating* gt = <floating*>(scratch + (2 * size + 1) * LRN_CHUNK)
+    cdef floating* xt = gt + C * LRN_CL_ROWS
+    cdef floating* st = xt + C * LRN_CL_ROWS
+    cdef floating* dt = st + C * LRN_CL_ROWS
+    for u in range(u0, u1):
+        if not cl:
+            n = u // chunks
+            s0 = (u % chunks) * LRN_CHUNK
+            s1 = s0 + LRN_CHUNK if s0 + LRN_CHUNK < S else S
+            _lrn_backward_unit(g + n * C * S, x + n * C * S, sc + n * C * S, dx + n * C * S,
+                               C, S, s0, s1, size, alpha, beta, acc, ring, rring)
+            continue
+        s0 = u * LRN_CL_ROWS
+        L = LRN_CL_ROWS if s0 + LRN_CL_ROWS <= P else P - s0
+        _transpose(g + s0 * C, gt, L, C)
+        _transpose(x + s0 * C, xt, L, C)
+        _transpose(sc + s0 * C, st, L, C)
+        _lrn_backward_unit(gt, xt, st, dt, C, L, 0, L, size, alpha, beta, acc, ring, rring)
+        _transpose(dt, dx + s0 * C, C, L)
+
+
+cdef inline Py_ssize_t _lrn_units(bint cl, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+    return (N * S + LRN_CL_ROWS - 1) // LRN_CL_ROWS if cl else N * ((S + LRN_CHUNK - 1) // LRN_CHUNK)
+
+
+def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t N, Py_ssize_t C,
                 Py_ssize_t S, Py_ssize_t size, double alpha, double beta, double k, object n_threads):
-    """x, y, scale: C-contiguous (N, C, S) of one dtype; scale None: not wanted."""
+    """x, y, scale: C-contiguous (N, C, S), or (N, S, C) when cl, of one dtype;
+    scale None: not wanted."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
     if scale is not None:
         _check_flat(scale, typenum, N * C * S, "scale")
     cdef int nth = resolve_threads(n_threads, N * C * S * size)
-    cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1
-    cdef char* xp = <char*>cnp.PyArray_DATA(x)
-    cdef char* yp = <char*>cnp.PyArray_DATA(y)
-    cdef char* sp = <char*>cnp.PyArray_DATA(scale) if scale is not None else NULL
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x), sample = C * S * cnp.PyArray_ITEMSIZE(x)
-    # per thread: LRN_CHUNK doubles of window sums, then a plane of LRN_CHUNK values
-    cdef double* acc = <double*>malloc(nth * 2 * LRN_CHUNK * sizeof(double) + 8)
+    cdef Py_ssize_t units = _lrn_units(cl, N, S)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* sp = cnp.PyArray_DATA(scale) if scale is not None else NULL
+    # per thread: LRN_CHUNK doubles of window sums, a plane of LRN_CHUNK values,
+    # and (channels-last) three tiles of C x LRN_CL_ROWS values
+    cdef Py_ssize_t per = 2 * LRN_CHUNK + (3 * C * LRN_CL_ROWS if cl else 0)
+    cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
-    if acc == NULL:
+    if scratch == NULL:
         raise MemoryError()
     if N * C * S > 0:
         with nogil:
             for p in prange(nth, schedule='static', num_threads=nth):
-                for u in range(_part_start(N * chunks, nth, p), _part_start(N * chunks, nth, p + 1)):
-                    n = u // chunks
-                    s0 = (u % chunks) * LRN_CHUNK
-                    s1 = s0 + LRN_CHUNK if s0 + LRN_CHUNK < S else S
-                    if typenum == cnp.NPY_FLOAT32:
-                        _lrn_unit[float](<const float*>(xp + n * sample), <float*>(yp + n * sample),
-                                         <float*>(sp + n * sample) if sp != NULL else NULL,
-                                         C, S, s0, s1, size, alpha, beta, k,
-                                         acc + p * 2 * LRN_CHUNK, <float*>(acc + (p * 2 + 1) * LRN_CHUNK))
-                    else:
-                        _lrn_unit[double](<const double*>(xp + n * sample), <double*>(yp + n * sample),
-                                          <double*>(sp + n * sample) if sp != NULL else NULL,
-                                          C, S, s0, s1, size, alpha, beta, k,
-                                          acc + p * 2 * LRN_CHUNK, <double*>(acc + (p * 2 + 1) * LRN_CHUNK))
-    free(acc)
+                if typenum == cnp.NPY_FLOAT32:
+                    _lrn_forward_part[float](<const float*>xp, <float*>yp, <float*>sp, cl, N, C, S,
+                                             _part_start(units, nth, p), _part_start(units, nth, p + 1),
+                                             size, alpha, beta, k, scratch + p * per)
+                else:
+                    _lrn_forward_part[double](<const double*>xp, <double*>yp, <double*>sp, cl, N, C, S,
+                                              _part_start(units, nth, p), _part_start(units, nth, p + 1),
+                                              size, alpha, beta, k, scratch + p * per)
+    free(scratch)
 
 
-def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx, Py_ssize_t N,
-                 Py_ssize_t C, Py_ssize_t S, Py_ssize_t size, double alpha, double beta,
-                 object n_threads):
+def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx, bint cl,
+                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t size, double alpha,
+                 double beta, object n_threads):
+    """g, x, scale, dx in one layout, as lrn_forward."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(g, typenum, N * C * S, "grad_out")
     _check_flat(scale, typenum, N * C * S, "scale")
     _check_flat(dx, typenum, N * C * S, "grad_x")
     cdef int nth = resolve_threads(n_threads, N * C * S * size)
-    cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1
+    cdef Py_ssize_t units = _lrn_units(cl, N, S)
     cdef void* gp = cnp.PyArray_DATA(g)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* sp = cnp.PyArray_DATA(scale)
     cdef void* dp = cnp.PyArray_DATA(dx)
-    # per thread: the sliding sum, a ring of size double planes, a ring of size value planes
-    cdef Py_ssize_t per = (2 * size + 1) * LRN_CHUNK
-    cdef double* acc = <double*>malloc(nth * per * sizeof(double) + 8)
+    # per thread: the sliding sum, a ring of size double planes, a ring of size
+    # value planes, and (channels-last) four tiles of C x LRN_CL_ROWS values
+    cdef Py_ssize_t per = (2 * size + 1) * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl else 0)
+    cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
-    if acc == NULL:
+    if scratch == NULL:
         raise MemoryError()
     if N * C * S > 0:
         with nogil:
             for p in prange(nth, schedule='static', num_threads=nth):
-                for u in range(_part_start(N * chunks, nth, p), _part_start(N * chunks, nth, p + 1)):
-                    n = u // chunks
-                    s0 = (u % chunks) * LRN_CHUNK
-                    s1 = s0 + LRN_CHUNK if s0 + LRN_CHUNK < S else S
-                    if typenum == cnp.NPY_FLOAT32:
-                        _lrn_backward_unit[float](<const float*>gp + n * C * S, <const float*>xp + n * C * S,
-                                                  <const float*>sp + n * C * S, <float*>dp + n * C * S,
-                                                  C, S, s0, s1, size, alpha, beta, acc + p * per,
-                                                  acc + p * per + LRN_CHUNK,
-                                                  <float*>(acc + p * per + (size + 1) * LRN_CHUNK))
-                    else:
-                        _lrn_backward_unit[double](<const double*>gp + n * C * S, <const double*>xp + n * C * S,
-                                                   <const double*>sp + n * C * S, <double*>dp + n * C * S,
-                                                   C, S, s0, s1, size, alpha, beta, acc + p * per,
-                                                   acc + p * per + LRN_CHUNK,
-                                                   <double*>(acc + p * per + (size + 1) * LRN_CHUNK))
-    free(acc)
+                if typenum == cnp.NPY_FLOAT32:
+                    _lrn_backward_part[float](<const float*>gp, <const float*>xp, <const float*>sp,
+                                              <float*>dp, cl, N, C, S, _part_start(units, nth, p),
+                                              _part_start(units, nth, p + 1), size, alpha, beta,
+                                              scratch + p * per)
+                else:
+                    _lrn_backward_part[double](<const double*>gp, <const double*>xp, <const double*>sp,
+                                               <double*>dp, cl, N, C, S, _part_start(units, nth, p),
+                                               _part_start(units, nth, p + 1), size, alpha, beta,
+                                               scratch + p * per)
+    free(scratch)

@@ -999,18 +999,6 @@ def _channel_output(x, layout, data, cdt, out):
     return _empty(data.shape, cdt), False
 
 
-def _channels_first_layout(x, channel_axis):
-    """x as C-contiguous (N, C, S) (channels-last input is transposed once)."""
-    layout = ChannelLayout(x, channel_axis)
-    if layout.cl:
-        data = np.ascontiguousarray(np.moveaxis(x, layout.axis, 1))
-        restore = (lambda a: np.moveaxis(a.reshape(data.shape), 1, layout.axis))
-    else:
-        data = layout.data
-        restore = layout.restore
-    return layout, data, restore
-
-
 def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1, out=None,
                          n_threads=None, return_stats=False):
     """Filter Response Normalization with a Thresholded Linear Unit
@@ -1091,18 +1079,19 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     window sums slide (O(1) per element whatever `size`).  x has 3 or more dims.
 
     Returns y, or (y, scale) with return_stats (scale shaped like x), for
-    `local_response_norm_backward`.  Channels-last input is transposed once.
+    `local_response_norm_backward`.  Channels-first and channels-last memory
+    both run without a copy of x.
     """
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
-    layout, data, restore = _channels_first_layout(x, channel_axis)
-    data = data if data.dtype == cdt else data.astype(cdt)
+    layout = ChannelLayout(x, channel_axis)
+    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
     y_k, direct = _channel_output(x, layout, data, cdt, out)
     scale = np.empty(data.shape, cdt) if return_stats else None
-    _kernels.lrn_forward(data, y_k, scale, layout.N, layout.C, layout.S, size, alpha, beta, k,
-                         n_threads)
-    y = out if direct else _restored_output(x, restore(y_k), cdt, out)
-    return (y, restore(scale)) if return_stats else y
+    _kernels.lrn_forward(data, y_k, scale, layout.cl, layout.N, layout.C, layout.S, size, alpha,
+                         beta, k, n_threads)
+    y = out if direct else _restored_output(x, layout.restore(y_k), cdt, out)
+    return (y, layout.restore(scale)) if return_stats else y
 
 
 def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75, k=1.0, *,
@@ -1115,13 +1104,13 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     grad_out = same_shape_input(grad_out, "grad_out", x)
     scale = same_shape_input(np.asarray(scale, dtype=x.dtype) if np.asarray(scale).dtype.kind == "f"
                              else scale, "scale", x)
-    layout, data, restore = _channels_first_layout(x, channel_axis)
-    to_cf = (lambda a: np.ascontiguousarray(np.moveaxis(a, layout.axis, 1), dtype=cdt))
-    data = data if data.dtype == cdt else data.astype(cdt)
+    layout = ChannelLayout(x, channel_axis)
+    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
     dx = _empty(data.shape, cdt)
-    _kernels.lrn_backward(to_cf(grad_out), data, to_cf(scale), dx, layout.N, layout.C, layout.S,
-                          size, alpha, beta, n_threads)
-    return restore(dx).astype(x.dtype, copy=False)
+    _kernels.lrn_backward(_to_kernel_layout(grad_out, layout).astype(cdt, copy=False), data,
+                          _to_kernel_layout(scale, layout).astype(cdt, copy=False), dx, layout.cl,
+                          layout.N, layout.C, layout.S, size, alpha, beta, n_threads)
+    return layout.restore(dx).astype(x.dtype, copy=False)
 
 
 def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=True, with_std=True,
