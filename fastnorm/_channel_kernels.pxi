@@ -1036,6 +1036,12 @@ cdef void _rows_minmax(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize
     for c in range(C):
         mn[c] = INFINITY
         mx[c] = -INFINITY
+    if _panels(C, sizeof(floating)):
+        if floating is float:
+            fastnorm_cl_minmax_f(x, r0, r1, C, mn, mx)
+        else:
+            fastnorm_cl_minmax_d(x, r0, r1, C, mn, mx)
+        return
     for r in range(r0, r1):
         row = x + r * C
         for c in range(C):

@@ -276,6 +276,10 @@ cdef extern from "_panels.h" nogil:
     void fastnorm_cl_backward_sums_d(const double* g, const double* x, Py_ssize_t r0, Py_ssize_t r1,
                                      Py_ssize_t C, const double* hi, double* sums)
     bint fastnorm_cl_stream_ok(const void* y, Py_ssize_t C, size_t itemsize)
+    void fastnorm_cl_minmax_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              float* mn, float* mx)
+    void fastnorm_cl_minmax_d(const double* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              double* mn, double* mx)
     void fastnorm_cl_affine_f(const float* x, float* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                               const float* hi, const float* a, const float* b, bint stream)
     void fastnorm_cl_affine_d(const double* x, double* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,

@@ -275,6 +275,53 @@ static void NAME(const T* g, const T* x, T* dx, Py_ssize_t r0, Py_ssize_t r1,   
     }                                                                                    \
 }
 
+/* per column min and max over rows r0..r1, NaN ignored: mn / mx come in
+   holding the running values (+inf / -inf to start) and are updated */
+typedef int fn_vfi __attribute__((vector_size(FN_VBYTES)));
+typedef long long fn_vdi __attribute__((vector_size(FN_VBYTES)));
+#define FN_SELECT(VI, V, m, a, b) ((V)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
+#define FN_MINMAX_STEP(VI, V, v, lo, hi)                                                 \
+    {                                                                                    \
+        lo = FN_SELECT(VI, V, (v) < lo, v, lo);  /* a NaN compares false: kept out */    \
+        hi = FN_SELECT(VI, V, (v) > hi, v, hi);                                          \
+    }
+#define FN_DEFINE_CL_MINMAX(NAME, T, V, VU, VI)                                          \
+static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, T* mn, T* mx)   \
+{                                                                                        \
+    const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
+    Py_ssize_t rb, re, r, c0, j;                                                         \
+    for (rb = r0; rb < r1; rb = re) {                                                    \
+        re = rb + FN_RB < r1 ? rb + FN_RB : r1;                                          \
+        for (c0 = 0; c0 + 2 * W <= C; c0 += 2 * W) {                                     \
+            V lo0 = FN_LOAD(VU, mn + c0), lo1 = FN_LOAD(VU, mn + c0 + W);                 \
+            V hi0 = FN_LOAD(VU, mx + c0), hi1 = FN_LOAD(VU, mx + c0 + W);                 \
+            for (r = rb; r < re; r++) {                                                  \
+                const V v0 = FN_LOAD(VU, x + r * C + c0), v1 = FN_LOAD(VU, x + r * C + c0 + W); \
+                FN_MINMAX_STEP(VI, V, v0, lo0, hi0)                                      \
+                FN_MINMAX_STEP(VI, V, v1, lo1, hi1)                                      \
+            }                                                                            \
+            *(VU*)(mn + c0) = lo0; *(VU*)(mn + c0 + W) = lo1;                            \
+            *(VU*)(mx + c0) = hi0; *(VU*)(mx + c0 + W) = hi1;                            \
+        }                                                                                \
+        for (; c0 + W <= C; c0 += W) {                                                   \
+            V lo0 = FN_LOAD(VU, mn + c0), hi0 = FN_LOAD(VU, mx + c0);                     \
+            for (r = rb; r < re; r++) {                                                  \
+                const V v0 = FN_LOAD(VU, x + r * C + c0);                                \
+                FN_MINMAX_STEP(VI, V, v0, lo0, hi0)                                      \
+            }                                                                            \
+            *(VU*)(mn + c0) = lo0; *(VU*)(mx + c0) = hi0;                                \
+        }                                                                                \
+        for (j = c0; j < C; j++)                                                         \
+            for (r = rb; r < re; r++) {                                                  \
+                T v = x[r * C + j];                                                      \
+                mn[j] = v < mn[j] ? v : mn[j];                                           \
+                mx[j] = v > mx[j] ? v : mx[j];                                           \
+            }                                                                            \
+    }                                                                                    \
+}
+
+FN_DEFINE_CL_MINMAX(fastnorm_cl_minmax_f, float, fn_vf, fn_vfu, fn_vfi)
+FN_DEFINE_CL_MINMAX(fastnorm_cl_minmax_d, double, fn_vd, fn_vdu, fn_vdi)
 FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_f, float, fn_vf, fn_vfu)
 FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_d, double, fn_vd, fn_vdu)
 FN_DEFINE_CL_BACKWARD(fastnorm_cl_backward_f, float, fn_vf, fn_vfu)

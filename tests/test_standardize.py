@@ -1,5 +1,7 @@
 """Data standardization: z-score and min-max scaling vs the reference twins
 and scikit-learn's StandardScaler / MinMaxScaler."""
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
@@ -199,3 +201,24 @@ def test_min_max_backward_matches_reference_and_torch(isa, rng, shape, axis, dty
         gx = fastnorm.min_max_scale_backward(g, x, mn, mx, axis, (-1, 3))
         np.testing.assert_allclose(np.moveaxis(gx, axis, 0)[:, 1:], np.moveaxis(expected, axis, 0)[:, 1:],
                                    rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("F", [3, 16, 40, 64, 100, 257])
+def test_min_max_widths_as_scikit_learn(isa, rng, F, dtype):
+    """Column min / max over register panels (rows up to 1 KiB: whole panels,
+    single vectors, single values) and flat rows beyond, NaN ignored, for every
+    width; rows span several 64-row blocks and both threads."""
+    X = (rng.standard_normal((301, F)) * 5).astype(dtype)
+    X[rng.integers(0, 301, 40), rng.integers(0, F, 40)] = np.nan
+    X[:, 0] = np.nan  # an all-NaN feature
+    y, mn, mx = fastnorm.min_max_scale(X, return_stats=True, n_threads=2)
+    with warnings.catch_warnings():  # scikit-learn warns of the all-NaN feature
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mm = MinMaxScaler().fit(X)
+    np.testing.assert_array_equal(mn[1:], mm.data_min_[1:].astype(dtype))
+    np.testing.assert_array_equal(mx[1:], mm.data_max_[1:].astype(dtype))
+    assert np.isnan(mn[0]) and np.isnan(mx[0])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(y, mm.transform(X), rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-6, equal_nan=True)
