@@ -13,14 +13,14 @@ cdef inline floating _tlu(floating z, floating tau) noexcept nogil:
 cdef inline floating _tlu_grad_z(floating z, floating tau, floating g) noexcept nogil:
     """The share of g that goes to z in max(z, tau), as torch.maximum's
     backward: all of it above tau, half at a tie, none below; all of it when
-    either is NaN (no comparison holds).  Branch-free (the comparisons become
-    0 / 1 factors), so the loops that use it vectorize."""
-    return g * (<floating>(z == tau) * <floating>0.5 + <floating>(not (z <= tau)))
+    either is NaN (no comparison holds).  Selects, not 0 / 1 factors: an
+    infinite g must give 0, not inf * 0 = NaN, where its share is none."""
+    return g * <floating>0.5 if z == tau else (<floating>0 if z < tau else g)
 
 
 cdef inline floating _tlu_grad_tau(floating z, floating tau, floating g) noexcept nogil:
     """The share of g that goes to tau (the mirror of _tlu_grad_z)."""
-    return g * (<floating>(z == tau) * <floating>0.5 + <floating>(not (z >= tau)))
+    return g * <floating>0.5 if z == tau else (<floating>0 if z > tau else g)
 
 
 cdef void _frn_block_forward(const floating* x, floating* y, Py_ssize_t S, double eps,
@@ -134,6 +134,8 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
     cdef Py_ssize_t bl, c
     cdef int status = 0
     if N * C * S == 0:
+        if S == 0:  # channels without positions: their mean square is NaN (0 / 0)
+            rstd.fill(NAN)
         return
     if cl:
         with nogil:

@@ -5,12 +5,14 @@
 # j in [c - size//2, c + (size-1)//2]; y_c = x_c * scale_c^-beta.  The window
 # sums slide along the channels with one add and one subtract per element
 # (O(1), not O(size)), in float64 planes so that the running sum does not drift.
-# A value leaving a window is subtracted, which fails when it is not finite
-# (inf - inf is NaN), when the sum overflowed, or when it dwarfs what stays
-# (the rest cancels): where the sum after the subtraction is not finite or is
-# below 1/1024 of the value that left, that position's sum is recomputed over
-# its window.  So a non-finite value affects exactly the windows that hold it,
-# and no window loses more than 10 bits of float64's 53 (as torch's direct sums).
+# Subtracting the value that leaves a window fails when it is not finite
+# (inf - inf is NaN), when the sum overflowed, and when the sum has shrunk far
+# below the largest magnitude it held (rounding left by that magnitude
+# dominates what remains).  So each position keeps the peak magnitude of its
+# sum (and, backward, of its terms) since its last exact computation; where
+# the sum is not finite or falls below 1/1024 of that peak, it is recomputed
+# over its window.  A non-finite value then affects exactly the windows that
+# hold it, and a sum carries at most ~1024 * (channels) ulps of error.
 # Work is split into units: channels-first, (sample, chunk of positions);
 # channels-last, LRN_CL_ROWS positions, transposed into a channels-first tile
 # in cache, run by the same code, and transposed back (no whole-array copy).
@@ -22,10 +24,10 @@ cdef enum:
     LRN_CL_ROWS = 32    # rows per unit (channels-last), transposed into a tile
 
 
-cdef inline bint _window_lost(double remaining, double left) noexcept nogil:
-    """Whether a sliding sum must be recomputed after `left` (>= 0) left it:
-    the sum is not finite, or it kept under 1/1024 of the value that left."""
-    return not ((remaining * 1024.0 >= left) & (remaining < INFINITY))
+cdef inline bint _window_lost(double remaining, double peak) noexcept nogil:
+    """Whether a sliding sum of magnitude `remaining` must be recomputed: it
+    is not finite, or it is under 1/1024 of its peak since the last exact sum."""
+    return not ((remaining * 1024.0 >= peak) & (remaining < INFINITY))
 
 
 cdef inline double _neg_pow(double s, double beta) noexcept nogil:
@@ -66,12 +68,14 @@ cdef void _neg_pow_plane(floating* v, Py_ssize_t n, double beta) noexcept nogil:
 cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssize_t C, Py_ssize_t S,
                     Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t size, double alpha, double beta,
                     double k, double* acc, floating* plane) noexcept nogil:
-    """One sample (x: C planes of S), positions s0..s1; acc: s1 - s0 doubles,
-    plane: s1 - s0 scratch values; scale_out may be NULL (not wanted)."""
+    """One sample (x: C planes of S), positions s0..s1; acc: 2 * LRN_CHUNK
+    doubles (window sums, then their peaks), plane: s1 - s0 scratch values;
+    scale_out may be NULL (not wanted)."""
     cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, j, s, L = s1 - s0
     cdef const floating* p
     cdef floating* q
     cdef double a = alpha / size, v
+    cdef double* peak = acc + LRN_CHUNK
     cdef Py_ssize_t bad
     for s in range(L):
         acc[s] = 0
@@ -79,6 +83,8 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
         p = x + j * S + s0
         for s in range(L):
             acc[s] += <double>p[s] * p[s]
+    for s in range(L):
+        peak[s] = acc[s]
     for c in range(C):
         p = x + c * S + s0
         q = y + c * S + s0
@@ -93,32 +99,39 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
             p = x + (c + 1 + hi) * S + s0
             for s in range(L):
                 acc[s] += <double>p[s] * p[s]
+                peak[s] = acc[s] if acc[s] > peak[s] else peak[s]
         if c - lo >= 0:             # ... and loses c - lo
             p = x + (c - lo) * S + s0
             bad = 0
             for s in range(L):
                 v = <double>p[s] * p[s]
                 acc[s] -= v
-                bad += _window_lost(acc[s], v)
+                bad += _window_lost(acc[s], peak[s])
             if bad:  # recompute those positions over the window of c + 1
                 for s in range(L):
-                    if _window_lost(acc[s], <double>p[s] * p[s]):
+                    if _window_lost(acc[s], peak[s]):
                         acc[s] = 0
                         for j in range(c + 1 - lo, (c + 2 + hi) if c + 2 + hi < C else C):
                             acc[s] += <double>x[j * S + s0 + s] * x[j * S + s0 + s]
+                        peak[s] = acc[s]
 
 
 cdef void _lrn_add_channel(const floating* g, const floating* x, const floating* scale,
                            Py_ssize_t q0, Py_ssize_t L, double beta, floating* r, double* t,
                            double* acc) noexcept nogil:
     """r = scale^-beta and t = g x scale^(-beta-1) of one channel's positions
-    q0..q0+L into ring planes; t is added to the sliding sum acc."""
+    q0..q0+L into ring planes; t is added to the sliding sum acc, whose peaks
+    (acc + LRN_CHUNK) take |t| and |acc|."""
     cdef Py_ssize_t s
+    cdef double* peak = acc + LRN_CHUNK
+    cdef double m
     memcpy(r, scale + q0, L * sizeof(floating))
     _neg_pow_plane(r, L, beta)
     for s in range(L):
         t[s] = <double>g[q0 + s] * x[q0 + s] * (<double>r[s] / scale[q0 + s])  # s^(-beta-1), in double
         acc[s] += t[s]
+        m = fabs(t[s]) if fabs(t[s]) > fabs(acc[s]) else fabs(acc[s])
+        peak[s] = m if m > peak[s] else peak[s]
 
 
 cdef void _lrn_backward_unit(const floating* g, const floating* x, const floating* scale,
@@ -132,11 +145,13 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
     s^-beta, used again for dx).  At step i the rings hold channels i - hi ..
     i + lo, so channel i's planes are there."""
     cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, i, s, L = s1 - s0, q0, bad
-    cdef double coef = 2.0 * alpha * beta / size
+    cdef double coef = 2.0 * alpha * beta / size, m
     cdef double* plane
+    cdef double* peak = acc + LRN_CHUNK
     cdef const floating* r
     for s in range(L):
         acc[s] = 0
+        peak[s] = 0
     for c in range(0, lo + 1 if lo + 1 < C else C):   # channels whose window holds i = 0: [-hi, lo]
         _lrn_add_channel(g, x, scale, c * S + s0, L, beta, rring + (c % size) * LRN_CHUNK,
                          ring + (c % size) * LRN_CHUNK, acc)
@@ -150,13 +165,17 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
             bad = 0
             for s in range(L):
                 acc[s] -= plane[s]
-                bad += _window_lost(fabs(acc[s]), fabs(plane[s]))
+                bad += _window_lost(fabs(acc[s]), peak[s])
             if bad:  # recompute from the ring's other planes, i - hi + 1 .. i + lo
                 for s in range(L):
-                    if _window_lost(fabs(acc[s]), fabs(plane[s])):
+                    if _window_lost(fabs(acc[s]), peak[s]):
                         acc[s] = 0
+                        peak[s] = 0
                         for c in range(i - hi + 1, (i + lo + 1) if i + lo + 1 < C else C):
-                            acc[s] += ring[(c % size) * LRN_CHUNK + s]
+                            m = ring[(c % size) * LRN_CHUNK + s]
+                            acc[s] += m
+                            peak[s] = fabs(m) if fabs(m) > peak[s] else peak[s]
+                        peak[s] = fabs(acc[s]) if fabs(acc[s]) > peak[s] else peak[s]
         if i + 1 + lo < C:     # add channel i + 1 + lo (into the planes just dropped)
             c = i + 1 + lo
             _lrn_add_channel(g, x, scale, c * S + s0, L, beta, rring + (c % size) * LRN_CHUNK,
@@ -180,9 +199,9 @@ cdef void _lrn_forward_part(const floating* x, floating* y, floating* sc, bint c
     of C channels, transposed into a channels-first tile in cache, run as
     one chunk, and transposed back.  scratch: _lrn_scratch doubles."""
     cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
-    cdef double* acc = scratch
-    cdef floating* plane = <floating*>(scratch + LRN_CHUNK)
-    cdef floating* xt = <floating*>(scratch + 2 * LRN_CHUNK)
+    cdef double* acc = scratch  # window sums and their peaks: 2 * LRN_CHUNK
+    cdef floating* plane = <floating*>(scratch + 2 * LRN_CHUNK)
+    cdef floating* xt = <floating*>(scratch + 3 * LRN_CHUNK)
     cdef floating* yt = xt + C * LRN_CL_ROWS
     cdef floating* st = yt + C * LRN_CL_ROWS
     for u in range(u0, u1):
@@ -208,10 +227,10 @@ cdef void _lrn_backward_part(const floating* g, const floating* x, const floatin
                              double* scratch) noexcept nogil:
     """Units u0..u1 of the backward, as _lrn_forward_part."""
     cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
-    cdef double* acc = scratch
-    cdef double* ring = scratch + LRN_CHUNK
-    cdef floating* rring = <floating*>(scratch + (size + 1) * LRN_CHUNK)
-    cdef floating* gt = <floating*>(scratch + (2 * size + 1) * LRN_CHUNK)
+    cdef double* acc = scratch  # window sums and their peaks: 2 * LRN_CHUNK
+    cdef double* ring = scratch + 2 * LRN_CHUNK
+    cdef floating* rring = <floating*>(scratch + (size + 2) * LRN_CHUNK)
+    cdef floating* gt = <floating*>(scratch + (2 * size + 2) * LRN_CHUNK)
     cdef floating* xt = gt + C * LRN_CL_ROWS
     cdef floating* st = xt + C * LRN_CL_ROWS
     cdef floating* dt = st + C * LRN_CL_ROWS
@@ -250,9 +269,9 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* yp = cnp.PyArray_DATA(y)
     cdef void* sp = cnp.PyArray_DATA(scale) if scale is not None else NULL
-    # per thread: LRN_CHUNK doubles of window sums, a plane of LRN_CHUNK values,
-    # and (channels-last) three tiles of C x LRN_CL_ROWS values
-    cdef Py_ssize_t per = 2 * LRN_CHUNK + (3 * C * LRN_CL_ROWS if cl else 0)
+    # per thread: LRN_CHUNK window sums and as many peaks, a plane of LRN_CHUNK
+    # values, and (channels-last) three tiles of C x LRN_CL_ROWS values
+    cdef Py_ssize_t per = 3 * LRN_CHUNK + (3 * C * LRN_CL_ROWS if cl else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:
@@ -286,9 +305,9 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* sp = cnp.PyArray_DATA(scale)
     cdef void* dp = cnp.PyArray_DATA(dx)
-    # per thread: the sliding sum, a ring of size double planes, a ring of size
-    # value planes, and (channels-last) four tiles of C x LRN_CL_ROWS values
-    cdef Py_ssize_t per = (2 * size + 1) * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl else 0)
+    # per thread: the sliding sums and their peaks, a ring of size double planes, a
+    # ring of size value planes, and (channels-last) four tiles of C x LRN_CL_ROWS values
+    cdef Py_ssize_t per = (2 * size + 2) * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:

@@ -1102,8 +1102,11 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
     grad_out = same_shape_input(grad_out, "grad_out", x)
-    scale = same_shape_input(np.asarray(scale, dtype=x.dtype) if np.asarray(scale).dtype.kind == "f"
-                             else scale, "scale", x)
+    scale = np.asarray(scale)
+    if scale.dtype.kind != "f":
+        raise TypeError(f"scale must be a floating-point array, got dtype {scale.dtype}")
+    if scale.shape != x.shape:
+        raise ValueError(f"scale must have the shape of x {x.shape}, got {scale.shape}")
     layout = ChannelLayout(x, channel_axis)
     data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
     dx = _empty(data.shape, cdt)

@@ -170,3 +170,28 @@ def test_out_direct_and_through_a_temporary(rng, op, dtype):
         f(x, out=np.empty(x.shape, np.float64))
     with pytest.raises(ValueError, match="out must have shape"):
         f(x, out=np.empty((3, 6, 7, 4), dtype))
+
+
+def test_infinite_gradient_where_its_share_is_none():
+    """An inf in grad_out where z < tau goes all to tau: z's share is 0, not
+    inf * 0 = NaN, so the other gradients stay finite (as torch)."""
+    x = np.array([[[1.0, -1.0, 2.0, -2.0]]], np.float32)
+    w, b, t = np.ones(1, np.float32), np.zeros(1, np.float32), np.full(1, 0.5, np.float32)
+    g = np.array([[[1.0, np.inf, 1.0, 1.0]]], np.float32)
+    tx, tw, tb, tt = (torch.tensor(a, requires_grad=True) for a in (x, w[:, None], b[:, None], t[:, None]))
+    ty = torch.maximum(tw * tx * torch.rsqrt((tx * tx).mean(dim=2, keepdim=True) + 1e-6) + tb, tt)
+    ty.backward(torch.tensor(g))
+    for channel_axis, xx, gg in ((1, x, g), (-1, np.moveaxis(x, 1, -1).copy(), np.moveaxis(g, 1, -1).copy())):
+        y, r = fastnorm.filter_response_norm(xx, w, b, t, channel_axis=channel_axis, return_stats=True)
+        gx, gw, gb, gt = fastnorm.filter_response_norm_backward(gg, xx, r, w, b, t, channel_axis=channel_axis)
+        gx = gx if channel_axis == 1 else np.moveaxis(gx, -1, 1)
+        np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-5)
+        for a, e in ((gw, tw), (gb, tb), (gt, tt)):
+            np.testing.assert_allclose(a, e.grad.numpy().ravel(), rtol=1e-5)
+
+
+def test_no_positions_give_nan_rstd():
+    w = np.ones(3, np.float32)
+    for channel_axis, x in ((1, np.ones((2, 3, 0), np.float32)), (-1, np.ones((2, 0, 3), np.float32))):
+        y, r = fastnorm.filter_response_norm(x, w, w * 0, channel_axis=channel_axis, return_stats=True)
+        assert y.shape == x.shape and r.shape == (2, 3) and np.isnan(r).all()

@@ -123,3 +123,32 @@ def test_extreme_ranges_as_torch(x, size, kw):
         _, sr = ref.local_response_norm(x, size, return_stats=True, **kw)
         np.testing.assert_allclose(gx, ref.local_response_norm_backward(g, x, sr, size, **kw),
                                    rtol=1e-5, atol=1e-300)
+
+
+def test_window_sums_keep_precision_as_values_fall():
+    """Values falling by nearly 1024x per channel never trip a per-departure
+    check, but the rounding left by the early giants would swamp the later
+    sums: each position tracks its sum's peak since the last exact sum."""
+    x = (np.round(np.sqrt(1e30 / 900.0 ** np.arange(9) * (1 + 0.0137 * np.arange(1, 10)))) + 0.3)
+    x = x.reshape(1, 9, 1)
+    g = np.ones_like(x)
+    kw = dict(alpha=2.0, beta=1.0, k=0.0)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = TF.local_response_norm(tx, 2, **kw)
+    ty.backward(torch.tensor(g))
+    y, s = fastnorm.local_response_norm(x, 2, return_stats=True, **kw)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-11)
+    np.testing.assert_allclose(fastnorm.local_response_norm_backward(g, x, s, 2, **kw),
+                               tx.grad.numpy(), rtol=1e-11)
+
+
+def test_float16_backward_keeps_the_float32_scale():
+    """The scale of float16 input comes back in float32 (it may pass 65504);
+    the backward uses it as given, not rounded to float16 (it was inf)."""
+    x = np.full((1, 1, 4), 300, np.float16)
+    y, s = fastnorm.local_response_norm(x, 1, alpha=1.0, return_stats=True)
+    assert s.dtype == np.float32 and s.max() > 65504
+    gx = fastnorm.local_response_norm_backward(np.ones_like(x), x, s, 1, alpha=1.0)
+    tx = torch.tensor(x.astype(np.float32), requires_grad=True)
+    TF.local_response_norm(tx, 1, alpha=1.0).backward(torch.ones(x.shape))
+    np.testing.assert_allclose(gx.astype(np.float32), tx.grad.numpy(), rtol=2e-3)
