@@ -8,10 +8,10 @@
 # Subtracting the value that leaves a window fails when it is not finite
 # (inf - inf is NaN), when the sum overflowed, and when the sum has shrunk far
 # below the largest magnitude it held (rounding left by that magnitude
-# dominates what remains).  So each position keeps the peak magnitude of its
-# sum (and, backward, of its terms) since its last exact computation; where
-# the sum is not finite or falls below 1/1024 of that peak, it is recomputed
-# over its window.  A non-finite value then affects exactly the windows that
+# dominates what remains).  So each position keeps the sum of the magnitudes
+# added since its last exact computation (a bound on every partial sum, so on
+# the rounding); where the sum is not finite or falls below 1/1024 of that
+# bound, it is recomputed over its window.  A non-finite value then affects exactly the windows that
 # hold it, and a sum carries at most ~1024 * (channels) ulps of error.
 # Work is split into units: channels-first, (sample, chunk of positions);
 # channels-last, LRN_CL_ROWS positions, transposed into a channels-first tile
@@ -26,7 +26,8 @@ cdef enum:
 
 cdef inline bint _window_lost(double remaining, double peak) noexcept nogil:
     """Whether a sliding sum of magnitude `remaining` must be recomputed: it
-    is not finite, or it is under 1/1024 of its peak since the last exact sum."""
+    is not finite, or it is under 1/1024 of `peak`, the magnitudes added to it
+    since its last exact computation."""
     return not ((remaining * 1024.0 >= peak) & (remaining < INFINITY))
 
 
@@ -69,7 +70,7 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
                     Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t size, double alpha, double beta,
                     double k, double* acc, floating* plane) noexcept nogil:
     """One sample (x: C planes of S), positions s0..s1; acc: 2 * LRN_CHUNK
-    doubles (window sums, then their peaks), plane: s1 - s0 scratch values;
+    doubles (window sums, then their magnitude bounds), plane: s1 - s0 scratch values;
     scale_out may be NULL (not wanted)."""
     cdef Py_ssize_t lo = size // 2, hi = (size - 1) // 2, c, j, s, L = s1 - s0
     cdef const floating* p
@@ -98,8 +99,9 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
         if c + 1 + hi < C:          # slide: the window of c + 1 gains c + 1 + hi ...
             p = x + (c + 1 + hi) * S + s0
             for s in range(L):
-                acc[s] += <double>p[s] * p[s]
-                peak[s] = acc[s] if acc[s] > peak[s] else peak[s]
+                v = <double>p[s] * p[s]
+                acc[s] += v
+                peak[s] += v
         if c - lo >= 0:             # ... and loses c - lo
             p = x + (c - lo) * S + s0
             bad = 0
@@ -120,18 +122,16 @@ cdef void _lrn_add_channel(const floating* g, const floating* x, const floating*
                            Py_ssize_t q0, Py_ssize_t L, double beta, floating* r, double* t,
                            double* acc) noexcept nogil:
     """r = scale^-beta and t = g x scale^(-beta-1) of one channel's positions
-    q0..q0+L into ring planes; t is added to the sliding sum acc, whose peaks
-    (acc + LRN_CHUNK) take |t| and |acc|."""
+    q0..q0+L into ring planes; t is added to the sliding sum acc, whose magnitude bounds
+    (acc + LRN_CHUNK) add |t|."""
     cdef Py_ssize_t s
     cdef double* peak = acc + LRN_CHUNK
-    cdef double m
     memcpy(r, scale + q0, L * sizeof(floating))
     _neg_pow_plane(r, L, beta)
     for s in range(L):
         t[s] = <double>g[q0 + s] * x[q0 + s] * (<double>r[s] / scale[q0 + s])  # s^(-beta-1), in double
         acc[s] += t[s]
-        m = fabs(t[s]) if fabs(t[s]) > fabs(acc[s]) else fabs(acc[s])
-        peak[s] = m if m > peak[s] else peak[s]
+        peak[s] += fabs(t[s])
 
 
 cdef void _lrn_backward_unit(const floating* g, const floating* x, const floating* scale,
@@ -174,8 +174,7 @@ cdef void _lrn_backward_unit(const floating* g, const floating* x, const floatin
                         for c in range(i - hi + 1, (i + lo + 1) if i + lo + 1 < C else C):
                             m = ring[(c % size) * LRN_CHUNK + s]
                             acc[s] += m
-                            peak[s] = fabs(m) if fabs(m) > peak[s] else peak[s]
-                        peak[s] = fabs(acc[s]) if fabs(acc[s]) > peak[s] else peak[s]
+                            peak[s] += fabs(m)
         if i + 1 + lo < C:     # add channel i + 1 + lo (into the planes just dropped)
             c = i + 1 + lo
             _lrn_add_channel(g, x, scale, c * S + s0, L, beta, rring + (c % size) * LRN_CHUNK,
@@ -199,7 +198,7 @@ cdef void _lrn_forward_part(const floating* x, floating* y, floating* sc, bint c
     of C channels, transposed into a channels-first tile in cache, run as
     one chunk, and transposed back.  scratch: _lrn_scratch doubles."""
     cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
-    cdef double* acc = scratch  # window sums and their peaks: 2 * LRN_CHUNK
+    cdef double* acc = scratch  # window sums and their magnitude bounds: 2 * LRN_CHUNK
     cdef floating* plane = <floating*>(scratch + 2 * LRN_CHUNK)
     cdef floating* xt = <floating*>(scratch + 3 * LRN_CHUNK)
     cdef floating* yt = xt + C * LRN_CL_ROWS
@@ -227,7 +226,7 @@ cdef void _lrn_backward_part(const floating* g, const floating* x, const floatin
                              double* scratch) noexcept nogil:
     """Units u0..u1 of the backward, as _lrn_forward_part."""
     cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
-    cdef double* acc = scratch  # window sums and their peaks: 2 * LRN_CHUNK
+    cdef double* acc = scratch  # window sums and their magnitude bounds: 2 * LRN_CHUNK
     cdef double* ring = scratch + 2 * LRN_CHUNK
     cdef floating* rring = <floating*>(scratch + (size + 2) * LRN_CHUNK)
     cdef floating* gt = <floating*>(scratch + (2 * size + 2) * LRN_CHUNK)
@@ -269,7 +268,7 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* yp = cnp.PyArray_DATA(y)
     cdef void* sp = cnp.PyArray_DATA(scale) if scale is not None else NULL
-    # per thread: LRN_CHUNK window sums and as many peaks, a plane of LRN_CHUNK
+    # per thread: LRN_CHUNK window sums and as many bounds, a plane of LRN_CHUNK
     # values, and (channels-last) three tiles of C x LRN_CL_ROWS values
     cdef Py_ssize_t per = 3 * LRN_CHUNK + (3 * C * LRN_CL_ROWS if cl else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
@@ -305,7 +304,7 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* sp = cnp.PyArray_DATA(scale)
     cdef void* dp = cnp.PyArray_DATA(dx)
-    # per thread: the sliding sums and their peaks, a ring of size double planes, a
+    # per thread: the sliding sums and their bounds, a ring of size double planes, a
     # ring of size value planes, and (channels-last) four tiles of C x LRN_CL_ROWS values
     cdef Py_ssize_t per = (2 * size + 2) * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
