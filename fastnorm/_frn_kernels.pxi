@@ -13,14 +13,18 @@ cdef inline floating _tlu(floating z, floating tau) noexcept nogil:
 cdef inline floating _tlu_grad_z(floating z, floating tau, floating g) noexcept nogil:
     """The share of g that goes to z in max(z, tau), as torch.maximum's
     backward: all of it above tau, half at a tie, none below; all of it when
-    either is NaN (no comparison holds).  Selects, not 0 / 1 factors: an
-    infinite g must give 0, not inf * 0 = NaN, where its share is none."""
-    return g * <floating>0.5 if z == tau else (<floating>0 if z < tau else g)
+    either is NaN (no comparison holds).  Selects among precomputed values,
+    not 0 / 1 factors (an infinite g must give 0 where its share is none, not
+    inf * 0 = NaN); half is computed unconditionally so that the selects
+    vectorize as blends."""
+    cdef floating half = g * <floating>0.5
+    return half if z == tau else (<floating>0 if z < tau else g)
 
 
 cdef inline floating _tlu_grad_tau(floating z, floating tau, floating g) noexcept nogil:
     """The share of g that goes to tau (the mirror of _tlu_grad_z)."""
-    return g * <floating>0.5 if z == tau else (<floating>0 if z > tau else g)
+    cdef floating half = g * <floating>0.5
+    return half if z == tau else (<floating>0 if z > tau else g)
 
 
 cdef void _frn_block_forward(const floating* x, floating* y, Py_ssize_t S, double eps,
@@ -265,27 +269,57 @@ cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_s
                        Py_ssize_t C, const floating* a, const floating* b, const floating* tau,
                        double* sums) noexcept nogil:
     """Per channel over rows r0..r1: sums of gz, gz * x and gtau (_tlu_grad_z /
-    _tlu_grad_tau; gz = g without tau); sums: 3 * C doubles."""
-    cdef Py_ssize_t r, c
+    _tlu_grad_tau; gz = g without tau); sums: 3 * C doubles.  Rows are summed
+    in `floating` per channel over blocks of CL_FLUSH_ROWS * 4 rows, then
+    flushed into the double sums (the row loop over channels vectorizes)."""
+    cdef Py_ssize_t r, c, rb, re
     cdef const floating* gp
     cdef const floating* xp
     cdef floating gz, z
+    cdef floating* acc = <floating*>malloc(3 * C * sizeof(floating) + 8)
+    cdef floating* fa
+    cdef floating* fx
+    cdef floating* ft
     for c in range(3 * C):
         sums[c] = 0
-    for r in range(r0, r1):
-        gp = g + r * C
-        xp = x + r * C
-        if tau != NULL:
+    if acc == NULL:  # no scratch: sum straight into the doubles
+        for r in range(r0, r1):
             for c in range(C):
-                z = xp[c] * a[c] + b[c]
-                gz = _tlu_grad_z(z, tau[c], gp[c])
+                z = x[r * C + c] * a[c] + b[c]
+                gz = _tlu_grad_z(z, tau[c], g[r * C + c]) if tau != NULL else g[r * C + c]
                 sums[c] += gz
-                sums[C + c] += gz * xp[c]
-                sums[2 * C + c] += _tlu_grad_tau(z, tau[c], gp[c])
-        else:
-            for c in range(C):
-                sums[c] += gp[c]
-                sums[C + c] += gp[c] * xp[c]
+                sums[C + c] += gz * x[r * C + c]
+                if tau != NULL:
+                    sums[2 * C + c] += _tlu_grad_tau(z, tau[c], g[r * C + c])
+        return
+    fa = acc
+    fx = acc + C
+    ft = acc + 2 * C
+    rb = r0
+    while rb < r1:
+        re = rb + 4 * CL_FLUSH_ROWS if rb + 4 * CL_FLUSH_ROWS < r1 else r1
+        for c in range(3 * C):
+            acc[c] = 0
+        for r in range(rb, re):
+            gp = g + r * C
+            xp = x + r * C
+            if tau != NULL:
+                for c in range(C):
+                    z = xp[c] * a[c] + b[c]
+                    gz = _tlu_grad_z(z, tau[c], gp[c])
+                    fa[c] += gz
+                    fx[c] += gz * xp[c]
+                    ft[c] += _tlu_grad_tau(z, tau[c], gp[c])
+            else:
+                for c in range(C):
+                    fa[c] += gp[c]
+                    fx[c] += gp[c] * xp[c]
+        for c in range(C):
+            sums[c] += fa[c]
+            sums[C + c] += fx[c]
+            sums[2 * C + c] += ft[c]
+        rb = re
+    free(acc)
 
 
 cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
