@@ -267,31 +267,21 @@ cdef inline Py_ssize_t _frn_parts(Py_ssize_t N, Py_ssize_t S, int nth) noexcept 
 
 cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
                        Py_ssize_t C, const floating* a, const floating* b, const floating* tau,
-                       double* sums) noexcept nogil:
+                       floating* acc, double* sums) noexcept nogil:
     """Per channel over rows r0..r1: sums of gz, gz * x and gtau (_tlu_grad_z /
     _tlu_grad_tau; gz = g without tau); sums: 3 * C doubles.  Rows are summed
-    in `floating` per channel over blocks of CL_FLUSH_ROWS * 4 rows, then
-    flushed into the double sums (the row loop over channels vectorizes)."""
+    in `floating` per channel (acc: 3 * C scratch) over blocks of
+    CL_FLUSH_ROWS * 4 rows, then flushed into the double sums (the row loop
+    over channels vectorizes)."""
     cdef Py_ssize_t r, c, rb, re
     cdef const floating* gp
     cdef const floating* xp
     cdef floating gz, z
-    cdef floating* acc = <floating*>malloc(3 * C * sizeof(floating) + 8)
     cdef floating* fa
     cdef floating* fx
     cdef floating* ft
     for c in range(3 * C):
         sums[c] = 0
-    if acc == NULL:  # no scratch: sum straight into the doubles
-        for r in range(r0, r1):
-            for c in range(C):
-                z = x[r * C + c] * a[c] + b[c]
-                gz = _tlu_grad_z(z, tau[c], g[r * C + c]) if tau != NULL else g[r * C + c]
-                sums[c] += gz
-                sums[C + c] += gz * x[r * C + c]
-                if tau != NULL:
-                    sums[2 * C + c] += _tlu_grad_tau(z, tau[c], g[r * C + c])
-        return
     fa = acc
     fx = acc + C
     ft = acc + 2 * C
@@ -319,7 +309,6 @@ cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_s
             sums[C + c] += fx[c]
             sums[2 * C + c] += ft[c]
         rb = re
-    free(acc)
 
 
 cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -375,8 +364,10 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
                           double* gt, int nth) noexcept nogil:
     cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1
     cdef double* sums = <double*>malloc(3 * units * C * sizeof(double) + 8)
-    cdef floating* a = <floating*>malloc(2 * N * C * sizeof(floating) + 8)
+    # a and coef per (sample, channel), then 3 * C float sums per thread
+    cdef floating* a = <floating*>malloc((2 * N * C + 3 * C * nth) * sizeof(floating) + 8)
     cdef floating* coef
+    cdef floating* acc
     cdef double sa, sx, st, rs
     cdef floating gz
     cdef int p
@@ -385,6 +376,7 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
         free(a)
         return -1
     coef = a + N * C
+    acc = coef + N * C
     for n in range(N):
         for c in range(C):
             a[n * C + c] = w[c] * rstd[n * C + c]
@@ -392,7 +384,8 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
         n = u // parts
         r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
         r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
-        _frn_cl_sums(g, x, r0, r1, C, a + n * C, b, tau, sums + 3 * u * C)
+        _frn_cl_sums(g, x, r0, r1, C, a + n * C, b, tau, acc + 3 * C * omp_get_thread_num(),
+                     sums + 3 * u * C)
     for c in range(C):
         gw[c] = 0
         gb[c] = 0

@@ -272,7 +272,7 @@ def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats
     if cdt != x.dtype:
         w = None if w is None else w.astype(cdt)
         b = None if b is None else b.astype(cdt)
-    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    data = layout.data_as(cdt)
     y_k = None
     if out is not None:
         check_out(out, x, x.dtype)
@@ -402,7 +402,7 @@ def _channel_backward_common(grad_out, x, layout, cdt, cpg, per_sample, mean, rs
     if cdt != x.dtype:
         w = None if w is None else w.astype(cdt)
         g = g.astype(cdt)
-    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    data = layout.data_as(cdt)
     dx_k = layout.empty(cdt)
     grad_w = np.empty(layout.C, np.float64) if weight is not None else None
     grad_b = np.empty(layout.C, np.float64) if bias is not None else None
@@ -1018,7 +1018,7 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     eps = check_eps(eps)
-    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    data = layout.data_as(cdt)
     y_k, direct = _channel_output(x, layout, data, cdt, out)
     rstd = np.empty(N * C, cdt)
     _kernels.frn_forward(data, y_k, layout.cl, N, C, S, w, b, t, eps, rstd, n_threads)
@@ -1043,7 +1043,7 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     rstd = _channel_stat_input(rstd, "rstd", (N, C), cdt).astype(cdt)
-    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    data = layout.data_as(cdt)
     dx = _empty(data.shape, cdt)
     gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)
     _kernels.frn_backward(g, data, dx, layout.cl, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
@@ -1085,7 +1085,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = _lrn_args(x, size, alpha, beta, k)
     layout = ChannelLayout(x, channel_axis)
-    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    data = layout.data_as(cdt)
     y_k, direct = _channel_output(x, layout, data, cdt, out)
     scale = np.empty(data.shape, cdt) if return_stats else None
     _kernels.lrn_forward(data, y_k, scale, layout.cl, layout.N, layout.C, layout.S, size, alpha,
@@ -1108,7 +1108,7 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     if scale.shape != x.shape:
         raise ValueError(f"scale must have the shape of x {x.shape}, got {scale.shape}")
     layout = ChannelLayout(x, channel_axis)
-    data = layout.data if layout.data.dtype == cdt else layout.data.astype(cdt)
+    data = layout.data_as(cdt)
     dx = _empty(data.shape, cdt)
     _kernels.lrn_backward(_to_kernel_layout(grad_out, layout).astype(cdt, copy=False), data,
                           _to_kernel_layout(scale, layout).astype(cdt, copy=False), dx, layout.cl,
