@@ -40,230 +40,26 @@ from fastnorm._openmp cimport (omp_get_max_threads, omp_get_num_threads, omp_get
 cnp.import_array()
 
 
-cdef extern from *:
-    """
-    /* Streaming (non-temporal) stores write an output's cache lines without
-       first reading them (no read-for-ownership): a memory-bound forward then
-       moves 2 bytes per output byte, as memcpy does, instead of 3.  A thread
-       fences its streaming stores before its part of the work ends. */
-    #include <stdint.h>
-    #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
-    #include <immintrin.h>
-    #endif
-    static void fastnorm_stream_fence(void) {
-    #if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
-        _mm_sfence();
-    #endif
-    }
-    """
-    void fastnorm_stream_fence() noexcept nogil
+cdef extern from "simd.h" nogil:
+    void fastnorm_stream_fence()
+    void fn_widen(int storage, const void* src, float* dst, Py_ssize_t n)
+    void fn_narrow(int storage, const float* src, void* dst, Py_ssize_t n)
 
-cdef extern from *:
-    """
-    /* Streaming-store versions of the channel kernels' elementwise loops,
-       float32 only: y = ((x - hi) - lo) * a + b with scalar coefficients
-       (_s) or per-element coefficient arrays (_v).  The scalar head up to
-       y's vector alignment and the tail use plain stores; the arithmetic is
-       the plain loop's (fused multiply-add where the plain loop is
-       contracted to one), so results do not depend on the path. */
-    #if defined(__AVX512F__)
-    #define FN_V 16
-    #define FN_T __m512
-    #define FN_LD(p) _mm512_loadu_ps(p)
-    #define FN_SET(v) _mm512_set1_ps(v)
-    #define FN_SUB(a, b) _mm512_sub_ps(a, b)
-    #define FN_MUL(a, b) _mm512_mul_ps(a, b)
-    #define FN_ADD(a, b) _mm512_add_ps(a, b)
-    #define FN_MADD(a, b, c) _mm512_fmadd_ps(a, b, c)
-    #define FN_ST(p, v) _mm512_stream_ps(p, v)
-    #elif defined(__AVX__)
-    #define FN_V 8
-    #define FN_T __m256
-    #define FN_LD(p) _mm256_loadu_ps(p)
-    #define FN_SET(v) _mm256_set1_ps(v)
-    #define FN_SUB(a, b) _mm256_sub_ps(a, b)
-    #define FN_MUL(a, b) _mm256_mul_ps(a, b)
-    #define FN_ADD(a, b) _mm256_add_ps(a, b)
-    #if defined(__FMA__)
-    #define FN_MADD(a, b, c) _mm256_fmadd_ps(a, b, c)
-    #else
-    #define FN_MADD(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
-    #endif
-    #define FN_ST(p, v) _mm256_stream_ps(p, v)
-    #elif defined(__SSE2__)
-    #define FN_V 4
-    #define FN_T __m128
-    #define FN_LD(p) _mm_loadu_ps(p)
-    #define FN_SET(v) _mm_set1_ps(v)
-    #define FN_SUB(a, b) _mm_sub_ps(a, b)
-    #define FN_MUL(a, b) _mm_mul_ps(a, b)
-    #define FN_ADD(a, b) _mm_add_ps(a, b)
-    #define FN_MADD(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
-    #define FN_ST(p, v) _mm_stream_ps(p, v)
-    #endif
-    static void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n,
-                                         float hi, float a, float b) {
-        Py_ssize_t k = 0;
-        if (hi == 0) {  /* as the plain loop: x * a + b */
-    #ifdef FN_V
-            for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-                y[k] = x[k] * a + b;
-            FN_T va0 = FN_SET(a), vb0 = FN_SET(b);
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_MADD(FN_LD(x + k), va0, vb0));
-    #endif
-            for (; k < n; k++)
-                y[k] = x[k] * a + b;
-            return;
-        }
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            y[k] = (x[k] - hi) * a + b;
-        FN_T vh = FN_SET(hi), va = FN_SET(a), vb = FN_SET(b);
-        for (; k + FN_V <= n; k += FN_V)
-            FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), vh), va, vb));
-    #endif
-        for (; k < n; k++)
-            y[k] = (x[k] - hi) * a + b;
-    }
-    static void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n,
-                                              const float* a, const float* b) {
-        Py_ssize_t k = 0;
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            y[k] = x[k] * a[k] + b[k];
-        for (; k + FN_V <= n; k += FN_V)
-            FN_ST(y + k, FN_MADD(FN_LD(x + k), FN_LD(a + k), FN_LD(b + k)));
-    #endif
-        for (; k < n; k++)
-            y[k] = x[k] * a[k] + b[k];
-    }
-    static void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                           float hi, float al, float be, float ga) {
-        Py_ssize_t k = 0;
-        if (be == 0 && ga == 0) {  /* as the plain loop: running statistics, dx = al * g */
-    #ifdef FN_V
-            for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
-                dx[k] = al * g[k];
-            FN_T va0 = FN_SET(al);
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(dx + k, FN_MUL(va0, FN_LD(g + k)));
-    #endif
-            for (; k < n; k++)
-                dx[k] = al * g[k];
-            return;
-        }
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
-            dx[k] = al * g[k] + (be * (x[k] - hi) + ga);
-        FN_T vh = FN_SET(hi), va = FN_SET(al), vb = FN_SET(be), vg = FN_SET(ga);
-        for (; k + FN_V <= n; k += FN_V) {
-            FN_T t = FN_SUB(FN_LD(x + k), vh);
-            FN_ST(dx + k, FN_MADD(va, FN_LD(g + k), FN_MADD(vb, t, vg)));
-        }
-    #endif
-        for (; k < n; k++)
-            dx[k] = al * g[k] + (be * (x[k] - hi) + ga);
-    }
-    static void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                           const float* hi, const float* al,
-                                           const float* be, const float* ga) {
-        Py_ssize_t k = 0;
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
-            dx[k] = al[k] * g[k] + (be[k] * (x[k] - hi[k]) + ga[k]);
-        for (; k + FN_V <= n; k += FN_V) {
-            FN_T t = FN_SUB(FN_LD(x + k), FN_LD(hi + k));
-            FN_ST(dx + k, FN_MADD(FN_LD(al + k), FN_LD(g + k), FN_MADD(FN_LD(be + k), t, FN_LD(ga + k))));
-        }
-    #endif
-        for (; k < n; k++)
-            dx[k] = al[k] * g[k] + (be[k] * (x[k] - hi[k]) + ga[k]);
-    }
-    static void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) {
-        Py_ssize_t k = 0;
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
-            dx[k] = al[k] * g[k];
-        for (; k + FN_V <= n; k += FN_V)
-            FN_ST(dx + k, FN_MUL(FN_LD(al + k), FN_LD(g + k)));
-    #endif
-        for (; k < n; k++)
-            dx[k] = al[k] * g[k];
-    }
-    /* LayerNorm / RMSNorm rows (w, b may be NULL), as their plain loops */
-    static void fastnorm_ln_stream(const float* x, float* y, Py_ssize_t n, const float* w,
-                                   const float* b, float hi, float rstd, float off) {
-        Py_ssize_t k = 0;
-    #define FN_LN_SCALAR(k) do { float t_ = (x[k] - hi) * rstd + off; \
-            y[k] = w ? (b ? t_ * w[k] + b[k] : t_ * w[k]) : (b ? t_ + b[k] : t_); } while (0)
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            FN_LN_SCALAR(k);
-        FN_T vh = FN_SET(hi), vr = FN_SET(rstd), vo = FN_SET(off);
-        if (w && b) {
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_MADD(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(w + k), FN_LD(b + k)));
-        } else if (w) {
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_MUL(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(w + k)));
-        } else if (b) {
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_ADD(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(b + k)));
-        } else {
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo));
-        }
-    #endif
-        for (; k < n; k++)
-            FN_LN_SCALAR(k);
-    #undef FN_LN_SCALAR
-    }
-    static void fastnorm_rms_stream(const float* x, float* y, Py_ssize_t n, const float* w, float rstd) {
-        Py_ssize_t k = 0;
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            y[k] = w ? x[k] * rstd * w[k] : x[k] * rstd;
-        FN_T vr = FN_SET(rstd);
-        if (w) {
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_MUL(FN_MUL(FN_LD(x + k), vr), FN_LD(w + k)));
-        } else {
-            for (; k + FN_V <= n; k += FN_V)
-                FN_ST(y + k, FN_MUL(FN_LD(x + k), vr));
-        }
-    #endif
-        for (; k < n; k++)
-            y[k] = w ? x[k] * rstd * w[k] : x[k] * rstd;
-    }
-    static void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
-                                         const float* a, const float* b) {
-        Py_ssize_t k = 0;
-    #ifdef FN_V
-        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
-            y[k] = (x[k] - hi[k]) * a[k] + b[k];
-        for (; k + FN_V <= n; k += FN_V)
-            FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(a + k), FN_LD(b + k)));
-    #endif
-        for (; k < n; k++)
-            y[k] = (x[k] - hi[k]) * a[k] + b[k];
-    }
-    """
     void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n, float hi,
-                                  float a, float b) noexcept nogil
+                                  float a, float b)
     void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
-                                  const float* a, const float* b) noexcept nogil
+                                  const float* a, const float* b)
     void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n, const float* a,
-                                       const float* b) noexcept nogil
-    void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) noexcept nogil
+                                       const float* b)
+    void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al)
     void fastnorm_ln_stream(const float* x, float* y, Py_ssize_t n, const float* w, const float* b,
-                            float hi, float rstd, float off) noexcept nogil
-    void fastnorm_rms_stream(const float* x, float* y, Py_ssize_t n, const float* w, float rstd) noexcept nogil
+                            float hi, float rstd, float off)
+    void fastnorm_rms_stream(const float* x, float* y, Py_ssize_t n, const float* w, float rstd)
     void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
-                                    float hi, float al, float be, float ga) noexcept nogil
+                                    float hi, float al, float be, float ga)
     void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
                                     const float* hi, const float* al,
-                                    const float* be, const float* ga) noexcept nogil
+                                    const float* be, const float* ga)
 
 # Register-panel and four-row loops written in C with GCC vector extensions
 cdef extern from "_panels.h" nogil:
@@ -314,6 +110,104 @@ cdef enum:
     MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
     CANCELLATION_LIMIT = 16     # see _one_pass_ok
     STREAM_MIN_BYTES = 16 << 20 # outputs at least this large bypass the caches
+
+
+# --------------------------------------------------------------------------
+# storage dtypes: what the data is stored in vs what the kernels compute in
+# --------------------------------------------------------------------------
+# float32 and float64 arrays are computed in their own type (ST_NATIVE).
+# float16 and bfloat16 arrays are storage types computed in float32: a row
+# kernel widens each row it reads into this thread's float32 scratch (a few
+# rows, in L1/L2) and narrows each row it writes from there (simd.h, round
+# to nearest even), so the kernels are the float32 ones and no array is
+# ever cast as a whole.  Statistics and parameters are float32.
+
+cdef enum Storage:
+    ST_NATIVE = 0   # = FN_ST_NATIVE in simd.h
+    ST_F16 = 1
+    ST_BF16 = 2
+
+cdef int bf16_typenum = -1
+try:
+    import ml_dtypes as _ml_dtypes
+    import numpy as _np
+    bf16_typenum = _np.dtype(_ml_dtypes.bfloat16).num
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    pass
+
+
+cdef inline int storage_of(int typenum, bint* is_double) except -1:
+    """The storage code of a kernel's data typenum; is_double: computed in double."""
+    is_double[0] = typenum == cnp.NPY_FLOAT64
+    if typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64:
+        return ST_NATIVE
+    if typenum == cnp.NPY_FLOAT16:
+        return ST_F16
+    if typenum == bf16_typenum and bf16_typenum >= 0:
+        return ST_BF16
+    raise TypeError(f"internal: no kernel for dtype number {typenum}")
+
+
+cdef inline const floating* _row_in(int storage, floating* scratch, int slot, Py_ssize_t n,
+                                    const char* p) noexcept nogil:
+    """Row `p` (n values of the storage dtype) as `floating`: p itself, or
+    widened into scratch slot `slot` (staged data is computed in float)."""
+    if storage == ST_NATIVE:
+        return <const floating*>p
+    fn_widen(storage, p, <float*>(scratch + slot * n), n)
+    return scratch + slot * n
+
+
+cdef inline floating* _row_out(int storage, floating* scratch, int slot, Py_ssize_t n,
+                               char* p) noexcept nogil:
+    """Where a kernel writes output row `p`: p itself, or scratch slot `slot`
+    (then _row_done narrows it into p)."""
+    if storage == ST_NATIVE:
+        return <floating*>p
+    return scratch + slot * n
+
+
+cdef inline void _row_done(int storage, floating* scratch, int slot, Py_ssize_t n,
+                           char* p) noexcept nogil:
+    if storage != ST_NATIVE:
+        fn_narrow(storage, <const float*>(scratch + slot * n), p, n)
+
+
+cdef inline float* _stage_scratch(int storage, int nth, int slots, Py_ssize_t n) noexcept nogil:
+    """Scratch of `slots` rows of n floats per thread (NULL for native data:
+    nothing to stage).  The caller frees it; a NULL for staged data is out
+    of memory."""
+    if storage == ST_NATIVE:
+        return NULL
+    return <float*>malloc(<size_t>nth * slots * n * sizeof(float) + 64)
+
+
+def widen_narrow(cnp.ndarray src, cnp.ndarray dst, object n_threads=None):
+    """Copy a contiguous float16 / bfloat16 array into a contiguous float32
+    one (widen) or back (narrow), rounding to nearest even; in parallel."""
+    cdef bint dbl
+    cdef int st_src = storage_of(cnp.PyArray_TYPE(src), &dbl)
+    cdef int st_dst = storage_of(cnp.PyArray_TYPE(dst), &dbl)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(src)
+    if (cnp.PyArray_SIZE(dst) != n or not cnp.PyArray_IS_C_CONTIGUOUS(src)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(dst)
+            or (st_src == ST_NATIVE) == (st_dst == ST_NATIVE)
+            or cnp.PyArray_TYPE(src if st_src == ST_NATIVE else dst) != cnp.NPY_FLOAT32):
+        raise ValueError("internal: widen_narrow takes contiguous 16-bit and float32 arrays of one size")
+    cdef int nth = resolve_threads(n_threads, n)
+    cdef char* sp = <char*>cnp.PyArray_DATA(src)
+    cdef char* dp = <char*>cnp.PyArray_DATA(dst)
+    cdef int c
+    cdef Py_ssize_t lo, hi
+    with nogil:
+        for c in prange(nth, schedule='static', num_threads=nth):
+            lo = _part_start(n, nth, c)
+            hi = _part_start(n, nth, c + 1)
+            if st_src != ST_NATIVE:
+                fn_widen(st_src, sp + 2 * lo, <float*>dp + lo, hi - lo)
+            else:
+                fn_narrow(st_dst, <float*>sp + lo, dp + 2 * lo, hi - lo)
+    return dst
 
 
 # --------------------------------------------------------------------------
@@ -716,12 +610,14 @@ cdef inline Py_ssize_t _part_start(Py_ssize_t n, int parts, int part) noexcept n
 cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                            const floating* w, const floating* b, double eps,
-                           floating* mean, floating* rstd, bint stream) noexcept nogil:
+                           floating* mean, floating* rstd, bint stream,
+                           int storage, floating* scratch) noexcept nogil:
     cdef Py_ssize_t r
     cdef double m, s
     for r in range(r0, r1):
-        _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
-                        w, b, eps, &m, &s, stream)
+        _ln_forward_row(_row_in(storage, scratch, 0, n, xb + r * xs),
+                        _row_out(storage, scratch, 1, n, yb + r * ys), n, w, b, eps, &m, &s, stream)
+        _row_done(storage, scratch, 1, n, yb + r * ys)
         if mean != NULL:
             mean[r] = <floating>m
         if rstd != NULL:
@@ -797,15 +693,18 @@ cdef inline bint _use_streaming_grad(Py_ssize_t M, Py_ssize_t n, Py_ssize_t item
     return M * n * itemsize * 4 >= stream_min_bytes
 
 
-cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
-                      Py_ssize_t M, Py_ssize_t n, const floating* w, const floating* b,
-                      double eps, floating* mean, floating* rstd, int nth) noexcept nogil:
+cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                     Py_ssize_t M, Py_ssize_t n, const floating* w, const floating* b,
+                     double eps, floating* mean, floating* rstd, int nth,
+                     int storage) noexcept nogil:
+    """LayerNorm forward over M rows of n; -1 when out of memory."""
     cdef int c
     cdef Py_ssize_t r, r0, r1
     cdef double m, s
     cdef double* partial = NULL
-    cdef bint stream = _use_streaming(M, n, sizeof(floating))
-    if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
+    cdef float* scratch = NULL
+    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, sizeof(floating))
+    if storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(2 * nth * sizeof(double))
     if partial != NULL:
         for r in range(M):
@@ -816,44 +715,56 @@ cdef void _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
             if rstd != NULL:
                 rstd[r] = <floating>s
         free(partial)
-    elif nth > 1 and M > 1:
-        if nth > M:
-            nth = <int>M
+        return 0
+    if nth > M:
+        nth = <int>M
+    scratch = _stage_scratch(storage, nth, 2, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        return -1
+    if nth > 1:
         for c in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
-            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd, stream)
+            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd, stream,
+                             storage, <floating*>scratch + c * 2 * n if scratch != NULL else NULL)
     else:
-        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd, stream)
+        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd, stream, storage, <floating*>scratch)
+    free(scratch)
+    return 0
 
 
 cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
-                            const floating* w, double eps, floating* rstd, bint stream) noexcept nogil:
+                            const floating* w, double eps, floating* rstd, bint stream,
+                            int storage, floating* scratch) noexcept nogil:
     cdef Py_ssize_t r
     cdef double s
     cdef const floating* x
     for r in range(r0, r1):
-        x = <const floating*>(xb + r * xs)
+        x = _row_in(storage, scratch, 0, n, xb + r * xs)
         s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
-        _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s, stream)
+        _rms_normalize_segment(x, _row_out(storage, scratch, 1, n, yb + r * ys), n, w,
+                               <floating>s, stream)
+        _row_done(storage, scratch, 1, n, yb + r * ys)
         if rstd != NULL:
             rstd[r] = <floating>s
     if stream:
         fastnorm_stream_fence()
 
 
-cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
-                       Py_ssize_t M, Py_ssize_t n, const floating* w, double eps,
-                       floating* rstd, int nth) noexcept nogil:
+cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                      Py_ssize_t M, Py_ssize_t n, const floating* w, double eps,
+                      floating* rstd, int nth, int storage) noexcept nogil:
+    """RMSNorm forward over M rows of n; -1 when out of memory."""
     cdef int c, p
     cdef Py_ssize_t r, r0, r1, lo, hi
     cdef double s
     cdef double* partial = NULL
+    cdef float* scratch = NULL
     cdef const floating* x
     cdef floating* y
-    cdef bint stream = _use_streaming(M, n, sizeof(floating))
-    if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
+    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, sizeof(floating))
+    if storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(nth * sizeof(double))
     if partial != NULL:
         for r in range(M):
@@ -875,15 +786,22 @@ cdef void _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
             if rstd != NULL:
                 rstd[r] = <floating>s
         free(partial)
-    elif nth > 1 and M > 1:
-        if nth > M:
-            nth = <int>M
+        return 0
+    if nth > M:
+        nth = <int>M
+    scratch = _stage_scratch(storage, nth, 2, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        return -1
+    if nth > 1:
         for c in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
-            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd, stream)
+            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd, stream,
+                              storage, <floating*>scratch + c * 2 * n if scratch != NULL else NULL)
     else:
-        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd, stream)
+        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd, stream, storage, <floating*>scratch)
+    free(scratch)
+    return 0
 
 
 cdef inline void _flush_partials(floating* acc, double* total, Py_ssize_t n) noexcept nogil:
@@ -897,7 +815,8 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
                             char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                             const floating* mean, const floating* rstd, const floating* w,
                             floating* gw_acc, floating* gb_acc,
-                            double* gw_total, double* gb_total) noexcept nogil:
+                            double* gw_total, double* gb_total,
+                            int storage, floating* scratch) noexcept nogil:
     """Backward over rows [r0, r1); parameter-gradient partials accumulate in
     `floating` and are flushed into the chunk's double totals every FLUSH_ROWS
     rows.  With both partials (the layer's case) rows go four at a time
@@ -919,9 +838,9 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
     while r < r1:
         m = 4 if four and r + 4 <= r1 else 1
         for j in range(m):
-            gp[j] = <const floating*>(gb_ + (r + j) * gs)
-            xp[j] = <const floating*>(xb + (r + j) * xs)
-            dp[j] = <floating*>(db + (r + j) * ds)
+            gp[j] = _row_in(storage, scratch, j, n, gb_ + (r + j) * gs)
+            xp[j] = _row_in(storage, scratch, 4 + j, n, xb + (r + j) * xs)
+            dp[j] = _row_out(storage, scratch, 8 + j, n, db + (r + j) * ds)
             _ln_backward_sums(gp[j], xp[j], w, n, mean[r + j], rstd[r + j], &a, &bsum, &c)
             # xhat should average to zero; whatever the rounding of the stored
             # mean left over (c / n) is removed, which keeps float32 rows with a
@@ -939,6 +858,8 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
         else:
             _ln_backward_segment(gp[0], xp[0], w, dp[0], n, m4[0], s4[0], sh4[0], mg4[0], mgx4[0],
                                  gw_acc, gb_acc)
+        for j in range(m):
+            _row_done(storage, scratch, 8 + j, n, db + (r + j) * ds)
         r += m
         pending += m
         if pending >= FLUSH_ROWS:
@@ -956,7 +877,8 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
 cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
                              char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                              const floating* rstd, const floating* w,
-                             floating* gw_acc, double* gw_total) noexcept nogil:
+                             floating* gw_acc, double* gw_total,
+                             int storage, floating* scratch) noexcept nogil:
     """As _ln_backward_rows: four rows at a time through fastnorm_rms_backward4
     when there is a weight and its gradient is wanted."""
     cdef Py_ssize_t r, j, m
@@ -972,9 +894,9 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
     while r < r1:
         m = 4 if four and r + 4 <= r1 else 1
         for j in range(m):
-            gp[j] = <const floating*>(gb_ + (r + j) * gs)
-            xp[j] = <const floating*>(xb + (r + j) * xs)
-            dp[j] = <floating*>(db + (r + j) * ds)
+            gp[j] = _row_in(storage, scratch, j, n, gb_ + (r + j) * gs)
+            xp[j] = _row_in(storage, scratch, 4 + j, n, xb + (r + j) * xs)
+            dp[j] = _row_out(storage, scratch, 8 + j, n, db + (r + j) * ds)
             s = rstd[r + j]
             s4[j] = <floating>s
             c4[j] = <floating>(s * s * s * _rms_backward_sum(gp[j], xp[j], w, n) / n)
@@ -985,6 +907,8 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
                 fastnorm_rms_backward4_d(gp, xp, dp, w, n, s4, c4, gw_acc)
         else:
             _rms_backward_segment(gp[0], xp[0], w, dp[0], n, s4[0], c4[0], gw_acc)
+        for j in range(m):
+            _row_done(storage, scratch, 8 + j, n, db + (r + j) * ds)
         r += m
         pending += m
         if pending >= FLUSH_ROWS and gw_acc != NULL:
@@ -1055,14 +979,15 @@ cdef void _rms_backward_wide_row(const floating* g, const floating* x, const flo
 cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
                         char* db, Py_ssize_t ds, Py_ssize_t M, Py_ssize_t n,
                         const floating* mean, const floating* rstd, const floating* w,
-                        floating* grad_w, floating* grad_b, int nth) noexcept nogil:
+                        floating* grad_w, floating* grad_b, int nth, int storage) noexcept nogil:
     """Backward of LayerNorm (rms=False) or RMSNorm (rms=True) over M rows of n.
 
     grad_w / grad_b (length n, or NULL when not wanted) receive the sums over
     rows of the per-chunk partials, combined in chunk order.  Returns -1 when
     out of memory."""
-    cdef bint wide = nth > 1 and M < nth and n >= MIN_WIDE_ROW
+    cdef bint wide = storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW
     cdef int c, n_chunks, n_vec
+    cdef float* scratch = NULL
     cdef Py_ssize_t r, r0, r1, k
     cdef floating* acc = NULL
     cdef double* totals = NULL
@@ -1084,6 +1009,12 @@ cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb
             return -1
         memset(acc, 0, n_chunks * n_vec * n * sizeof(floating))
         memset(totals, 0, n_chunks * n_vec * n * sizeof(double))
+    if not wide:
+        scratch = _stage_scratch(storage, nth, 12, n)
+        if storage != ST_NATIVE and scratch == NULL:
+            free(acc)
+            free(totals)
+            return -1
     if wide:
         partial = <double*>malloc(3 * nth * sizeof(double))
         if partial == NULL:
@@ -1111,23 +1042,28 @@ cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb
             if rms:
                 _rms_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, rstd, w,
                                    acc + c * n_vec * n if grad_w != NULL else NULL,
-                                   totals + c * n_vec * n if grad_w != NULL else NULL)
+                                   totals + c * n_vec * n if grad_w != NULL else NULL,
+                                   storage, <floating*>scratch + c * 12 * n if scratch != NULL else NULL)
             else:
                 _ln_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, mean, rstd, w,
                                   acc + c * n_vec * n if grad_w != NULL else NULL,
                                   (acc + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
                                   totals + c * n_vec * n if grad_w != NULL else NULL,
-                                  (totals + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL)
+                                  (totals + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
+                                  storage, <floating*>scratch + c * 12 * n if scratch != NULL else NULL)
     else:
         if rms:
             _rms_backward_rows(gb_, gs, xb, xs, db, ds, 0, M, n, rstd, w,
-                               acc if grad_w != NULL else NULL, totals if grad_w != NULL else NULL)
+                               acc if grad_w != NULL else NULL, totals if grad_w != NULL else NULL,
+                               storage, <floating*>scratch)
         else:
             _ln_backward_rows(gb_, gs, xb, xs, db, ds, 0, M, n, mean, rstd, w,
                               acc if grad_w != NULL else NULL,
                               (acc + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
                               totals if grad_w != NULL else NULL,
-                              (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL)
+                              (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
+                              storage, <floating*>scratch)
+    free(scratch)
     if n_vec:
         _combine_chunks(totals, n_chunks, n_vec, n, grad_w, grad_b)
     free(acc)
@@ -1182,23 +1118,71 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray y, object weight, object bias,
     _check_rows(x, typenum, M, n, "x")
     _check_rows(y, typenum, M, n, "y")
     cdef int nth = resolve_threads(n_threads, M * n)
-    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
-    cdef char* yb = <char*>cnp.PyArray_DATA(y)
-    cdef Py_ssize_t xs = x.strides[0], ys = y.strides[0]
-    cdef void* w = _ptr_or_null(weight)
-    cdef void* b = _ptr_or_null(bias)
-    cdef void* mp = _ptr_or_null(mean)
-    cdef void* rp = _ptr_or_null(rstd)
     if M == 0 or n == 0:
         return
-    if typenum == cnp.NPY_FLOAT32:
+    _ln_run(typenum, <const char*>cnp.PyArray_DATA(x), x.strides[0], <char*>cnp.PyArray_DATA(y),
+            y.strides[0], M, n, _ptr_or_null(weight), _ptr_or_null(bias), eps,
+            _ptr_or_null(mean), _ptr_or_null(rstd), nth)
+
+
+cdef int _ln_run(int typenum, const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                 Py_ssize_t M, Py_ssize_t n, void* w, void* b, double eps, void* mp, void* rp,
+                 int nth) except -1:
+    """The typed dispatch of the LayerNorm forward (float32 compute for
+    float32 / float16 / bfloat16 storage, float64 for float64)."""
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef int status
+    if not dbl:
         with nogil:
-            _ln_forward[float](xb, xs, yb, ys, M, n, <const float*>w, <const float*>b, eps,
-                               <float*>mp, <float*>rp, nth)
+            status = _ln_forward[float](xb, xs, yb, ys, M, n, <const float*>w, <const float*>b, eps,
+                                        <float*>mp, <float*>rp, nth, storage)
     else:
         with nogil:
-            _ln_forward[double](xb, xs, yb, ys, M, n, <const double*>w, <const double*>b, eps,
-                                <double*>mp, <double*>rp, nth)
+            status = _ln_forward[double](xb, xs, yb, ys, M, n, <const double*>w, <const double*>b,
+                                         eps, <double*>mp, <double*>rp, nth, storage)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    return 0
+
+
+cdef int _rms_run(int typenum, const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                  Py_ssize_t M, Py_ssize_t n, void* w, double eps, void* rp, int nth) except -1:
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef int status
+    if not dbl:
+        with nogil:
+            status = _rms_forward[float](xb, xs, yb, ys, M, n, <const float*>w, eps, <float*>rp,
+                                         nth, storage)
+    else:
+        with nogil:
+            status = _rms_forward[double](xb, xs, yb, ys, M, n, <const double*>w, eps, <double*>rp,
+                                          nth, storage)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    return 0
+
+
+cdef int _norm_backward_run(bint rms, int typenum, const char* gb_, Py_ssize_t gs, const char* xb,
+                            Py_ssize_t xs, char* db, Py_ssize_t ds, Py_ssize_t M, Py_ssize_t n,
+                            void* mp, void* rp, void* w, void* gw, void* gbias, int nth) except -1:
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef int status
+    if not dbl:
+        with nogil:
+            status = _norm_backward[float](rms, gb_, gs, xb, xs, db, ds, M, n, <const float*>mp,
+                                           <const float*>rp, <const float*>w,
+                                           <float*>gw, <float*>gbias, nth, storage)
+    else:
+        with nogil:
+            status = _norm_backward[double](rms, gb_, gs, xb, xs, db, ds, M, n, <const double*>mp,
+                                            <const double*>rp, <const double*>w,
+                                            <double*>gw, <double*>gbias, nth, storage)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the backward's scratch")
+    return 0
 
 
 def rms_norm_forward(cnp.ndarray x, cnp.ndarray y, object weight, double eps,
@@ -1208,19 +1192,10 @@ def rms_norm_forward(cnp.ndarray x, cnp.ndarray y, object weight, double eps,
     _check_rows(x, typenum, M, n, "x")
     _check_rows(y, typenum, M, n, "y")
     cdef int nth = resolve_threads(n_threads, M * n)
-    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
-    cdef char* yb = <char*>cnp.PyArray_DATA(y)
-    cdef Py_ssize_t xs = x.strides[0], ys = y.strides[0]
-    cdef void* w = _ptr_or_null(weight)
-    cdef void* rp = _ptr_or_null(rstd)
     if M == 0 or n == 0:
         return
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            _rms_forward[float](xb, xs, yb, ys, M, n, <const float*>w, eps, <float*>rp, nth)
-    else:
-        with nogil:
-            _rms_forward[double](xb, xs, yb, ys, M, n, <const double*>w, eps, <double*>rp, nth)
+    _rms_run(typenum, <const char*>cnp.PyArray_DATA(x), x.strides[0], <char*>cnp.PyArray_DATA(y),
+             y.strides[0], M, n, _ptr_or_null(weight), eps, _ptr_or_null(rstd), nth)
 
 
 def norm_backward(bint rms, cnp.ndarray grad_out, cnp.ndarray x, object mean, cnp.ndarray rstd,
@@ -1243,79 +1218,126 @@ def norm_backward(bint rms, cnp.ndarray grad_out, cnp.ndarray x, object mean, cn
     cdef void* w = _ptr_or_null(weight)
     cdef void* gw = _ptr_or_null(grad_weight)
     cdef void* gbias = _ptr_or_null(grad_bias)
-    cdef int status
     if n == 0:
         return
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            status = _norm_backward[float](rms, gb_, gs, xb, xs, db, ds, M, n, <const float*>mp,
-                                           <const float*>rp, <const float*>w,
-                                           <float*>gw, <float*>gbias, nth)
-    else:
-        with nogil:
-            status = _norm_backward[double](rms, gb_, gs, xb, xs, db, ds, M, n, <const double*>mp,
-                                            <const double*>rp, <const double*>w,
-                                            <double*>gw, <double*>gbias, nth)
-    if status != 0:
-        raise MemoryError("fastnorm: could not allocate the parameter-gradient partials")
+    _norm_backward_run(rms, typenum, gb_, gs, xb, xs, db, ds, M, n, mp, rp, w, gw, gbias, nth)
 
 
 # --------------------------------------------------------------------------
-# fast paths: the common call (a C-contiguous float32/float64 ndarray, the
-# last dim normalized, parameters None or matching contiguous vectors, no out
-# or out is x) checked and run without Python-level overhead.  Anything else,
-# including every invalid input, returns NotImplemented and takes the general
-# path in fastnorm.functional, which owns validation and error messages.
+# fast paths: the common call (a C-contiguous native ndarray of a kernel
+# dtype, normalized over trailing dims named by None, an int, or a tuple /
+# list of ints -- every spelling torch users write --, parameters None or
+# C-contiguous arrays of the normalized shape, eps a float or int, no out
+# or a separate contiguous out or out is x) checked and run without
+# Python-level overhead.  Anything else, including every invalid input,
+# returns NotImplemented and takes the general path in fastnorm.functional,
+# which owns validation and error messages.
 # --------------------------------------------------------------------------
 
-cdef inline bint _fast_vector(object p, int typenum, Py_ssize_t n):
-    cdef cnp.ndarray a
-    if p is None:
-        return True
-    if not cnp.PyArray_CheckExact(p):
+cdef inline int _kernel_typenum(int typenum) noexcept:
+    """The typenum the kernels compute in for data of `typenum`, or -1 when
+    no kernel takes it."""
+    if typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64:
+        return typenum
+    if typenum == cnp.NPY_FLOAT16 or (typenum == bf16_typenum and bf16_typenum >= 0):
+        return cnp.NPY_FLOAT32
+    return -1
+
+
+cdef inline bint _fast_array(object a, int typenum):
+    """a is an exact, C-contiguous, native-order ndarray of `typenum`."""
+    cdef cnp.ndarray b
+    if not cnp.PyArray_CheckExact(a):
         return False
+    b = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(b) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(b)
+            and cnp.PyArray_ISNOTSWAPPED(b))
+
+
+cdef inline bint _same_dims(cnp.ndarray a, cnp.ndarray x, int first):
+    """a's dims equal x's dims from `first` on."""
+    cdef int k, nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(x) - first:
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIMS(a)[k] != cnp.PyArray_DIMS(x)[first + k]:
+            return False
+    return True
+
+
+cdef int _fast_norm_dims(object normalized_shape, cnp.ndarray x, Py_ssize_t* n):
+    """How many trailing dims of x `normalized_shape` names (None: 1) when it
+    is an int or a tuple / list of ints equal to them, their product in n;
+    -1 for anything else (the general path validates it)."""
+    cdef int nd = cnp.PyArray_NDIM(x), k, i
+    cdef Py_ssize_t prod = 1
+    cdef object d
+    if normalized_shape is None:
+        k = 1
+    elif type(normalized_shape) is int:
+        if nd < 1 or normalized_shape != cnp.PyArray_DIMS(x)[nd - 1]:
+            return -1
+        k = 1
+    elif type(normalized_shape) is tuple or type(normalized_shape) is list:
+        k = len(normalized_shape)
+        if k < 1 or k > nd:
+            return -1
+        for i in range(k):
+            d = normalized_shape[i]
+            if type(d) is not int or d != cnp.PyArray_DIMS(x)[nd - k + i]:
+                return -1
+    else:
+        return -1
+    if k > nd:
+        return -1
+    for i in range(nd - k, nd):
+        prod *= cnp.PyArray_DIMS(x)[i]
+    n[0] = prod
+    return k
+
+
+cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
+    """weight / bias for the kernels: None, p itself (the compute dtype), p
+    widened to float32 (p in x's 16-bit dtype), or NotImplemented."""
+    cdef cnp.ndarray a, wide
+    cdef int t
+    cdef bint dbl
+    if p is None:
+        return None
+    if not cnp.PyArray_CheckExact(p):
+        return NotImplemented
     a = <cnp.ndarray>p
-    return (cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIMS(a)[0] == n
-            and cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(a))
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a):
+        return NotImplemented
+    if not _same_dims(a, x, cnp.PyArray_NDIM(x) - k):
+        return NotImplemented
+    t = cnp.PyArray_TYPE(a)
+    if t == ctype:
+        return a
+    if t == cnp.PyArray_TYPE(x) and ctype == cnp.NPY_FLOAT32:  # 16-bit parameters
+        wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+        fn_widen(storage_of(t, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide),
+                 cnp.PyArray_SIZE(a))
+        return wide
+    return NotImplemented
 
 
-cdef inline object _fast_rows(object x, object normalized_shape, object out, Py_ssize_t* M, Py_ssize_t* n):
-    """x as a C-contiguous float ndarray normalized over its last dim, and the
-    output array (new, or x itself for in place); None when not applicable."""
-    cdef cnp.ndarray a, o
-    cdef int nd, typenum, k
+cdef object _fast_output(cnp.ndarray a, object out):
+    """The output of a row op on x = a: new, x itself (in place), or a
+    separate contiguous `out`; None when the general path must handle it."""
+    cdef cnp.ndarray o
     cdef char* xs
     cdef char* os_
     cdef Py_ssize_t nbytes
-    if not cnp.PyArray_CheckExact(x):
-        return None
-    a = <cnp.ndarray>x
-    nd = cnp.PyArray_NDIM(a)
-    typenum = cnp.PyArray_TYPE(a)
-    if nd < 1 or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64):
-        return None
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a):
-        return None
-    n[0] = cnp.PyArray_DIMS(a)[nd - 1]
-    if n[0] < 1:
-        return None
-    if normalized_shape is not None and (type(normalized_shape) is not int or normalized_shape != n[0]):
-        return None
-    M[0] = cnp.PyArray_SIZE(a) // n[0]
     if out is None:
-        return empty_array(nd, cnp.PyArray_DIMS(a), typenum)
-    if out is x:
-        return x if cnp.PyArray_ISWRITEABLE(a) else None
-    if not cnp.PyArray_CheckExact(out):
+        return empty_array(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a))
+    if out is a:
+        return a if cnp.PyArray_ISWRITEABLE(a) else None
+    if not _fast_array(out, cnp.PyArray_TYPE(a)):
         return None
     o = <cnp.ndarray>out
-    if (cnp.PyArray_NDIM(o) != nd or cnp.PyArray_TYPE(o) != typenum
-            or not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o)
-            or not cnp.PyArray_ISNOTSWAPPED(o)):
+    if not cnp.PyArray_ISWRITEABLE(o) or not _same_dims(o, a, 0):
         return None
-    for k in range(nd):
-        if cnp.PyArray_DIMS(o)[k] != cnp.PyArray_DIMS(a)[k]:
-            return None
     # both are contiguous blocks of the same size: they overlap unless one ends
     # before the other starts (partial overlap is left to the general path)
     xs = <char*>cnp.PyArray_DATA(a)
@@ -1326,36 +1348,52 @@ cdef inline object _fast_rows(object x, object normalized_shape, object out, Py_
     return out
 
 
+cdef inline bint _fast_eps(object eps, double* e):
+    """eps as a double when it is a float >= 0 (or a small int)."""
+    if type(eps) is float:
+        e[0] = <double>eps
+        return e[0] >= 0.0
+    if type(eps) is int and 0 <= eps <= 1:
+        e[0] = <double><long>eps
+        return True
+    return False
+
+
+cdef object _stats_like_lead(cnp.ndarray x, int k, int ctype):
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x) - k, cnp.PyArray_DIMS(x), ctype, 0)
+
+
 def layer_norm_fast(object x, object normalized_shape, object weight, object bias, object eps,
                     object out, object n_threads, bint return_stats):
     cdef Py_ssize_t M, n
-    cdef object y = _fast_rows(x, normalized_shape, out, &M, &n)
-    if y is None or type(eps) is not float or not (<double>eps >= 0.0):
+    cdef double e = 0.0
+    cdef cnp.ndarray xa
+    if not cnp.PyArray_CheckExact(x):
         return NotImplemented
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if not _fast_vector(weight, typenum, n) or not _fast_vector(bias, typenum, n):
+    xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if ctype < 0 or not _fast_array(x, typenum):
         return NotImplemented
+    cdef int k = _fast_norm_dims(normalized_shape, xa, &n)
+    if k < 0 or n < 1 or not _fast_eps(eps, &e):
+        return NotImplemented
+    cdef object wa = _fast_param(weight, xa, k, ctype)
+    cdef object ba = _fast_param(bias, xa, k, ctype)
+    if wa is NotImplemented or ba is NotImplemented:
+        return NotImplemented
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    M = cnp.PyArray_SIZE(xa) // n
     cdef int nth = resolve_threads(n_threads, M * n)
-    cdef cnp.ndarray xa = <cnp.ndarray>x
-    cdef object mean = None, rstd = None
-    if return_stats:
-        mean = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa) - 1, cnp.PyArray_DIMS(xa), typenum, 0)
-        rstd = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa) - 1, cnp.PyArray_DIMS(xa), typenum, 0)
-    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
-    cdef char* yb = <char*>cnp.PyArray_DATA(<cnp.ndarray>y)
-    cdef void* w = _ptr_or_null(weight)
-    cdef void* b = _ptr_or_null(bias)
-    cdef void* mp = _ptr_or_null(mean)
-    cdef void* rp = _ptr_or_null(rstd)
-    cdef double e = eps
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            _ln_forward[float](xb, n * 4, yb, n * 4, M, n, <const float*>w, <const float*>b, e,
-                               <float*>mp, <float*>rp, nth)
-    else:
-        with nogil:
-            _ln_forward[double](xb, n * 8, yb, n * 8, M, n, <const double*>w, <const double*>b, e,
-                                <double*>mp, <double*>rp, nth)
+    cdef object mean = _stats_like_lead(xa, k, ctype) if return_stats else None
+    cdef object rstd = _stats_like_lead(xa, k, ctype) if return_stats else None
+    cdef Py_ssize_t rs = n * cnp.PyArray_ITEMSIZE(xa)
+    if M > 0:
+        _ln_run(typenum, <const char*>cnp.PyArray_DATA(xa), rs, <char*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                rs, M, n, _ptr_or_null(wa), _ptr_or_null(ba), e, _ptr_or_null(mean),
+                _ptr_or_null(rstd), nth)
     if return_stats:
         return y, mean, rstd
     return y
@@ -1364,105 +1402,120 @@ def layer_norm_fast(object x, object normalized_shape, object weight, object bia
 def rms_norm_fast(object x, object normalized_shape, object weight, object eps,
                   object out, object n_threads, bint return_stats):
     cdef Py_ssize_t M, n
-    cdef object y = _fast_rows(x, normalized_shape, out, &M, &n)
+    cdef double e = 0.0
+    cdef cnp.ndarray xa
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if ctype < 0 or not _fast_array(x, typenum):
+        return NotImplemented
+    cdef int k = _fast_norm_dims(normalized_shape, xa, &n)
+    if k < 0 or n < 1:
+        return NotImplemented
+    if eps is None:  # torch: the machine epsilon of x's dtype
+        e = (9.765625e-04 if typenum == cnp.NPY_FLOAT16 else 7.8125e-03 if typenum == bf16_typenum
+             else 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16)
+    elif not _fast_eps(eps, &e):
+        return NotImplemented
+    cdef object wa = _fast_param(weight, xa, k, ctype)
+    if wa is NotImplemented:
+        return NotImplemented
+    cdef object y = _fast_output(xa, out)
     if y is None:
         return NotImplemented
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    cdef double e
-    if eps is None:
-        e = 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16
-    elif type(eps) is float and <double>eps >= 0.0:
-        e = eps
-    else:
-        return NotImplemented
-    if not _fast_vector(weight, typenum, n):
-        return NotImplemented
+    M = cnp.PyArray_SIZE(xa) // n
     cdef int nth = resolve_threads(n_threads, M * n)
-    cdef cnp.ndarray xa = <cnp.ndarray>x
-    cdef object rstd = None
-    if return_stats:
-        rstd = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa) - 1, cnp.PyArray_DIMS(xa), typenum, 0)
-    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
-    cdef char* yb = <char*>cnp.PyArray_DATA(<cnp.ndarray>y)
-    cdef void* w = _ptr_or_null(weight)
-    cdef void* rp = _ptr_or_null(rstd)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            _rms_forward[float](xb, n * 4, yb, n * 4, M, n, <const float*>w, e, <float*>rp, nth)
-    else:
-        with nogil:
-            _rms_forward[double](xb, n * 8, yb, n * 8, M, n, <const double*>w, e, <double*>rp, nth)
+    cdef object rstd = _stats_like_lead(xa, k, ctype) if return_stats else None
+    cdef Py_ssize_t rs = n * cnp.PyArray_ITEMSIZE(xa)
+    if M > 0:
+        _rms_run(typenum, <const char*>cnp.PyArray_DATA(xa), rs, <char*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                 rs, M, n, _ptr_or_null(wa), e, _ptr_or_null(rstd), nth)
     if return_stats:
         return y, rstd
     return y
 
 
-cdef inline bint _fast_like(object a, cnp.ndarray x, int nd_drop):
-    """a is a C-contiguous native ndarray of x's dtype shaped like x
-    (nd_drop=0) or like x without its last dim (nd_drop=1)."""
-    cdef cnp.ndarray b
-    cdef int k, nd = cnp.PyArray_NDIM(x) - nd_drop
-    if not cnp.PyArray_CheckExact(a):
+cdef object _param_grad(object g, object p):
+    """A parameter's gradient (computed in the compute dtype) in p's dtype."""
+    cdef cnp.ndarray pa, out
+    cdef bint dbl
+    if g is None:
+        return None
+    pa = <cnp.ndarray>p
+    if cnp.PyArray_TYPE(pa) == cnp.PyArray_TYPE(<cnp.ndarray>g):
+        return g.reshape(p.shape) if cnp.PyArray_NDIM(pa) != 1 else g
+    out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(pa), cnp.PyArray_DIMS(pa), cnp.PyArray_TYPE(pa), 0)
+    fn_narrow(storage_of(cnp.PyArray_TYPE(pa), &dbl), <const float*>cnp.PyArray_DATA(<cnp.ndarray>g),
+              cnp.PyArray_DATA(out), cnp.PyArray_SIZE(pa))
+    return out
+
+
+cdef inline bint _is_lead(object stat, cnp.ndarray x, int k):
+    """stat (already checked to be a contiguous ndarray) has x's leading dims
+    (all but the last k)."""
+    cdef cnp.ndarray a = <cnp.ndarray>stat
+    cdef int i
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(x) - k:
         return False
-    b = <cnp.ndarray>a
-    if (cnp.PyArray_NDIM(b) != nd or cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(x)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
-        return False
-    for k in range(nd):
-        if cnp.PyArray_DIMS(b)[k] != cnp.PyArray_DIMS(x)[k]:
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[i] != cnp.PyArray_DIMS(x)[i]:
             return False
     return True
 
 
 cdef object _backward_fast(bint rms, object grad_out, object x, object mean, object rstd,
                            object weight, object bias, object n_threads):
-    """Fast path of layer_norm_backward / rms_norm_backward (see the forward's)."""
+    """Fast path of layer_norm_backward / rms_norm_backward (see the forward's).
+    The normalized dims are weight's (or bias's), else those the stats lack."""
     cdef cnp.ndarray xa
-    cdef int typenum, nd
-    cdef Py_ssize_t n, M
+    cdef int typenum, ctype, nd, k, i
+    cdef Py_ssize_t n = 1, M
     if not cnp.PyArray_CheckExact(x):
         return NotImplemented
     xa = <cnp.ndarray>x
     nd = cnp.PyArray_NDIM(xa)
     typenum = cnp.PyArray_TYPE(xa)
-    if (nd < 1 or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)
-            or not _fast_like(x, xa, 0) or not _fast_like(grad_out, xa, 0)
-            or not _fast_like(rstd, xa, 1) or (not rms and not _fast_like(mean, xa, 1))):
+    ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum) or not _fast_array(grad_out, typenum)
+            or not _same_dims(<cnp.ndarray>grad_out, xa, 0) or not _fast_array(rstd, ctype)
+            or (not rms and not _fast_array(mean, ctype))):
         return NotImplemented
-    n = cnp.PyArray_DIMS(xa)[nd - 1]
-    if n < 1 or not _fast_vector(weight, typenum, n) or not _fast_vector(bias, typenum, n):
+    if weight is not None and cnp.PyArray_CheckExact(weight):
+        k = cnp.PyArray_NDIM(<cnp.ndarray>weight)
+    elif bias is not None and cnp.PyArray_CheckExact(bias):
+        k = cnp.PyArray_NDIM(<cnp.ndarray>bias)
+    elif weight is None and bias is None:
+        k = nd - cnp.PyArray_NDIM(<cnp.ndarray>rstd)
+    else:
+        return NotImplemented
+    if k < 1 or k > nd or not _is_lead(rstd, xa, k) or (not rms and not _is_lead(mean, xa, k)):
+        return NotImplemented
+    for i in range(nd - k, nd):
+        n *= cnp.PyArray_DIMS(xa)[i]
+    if n < 1:
+        return NotImplemented
+    cdef object wa = _fast_param(weight, xa, k, ctype)
+    cdef object ba = _fast_param(bias, xa, k, ctype)
+    if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // n
     cdef object grad_x = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
     cdef cnp.npy_intp dn = n
-    cdef object grad_w = cnp.PyArray_EMPTY(1, &dn, typenum, 0) if weight is not None else None
-    cdef object grad_b = cnp.PyArray_EMPTY(1, &dn, typenum, 0) if bias is not None else None
+    cdef object grad_w = cnp.PyArray_EMPTY(1, &dn, ctype, 0) if weight is not None else None
+    cdef object grad_b = cnp.PyArray_EMPTY(1, &dn, ctype, 0) if bias is not None else None
     cdef int nth = resolve_threads(n_threads, M * n)
-    cdef const char* gb_ = <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_out)
-    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
-    cdef char* db = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad_x)
     cdef Py_ssize_t rs = n * cnp.PyArray_ITEMSIZE(xa)
-    cdef void* mp = NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean)
-    cdef void* rp = cnp.PyArray_DATA(<cnp.ndarray>rstd)
-    cdef void* w = _ptr_or_null(weight)
-    cdef void* gw = _ptr_or_null(grad_w)
-    cdef void* gbias = _ptr_or_null(grad_b)
-    cdef int status
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            status = _norm_backward[float](rms, gb_, rs, xb, rs, db, rs, M, n, <const float*>mp,
-                                           <const float*>rp, <const float*>w,
-                                           <float*>gw, <float*>gbias, nth)
-    else:
-        with nogil:
-            status = _norm_backward[double](rms, gb_, rs, xb, rs, db, rs, M, n, <const double*>mp,
-                                            <const double*>rp, <const double*>w,
-                                            <double*>gw, <double*>gbias, nth)
-    if status != 0:
-        raise MemoryError("fastnorm: could not allocate the parameter-gradient partials")
+    _norm_backward_run(rms, typenum, <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_out), rs,
+                       <const char*>cnp.PyArray_DATA(xa), rs,
+                       <char*>cnp.PyArray_DATA(<cnp.ndarray>grad_x), rs, M, n,
+                       NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean),
+                       cnp.PyArray_DATA(<cnp.ndarray>rstd), _ptr_or_null(wa), _ptr_or_null(grad_w),
+                       _ptr_or_null(grad_b), nth)
     if rms:
-        return grad_x, grad_w
-    return grad_x, grad_w, grad_b
+        return grad_x, _param_grad(grad_w, weight)
+    return grad_x, _param_grad(grad_w, weight), _param_grad(grad_b, bias)
 
 
 def layer_norm_backward_fast(object grad_out, object x, object mean, object rstd,
@@ -1485,25 +1538,35 @@ cdef void _add_norm_rows(bint rms, const char* xb, Py_ssize_t xs, const char* rb
                          char* hb, Py_ssize_t hs, char* yb, Py_ssize_t ys,
                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                          const floating* w, const floating* b, double eps,
-                         floating* mean, floating* rstd, bint stream) noexcept nogil:
+                         floating* mean, floating* rstd, bint stream,
+                         int storage, floating* scratch) noexcept nogil:
+    """h = x + residual, y = norm(h) over rows [r0, r1).  With 16-bit storage
+    h is normalized as stored (rounded), so y = norm(h) holds for the h the
+    caller gets."""
     cdef Py_ssize_t r, k
     cdef const floating* x
     cdef const floating* res
     cdef floating* h
+    cdef floating* y
     cdef double m, s
     for r in range(r0, r1):
-        x = <const floating*>(xb + r * xs)
-        res = <const floating*>(rb + r * rs)
-        h = <floating*>(hb + r * hs)
+        x = _row_in(storage, scratch, 0, n, xb + r * xs)
+        res = _row_in(storage, scratch, 1, n, rb + r * rs)
+        h = _row_out(storage, scratch, 2, n, hb + r * hs)
         for k in range(n):
             h[k] = x[k] + res[k]
+        if storage != ST_NATIVE:
+            _row_done(storage, scratch, 2, n, hb + r * hs)
+            h = <floating*>_row_in(storage, scratch, 2, n, hb + r * hs)
+        y = _row_out(storage, scratch, 3, n, yb + r * ys)
         if rms:
             s = 1.0 / sqrt(_sum_squares(h, n) / n + eps)
-            _rms_normalize_segment(h, <floating*>(yb + r * ys), n, w, <floating>s, stream)
+            _rms_normalize_segment(h, y, n, w, <floating>s, stream)
         else:
-            _ln_forward_row(h, <floating*>(yb + r * ys), n, w, b, eps, &m, &s, stream)
+            _ln_forward_row(h, y, n, w, b, eps, &m, &s, stream)
             if mean != NULL:
                 mean[r] = <floating>m
+        _row_done(storage, scratch, 3, n, yb + r * ys)
         if rstd != NULL:
             rstd[r] = <floating>s
     if stream:
@@ -1516,6 +1579,8 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
     """x, residual, h, y: (M, n) with contiguous rows (h may be residual or x
     itself: each row is read before it is written)."""
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
     cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
     _check_rows(x, typenum, M, n, "x")
     _check_rows(residual, typenum, M, n, "residual")
@@ -1531,21 +1596,26 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
     cdef void* b = _ptr_or_null(bias)
     cdef void* mp = _ptr_or_null(mean)
     cdef void* rp = _ptr_or_null(rstd)
-    cdef bint stream = _use_streaming(M, n, cnp.PyArray_ITEMSIZE(x))
+    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, cnp.PyArray_ITEMSIZE(x))
     cdef int c
     cdef Py_ssize_t r0, r1
+    cdef float* scratch = NULL
     if M == 0 or n == 0:
         return
     if nth > M:
         nth = <int>M
-    if typenum == cnp.NPY_FLOAT32:
+    scratch = _stage_scratch(storage, nth, 4, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _add_norm_rows[float](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
                                       <const float*>w, <const float*>b, eps,
-                                      <float*>mp, <float*>rp, stream)
+                                      <float*>mp, <float*>rp, stream,
+                                      storage, scratch + c * 4 * n if scratch != NULL else NULL)
     else:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth):
@@ -1553,6 +1623,7 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
                 r1 = _part_start(M, nth, c + 1)
                 _add_norm_rows[double](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
                                        <const double*>w, <const double*>b, eps,
-                                       <double*>mp, <double*>rp, stream)
+                                       <double*>mp, <double*>rp, stream, storage, NULL)
+    free(scratch)
 include "_frn_kernels.pxi"
 include "_lrn_kernels.pxi"

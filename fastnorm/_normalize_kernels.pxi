@@ -50,19 +50,20 @@ cdef inline double _clamped(double nrm, double eps) noexcept nogil:
 
 cdef void _normalize_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, double p, double eps,
-                          floating* norms) noexcept nogil:
+                          floating* norms, int storage, floating* scratch) noexcept nogil:
     cdef Py_ssize_t r, k
     cdef const floating* x
     cdef floating* y
     cdef double nrm
     cdef floating inv
     for r in range(r0, r1):
-        x = <const floating*>(xb + r * xs)
-        y = <floating*>(yb + r * ys)
+        x = _row_in(storage, scratch, 0, n, xb + r * xs)
+        y = _row_out(storage, scratch, 1, n, yb + r * ys)
         nrm = _row_pnorm(x, n, p)
         inv = <floating>(1.0 / _clamped(nrm, eps))
         for k in range(n):
             y[k] = x[k] * inv
+        _row_done(storage, scratch, 1, n, yb + r * ys)
         if norms != NULL:
             norms[r] = <floating>nrm
 
@@ -70,49 +71,55 @@ cdef void _normalize_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys
 cdef void _normalize_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
                                    char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1,
                                    Py_ssize_t n, double p, double eps,
-                                   const floating* norms) noexcept nogil:
+                                   const floating* norms, int storage, floating* scratch) noexcept nogil:
     """grad_x = g / N - (sum g*x) / N^(p+1) * sign(x) |x|^(p-1) when N = ||x||_p >= eps
     (the norm's derivative taken as 0 where x = 0), else g / eps (the clamp is constant).  p = inf: the norm's gradient is
     sign(x) on the elements where |x| = N, split evenly between them (as torch),
     grad_x = g / N - (sum g*x) / (N^2 * ties) * sign(x) [|x| = N]."""
-    cdef Py_ssize_t r, k, ties
+    cdef Py_ssize_t r
     cdef const floating* g
     cdef const floating* x
     cdef floating* dx
-    cdef double nrm, dot
-    cdef floating inv, coef, top
     for r in range(r0, r1):
-        g = <const floating*>(gb_ + r * gs)
-        x = <const floating*>(xb + r * xs)
-        dx = <floating*>(db + r * ds)
-        nrm = norms[r]
-        if nrm < eps:
-            inv = <floating>(1.0 / eps)
-            for k in range(n):
-                dx[k] = g[k] * inv
-            continue
-        dot = _dot(g, x, n)
-        inv = <floating>(1.0 / nrm)
-        if isinf(p):
-            top = <floating>nrm
-            ties = 0
-            for k in range(n):
-                ties += fabs(x[k]) == top
-            coef = <floating>(dot / (nrm * nrm * (ties if ties > 0 else 1)))
-            for k in range(n):
-                dx[k] = g[k] * inv - coef * ((fabs(x[k]) == top) * ((x[k] > 0) - (x[k] < 0)))
-            continue
-        coef = <floating>(dot / c_pow(nrm, p + 1.0))
-        if p == 2.0:
-            for k in range(n):
-                dx[k] = g[k] * inv - coef * x[k]
-        elif p == 1.0:
-            for k in range(n):
-                dx[k] = g[k] * inv - coef * ((x[k] > 0) - (x[k] < 0))
-        else:  # |x|^(p-1) is infinite at x = 0 for p < 1: the norm's derivative there is 0 (as torch)
-            for k in range(n):
-                dx[k] = g[k] * inv - coef * (<floating>(
-                    ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]), p - 1.0)) if x[k] != 0 else 0)
+        g = _row_in(storage, scratch, 0, n, gb_ + r * gs)
+        x = _row_in(storage, scratch, 1, n, xb + r * xs)
+        dx = _row_out(storage, scratch, 2, n, db + r * ds)
+        _normalize_backward_row(g, x, dx, n, norms[r], p, eps)
+        _row_done(storage, scratch, 2, n, db + r * ds)
+
+
+cdef inline void _normalize_backward_row(const floating* g, const floating* x, floating* dx,
+                                         Py_ssize_t n, double nrm, double p, double eps) noexcept nogil:
+    cdef Py_ssize_t k, ties
+    cdef double dot
+    cdef floating inv, coef, top
+    if nrm < eps:
+        inv = <floating>(1.0 / eps)
+        for k in range(n):
+            dx[k] = g[k] * inv
+        return
+    dot = _dot(g, x, n)
+    inv = <floating>(1.0 / nrm)
+    if isinf(p):
+        top = <floating>nrm
+        ties = 0
+        for k in range(n):
+            ties += fabs(x[k]) == top
+        coef = <floating>(dot / (nrm * nrm * (ties if ties > 0 else 1)))
+        for k in range(n):
+            dx[k] = g[k] * inv - coef * ((fabs(x[k]) == top) * ((x[k] > 0) - (x[k] < 0)))
+        return
+    coef = <floating>(dot / c_pow(nrm, p + 1.0))
+    if p == 2.0:
+        for k in range(n):
+            dx[k] = g[k] * inv - coef * x[k]
+    elif p == 1.0:
+        for k in range(n):
+            dx[k] = g[k] * inv - coef * ((x[k] > 0) - (x[k] < 0))
+    else:  # |x|^(p-1) is infinite at x = 0 for p < 1: the norm's derivative there is 0 (as torch)
+        for k in range(n):
+            dx[k] = g[k] * inv - coef * (<floating>(
+                ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]), p - 1.0)) if x[k] != 0 else 0)
 
 
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
@@ -158,22 +165,30 @@ def normalize_forward(cnp.ndarray x, cnp.ndarray y, double p, double eps, object
     cdef void* np_ = _ptr_or_null(norms)
     cdef int c
     cdef Py_ssize_t r0, r1
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef float* scratch = NULL
     if M == 0:
         return
     if nth > M:
         nth = <int>M
-    if typenum == cnp.NPY_FLOAT32:
+    scratch = _stage_scratch(storage, nth, 2, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
-                _normalize_rows[float](xb, xs, yb, ys, r0, r1, n, p, eps, <float*>np_)
+                _normalize_rows[float](xb, xs, yb, ys, r0, r1, n, p, eps, <float*>np_, storage,
+                                       scratch + c * 2 * n if scratch != NULL else NULL)
     else:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
-                _normalize_rows[double](xb, xs, yb, ys, r0, r1, n, p, eps, <double*>np_)
+                _normalize_rows[double](xb, xs, yb, ys, r0, r1, n, p, eps, <double*>np_, storage, NULL)
+    free(scratch)
 
 
 def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, cnp.ndarray grad_x,
@@ -191,24 +206,32 @@ def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, c
     cdef void* np_ = cnp.PyArray_DATA(norms)
     cdef int c
     cdef Py_ssize_t r0, r1
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef float* scratch = NULL
     if M == 0:
         return
     if nth > M:
         nth = <int>M
-    if typenum == cnp.NPY_FLOAT32:
+    scratch = _stage_scratch(storage, nth, 3, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_backward_rows[float](gb_, gs, xb, xs, db, ds, r0, r1, n, p, eps,
-                                                <const float*>np_)
+                                                <const float*>np_, storage,
+                                                scratch + c * 3 * n if scratch != NULL else NULL)
     else:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_backward_rows[double](gb_, gs, xb, xs, db, ds, r0, r1, n, p, eps,
-                                                 <const double*>np_)
+                                                 <const double*>np_, storage, NULL)
+    free(scratch)
 
 
 # ---------------------------------------------------------------- weight normalization

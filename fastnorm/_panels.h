@@ -19,44 +19,9 @@
  *
  * Each kernel is defined for float and double by one macro.
  */
-#include <stddef.h>
-#include <stdint.h>
-#if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
-#if defined(__AVX512F__)
-#define FN_VBYTES 64
-#elif defined(__AVX__)
-#define FN_VBYTES 32
-#else
-#define FN_VBYTES 16
-#endif
 #define FN_RB 64  /* rows per block */
-
-typedef float fn_vf __attribute__((vector_size(FN_VBYTES)));
-typedef float fn_vfu __attribute__((vector_size(FN_VBYTES), aligned(4), may_alias));
-typedef double fn_vd __attribute__((vector_size(FN_VBYTES)));
-typedef double fn_vdu __attribute__((vector_size(FN_VBYTES), aligned(8), may_alias));
-
-#define FN_LOAD(VU, p) (*(const VU*)(p))
-
-/* non-temporal (streaming) store of one whole, aligned vector */
-#if defined(__AVX512F__)
-#define FN_STREAM_float(p, v) _mm512_stream_ps((p), (__m512)(v))
-#define FN_STREAM_double(p, v) _mm512_stream_pd((p), (__m512d)(v))
-#elif defined(__AVX__)
-#define FN_STREAM_float(p, v) _mm256_stream_ps((p), (__m256)(v))
-#define FN_STREAM_double(p, v) _mm256_stream_pd((p), (__m256d)(v))
-#elif defined(__SSE2__)
-#define FN_STREAM_float(p, v) _mm_stream_ps((p), (__m128)(v))
-#define FN_STREAM_double(p, v) _mm_stream_pd((p), (__m128d)(v))
-#else
-#define FN_STREAM_float(p, v) (*(fn_vf*)(p) = (v))
-#define FN_STREAM_double(p, v) (*(fn_vd*)(p) = (v))
-#endif
-#define FN_PUT(T, VU, p, v, stream) \
-    do { if (stream) FN_STREAM_##T((p), (v)); else *(VU*)(p) = (v); } while (0)
 
 /* Streaming stores need every vector of the rows aligned: y at a vector
    boundary and rows of whole vectors. */

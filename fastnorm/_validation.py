@@ -10,36 +10,9 @@ import numbers
 import numpy as np
 
 from ._buffers import empty as _empty
+from ._dtypes import COMPUTE
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-_F16 = np.dtype(np.float16)
-
-# dtype of the data -> dtype the kernels compute in
-_COMPUTE = {_F32: _F32, _F64: _F64, _F16: _F32}
-
-
-def as_float_array(x, name):
-    """x as an ndarray of a supported float dtype; returns (array, compute dtype).
-
-    float32 and float64 run natively; float16 is computed in float32 and the
-    result cast back.  Integer, bool, complex and object data raise TypeError
-    (as torch's normalizations do).
-    """
-    if type(x) is not np.ndarray:
-        if x is None:
-            raise TypeError(f"{name} must be an array of floats, got None")
-        x = np.asarray(x)
-    cdt = _COMPUTE.get(x.dtype)
-    if cdt is None:
-        if x.dtype.kind == "f" and x.dtype.byteorder not in "=|" and x.dtype.newbyteorder("=") in _COMPUTE:
-            x = x.astype(x.dtype.newbyteorder("="))  # byte-swapped floats: convert once
-            return x, _COMPUTE[x.dtype]
-        raise TypeError(
-            f"{name} must be a floating-point array (float32, float64 or float16), "
-            f"got dtype {x.dtype}"
-        )
-    return x, cdt
+from ._dtypes import as_float_array, cast, check_param_dtype  # noqa: F401 (re-exported)
 
 
 def check_eps(eps, name="eps"):
@@ -96,7 +69,7 @@ def as_rows(a, M, D, dtype):
     """(M, D) view of `a` in `dtype` whose rows are contiguous (any row stride);
     copies only when no such view exists or the dtype differs."""
     if a.dtype != dtype:
-        return np.ascontiguousarray(a, dtype=dtype).reshape(M, D)
+        return cast(np.ascontiguousarray(a), dtype).reshape(M, D)
     a2 = a if a.ndim == 2 and a.shape[0] == M else a.reshape(M, D)
     if D > 1 and M > 0 and a2.strides[1] != a2.itemsize:
         a2 = np.ascontiguousarray(a2)
@@ -113,11 +86,8 @@ def vector_param(p, name, shape, D, data_dtype, cdt):
         p = np.asarray(p)
     if p.shape != shape:
         raise ValueError(f"{name} must have shape {shape} (the normalized shape), got {p.shape}")
-    if p.dtype != data_dtype:
-        raise TypeError(f"{name} must have the dtype of x ({data_dtype}), got {p.dtype}")
-    if p.dtype != cdt or not p.flags.c_contiguous:
-        p = np.ascontiguousarray(p, dtype=cdt)
-    return p.reshape(D)
+    check_param_dtype(p, name, data_dtype, cdt)
+    return cast(p, cdt).reshape(D)
 
 
 def stats_array(s, name, lead_shape, M, cdt):
@@ -173,10 +143,11 @@ class Output:
     (`out is x` is fine: every kernel reads a row before writing it);
     otherwise into a temporary that `finish` copies into `out`."""
 
-    __slots__ = ("result", "rows", "_target")
+    __slots__ = ("result", "rows", "_target", "_dtype")
 
     def __init__(self, x, M, D, data_dtype, cdt, out=None, inputs=(), name="out"):
         self._target = None
+        self._dtype = data_dtype
         if out is None:
             if data_dtype == cdt:
                 self.result = _empty(x.shape, cdt)
@@ -209,10 +180,10 @@ class Output:
     def finish(self, shape):
         """The output array (copied into `out` when it was not written directly)."""
         if self._target is not None:
-            np.copyto(self._target, self.rows.reshape(shape), casting="unsafe")
+            np.copyto(self._target, cast(self.rows, self._dtype).reshape(shape))
             return self._target
         if self.result is None:  # computed in a wider dtype than the data
-            return self.rows.reshape(shape).astype(_F16)
+            return cast(self.rows, self._dtype).reshape(shape)
         return self.result
 
 
@@ -262,7 +233,7 @@ class ChannelLayout:
 
     def data_as(self, dtype):
         """`data` in the compute dtype (a copy only when it differs)."""
-        return self.data if self.data.dtype == dtype else self.data.astype(dtype)
+        return cast(self.data, dtype)
 
     def to_kernel(self, a):
         """A view of `a` (shaped like x) in the kernel layout, or None when
@@ -286,6 +257,5 @@ class ChannelLayout:
         p = np.asarray(p)
         if p.shape != (self.C,):
             raise ValueError(f"{name} must have shape ({self.C},) (the channels), got {p.shape}")
-        if p.dtype != dtype:
-            raise TypeError(f"{name} must have the dtype of x ({dtype}), got {p.dtype}")
+        check_param_dtype(p, name, dtype, COMPUTE[dtype])
         return np.ascontiguousarray(p)

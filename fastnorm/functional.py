@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _config
 from ._buffers import empty as _empty
+from ._dtypes import cast, machine_eps
 from ._validation import (
     ChannelLayout,
     Output,
@@ -88,10 +89,10 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *,
     w = vector_param(weight, "weight", shape, D, x.dtype, cdt)
     b = vector_param(bias, "bias", shape, D, x.dtype, cdt)
     eps = check_eps(eps)
-    y = Output(x, M, D, x.dtype, cdt, out, (x, weight, bias))
+    y = Output(x, M, D, x.dtype, x.dtype, out, (x, weight, bias))
     mean = _stats_out(M, cdt, return_stats)
     rstd = _stats_out(M, cdt, return_stats)
-    _kernels.layer_norm_forward(as_rows(x, M, D, cdt), y.rows, w, b, eps, mean, rstd, n_threads)
+    _kernels.layer_norm_forward(as_rows(x, M, D, x.dtype), y.rows, w, b, eps, mean, rstd, n_threads)
     result = y.finish(x.shape)
     if not return_stats:
         return result
@@ -130,7 +131,7 @@ def layer_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, *, n_th
 def _rms_eps(eps, cdt, data_dtype):
     if eps is None:
         # torch: eps=None means the machine epsilon of the input's dtype
-        return float(np.finfo(data_dtype).eps)
+        return machine_eps(data_dtype)
     return check_eps(eps)
 
 
@@ -169,9 +170,9 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *,
     lead, M = _lead(x, len(shape))
     w = vector_param(weight, "weight", shape, D, x.dtype, cdt)
     eps = _rms_eps(eps, cdt, x.dtype)
-    y = Output(x, M, D, x.dtype, cdt, out, (x, weight))
+    y = Output(x, M, D, x.dtype, x.dtype, out, (x, weight))
     rstd = _stats_out(M, cdt, return_stats)
-    _kernels.rms_norm_forward(as_rows(x, M, D, cdt), y.rows, w, eps, rstd, n_threads)
+    _kernels.rms_norm_forward(as_rows(x, M, D, x.dtype), y.rows, w, eps, rstd, n_threads)
     result = y.finish(x.shape)
     if not return_stats:
         return result
@@ -224,15 +225,15 @@ def _row_norm_backward(rms, grad_out, x, mean, rstd, weight, bias, n_threads):
         vector_param(bias, "bias", shape, D, x.dtype, cdt)
     mean = None if rms else stats_array(mean, "mean", lead, M, cdt)
     rstd = stats_array(rstd, "rstd", lead, M, cdt)
-    grad_x = Output(x, M, D, x.dtype, cdt)
+    grad_x = Output(x, M, D, x.dtype, x.dtype)
     grad_w = np.empty(D, dtype=cdt) if weight is not None else None
     grad_b = np.empty(D, dtype=cdt) if bias is not None else None
-    _kernels.norm_backward(rms, as_rows(grad_out, M, D, cdt), as_rows(x, M, D, cdt), mean, rstd,
+    _kernels.norm_backward(rms, as_rows(grad_out, M, D, x.dtype), as_rows(x, M, D, x.dtype), mean, rstd,
                            w, grad_x.rows, grad_w, grad_b, n_threads)
 
-    def param_grad(grad):
-        return None if grad is None else grad.reshape(shape).astype(x.dtype, copy=False)
-    return grad_x.finish(x.shape), param_grad(grad_w), param_grad(grad_b)
+    def param_grad(grad, p):
+        return None if grad is None else cast(grad, np.asarray(p).dtype).reshape(shape)
+    return grad_x.finish(x.shape), param_grad(grad_w, weight), param_grad(grad_b, bias)
 
 
 # ---------------------------------------------------------------- channel normalizations
@@ -571,22 +572,20 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_st
     xm = x if dim == x.ndim - 1 else np.moveaxis(x, dim, -1)
     D = xm.shape[-1]
     M = xm.size // D if D else int(np.prod(xm.shape[:-1]))
-    rows = as_rows(xm, M, D, cdt)
+    rows = as_rows(xm, M, D, x.dtype)
     norms = np.empty(M, dtype=cdt) if return_stats else None
     if dim == x.ndim - 1:  # rows of x: the output allocator handles out= and in place
-        y = Output(x, M, D, x.dtype, cdt, out, (x,))
+        y = Output(x, M, D, x.dtype, x.dtype, out, (x,))
         if D > 0:
             _kernels.normalize_forward(rows, y.rows, p, eps, norms, n_threads)
         result = y.finish(x.shape)
     else:
         if out is not None:
             check_out(out, x, x.dtype)
-        y_rows = np.empty((M, D), dtype=cdt)
+        y_rows = np.empty((M, D), dtype=x.dtype)
         if D > 0:
             _kernels.normalize_forward(rows, y_rows, p, eps, norms, n_threads)
         result = np.moveaxis(y_rows.reshape(xm.shape), -1, dim)
-        if cdt != x.dtype:
-            result = result.astype(x.dtype)
         if out is not None:
             np.copyto(out, result)
             result = out
@@ -617,14 +616,14 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12, *, n_threads=
     D = xm.shape[-1]
     M = int(np.prod(xm.shape[:-1]))
     norm = stats_array(norm, "norm", xm.shape[:-1], M, cdt)
-    dx = np.empty((M, D), dtype=cdt)
+    dx = np.empty((M, D), dtype=x.dtype)
     if D > 0:
-        _kernels.normalize_backward(as_rows(gm, M, D, cdt), as_rows(xm, M, D, cdt), norm, dx,
+        _kernels.normalize_backward(as_rows(gm, M, D, x.dtype), as_rows(xm, M, D, x.dtype), norm, dx,
                                     p, eps, n_threads)
     result = dx.reshape(xm.shape)
     if dim != x.ndim - 1:
         result = np.moveaxis(result, -1, dim)
-    return result.astype(x.dtype, copy=False)
+    return result
 
 
 # ---------------------------------------------------------------- fused residual add + norm
@@ -642,11 +641,11 @@ def _add_norm(rms, x, residual, normalized_shape, weight, bias, eps, out, residu
         raise ValueError("out and residual_out must be different arrays")
     # each row of x and residual is read before its h and y are written, so
     # out / residual_out may be x or residual themselves
-    y = Output(x, M, D, x.dtype, cdt, out, (x, residual, weight, bias, residual_out))
-    h = Output(x, M, D, x.dtype, cdt, residual_out, (x, residual, out), name="residual_out")
+    y = Output(x, M, D, x.dtype, x.dtype, out, (x, residual, weight, bias, residual_out))
+    h = Output(x, M, D, x.dtype, x.dtype, residual_out, (x, residual, out), name="residual_out")
     mean = _stats_out(M, cdt, return_stats and not rms)
     rstd = _stats_out(M, cdt, return_stats)
-    _kernels.add_norm_forward(rms, as_rows(x, M, D, cdt), as_rows(residual, M, D, cdt), h.rows,
+    _kernels.add_norm_forward(rms, as_rows(x, M, D, x.dtype), as_rows(residual, M, D, x.dtype), h.rows,
                               y.rows, w, b, eps, mean, rstd, n_threads)
     result = (y.finish(x.shape), h.finish(x.shape))
     if not return_stats:

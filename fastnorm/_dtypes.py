@@ -1,0 +1,86 @@
+"""The dtype policy: which storage dtypes fastnorm takes, what it computes them in.
+
+| storage  | compute | kernels                                              |
+|----------|---------|------------------------------------------------------|
+| float32  | float32 | native                                               |
+| float64  | float64 | native                                               |
+| float16  | float32 | row kernels stage rows through float32 in cache      |
+| bfloat16 | float32 | (``ml_dtypes.bfloat16``), as float16                 |
+
+Saved statistics are in the compute dtype.  Parameters (weight, bias, ...)
+are in x's dtype, or float32 when x is a 16-bit storage type (PyTorch's
+mixed-precision LayerNorm / GroupNorm take float32 parameters with bfloat16
+input); their gradients come back in the parameter's dtype.
+"""
+import numpy as np
+
+try:
+    import ml_dtypes as _ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    _ml_dtypes = None
+
+F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
+F16 = np.dtype(np.float16)
+BF16 = np.dtype(_ml_dtypes.bfloat16) if _ml_dtypes is not None else None
+
+COMPUTE = {F32: F32, F64: F64, F16: F32}
+if BF16 is not None:
+    COMPUTE[BF16] = F32
+HALF = frozenset(d for d in (F16, BF16) if d is not None)   # staged through float32
+
+_EPS = {F32: float(np.finfo(np.float32).eps), F64: float(np.finfo(np.float64).eps),
+        F16: float(np.finfo(np.float16).eps)}
+if BF16 is not None:
+    _EPS[BF16] = float(_ml_dtypes.finfo(_ml_dtypes.bfloat16).eps)
+
+_NAMES = "float32, float64, float16 or bfloat16 (ml_dtypes.bfloat16)"
+
+
+def machine_eps(dtype):
+    """The machine epsilon of a storage dtype (torch's rms_norm eps=None)."""
+    return _EPS[np.dtype(dtype)]
+
+
+def as_float_array(x, name):
+    """x as an ndarray of a supported storage dtype; returns (array, compute dtype).
+
+    Integer, bool, complex and object data raise TypeError naming the
+    argument (as torch's normalizations do); byte-swapped floats are brought
+    to native order once."""
+    if type(x) is not np.ndarray:
+        if x is None:
+            raise TypeError(f"{name} must be an array of floats, got None")
+        x = np.asarray(x)
+    cdt = COMPUTE.get(x.dtype)
+    if cdt is None:
+        if x.dtype.kind == "f" and x.dtype.byteorder not in "=|":
+            native = x.dtype.newbyteorder("=")
+            if native in COMPUTE:
+                x = x.astype(native)
+                return x, COMPUTE[native]
+        raise TypeError(f"{name} must be a floating-point array ({_NAMES}), got dtype {x.dtype}")
+    return x, cdt
+
+
+def check_param_dtype(p, name, data_dtype, cdt):
+    """A parameter may be in x's dtype, or in float32 when x is 16-bit."""
+    if p.dtype != data_dtype and not (data_dtype in HALF and p.dtype == cdt):
+        allowed = f"the dtype of x ({data_dtype})"
+        if data_dtype in HALF:
+            allowed += " or float32"
+        raise TypeError(f"{name} must have {allowed}, got {p.dtype}")
+
+
+def cast(a, dtype):
+    """`a` in `dtype` (a itself when it already is): 16-bit <-> float32 of
+    contiguous arrays by the kernels' parallel conversion (round to nearest
+    even), anything else by NumPy."""
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    if (a.dtype in HALF and dtype == F32) or (a.dtype == F32 and dtype in HALF):
+        from ._config import kernels
+        src = np.ascontiguousarray(a)
+        return kernels.widen_narrow(src, np.empty(a.shape, dtype))
+    return a.astype(dtype)

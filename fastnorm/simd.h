@@ -1,0 +1,360 @@
+/* fastnorm's one SIMD header: vector widths, loads and streaming stores for
+ * every instruction-set build (SSE2 / AVX2 / AVX-512, chosen by the -march
+ * flags setup.py compiles each _core* module with), and the conversions
+ * between the 16-bit storage types (float16, bfloat16) and float32.
+ *
+ * Included by the kernels (_kernels.pxi and the files it includes) and by
+ * _panels.h.  Plain C: no Python objects, no allocation.
+ */
+#ifndef FASTNORM_SIMD_H
+#define FASTNORM_SIMD_H
+#include <stddef.h>
+#include <stdint.h>
+#if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define FN_VBYTES 64
+#elif defined(__AVX__)
+#define FN_VBYTES 32
+#else
+#define FN_VBYTES 16
+#endif
+
+typedef float fn_vf __attribute__((vector_size(FN_VBYTES)));
+typedef float fn_vfu __attribute__((vector_size(FN_VBYTES), aligned(4), may_alias));
+typedef double fn_vd __attribute__((vector_size(FN_VBYTES)));
+typedef double fn_vdu __attribute__((vector_size(FN_VBYTES), aligned(8), may_alias));
+
+#define FN_LOAD(VU, p) (*(const VU*)(p))
+
+/* non-temporal (streaming) store of one whole, aligned vector */
+#if defined(__AVX512F__)
+#define FN_STREAM_float(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define FN_STREAM_double(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#elif defined(__AVX__)
+#define FN_STREAM_float(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define FN_STREAM_double(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#elif defined(__SSE2__)
+#define FN_STREAM_float(p, v) _mm_stream_ps((p), (__m128)(v))
+#define FN_STREAM_double(p, v) _mm_stream_pd((p), (__m128d)(v))
+#else
+#define FN_STREAM_float(p, v) (*(fn_vf*)(p) = (v))
+#define FN_STREAM_double(p, v) (*(fn_vd*)(p) = (v))
+#endif
+#define FN_PUT(T, VU, p, v, stream) \
+    do { if (stream) FN_STREAM_##T((p), (v)); else *(VU*)(p) = (v); } while (0)
+
+/* ------------------------------------------------------------------ */
+/* streaming stores                                                    */
+/* ------------------------------------------------------------------ */
+/* Streaming (non-temporal) stores write an output's cache lines without
+   first reading them (no read-for-ownership): a memory-bound forward then
+   moves 2 bytes per output byte, as memcpy does, instead of 3.  A thread
+   fences its streaming stores before its part of the work ends. */
+static void fastnorm_stream_fence(void) {
+#if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
+    _mm_sfence();
+#endif
+}
+
+/* Streaming-store versions of the channel kernels' elementwise loops,
+   float32 only: y = ((x - hi) - lo) * a + b with scalar coefficients
+   (_s) or per-element coefficient arrays (_v).  The scalar head up to
+   y's vector alignment and the tail use plain stores; the arithmetic is
+   the plain loop's (fused multiply-add where the plain loop is
+   contracted to one), so results do not depend on the path. */
+#if defined(__AVX512F__)
+#define FN_V 16
+#define FN_T __m512
+#define FN_LD(p) _mm512_loadu_ps(p)
+#define FN_SET(v) _mm512_set1_ps(v)
+#define FN_SUB(a, b) _mm512_sub_ps(a, b)
+#define FN_MUL(a, b) _mm512_mul_ps(a, b)
+#define FN_ADD(a, b) _mm512_add_ps(a, b)
+#define FN_MADD(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define FN_ST(p, v) _mm512_stream_ps(p, v)
+#elif defined(__AVX__)
+#define FN_V 8
+#define FN_T __m256
+#define FN_LD(p) _mm256_loadu_ps(p)
+#define FN_SET(v) _mm256_set1_ps(v)
+#define FN_SUB(a, b) _mm256_sub_ps(a, b)
+#define FN_MUL(a, b) _mm256_mul_ps(a, b)
+#define FN_ADD(a, b) _mm256_add_ps(a, b)
+#if defined(__FMA__)
+#define FN_MADD(a, b, c) _mm256_fmadd_ps(a, b, c)
+#else
+#define FN_MADD(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
+#endif
+#define FN_ST(p, v) _mm256_stream_ps(p, v)
+#elif defined(__SSE2__)
+#define FN_V 4
+#define FN_T __m128
+#define FN_LD(p) _mm_loadu_ps(p)
+#define FN_SET(v) _mm_set1_ps(v)
+#define FN_SUB(a, b) _mm_sub_ps(a, b)
+#define FN_MUL(a, b) _mm_mul_ps(a, b)
+#define FN_ADD(a, b) _mm_add_ps(a, b)
+#define FN_MADD(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
+#define FN_ST(p, v) _mm_stream_ps(p, v)
+#endif
+static void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n,
+                                     float hi, float a, float b) {
+    Py_ssize_t k = 0;
+    if (hi == 0) {  /* as the plain loop: x * a + b */
+#ifdef FN_V
+        for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+            y[k] = x[k] * a + b;
+        FN_T va0 = FN_SET(a), vb0 = FN_SET(b);
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MADD(FN_LD(x + k), va0, vb0));
+#endif
+        for (; k < n; k++)
+            y[k] = x[k] * a + b;
+        return;
+    }
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+        y[k] = (x[k] - hi) * a + b;
+    FN_T vh = FN_SET(hi), va = FN_SET(a), vb = FN_SET(b);
+    for (; k + FN_V <= n; k += FN_V)
+        FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), vh), va, vb));
+#endif
+    for (; k < n; k++)
+        y[k] = (x[k] - hi) * a + b;
+}
+static void fastnorm_scale_shift_stream_v(const float* x, float* y, Py_ssize_t n,
+                                          const float* a, const float* b) {
+    Py_ssize_t k = 0;
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+        y[k] = x[k] * a[k] + b[k];
+    for (; k + FN_V <= n; k += FN_V)
+        FN_ST(y + k, FN_MADD(FN_LD(x + k), FN_LD(a + k), FN_LD(b + k)));
+#endif
+    for (; k < n; k++)
+        y[k] = x[k] * a[k] + b[k];
+}
+static void fastnorm_backward_stream_s(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                       float hi, float al, float be, float ga) {
+    Py_ssize_t k = 0;
+    if (be == 0 && ga == 0) {  /* as the plain loop: running statistics, dx = al * g */
+#ifdef FN_V
+        for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+            dx[k] = al * g[k];
+        FN_T va0 = FN_SET(al);
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(dx + k, FN_MUL(va0, FN_LD(g + k)));
+#endif
+        for (; k < n; k++)
+            dx[k] = al * g[k];
+        return;
+    }
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+        dx[k] = al * g[k] + (be * (x[k] - hi) + ga);
+    FN_T vh = FN_SET(hi), va = FN_SET(al), vb = FN_SET(be), vg = FN_SET(ga);
+    for (; k + FN_V <= n; k += FN_V) {
+        FN_T t = FN_SUB(FN_LD(x + k), vh);
+        FN_ST(dx + k, FN_MADD(va, FN_LD(g + k), FN_MADD(vb, t, vg)));
+    }
+#endif
+    for (; k < n; k++)
+        dx[k] = al * g[k] + (be * (x[k] - hi) + ga);
+}
+static void fastnorm_backward_stream_v(const float* g, const float* x, float* dx, Py_ssize_t n,
+                                       const float* hi, const float* al,
+                                       const float* be, const float* ga) {
+    Py_ssize_t k = 0;
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+        dx[k] = al[k] * g[k] + (be[k] * (x[k] - hi[k]) + ga[k]);
+    for (; k + FN_V <= n; k += FN_V) {
+        FN_T t = FN_SUB(FN_LD(x + k), FN_LD(hi + k));
+        FN_ST(dx + k, FN_MADD(FN_LD(al + k), FN_LD(g + k), FN_MADD(FN_LD(be + k), t, FN_LD(ga + k))));
+    }
+#endif
+    for (; k < n; k++)
+        dx[k] = al[k] * g[k] + (be[k] * (x[k] - hi[k]) + ga[k]);
+}
+static void fastnorm_mul_stream_v(const float* g, float* dx, Py_ssize_t n, const float* al) {
+    Py_ssize_t k = 0;
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(dx + k) % (FN_V * 4)) != 0; k++)
+        dx[k] = al[k] * g[k];
+    for (; k + FN_V <= n; k += FN_V)
+        FN_ST(dx + k, FN_MUL(FN_LD(al + k), FN_LD(g + k)));
+#endif
+    for (; k < n; k++)
+        dx[k] = al[k] * g[k];
+}
+/* LayerNorm / RMSNorm rows (w, b may be NULL), as their plain loops */
+static void fastnorm_ln_stream(const float* x, float* y, Py_ssize_t n, const float* w,
+                               const float* b, float hi, float rstd, float off) {
+    Py_ssize_t k = 0;
+#define FN_LN_SCALAR(k) do { float t_ = (x[k] - hi) * rstd + off; \
+        y[k] = w ? (b ? t_ * w[k] + b[k] : t_ * w[k]) : (b ? t_ + b[k] : t_); } while (0)
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+        FN_LN_SCALAR(k);
+    FN_T vh = FN_SET(hi), vr = FN_SET(rstd), vo = FN_SET(off);
+    if (w && b) {
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MADD(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(w + k), FN_LD(b + k)));
+    } else if (w) {
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MUL(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(w + k)));
+    } else if (b) {
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_ADD(FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo), FN_LD(b + k)));
+    } else {
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), vh), vr, vo));
+    }
+#endif
+    for (; k < n; k++)
+        FN_LN_SCALAR(k);
+#undef FN_LN_SCALAR
+}
+static void fastnorm_rms_stream(const float* x, float* y, Py_ssize_t n, const float* w, float rstd) {
+    Py_ssize_t k = 0;
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+        y[k] = w ? x[k] * rstd * w[k] : x[k] * rstd;
+    FN_T vr = FN_SET(rstd);
+    if (w) {
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MUL(FN_MUL(FN_LD(x + k), vr), FN_LD(w + k)));
+    } else {
+        for (; k + FN_V <= n; k += FN_V)
+            FN_ST(y + k, FN_MUL(FN_LD(x + k), vr));
+    }
+#endif
+    for (; k < n; k++)
+        y[k] = w ? x[k] * rstd * w[k] : x[k] * rstd;
+}
+static void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, const float* hi,
+                                     const float* a, const float* b) {
+    Py_ssize_t k = 0;
+#ifdef FN_V
+    for (; k < n && ((uintptr_t)(y + k) % (FN_V * 4)) != 0; k++)
+        y[k] = (x[k] - hi[k]) * a[k] + b[k];
+    for (; k + FN_V <= n; k += FN_V)
+        FN_ST(y + k, FN_MADD(FN_SUB(FN_LD(x + k), FN_LD(hi + k)), FN_LD(a + k), FN_LD(b + k)));
+#endif
+    for (; k < n; k++)
+        y[k] = (x[k] - hi[k]) * a[k] + b[k];
+}
+
+/* ------------------------------------------------------------------ */
+/* 16-bit storage types <-> float32                                    */
+/* ------------------------------------------------------------------ */
+/* float16 (IEEE binary16) and bfloat16 (the top half of a float32) are
+ * storage types: kernels widen them to float32 on load and narrow float32
+ * results on store, rounding to nearest even; NaN stays NaN (quiet), inf
+ * stays inf, subnormals are kept (no flush to zero).
+ *
+ * float16 uses F16C (vcvtph2ps / vcvtps2ph, in the AVX2 and AVX-512 builds);
+ * the baseline build and the tails use the portable scalar routines below,
+ * which give the same bits.  bfloat16 uses integer rounding, which gcc
+ * vectorizes on every build.  AVX-512 BF16's vcvtneps2bf16 is deliberately
+ * not used: it flushes subnormal inputs and outputs to zero, PyTorch's and
+ * ml_dtypes' conversions do not. */
+
+static inline float fn_bits_to_float(uint32_t u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
+static inline uint32_t fn_float_to_bits(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); return u; }
+
+static inline float fn_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = h & 0x7fffu;
+    if (em >= 0x7c00u)                      /* inf, NaN (payload kept, made quiet) */
+        return fn_bits_to_float(sign | 0x7f800000u | (em & 0x3ffu ? 0x400000u : 0u) | ((em & 0x3ffu) << 13));
+    if (em >= 0x0400u)                      /* normal: rebias the exponent 15 -> 127 */
+        return fn_bits_to_float(sign | ((em << 13) + 0x38000000u));
+    /* zero or subnormal: em units of 2^-24, exact in float */
+    return fn_bits_to_float(sign | fn_float_to_bits((float)em * 5.9604644775390625e-08f));
+}
+
+static inline uint16_t fn_float_to_half(float f) {
+    uint32_t x = fn_float_to_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u)                   /* NaN: quiet, top payload bits kept */
+        return sign | 0x7e00u | (uint16_t)((ax >> 13) & 0x3ffu);
+    if (ax >= 0x477ff000u)                  /* >= 65520 rounds to inf (and inf) */
+        return sign | 0x7c00u;
+    if (ax >= 0x38800000u) {                /* normal half: round at bit 13, to even */
+        uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u);
+        return sign | (uint16_t)((r - 0x38000000u) >> 13);
+    }
+    /* subnormal half or zero: adding 0.5 rounds |f| (to nearest even) to a
+       multiple of 2^-24, the ulp of float in [0.5, 1); the result's low bits
+       count those units (0x400 when it rounds up to the smallest normal) */
+    return sign | (uint16_t)(fn_float_to_bits(fn_bits_to_float(ax) + 0.5f) - 0x3f000000u);
+}
+
+static inline float fn_bf16_to_float(uint16_t h) { return fn_bits_to_float((uint32_t)h << 16); }
+
+static inline uint16_t fn_float_to_bf16(float f) {
+    uint32_t x = fn_float_to_bits(f);
+    uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    uint32_t nan = (x >> 16) | 0x40u;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+static void fn_widen_f16(const uint16_t* src, float* dst, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+#endif
+    for (; i < n; i++)
+        dst[i] = fn_half_to_float(src[i]);
+}
+
+static void fn_narrow_f16(const float* src, uint16_t* dst, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; i++)
+        dst[i] = fn_float_to_half(src[i]);
+}
+
+static void fn_widen_bf16(const uint16_t* src, float* dst, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        dst[i] = fn_bf16_to_float(src[i]);
+}
+
+static void fn_narrow_bf16(const float* src, uint16_t* dst, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        dst[i] = fn_float_to_bf16(src[i]);
+}
+
+/* storage codes shared with the Cython kernels (enum Storage in _kernels.pxi) */
+#define FN_ST_NATIVE 0
+#define FN_ST_F16 1
+#define FN_ST_BF16 2
+
+static inline void fn_widen(int storage, const void* src, float* dst, Py_ssize_t n) {
+    if (storage == FN_ST_F16) fn_widen_f16((const uint16_t*)src, dst, n);
+    else fn_widen_bf16((const uint16_t*)src, dst, n);
+}
+
+static inline void fn_narrow(int storage, const float* src, void* dst, Py_ssize_t n) {
+    if (storage == FN_ST_F16) fn_narrow_f16(src, (uint16_t*)dst, n);
+    else fn_narrow_bf16(src, (uint16_t*)dst, n);
+}
+
+#endif /* FASTNORM_SIMD_H */
