@@ -29,17 +29,14 @@ if BF16 is not None:
     COMPUTE[BF16] = F32
 HALF = frozenset(d for d in (F16, BF16) if d is not None)   # staged through float32
 
-_EPS = {F32: float(np.finfo(np.float32).eps), F64: float(np.finfo(np.float64).eps),
-        F16: float(np.finfo(np.float16).eps)}
-if BF16 is not None:
-    _EPS[BF16] = float(_ml_dtypes.finfo(_ml_dtypes.bfloat16).eps)
 
 _NAMES = "float32, float64, float16 or bfloat16 (ml_dtypes.bfloat16)"
 
 
 def machine_eps(dtype):
-    """The machine epsilon of a storage dtype (torch's rms_norm eps=None)."""
-    return _EPS[np.dtype(dtype)]
+    """The machine epsilon of the dtype x is computed in (torch's rms_norm
+    eps=None: float32's for float16 / bfloat16 input, as its opmath type)."""
+    return float(np.finfo(COMPUTE[np.dtype(dtype)]).eps)
 
 
 def as_float_array(x, name):

@@ -1414,9 +1414,8 @@ def rms_norm_fast(object x, object normalized_shape, object weight, object eps,
     cdef int k = _fast_norm_dims(normalized_shape, xa, &n)
     if k < 0 or n < 1:
         return NotImplemented
-    if eps is None:  # torch: the machine epsilon of x's dtype
-        e = (9.765625e-04 if typenum == cnp.NPY_FLOAT16 else 7.8125e-03 if typenum == bf16_typenum
-             else 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16)
+    if eps is None:  # torch: the machine epsilon of the compute dtype
+        e = 2.220446049250313e-16 if ctype == cnp.NPY_FLOAT64 else 1.1920928955078125e-07
     elif not _fast_eps(eps, &e):
         return NotImplemented
     cdef object wa = _fast_param(weight, xa, k, ctype)

@@ -130,7 +130,7 @@ def layer_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, *, n_th
 
 def _rms_eps(eps, cdt, data_dtype):
     if eps is None:
-        # torch: eps=None means the machine epsilon of the input's dtype
+        # torch: eps=None means the machine epsilon of the compute (opmath) dtype
         return machine_eps(data_dtype)
     return check_eps(eps)
 
@@ -140,7 +140,8 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *,
     """Root-mean-square normalization over the trailing dims of `normalized_shape`.
 
     y = x / sqrt(mean(x^2) + eps) * weight.  ``eps=None`` (default) is the
-    machine epsilon of x's dtype, as torch.nn.functional.rms_norm.
+    machine epsilon of the compute dtype (float32's for float16 / bfloat16
+    input), as torch.nn.functional.rms_norm.
 
     Parameters
     ----------

@@ -6,9 +6,11 @@ the slow ground truth the fast kernels are tested against.
 """
 import numpy as np
 
+from ._dtypes import COMPUTE, machine_eps
+
 __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
-    "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
+    "add_layer_norm", "add_rms_norm", "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "normalize", "normalize_backward",
     "standardize", "standardize_backward", "min_max_scale", "min_max_scale_backward", "weight_norm",
     "weight_norm_backward",
@@ -70,7 +72,7 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, return_stats=Fa
     (eps=None: the machine epsilon of x's dtype, as torch)."""
     x_in = np.asarray(x)
     if eps is None:
-        eps = float(np.finfo(x_in.dtype if x_in.dtype.kind == "f" else np.float64).eps)
+        eps = machine_eps(x_in.dtype) if x_in.dtype in COMPUTE else float(np.finfo(np.float64).eps)
     x = x_in.astype(np.float64)
     axes = _axes(x, normalized_shape)
     rstd = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
@@ -94,6 +96,21 @@ def rms_norm_backward(grad_out, x, rstd, weight=None):
     grad_x = rstd * gw - x * rstd ** 3 * (gw * x).mean(axis=axes, keepdims=True)
     grad_weight = (g * x * rstd).sum(axis=lead_axes) if weight is not None else None
     return grad_x, grad_weight
+
+
+def add_layer_norm(x, residual, normalized_shape=None, weight=None, bias=None, eps=1e-5, *,
+                   return_stats=False):
+    """(layer_norm(h), h) with h = x + residual, in float64."""
+    h = np.asarray(x, dtype=np.float64) + np.asarray(residual, dtype=np.float64)
+    res = layer_norm(h, normalized_shape, weight, bias, eps, return_stats=return_stats)
+    return (res[0], h) + tuple(res[1:]) if return_stats else (res, h)
+
+
+def add_rms_norm(x, residual, normalized_shape=None, weight=None, eps=None, *, return_stats=False):
+    """(rms_norm(h), h) with h = x + residual, in float64."""
+    h = np.asarray(x, dtype=np.float64) + np.asarray(residual, dtype=np.float64)
+    res = rms_norm(h, normalized_shape, weight, eps, return_stats=return_stats)
+    return (res[0], h) + tuple(res[1:]) if return_stats else (res, h)
 
 
 # ---------------------------------------------------------------- channel normalizations

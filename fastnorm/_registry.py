@@ -1,0 +1,211 @@
+"""The op registry: one record per public op, iterated by the tests and the benchmarks.
+
+Each `Op` names its forward and backward in `fastnorm.functional`, its
+float64 twin in `fastnorm.reference`, its layer in `fastnorm.nn` (or why it
+has none), and builds an example call: the forward's arguments for a given
+dtype and shape, and how the backward is called from the forward's saved
+statistics.  A new op is one `Op(...)` line here; `tests/test_registry.py`
+fails until its backward, twin and layer exist and agree.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import functional, nn, reference
+
+__all__ = ["Op", "Call", "OPS", "by_name"]
+
+
+@dataclass
+class Call:
+    """An example call of an op.
+
+    args / kwargs: the forward's; n_outputs: how many leading results of
+    ``forward(..., return_stats=True)`` are outputs (the rest are the saved
+    statistics); backward(outputs, stats, grads) -> (args, kwargs) of the
+    backward, given the forward's outputs and statistics and one upstream
+    gradient per output (the ops with two outputs, the fused add + norm, take
+    the gradient of y; h's flows to x and residual unchanged).
+    """
+    args: tuple
+    kwargs: dict
+    n_outputs: int
+    backward: Callable
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    family: str
+    example: Callable               # (rng, dtype, shape or None) -> Call
+    backward_name: str
+    layer: Optional[str] = None     # class in fastnorm.nn
+    no_layer: Optional[str] = None  # why there is none
+    default_shape: tuple = ()
+    mutates: tuple = ()             # positional args the forward updates in place (running stats)
+
+    @property
+    def forward(self):
+        return getattr(functional, self.name)
+
+    @property
+    def backward(self):
+        return getattr(functional, self.backward_name)
+
+    @property
+    def reference(self):
+        return getattr(reference, self.name)
+
+    @property
+    def reference_backward(self):
+        return getattr(reference, self.backward_name)
+
+    @property
+    def layer_class(self):
+        return getattr(nn, self.layer) if self.layer else None
+
+
+def _values(rng, shape, dtype, scale=1.0, offset=0.0):
+    return (rng.standard_normal(shape) * scale + offset).astype(dtype)
+
+
+def _param(rng, n, dtype, offset):
+    return (offset + 0.25 * rng.standard_normal(n)).astype(dtype)
+
+
+# ---------------------------------------------------------------- row ops
+
+def _layer_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    D = shape[-1]
+    w, b = _param(rng, D, dtype, 1.0), _param(rng, D, dtype, 0.0)
+    return Call((x, D, w, b, 1e-5), {}, 1,
+                lambda out, st, g: ((g[0], x, st[0], st[1], w, b), {}))
+
+
+def _rms_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    D = shape[-1]
+    w = _param(rng, D, dtype, 1.0)
+    return Call((x, D, w), {}, 1, lambda out, st, g: ((g[0], x, st[0], w), {}))
+
+
+def _add_norm_example(rms):
+    def example(rng, dtype, shape):
+        x = _values(rng, shape, dtype, 2.0, 0.5)
+        r = _values(rng, shape, dtype, 1.0, 0.0)
+        D = shape[-1]
+        w = _param(rng, D, dtype, 1.0)
+        # the norm's backward runs on h = x + residual, the forward's second output
+        if rms:
+            return Call((x, r, D, w), {}, 2, lambda out, st, g: ((g[0], out[1], st[0], w), {}))
+        b = _param(rng, D, dtype, 0.0)
+        return Call((x, r, D, w, b), {}, 2,
+                    lambda out, st, g: ((g[0], out[1], st[0], st[1], w, b), {}))
+    return example
+
+
+def _normalize(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    return Call((x,), {"p": 2.0, "dim": -1}, 1,
+                lambda out, st, g: ((g[0], x, st[0]), {"p": 2.0, "dim": -1}))
+
+
+def _weight_norm(rng, dtype, shape):
+    v = _values(rng, shape, dtype, 1.0, 0.2)
+    g = _param(rng, shape[0], dtype, 1.0).reshape((shape[0],) + (1,) * (len(shape) - 1))
+    return Call((v, g), {"dim": 0}, 1, lambda out, st, gr: ((gr[0], v, g, st[0]), {"dim": 0}))
+
+
+# ---------------------------------------------------------------- channel ops
+
+def _batch_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    cdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    rm, rv = np.zeros(C, cdt), np.ones(C, cdt)
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    return Call((x, rm, rv, w, b, True), {}, 1,
+                lambda out, st, g: ((g[0], x, st[0], st[1], w, b, True), {}))
+
+
+def _group_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    G = 4 if C % 4 == 0 else 1
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    return Call((x, G, w, b), {}, 1, lambda out, st, g: ((g[0], x, G, st[0], st[1], w, b), {}))
+
+
+def _instance_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    return Call((x, None, None, w, b), {}, 1, lambda out, st, g: ((g[0], x, st[0], st[1], w, b), {}))
+
+
+def _frn(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    w, b, t = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0), _param(rng, C, dtype, -0.5)
+    return Call((x, w, b, t), {}, 1, lambda out, st, g: ((g[0], x, st[0], w, b, t), {}))
+
+
+def _lrn(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    kw = {"alpha": 1e-2, "beta": 0.75, "k": 1.0}
+    return Call((x, 3), dict(kw), 1, lambda out, st, g: ((g[0], x, st[0], 3), dict(kw)))
+
+
+# ---------------------------------------------------------------- feature scaling
+
+def _standardize(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 3.0, 2.0)
+    return Call((x,), {}, 1, lambda out, st, g: ((g[0], x, st[0], st[1]), {}))
+
+
+def _min_max_scale(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 3.0, 2.0)
+    return Call((x,), {}, 1, lambda out, st, g: ((g[0], x, st[0], st[1]), {}))
+
+
+_ROWS = (4, 24)
+_CHANNELS = (2, 8, 3, 5)
+
+OPS = [
+    Op("layer_norm", "rows", _layer_norm, "layer_norm_backward", layer="LayerNorm", default_shape=_ROWS),
+    Op("rms_norm", "rows", _rms_norm, "rms_norm_backward", layer="RMSNorm", default_shape=_ROWS),
+    Op("add_layer_norm", "rows", _add_norm_example(False), "layer_norm_backward",
+       no_layer="an inference fusion of x + residual and LayerNorm (train with LayerNorm)",
+       default_shape=_ROWS),
+    Op("add_rms_norm", "rows", _add_norm_example(True), "rms_norm_backward",
+       no_layer="an inference fusion of x + residual and RMSNorm (train with RMSNorm)",
+       default_shape=_ROWS),
+    Op("normalize", "lp", _normalize, "normalize_backward",
+       no_layer="a function in torch too (torch.nn.functional.normalize)", default_shape=_ROWS),
+    Op("weight_norm", "lp", _weight_norm, "weight_norm_backward", layer="WeightNorm",
+       default_shape=(6, 4, 3)),
+    Op("batch_norm", "channels", _batch_norm, "batch_norm_backward", layer="BatchNorm2d",
+       default_shape=_CHANNELS, mutates=(1, 2)),
+    Op("group_norm", "channels", _group_norm, "group_norm_backward", layer="GroupNorm",
+       default_shape=_CHANNELS),
+    Op("instance_norm", "channels", _instance_norm, "instance_norm_backward", layer="InstanceNorm2d",
+       default_shape=_CHANNELS),
+    Op("filter_response_norm", "frn", _frn, "filter_response_norm_backward",
+       layer="FilterResponseNorm", default_shape=_CHANNELS),
+    Op("local_response_norm", "lrn", _lrn, "local_response_norm_backward",
+       layer="LocalResponseNorm", default_shape=_CHANNELS),
+    Op("standardize", "features", _standardize, "standardize_backward",
+       no_layer="a data-pipeline transform (scikit-learn's StandardScaler), not a network layer",
+       default_shape=(16, 5)),
+    Op("min_max_scale", "features", _min_max_scale, "min_max_scale_backward",
+       no_layer="a data-pipeline transform (scikit-learn's MinMaxScaler), not a network layer",
+       default_shape=(16, 5)),
+]
+
+_BY_NAME = {op.name: op for op in OPS}
+
+
+def by_name(name):
+    return _BY_NAME[name]

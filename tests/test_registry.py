@@ -1,0 +1,196 @@
+"""Every op of the registry, through the one seam: its backward, its float64
+twin and its layer exist; forward and backward agree with the twin in every
+storage dtype (float32, float64, float16, bfloat16), over memory layouts and
+with out=; inputs are never modified."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _registry, functional
+from fastnorm._dtypes import BF16, F16, F32, F64
+
+DTYPES = [F32, F64, F16, BF16]
+OP_IDS = [op.name for op in _registry.OPS]
+
+
+def _eps(dtype):
+    return float(ml_dtypes.finfo(dtype).eps)
+
+
+def _to64(a):
+    if isinstance(a, np.ndarray) and a.dtype.kind in "fV" or isinstance(a, np.ndarray) and a.dtype == BF16:
+        return a.astype(np.float64)
+    return a
+
+
+def _call64(args, kwargs):
+    return [_to64(a) for a in args], {k: _to64(v) for k, v in kwargs.items()}
+
+
+def _close(got, ref, dtype, what, factor=1.0):
+    """Within `factor` units of the dtype's rounding (float32: a float32
+    computation's error) of the float64 reference, relative to its scale."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, what
+    tol = {F64: 1e-10, F32: 2e-5}.get(np.dtype(dtype), _eps(dtype)) * factor
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def _run(op, call, **extra):
+    res = op.forward(*call.args, **call.kwargs, return_stats=True, **extra)
+    return res[:call.n_outputs], res[call.n_outputs:]
+
+
+def test_registry_covers_the_public_api():
+    forwards = {name for name in fastnorm.__all__
+                if callable(getattr(fastnorm, name)) and getattr(fastnorm, name).__module__ == functional.__name__
+                and not name.endswith("_backward")}
+    assert forwards == set(OP_IDS)
+    backwards = {name for name in fastnorm.__all__ if name.endswith("_backward")}
+    assert backwards == {op.backward_name for op in _registry.OPS}
+
+
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_op_has_backward_twin_and_layer(op):
+    assert callable(op.backward)
+    assert callable(op.reference) and callable(op.reference_backward)
+    assert op.reference.__module__ == "fastnorm.reference"
+    if op.layer is None:
+        assert op.no_layer, f"{op.name}: no layer and no stated exemption"
+    else:
+        layer = op.layer_class
+        assert callable(getattr(layer, "forward")) and callable(getattr(layer, "backward"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_forward_backward_match_the_twin(op, dtype, rng):
+    call = op.example(rng, dtype, op.default_shape)
+    x = call.args[0]
+    before = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in call.args]
+    ref_args, ref_kwargs = _call64(call.args, call.kwargs)
+    for i in op.mutates:  # running statistics: each side updates its own copy
+        call.args = call.args[:i] + (np.array(call.args[i], copy=True),) + call.args[i + 1:]
+    outputs, stats = _run(op, call)
+    for i, a in enumerate(call.args):
+        if isinstance(a, np.ndarray) and i not in op.mutates:
+            assert np.array_equal(a, before[i], equal_nan=True) and a.dtype == before[i].dtype, \
+                f"{op.name} modified argument {i}"
+    ref = op.reference(*ref_args, **ref_kwargs, return_stats=True)
+    ref_outputs, ref_stats = ref[:call.n_outputs], ref[call.n_outputs:]
+    for k, (got, want) in enumerate(zip(outputs, ref_outputs)):
+        assert got.dtype == x.dtype, f"{op.name} output {k} is {got.dtype} for {x.dtype} input"
+        _close(got, want, dtype, f"{op.name} output {k}")
+    for k, s in enumerate(stats):
+        assert s.dtype.kind == "f" and s.dtype.itemsize >= 4, f"{op.name} stat {k} is {s.dtype}"
+    for i in op.mutates:
+        _close(call.args[i], ref_args[i], F32 if dtype != F64 else F64, f"{op.name} running stat {i}")
+
+    g = (rng.standard_normal(outputs[0].shape)).astype(dtype)
+    bargs, bkwargs = call.backward(outputs, stats, [g])
+    grads = op.backward(*bargs, **bkwargs)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    rargs, rkwargs = _call64(bargs, bkwargs)
+    ref_grads = op.reference_backward(*rargs, **rkwargs)
+    ref_grads = ref_grads if isinstance(ref_grads, tuple) else (ref_grads,)
+    assert len(grads) == len(ref_grads)
+    for k, (got, want) in enumerate(zip(grads, ref_grads)):
+        if want is None:
+            assert got is None
+            continue
+        assert got.dtype == x.dtype, f"{op.name} gradient {k} is {got.dtype} for {x.dtype} input"
+        # the statistics a 16-bit forward saves are float32: the twin's
+        # backward gets the same ones, so the rounding of the result dominates
+        _close(got, want, dtype, f"{op.name} gradient {k}", factor=2.0)
+
+
+def _variants(x):
+    """x in other memory layouts (same values)."""
+    yield "reversed", np.ascontiguousarray(x[::-1])[::-1]
+    big = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+    big[..., ::2] = x
+    yield "inner_strided", big[..., ::2]
+    yield "fortran", np.asfortranarray(x)
+    ro = x.copy()
+    ro.flags.writeable = False
+    yield "readonly", ro
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_layouts_and_out_give_the_same_result(op, dtype, rng):
+    call = op.example(rng, dtype, op.default_shape)
+    x = call.args[0]
+    fresh = lambda: tuple(np.array(a, copy=True) if i in op.mutates else a  # noqa: E731
+                          for i, a in enumerate(call.args))
+    base = op.forward(*fresh(), **call.kwargs)
+    base = base[0] if isinstance(base, tuple) else base
+    for name, xv in _variants(x):
+        args = (xv,) + fresh()[1:]
+        y = op.forward(*args, **call.kwargs)
+        y = y[0] if isinstance(y, tuple) else y
+        assert np.array_equal(y.view(np.uint8), base.view(np.uint8)) or np.array_equal(y, base), \
+            f"{op.name} on {name} {dtype} input"
+    out = np.full_like(x, np.nan)
+    y = op.forward(*fresh(), **call.kwargs, out=out)
+    y = y[0] if isinstance(y, tuple) else y
+    assert y is out and np.array_equal(out, base)
+    if op.name not in ("add_layer_norm", "add_rms_norm", "weight_norm"):
+        xi = x.copy()
+        y = op.forward(xi, *fresh()[1:], **call.kwargs, out=xi)
+        y = y[0] if isinstance(y, tuple) else y
+        assert y is xi and np.array_equal(xi, base), f"{op.name} in place"
+
+
+ROW_SPELLINGS = {
+    "int": lambda f, x, D, *p: f(x, D, *p),
+    "tuple": lambda f, x, D, *p: f(x, (D,), *p),
+    "list": lambda f, x, D, *p: f(x, [D], *p),
+    "keyword": lambda f, x, D, *p: f(x, normalized_shape=(D,), **dict(zip(("weight", "bias"), p))),
+    "default": lambda f, x, D, *p: f(x, None, *p),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm"])
+def test_row_spellings_agree(name, dtype, rng):
+    f = getattr(fastnorm, name)
+    x = rng.standard_normal((3, 5, 16)).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(16)).astype(dtype)
+    params = (w, w * 0.5) if name == "layer_norm" else (w,)
+    results = {k: s(f, x, 16, *params) for k, s in ROW_SPELLINGS.items()}
+    for k, y in results.items():
+        assert y.dtype == x.dtype
+        assert np.array_equal(y, results["int"]), k
+    eps_pos = f(x, (16,), *params, 1e-3)
+    assert np.array_equal(eps_pos, f(x, 16, *params, eps=1e-3))
+    # trailing dims as a tuple, and the same rows flattened
+    y2 = f(x, (5, 16), *(np.broadcast_to(p, (5, 16)).copy() for p in params))
+    yflat = f(x.reshape(3, 80), 80, *(np.tile(p, 5) for p in params))
+    assert np.array_equal(y2.reshape(3, 80), yflat)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+def test_float32_parameters_with_16bit_input(dtype, rng):
+    """As torch's mixed-precision LayerNorm: float32 weight with 16-bit x,
+    same result as the 16-bit weight's values; their gradients stay float32."""
+    x = rng.standard_normal((4, 32)).astype(dtype)
+    w16 = (1 + 0.1 * rng.standard_normal(32)).astype(dtype)
+    w32 = w16.astype(np.float32)
+    assert np.array_equal(fastnorm.layer_norm(x, 32, w32, w32), fastnorm.layer_norm(x, 32, w16, w16))
+    y, mean, rstd = fastnorm.layer_norm(x, 32, w32, None, return_stats=True)
+    assert mean.dtype == np.float32 and rstd.dtype == np.float32
+    gx, gw, gb = fastnorm.layer_norm_backward(np.ones_like(x), x, mean, rstd, w32, None)
+    assert gx.dtype == dtype and gw.dtype == np.float32 and gb is None
+
+
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_unsupported_dtypes_raise_type_error(op, rng):
+    call = op.example(rng, F32, op.default_shape)
+    for bad in (np.int32, np.bool_, np.complex64):
+        args = (call.args[0].astype(bad),) + call.args[1:]
+        with pytest.raises(TypeError, match="x|v"):
+            op.forward(*args, **call.kwargs)
