@@ -153,7 +153,7 @@ extensions = [
     Extension(
         f"fastnorm.{module}",
         sources=[f"fastnorm/{module}.pyx"],
-        depends=["fastnorm/_panels.h", "fastnorm/simd.h"],  # C included by the kernels (the .pxi are tracked by Cython)
+        depends=["fastnorm/_panels.h", "fastnorm/simd.h", "fastnorm/rows16.h"],  # C included by the kernels (the .pxi are tracked by Cython)
         include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS + OMP_FLAGS + isa_flags,

@@ -61,6 +61,13 @@ cdef extern from "simd.h" nogil:
                                     const float* hi, const float* al,
                                     const float* be, const float* ga)
 
+# LayerNorm / RMSNorm forward rows over float16 / bfloat16, widened in registers
+cdef extern from "rows16.h" nogil:
+    void fn_ln_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
+                     const float* b, double eps, double* mean, double* rstd, bint stream)
+    double fn_rms_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
+                        double eps, bint stream)
+
 # Register-panel and four-row loops written in C with GCC vector extensions
 cdef extern from "_panels.h" nogil:
     void fastnorm_cl_moments_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
@@ -611,13 +618,17 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                            const floating* w, const floating* b, double eps,
                            floating* mean, floating* rstd, bint stream,
-                           int storage, floating* scratch) noexcept nogil:
+                           int storage) noexcept nogil:
+    """Rows r0..r1; 16-bit rows go through rows16.h (widened in registers)."""
     cdef Py_ssize_t r
     cdef double m, s
     for r in range(r0, r1):
-        _ln_forward_row(_row_in(storage, scratch, 0, n, xb + r * xs),
-                        _row_out(storage, scratch, 1, n, yb + r * ys), n, w, b, eps, &m, &s, stream)
-        _row_done(storage, scratch, 1, n, yb + r * ys)
+        if storage == ST_NATIVE:
+            _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n, w, b, eps,
+                            &m, &s, stream)
+        else:
+            fn_ln_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w, <const float*>b,
+                        eps, &m, &s, stream)
         if mean != NULL:
             mean[r] = <floating>m
         if rstd != NULL:
@@ -702,8 +713,7 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef Py_ssize_t r, r0, r1
     cdef double m, s
     cdef double* partial = NULL
-    cdef float* scratch = NULL
-    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, sizeof(floating))
+    cdef bint stream = _use_streaming(M, n, sizeof(floating) if storage == ST_NATIVE else 2)
     if storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(2 * nth * sizeof(double))
     if partial != NULL:
@@ -718,34 +728,30 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
         return 0
     if nth > M:
         nth = <int>M
-    scratch = _stage_scratch(storage, nth, 2, n)
-    if storage != ST_NATIVE and scratch == NULL:
-        return -1
     if nth > 1:
         for c in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
-            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd, stream,
-                             storage, <floating*>scratch + c * 2 * n if scratch != NULL else NULL)
+            _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd, stream, storage)
     else:
-        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd, stream, storage, <floating*>scratch)
-    free(scratch)
+        _ln_forward_rows(xb, xs, yb, ys, 0, M, n, w, b, eps, mean, rstd, stream, storage)
     return 0
 
 
 cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                             const floating* w, double eps, floating* rstd, bint stream,
-                            int storage, floating* scratch) noexcept nogil:
+                            int storage) noexcept nogil:
     cdef Py_ssize_t r
     cdef double s
     cdef const floating* x
     for r in range(r0, r1):
-        x = _row_in(storage, scratch, 0, n, xb + r * xs)
-        s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
-        _rms_normalize_segment(x, _row_out(storage, scratch, 1, n, yb + r * ys), n, w,
-                               <floating>s, stream)
-        _row_done(storage, scratch, 1, n, yb + r * ys)
+        if storage == ST_NATIVE:
+            x = <const floating*>(xb + r * xs)
+            s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
+            _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s, stream)
+        else:
+            s = fn_rms_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w, eps, stream)
         if rstd != NULL:
             rstd[r] = <floating>s
     if stream:
@@ -760,10 +766,9 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef Py_ssize_t r, r0, r1, lo, hi
     cdef double s
     cdef double* partial = NULL
-    cdef float* scratch = NULL
     cdef const floating* x
     cdef floating* y
-    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, sizeof(floating))
+    cdef bint stream = _use_streaming(M, n, sizeof(floating) if storage == ST_NATIVE else 2)
     if storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(nth * sizeof(double))
     if partial != NULL:
@@ -789,18 +794,13 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
         return 0
     if nth > M:
         nth = <int>M
-    scratch = _stage_scratch(storage, nth, 2, n)
-    if storage != ST_NATIVE and scratch == NULL:
-        return -1
     if nth > 1:
         for c in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
-            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd, stream,
-                              storage, <floating*>scratch + c * 2 * n if scratch != NULL else NULL)
+            _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd, stream, storage)
     else:
-        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd, stream, storage, <floating*>scratch)
-    free(scratch)
+        _rms_forward_rows(xb, xs, yb, ys, 0, M, n, w, eps, rstd, stream, storage)
     return 0
 
 
