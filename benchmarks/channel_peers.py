@@ -156,12 +156,13 @@ def numpy_instance_norm(x, g, w, b, threads, backward=False, *, channels_last=Fa
 # ---------------------------------------------------------------- PyTorch
 
 def _torch_inputs(x, g, w, b, backward, channels_last):
+    from peers import to_torch  # bfloat16 arrays -> torch.bfloat16 tensors (zero-copy)
     if channels_last:  # logical NCHW over NHWC memory: torch's channels_last format
-        tx = torch.from_numpy(x).movedim(-1, 1)
-        tg = torch.from_numpy(g).movedim(-1, 1)
+        tx = to_torch(x).movedim(-1, 1)
+        tg = to_torch(g).movedim(-1, 1)
     else:
-        tx, tg = torch.from_numpy(x), torch.from_numpy(g)
-    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+        tx, tg = to_torch(x), to_torch(g)
+    tw, tb = to_torch(w), to_torch(b)
     if backward:
         tx = tx.detach().clone(memory_format=torch.preserve_format).requires_grad_()
         tw = tw.clone().requires_grad_()
@@ -187,7 +188,9 @@ def torch_batch_norm(x, g, w, b, threads, backward=False, *, channels_last=False
         return None
     tx, tg, tw, tb = _torch_inputs(x, g, w, b, backward, channels_last)
     C = tw.shape[0]
-    rm, rv = torch.zeros(C), torch.ones(C)
+    # torch's CPU batch_norm takes running statistics of the parameters' dtype
+    # (bfloat16 with bfloat16 weights); fastnorm's stay float32
+    rm, rv = torch.zeros(C, dtype=tw.dtype), torch.ones(C, dtype=tw.dtype)
     return _torch_run(lambda a, ww, bb: TF.batch_norm(a, rm, rv, ww, bb, training, 0.1, EPS),
                       tx, tg, tw, tb, backward)
 
@@ -215,6 +218,7 @@ def _variant(factory, **fixed):
 
 def _entry(fast, torch_f, numpy_f, shapes, directions, channels_last=False, **fixed):
     return {
+        "dtypes": ("float32", "bfloat16"),
         "fastnorm": _variant(fast, channels_last=channels_last, **fixed),
         "torch": _variant(torch_f, channels_last=channels_last, **fixed),
         "numpy": _variant(numpy_f, channels_last=channels_last, **fixed),

@@ -14,6 +14,20 @@ memory limit: np.copyto of x (forward), plus np.add of two inputs into a third
 fastnorm's time over that limit, with out= for forwards.  Before timing a
 case, every peer's first output is checked against fastnorm's (--no-check
 skips it): the table never times a different computation.
+
+dtypes (--dtypes, default float32,bfloat16): the bfloat16 rows run the row
+and channel cases on ml_dtypes.bfloat16 arrays against PyTorch on
+torch.bfloat16 tensors (same memory), checked with a looser tolerance
+(5e-2 of the output's scale); NumPy and ONNX Runtime are n/a there.  A
+bfloat16 row whose fastnorm call raises TypeError (a fastnorm without
+bfloat16) prints "unsupported"; one whose peers disagree prints MISMATCH and
+is not timed (a float32 disagreement still stops the run).
+
+The per-call overhead table (benchmarks/overhead.py; --no-overhead skips it,
+--overhead-only runs only it) times every public op on a tiny input in each
+spelling a torch user writes, beside torch's time for the same call.
+
+    python benchmarks/compare.py --quick --ops layer_norm   # smoke run
 """
 import argparse
 import datetime
@@ -27,6 +41,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import overhead  # noqa: E402
 import peers  # noqa: E402
 
 import fastnorm  # noqa: E402
@@ -44,8 +59,8 @@ def calibrate(fn, min_time):
         n = max(n * 2, int(n * min_time / max(dt, 1e-9) * 1.2))
 
 
-def time_case(impls, repeats, min_time):
-    """{name: median seconds per call} with interleaved rounds."""
+def time_case(impls, repeats, min_time, reduce=statistics.median):
+    """{name: median (or `reduce`) seconds per call} with interleaved rounds."""
     loops = {}
     for name, fn in impls.items():
         fn()  # warm up (allocations, thread pools, ORT graph)
@@ -61,7 +76,7 @@ def time_case(impls, repeats, min_time):
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - t0) / n)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: reduce(s) for name, s in samples.items()}
 
 
 def first_array(result):
@@ -72,7 +87,10 @@ def first_array(result):
     while isinstance(result, (tuple, list)):
         result = result[0]
     if hasattr(result, "detach"):
-        result = result.detach().numpy()
+        result = result.detach()
+        if not result.dtype.is_floating_point or result.dtype.itemsize < 4:
+            result = result.float()  # torch.bfloat16 has no NumPy twin; .float() keeps the strides
+        result = result.numpy()
     return np.asarray(result).astype(np.float64, order="K").ravel(order="K")
 
 
@@ -80,6 +98,13 @@ def check_agreement(case, impls, tol=2e-3):
     """Every peer must compute what fastnorm computes: its first output (y, or
     grad_x for fwd+bwd) within tol of fastnorm's, relative to its largest
     value.  A table that times a different computation is refused."""
+    bad = disagreements(impls, tol)
+    if bad:
+        raise SystemExit(f"{case}: peers disagree with fastnorm ({'; '.join(bad)})")
+
+
+def disagreements(impls, tol=2e-3):
+    """The peers whose first output differs from fastnorm's (see check_agreement)."""
     ours = first_array(impls["fastnorm"]())
     bad = []
     for name, fn in impls.items():
@@ -90,10 +115,9 @@ def check_agreement(case, impls, tol=2e-3):
             bad.append(f"{name}: {theirs.size} values, fastnorm {ours.size}")
             continue
         err = float(np.max(np.abs(theirs - ours))) if ours.size else 0.0
-        if not err <= tol * max(1.0, float(np.max(np.abs(ours)))):
+        if not err <= tol * max(1.0, float(np.max(np.abs(ours))) if ours.size else 1.0):
             bad.append(f"{name}: max difference {err:.3g}")
-    if bad:
-        raise SystemExit(f"{case}: peers disagree with fastnorm ({'; '.join(bad)})")
+    return bad
 
 
 def fmt_time(t):
@@ -108,58 +132,115 @@ def fmt_ratio(peer, ours):
     return "n/a" if peer is None or ours is None else f"{peer / ours:.2f}x"
 
 
-def run(ops, shapes, threads, repeats, min_time, emit, check=True):
+# the agreement tolerance per dtype (relative to the output's scale)
+TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2}
+# peers that run on float32 only (bfloat16 rows: n/a)
+FLOAT32_ONLY_PEERS = ("onnxruntime", "numpy", "scikit-learn", "unfused")
+
+
+def _probe(fn):
+    """None when fn runs, else the TypeError's message (a dtype fastnorm does not take)."""
+    try:
+        fn()
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def run(ops, shapes, threads, repeats, min_time, emit, check=True, dtypes=("float32",)):
     peers.set_threads(threads)
     rows = []
-    header = ("| case | shape | fastnorm | fastnorm out= | PyTorch | vs PyTorch | ONNX Runtime "
+    header = ("| case | dtype | shape | fastnorm | fastnorm out= | PyTorch | vs PyTorch | ONNX Runtime "
               "| vs ORT | NumPy | vs NumPy | copy limit | of copy |")
     emit(header)
-    emit("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for op in ops:
-        factories = peers.OPS[op]
-        for backward in [d == "fwd+bwd" for d in factories["directions"]]:
-            for shape in (shapes or factories["shapes"]):
-                x, g, w, b = factories["make_case"](shape)
-                impls = {"fastnorm": factories["fastnorm"](x, g, w, b, threads, backward=backward)}
-                if not backward:
-                    impls["fastnorm_out"] = factories["fastnorm"](x, g, w, b, threads, out=True)
-                for peer in ("torch", "onnxruntime", "numpy", "scikit-learn"):
-                    fn = factories[peer](x, g, w, b, threads, backward=backward) if peer in factories else None
-                    if fn is not None:
-                        impls[peer] = fn
-                if "unfused" in factories:
-                    impls["unfused"] = factories["unfused"](x, g, w, b, threads)
-                impls["copy"] = factories.get("copy", peers.copy_limit)(x, g, w, b, threads, backward=backward)
-                case = f"{op} {'fwd+bwd' if backward else 'fwd'}"
-                if check:
-                    check_agreement(f"{case} {shape}", impls)
-                t = time_case(impls, repeats, min_time)
-                ours = t["fastnorm"]
-                limit_ours = t.get("fastnorm_out", ours)
-                row = dict(case=case, shape=shape, times=t)
-                rows.append(row)
-                if "scikit-learn" in t:
-                    case = (f"{case} (scikit-learn StandardScaler: {fmt_time(t['scikit-learn'])}, "
-                            f"{t['scikit-learn'] / ours:.2f}x)")
-                if "unfused" in t:
-                    case = f"{case} (unfused add+norm: {fmt_time(t['unfused'])}, {t['unfused'] / ours:.2f}x)"
-                emit(f"| {case} | {shape} | {fmt_time(ours)} | {fmt_time(t.get('fastnorm_out'))} "
-                     f"| {fmt_time(t.get('torch'))} | {fmt_ratio(t.get('torch'), ours)} "
-                     f"| {fmt_time(t.get('onnxruntime'))} | {fmt_ratio(t.get('onnxruntime'), ours)} "
-                     f"| {fmt_time(t.get('numpy'))} | {fmt_ratio(t.get('numpy'), ours)} "
-                     f"| {fmt_time(t['copy'])} | {limit_ours / t['copy']:.2f}x |")
+    emit("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for dtype in dtypes:
+        for op in ops:
+            factories = peers.OPS[op]
+            if dtype not in factories.get("dtypes", ("float32",)):
+                continue
+            for backward in [d == "fwd+bwd" for d in factories["directions"]]:
+                for shape in (shapes or factories["shapes"]):
+                    rows.append(_run_case(op, factories, backward, shape, dtype, threads, repeats,
+                                          min_time, emit, check))
     return rows
+
+
+def _run_case(op, factories, backward, shape, dtype, threads, repeats, min_time, emit, check):
+    x, g, w, b = peers.cast_case(factories["make_case"](shape), dtype)
+    ours_impls = {"fastnorm": factories["fastnorm"](x, g, w, b, threads, backward=backward)}
+    if not backward:
+        ours_impls["fastnorm_out"] = factories["fastnorm"](x, g, w, b, threads, out=True)
+    impls, unsupported = {}, {}
+    for name, fn in ours_impls.items():
+        why = _probe(fn) if dtype != "float32" else None
+        if why is None:
+            impls[name] = fn
+        else:
+            unsupported[name] = why
+    for peer in ("torch", "onnxruntime", "numpy", "scikit-learn"):
+        if dtype != "float32" and peer in FLOAT32_ONLY_PEERS:
+            continue
+        fn = factories[peer](x, g, w, b, threads, backward=backward) if peer in factories else None
+        if fn is not None:
+            impls[peer] = fn
+    if "unfused" in factories and dtype == "float32":
+        impls["unfused"] = factories["unfused"](x, g, w, b, threads)
+    impls["copy"] = factories.get("copy", peers.copy_limit)(x, g, w, b, threads, backward=backward)
+    case = f"{op} {'fwd+bwd' if backward else 'fwd'}"
+    if check and "fastnorm" in impls:
+        tol = TOLERANCE.get(dtype, 2e-3)
+        if dtype == "float32":
+            check_agreement(f"{case} {shape}", impls, tol)
+        else:  # a newer dtype's disagreement refuses its row, not the whole table
+            bad = disagreements(impls, tol)
+            if bad:
+                emit(f"| {case} | {dtype} | {shape} | MISMATCH ({'; '.join(bad)}) | not timed |"
+                     + " n/a |" * 8)
+                return dict(case=case, dtype=dtype, shape=shape, times={}, unsupported={},
+                            mismatch=bad)
+    t = time_case(impls, repeats, min_time)
+    ours = t.get("fastnorm")
+    limit_ours = t.get("fastnorm_out", ours)
+    row = dict(case=case, dtype=dtype, shape=shape, times=t, unsupported=unsupported)
+    label = case
+    if "scikit-learn" in t:
+        label = (f"{label} (scikit-learn StandardScaler: {fmt_time(t['scikit-learn'])}, "
+                 f"{t['scikit-learn'] / ours:.2f}x)")
+    if "unfused" in t:
+        label = f"{label} (unfused add+norm: {fmt_time(t['unfused'])}, {t['unfused'] / ours:.2f}x)"
+
+    def ours_time(name):
+        return "unsupported" if name in unsupported else fmt_time(t.get(name))
+    of_copy = "n/a" if limit_ours is None else f"{limit_ours / t['copy']:.2f}x"
+    emit(f"| {label} | {dtype} | {shape} | {ours_time('fastnorm')} | {ours_time('fastnorm_out')} "
+         f"| {fmt_time(t.get('torch'))} | {fmt_ratio(t.get('torch'), ours)} "
+         f"| {fmt_time(t.get('onnxruntime'))} | {fmt_ratio(t.get('onnxruntime'), ours)} "
+         f"| {fmt_time(t.get('numpy'))} | {fmt_ratio(t.get('numpy'), ours)} "
+         f"| {fmt_time(t['copy'])} | {of_copy} |")
+    return row
 
 
 def summary(rows):
     lines = []
-    for kind in ("fwd", "fwd+bwd"):
-        ratios = [r["times"]["torch"] / r["times"]["fastnorm"] for r in rows
-                  if r["case"].endswith(" " + kind) and "torch" in r["times"]]
-        if ratios:
-            gm = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-            lines.append(f"- geometric mean of the PyTorch ratios, {kind}: {gm:.2f}x "
-                         f"(min {min(ratios):.2f}x over {len(ratios)} cases)")
+    dtypes = list(dict.fromkeys(r.get("dtype", "float32") for r in rows))
+    for dtype in dtypes:
+        for kind in ("fwd", "fwd+bwd"):
+            ratios = [r["times"]["torch"] / r["times"]["fastnorm"] for r in rows
+                      if r["case"].endswith(" " + kind) and r.get("dtype", "float32") == dtype
+                      and "torch" in r["times"] and "fastnorm" in r["times"]]
+            what = kind if dtypes == ["float32"] else f"{kind}, {dtype}"
+            if ratios:
+                gm = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                lines.append(f"- geometric mean of the PyTorch ratios, {what}: {gm:.2f}x "
+                             f"(min {min(ratios):.2f}x over {len(ratios)} cases)")
+        n_unsupported = sum(1 for r in rows if r.get("dtype") == dtype and r.get("unsupported"))
+        if n_unsupported:
+            lines.append(f"- {dtype}: {n_unsupported} cases unsupported by this fastnorm "
+                         "(its call raised TypeError)")
+        n_mismatch = sum(1 for r in rows if r.get("dtype") == dtype and r.get("mismatch"))
+        if n_mismatch:
+            lines.append(f"- {dtype}: {n_mismatch} cases not timed: a peer disagreed with fastnorm (MISMATCH)")
     return lines
 
 
@@ -192,24 +273,57 @@ def environment(threads):
         "SkipSimplifiedLayerNormalization; thread spinning off. scikit-learn: StandardScaler. "
         "float32, eps=1e-5, with weight and bias (weight only for RMSNorm); "
         "BatchNorm train updates running statistics; GroupNorm with 32 groups. "
-        "Every peer's output was checked against fastnorm's before timing.",
+        "bfloat16 rows: ml_dtypes.bfloat16 arrays (x, grad, weight, bias; BatchNorm's running "
+        "statistics float32 for fastnorm, bfloat16 for PyTorch, which requires the parameters' "
+        "dtype) against torch.bfloat16 tensors over the same memory; their copy limit adds "
+        "np.add of the uint16 views for fwd+bwd (the same bytes: ml_dtypes' element-wise add "
+        "is compute-bound). "
+        "Every peer's output was checked against fastnorm's before timing "
+        "(within 2e-3 of the output's scale; bfloat16: 5e-2).",
     ]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", nargs="+", default=None,
-                   help="run the ops whose names start with these (default: all): " + ", ".join(peers.OPS))
+                   help="run the ops whose names start with these (default: all): " + ", ".join(peers.OPS)
+                   + "; the overhead table's ops too: " + ", ".join(overhead.OPS))
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--min-time", type=float, default=0.02, help="seconds per timed loop")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 9; --quick 3)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds per timed loop (default 0.02; --quick 0.005)")
     p.add_argument("--shapes", nargs="+", default=None, help="e.g. 64x768 8192x4096")
+    p.add_argument("--dtypes", default=",".join(peers.DTYPES),
+                   help="comma-separated dtypes of the rows: float32, bfloat16 (default: both, where "
+                        "ml_dtypes is installed; bfloat16 covers the row and channel cases and, in the "
+                        "overhead table, the layer_norm / rms_norm / batch_norm / group_norm calls)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: lower --min-time / --repeats (and the overhead table's)")
+    p.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead table")
+    p.add_argument("--overhead-only", action="store_true", help="print only the per-call overhead table")
+    p.add_argument("--overhead-repeats", type=int, default=None,
+                   help="timed rounds per overhead call, the minimum is shown (default 5; --quick 3)")
+    p.add_argument("--overhead-min-time", type=float, default=None,
+                   help="seconds per timed loop of an overhead call (default 0.005; --quick 0.002)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the check that every peer's output agrees with fastnorm's")
     p.add_argument("--save", metavar="FILE", help="also write the table, machine and versions to FILE")
     p.add_argument("--readme", metavar="FILE",
                    help="also replace the results block of FILE (between its results markers)")
     args = p.parse_args(argv)
+    if args.no_overhead and args.overhead_only:
+        p.error("--no-overhead and --overhead-only exclude each other")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in ("float32", "bfloat16"):
+            p.error(f"--dtypes: unknown dtype {d!r} (float32, bfloat16)")
+        if d not in peers.DTYPES:
+            p.error(f"--dtypes {d}: ml_dtypes is not installed")
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 9)
+    min_time = args.min_time if args.min_time is not None else (0.005 if args.quick else 0.02)
+    oh_repeats = args.overhead_repeats if args.overhead_repeats is not None else (3 if args.quick else 5)
+    oh_min_time = (args.overhead_min_time if args.overhead_min_time is not None
+                   else (0.002 if args.quick else 0.005))
     shapes = None if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     lines = []
 
@@ -219,11 +333,20 @@ def main(argv=None):
 
     env = environment(args.threads)
     print("\n".join(env) + "\n", flush=True)
-    ops = [op for op in peers.OPS if args.ops is None or any(op.startswith(p) for p in args.ops)]
-    rows = run(ops, shapes, args.threads, args.repeats, args.min_time, emit, check=not args.no_check)
-    tail = summary(rows)
-    print("\n" + "\n".join(tail))
-    body = "\n".join(env) + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(tail) + "\n"
+    sections = []
+    if not args.overhead_only:
+        ops = [op for op in peers.OPS if args.ops is None or any(op.startswith(p) for p in args.ops)]
+        rows = run(ops, shapes, args.threads, repeats, min_time, emit, check=not args.no_check,
+                   dtypes=dtypes)
+        tail = summary(rows)
+        print("\n" + "\n".join(tail) + "\n", flush=True)
+        sections += ["\n".join(lines), "\n".join(tail)]
+        del lines[:]
+    if not args.no_overhead:
+        overhead.run(args.threads, oh_repeats, oh_min_time, emit, ops=args.ops, dtypes=dtypes,
+                     check=not args.no_check, timer=time_case)
+        sections.append("\n".join(lines))
+    body = "\n\n".join(["\n".join(env)] + [s for s in sections if s]) + "\n"
     if args.save:
         with open(args.save, "w") as f:
             f.write("# fastnorm benchmark comparison\n\n")

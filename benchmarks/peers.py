@@ -21,7 +21,47 @@ try:
 except ImportError:  # pragma: no cover
     ort = None
 
+try:
+    import ml_dtypes
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - the bench extra installs it
+    ml_dtypes = None
+    BFLOAT16 = None
+
 EPS = 1e-5
+
+# the dtypes the comparison knows; an op's "dtypes" entry says which it runs
+DTYPES = {"float32": np.dtype(np.float32)}
+if BFLOAT16 is not None:
+    DTYPES["bfloat16"] = BFLOAT16
+
+
+def is_bfloat16(a):
+    return BFLOAT16 is not None and getattr(a, "dtype", None) == BFLOAT16
+
+
+def to_torch(a):
+    """A torch tensor sharing a's memory; ml_dtypes.bfloat16 arrays become
+    torch.bfloat16 tensors through their uint16 bits (torch.from_numpy does
+    not know ml_dtypes)."""
+    if is_bfloat16(a):
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def cast_case(arrays, dtype):
+    """A case's arrays (float32, from make_case) in `dtype` ("float32" or "bfloat16")."""
+    dt = DTYPES[dtype]
+    if dt == np.float32:
+        return arrays
+    return tuple(None if a is None else a.astype(dt) for a in arrays)
+
+
+def _bits(a):
+    """The array's bytes as uint16 for bfloat16 (ml_dtypes' bfloat16 ufuncs
+    convert element by element: np.add on them is compute-bound, ~20x a
+    memory pass), else the array itself."""
+    return a.view(np.uint16) if is_bfloat16(a) else a
 
 
 def make_case(shape, seed=0):
@@ -48,10 +88,11 @@ def copy_limit(x, g, w, b, threads, backward=False):
     if not backward:
         return lambda: np.copyto(out, x)
     out2 = np.empty_like(x)
+    xa, ga, oa = _bits(x), _bits(g), _bits(out2)  # bfloat16: the same bytes as uint16
 
     def run():
         np.copyto(out, x)
-        np.add(x, g, out=out2)
+        np.add(xa, ga, out=oa)
     return run
 
 
@@ -125,14 +166,14 @@ def numpy_rms_norm(x, g, w, b, threads, backward=False):
 # ---------------------------------------------------------------- PyTorch
 
 def _torch_args(x, g, w, b, backward):
-    tx = torch.from_numpy(x)
-    tw = torch.from_numpy(w)
-    tb = torch.from_numpy(b)
+    tx = to_torch(x)
+    tw = to_torch(w)
+    tb = to_torch(b)
     if backward:
         tx = tx.clone().requires_grad_()
         tw = tw.clone().requires_grad_()
         tb = tb.clone().requires_grad_()
-    return tx, torch.from_numpy(g), tw, tb
+    return tx, to_torch(g), tw, tb
 
 
 def torch_layer_norm(x, g, w, b, threads, backward=False):
@@ -446,17 +487,21 @@ def _weight_norm_factories():
 
 SHAPES = [(1, 768), (64, 768), (2048, 1024), (8192, 4096)]
 
-# op -> its implementations, shapes, directions and case builder
+# op -> its implementations, shapes, directions, case builder and dtypes
+# ("dtypes" absent: float32 only; bfloat16 runs fastnorm, PyTorch and the copy
+# limit: the NumPy and ONNX Runtime peers are float32-only here)
 OPS = {
     "layer_norm": {
         "fastnorm": fastnorm_layer_norm, "torch": torch_layer_norm,
         "onnxruntime": ort_layer_norm, "numpy": numpy_layer_norm,
         "shapes": SHAPES, "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
+        "dtypes": ("float32", "bfloat16"),
     },
     "rms_norm": {
         "fastnorm": fastnorm_rms_norm, "torch": torch_rms_norm,
         "onnxruntime": ort_rms_norm, "numpy": numpy_rms_norm,
         "shapes": SHAPES, "directions": ("fwd", "fwd+bwd"), "make_case": make_case,
+        "dtypes": ("float32", "bfloat16"),
     },
 }
 

@@ -272,8 +272,8 @@ def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats
     w = layout.channel_vector(weight, "weight", x.dtype)
     b = layout.channel_vector(bias, "bias", x.dtype)
     if cdt != x.dtype:
-        w = None if w is None else w.astype(cdt)
-        b = None if b is None else b.astype(cdt)
+        w = None if w is None else cast(w, cdt)
+        b = None if b is None else cast(b, cdt)
     data = layout.data_as(cdt)
     y_k = None
     if out is not None:
@@ -290,8 +290,7 @@ def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats
     _kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg, per_sample,
                              w, b, eps, batch_stats, st_mean, st_var, n_threads)
     y = layout.restore(y_k)
-    if cdt != x.dtype:
-        y = y.astype(x.dtype)
+    y = cast(y, x.dtype)
     if out is not None:
         np.copyto(out, y)
         return out
@@ -402,20 +401,18 @@ def _channel_backward_common(grad_out, x, layout, cdt, cpg, per_sample, mean, rs
     if bias is not None:
         layout.channel_vector(bias, "bias", x.dtype)
     if cdt != x.dtype:
-        w = None if w is None else w.astype(cdt)
-        g = g.astype(cdt)
+        w = None if w is None else cast(w, cdt)
+        g = cast(g, cdt)
     data = layout.data_as(cdt)
     dx_k = layout.empty(cdt)
     grad_w = np.empty(layout.C, np.float64) if weight is not None else None
     grad_b = np.empty(layout.C, np.float64) if bias is not None else None
     _kernels.channel_backward(g, data, dx_k, layout.cl, layout.N, layout.C, layout.S, cpg,
                               per_sample, w, mean, rstd, batch_stats, grad_w, grad_b, n_threads)
-    dx = layout.restore(dx_k)
-    if cdt != x.dtype:
-        dx = dx.astype(x.dtype)
+    dx = cast(layout.restore(dx_k), x.dtype)
     return (dx,
-            None if grad_w is None else grad_w.astype(x.dtype),
-            None if grad_b is None else grad_b.astype(x.dtype))
+            None if grad_w is None else grad_w.astype(np.asarray(weight).dtype),
+            None if grad_b is None else grad_b.astype(np.asarray(bias).dtype))
 
 
 def _groups(num_groups, C):
@@ -709,7 +706,7 @@ def _feature_rows(x, axis, name="x"):
 
     def restore(m):
         r = np.moveaxis(m.reshape(moved.shape), 0, axis)
-        return r if cdt == x.dtype else r.astype(x.dtype)
+        return cast(r, x.dtype)
     return x, cdt, data, restore, stats_shape, N, F
 
 
@@ -921,8 +918,7 @@ def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return
     means = np.empty(M, np.float64)
     _kernels.weight_norm_forward(rows, w_rows, gv, bool(centered), norms, means, n_threads)
     w = restore(w_rows)
-    if cdt != v.dtype:
-        w = w.astype(v.dtype)
+    w = cast(w, v.dtype)
     if out is not None:
         check_out(out, v, v.dtype, "out")
         np.copyto(out, w)
@@ -955,7 +951,7 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads
     _kernels.weight_norm_backward(as_rows(gm, M, n, cdt), as_rows(vm, M, n, cdt), grad_v, gv,
                                   bool(centered), norm, grad_g, n_threads)
     gshape = np.shape(g)
-    return (restore(grad_v).astype(v.dtype, copy=False),
+    return (cast(restore(grad_v), v.dtype),
             grad_g.reshape(gshape).astype(v.dtype, copy=False))
 
 
@@ -976,8 +972,7 @@ def _frn_param(p, name, C, dtype, cdt, required=True):
 
 def _restored_output(x, y, cdt, out):
     """y (already in x's axis order) in x's dtype, copied into `out` if given."""
-    if cdt != x.dtype:
-        y = y.astype(x.dtype)
+    y = cast(y, x.dtype)
     if out is not None:
         check_out(out, x, x.dtype)
         np.copyto(out, y)
@@ -1038,7 +1033,7 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     grad_out = same_shape_input(grad_out, "grad_out", x)
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
-    g = _to_kernel_layout(grad_out, layout).astype(cdt, copy=False)
+    g = cast(_to_kernel_layout(grad_out, layout), cdt)
     w = _frn_param(weight, "weight", C, x.dtype, cdt)
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
@@ -1047,11 +1042,11 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     dx = _empty(data.shape, cdt)
     gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)
     _kernels.frn_backward(g, data, dx, layout.cl, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
-    grad_x = layout.restore(dx).astype(x.dtype, copy=False)
+    grad_x = cast(layout.restore(dx), x.dtype)
     return (grad_x,
-            gw.reshape(np.shape(weight)).astype(x.dtype),
-            gb.reshape(np.shape(bias)).astype(x.dtype),
-            None if tau is None else gt.reshape(np.shape(tau)).astype(x.dtype))
+            gw.reshape(np.shape(weight)).astype(np.asarray(weight).dtype),
+            gb.reshape(np.shape(bias)).astype(np.asarray(bias).dtype),
+            None if tau is None else gt.reshape(np.shape(tau)).astype(np.asarray(tau).dtype))
 
 
 # ---------------------------------------------------------------- Local Response Normalization
@@ -1110,10 +1105,10 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     layout = ChannelLayout(x, channel_axis)
     data = layout.data_as(cdt)
     dx = _empty(data.shape, cdt)
-    _kernels.lrn_backward(_to_kernel_layout(grad_out, layout).astype(cdt, copy=False), data,
-                          _to_kernel_layout(scale, layout).astype(cdt, copy=False), dx, layout.cl,
+    _kernels.lrn_backward(cast(_to_kernel_layout(grad_out, layout), cdt), data,
+                          cast(_to_kernel_layout(scale, layout), cdt), dx, layout.cl,
                           layout.N, layout.C, layout.S, size, alpha, beta, n_threads)
-    return layout.restore(dx).astype(x.dtype, copy=False)
+    return cast(layout.restore(dx), x.dtype)
 
 
 def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=True, with_std=True,
