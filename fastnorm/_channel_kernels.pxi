@@ -155,7 +155,7 @@ cdef inline void _tile(floating* dst, const floating* src, Py_ssize_t C, Py_ssiz
         memcpy(dst + i * C, src, C * sizeof(floating))
 
 
-cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+cdef void _rows_moments(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                         const floating* shift, floating* work,
                         double* sum_dev, double* sum_sq) noexcept nogil:
     """Per channel over rows r0..r1 of a (rows, C) array: sums of d and d^2,
@@ -170,6 +170,13 @@ cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssiz
     cdef const floating* p
     cdef floating d
     cdef int pending = 0
+    cdef const floating* x = <const floating*>xb
+    if st == ST_BF16:  # 16-bit rows always take the panels (widened in registers)
+        fastnorm_cl_moments_bf16(<const uint16_t*>xb, r0, r1, C, <const float*>shift, sum_dev, sum_sq)
+        return
+    if st == ST_F16:
+        fastnorm_cl_moments_f16(<const uint16_t*>xb, r0, r1, C, <const float*>shift, sum_dev, sum_sq)
+        return
     if _panels(C, sizeof(floating)):
         if floating is float:
             fastnorm_cl_moments_f(x, r0, r1, C, shift, sum_dev, sum_sq)
@@ -212,7 +219,7 @@ cdef void _rows_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssiz
             pending = 0
 
 
-cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
+cdef void _rows_backward_sums(const char* gb_, const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t C, const floating* hi,
                               floating* work, double* sums) noexcept nogil:
     """Per channel over rows r0..r1: sums of g, g*t and t, t = x - hi[c].
@@ -227,6 +234,16 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
     cdef const floating* xp
     cdef floating t
     cdef int pending = 0
+    cdef const floating* g = <const floating*>gb_
+    cdef const floating* x = <const floating*>xb
+    if st == ST_BF16:
+        fastnorm_cl_backward_sums_bf16(<const uint16_t*>gb_, <const uint16_t*>xb, r0, r1, C,
+                                       <const float*>hi, sums)
+        return
+    if st == ST_F16:
+        fastnorm_cl_backward_sums_f16(<const uint16_t*>gb_, <const uint16_t*>xb, r0, r1, C,
+                                      <const float*>hi, sums)
+        return
     if _panels(C, sizeof(floating)):
         if floating is float:
             fastnorm_cl_backward_sums_f(g, x, r0, r1, C, hi, sums)
@@ -266,7 +283,7 @@ cdef void _rows_backward_sums(const floating* g, const floating* x, Py_ssize_t r
             pending = 0
 
 
-cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+cdef void _rows_affine(const char* xb, char* yb, int st, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                        const floating* hi, const floating* a,
                        const floating* b, floating* work, bint stream) noexcept nogil:
     """y[r, c] = (x[r, c] - hi[c]) * a[c] + b[c] for rows r0..r1
@@ -278,6 +295,17 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
     cdef floating* tb = work + 3 * ts
     cdef const floating* xp
     cdef floating* yp
+    cdef const floating* x = <const floating*>xb
+    cdef floating* y = <floating*>yb
+    if st != ST_NATIVE:
+        stream = stream and fastnorm_cl_stream_ok(yb + 2 * r0 * C, C, 2)
+        if st == ST_BF16:
+            fastnorm_cl_affine_bf16(<const uint16_t*>xb, <uint16_t*>yb, r0, r1, C, <const float*>hi,
+                                    <const float*>a, <const float*>b, stream)
+        else:
+            fastnorm_cl_affine_f16(<const uint16_t*>xb, <uint16_t*>yb, r0, r1, C, <const float*>hi,
+                                   <const float*>a, <const float*>b, stream)
+        return
     if _panels(C, sizeof(floating)) and (not stream or fastnorm_cl_stream_ok(y + r0 * C, C, sizeof(floating))):
         if floating is float:
             fastnorm_cl_affine_f(x, y, r0, r1, C, hi, a, b, stream)
@@ -312,7 +340,7 @@ cdef void _rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
         r += m if n_k == L else 1
 
 
-cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
+cdef void _rows_backward(const char* gb_, const char* xb, char* db, int st, Py_ssize_t r0,
                          Py_ssize_t r1, Py_ssize_t C, const floating* hi,
                          const floating* alpha, const floating* beta, const floating* gamma,
                          floating* work, bint stream) noexcept nogil:
@@ -327,9 +355,23 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
     cdef const floating* xp
     cdef floating* dp
     cdef bint centred = False
+    cdef const floating* g = <const floating*>gb_
+    cdef const floating* x = <const floating*>xb
+    cdef floating* dx = <floating*>db
     for k in range(C):
         if beta[k] != 0 or gamma[k] != 0:
             centred = True
+    if st != ST_NATIVE:
+        stream = stream and fastnorm_cl_stream_ok(db + 2 * r0 * C, C, 2)
+        if st == ST_BF16:
+            fastnorm_cl_backward_bf16(<const uint16_t*>gb_, <const uint16_t*>xb, <uint16_t*>db, r0, r1,
+                                      C, <const float*>hi, <const float*>alpha, <const float*>beta,
+                                      <const float*>gamma, centred, stream)
+        else:
+            fastnorm_cl_backward_f16(<const uint16_t*>gb_, <const uint16_t*>xb, <uint16_t*>db, r0, r1,
+                                     C, <const float*>hi, <const float*>alpha, <const float*>beta,
+                                     <const float*>gamma, centred, stream)
+        return
     if _panels(C, sizeof(floating)) and (not stream or fastnorm_cl_stream_ok(dx + r0 * C, C, sizeof(floating))):
         if floating is float:
             fastnorm_cl_backward_f(g, x, dx, r0, r1, C, hi, alpha, beta, gamma, centred, stream)
@@ -362,11 +404,67 @@ cdef void _rows_backward(const floating* g, const floating* x, floating* dx, Py_
         r += m if n_k == L else 1
 
 
+# ---------------------------------------------------------------- storage dispatch
+# The drivers below address data as bytes (`const char*`, `isz` bytes per
+# value: sizeof(floating), or 2 for float16 / bfloat16 storage, which is
+# computed in float); these send a block to the kernel of its storage.
+
+cdef inline Py_ssize_t _itemsize(int st, Py_ssize_t native) noexcept nogil:
+    return native if st == ST_NATIVE else 2
+
+
+cdef inline void _blk_moments(int st, const char* x, Py_ssize_t n, double* mean, double* m2,
+                              floating tag) noexcept nogil:
+    """_block_moments of n values (`tag` selects the compute type)."""
+    if st == ST_NATIVE:
+        _block_moments(<const floating*>x, n, mean, m2)
+    else:
+        fn_block_moments16(st, x, n, mean, m2)
+
+
+cdef inline void _blk_affine(int st, const char* x, char* y, Py_ssize_t n, floating hi, floating a,
+                             floating b, bint stream) noexcept nogil:
+    if st != ST_NATIVE:
+        fn_block_affine16(st, x, y, n, hi, a, b, stream)
+    elif stream and floating is float:
+        fastnorm_affine_stream_s(<const float*>x, <float*>y, n, hi, a, b)
+    else:
+        _block_affine(<const floating*>x, <floating*>y, n, hi, a, b)
+
+
+cdef inline void _blk_backward_sums(int st, const char* g, const char* x, Py_ssize_t n, floating hi,
+                                    floating lo, double* sum_g, double* sum_gt,
+                                    double* sum_t) noexcept nogil:
+    if st == ST_NATIVE:
+        _block_backward_sums(<const floating*>g, <const floating*>x, n, hi, lo, sum_g, sum_gt, sum_t)
+    else:
+        fn_block_backward_sums16(st, g, x, n, hi, lo, sum_g, sum_gt, sum_t)
+
+
+cdef inline void _blk_backward(int st, const char* g, const char* x, char* dx, Py_ssize_t n,
+                               floating hi, floating alpha, floating beta, floating gamma,
+                               bint stream) noexcept nogil:
+    if st != ST_NATIVE:
+        fn_block_backward16(st, g, x, dx, n, hi, alpha, beta, gamma, stream)
+    elif stream and floating is float:
+        fastnorm_backward_stream_s(<const float*>g, <const float*>x, <float*>dx, n, hi, alpha, beta,
+                                   gamma)
+    else:
+        _block_backward(<const floating*>g, <const floating*>x, <floating*>dx, n, hi, alpha, beta,
+                        gamma)
+
+
+cdef inline floating _load1(int st, const char* x, Py_ssize_t i, floating tag) noexcept nogil:
+    if st == ST_NATIVE:
+        return (<const floating*>x)[i]
+    return <floating>fn_load1_16(st, x, i)
+
+
 # ---------------------------------------------------------------- drivers
 
-cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                         Py_ssize_t cpg, bint per_sample, double* st_mean, double* st_m2,
-                        double* st_count, int nth) noexcept nogil:
+                        double* st_count, int nth, floating tag) noexcept nogil:
     """Mean, sum of squared deviations and count of every stat.  -1: no memory."""
     cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
     cdef Py_ssize_t b, u, c, s, r0, r1, n_units, P = N * S
@@ -378,6 +476,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
     cdef double* sq = NULL
     cdef double mean_c, m2_c, rows_u
     cdef int t, bad = 0
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     for s in range(n_stats):
         st_mean[s] = 0
         st_m2[s] = 0
@@ -385,7 +484,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
     if not cl and per_sample:
         # Group/InstanceNorm: a stat's cpg blocks are contiguous, one block of cpg * S
         for s in prange(n_stats, schedule='static', num_threads=nth):
-            _block_moments(x + s * cpg * S, cpg * S, &st_mean[s], &st_m2[s])
+            _blk_moments(st, x + s * cpg * S * isz, cpg * S, &st_mean[s], &st_m2[s], tag)
             st_count[s] = cpg * S
         return 0
     if not cl:
@@ -394,7 +493,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
             return -1
         um2 = um + N * C
         for b in prange(N * C, schedule='static', num_threads=nth):
-            _block_moments(x + b * S, S, &um[b], &um2[b])
+            _blk_moments(st, x + b * S * isz, S, &um[b], &um2[b], tag)
         for b in range(N * C):
             s = _stat_of(b // C, b % C, per_sample, C, cpg)
             _merge_moments(&st_count[s], &st_mean[s], &st_m2[s], <double>S, um[b], um2[b])
@@ -413,7 +512,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
     sq = sd + n_units * C
     for u in range(N if per_sample else 1):  # shift: each sample's (or the batch's) first row
         for c in range(C):
-            shift[u * C + c] = x[(u * S) * C + c]
+            shift[u * C + c] = _load1(st, x, (u * S) * C + c, tag)
     for t in range(2):  # attempt 2 re-centres on the means when attempt 1 cancelled
         for u in prange(n_units, schedule='static', num_threads=nth):
             if per_sample:
@@ -422,7 +521,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
             else:
                 r0 = _part_start(P, <int>n_units, <int>u)
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
-            _rows_moments(x, r0, r1, C, shift + (u * C if per_sample else 0),
+            _rows_moments(x, st, r0, r1, C, shift + (u * C if per_sample else 0),
                           scratch + u * work_len, sd + u * C, sq + u * C)
         bad = 0
         for s in range(n_stats):
@@ -459,7 +558,7 @@ cdef int _channel_stats(const floating* x, bint cl, Py_ssize_t N, Py_ssize_t C, 
     return 0
 
 
-cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
+cdef void _rows_apply(const char* g, const char* x, char* y, int st, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t C, Py_ssize_t S, bint per_sample, const floating* hi,
                       const floating* c1, const floating* c2,
                       const floating* c3, bint stream) noexcept nogil:
@@ -477,9 +576,9 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
         if seg_end > r1:
             seg_end = r1
         if g == NULL:
-            _rows_affine(x, y, r, seg_end, C, hi + off, c1 + off, c2 + off, work, stream)
+            _rows_affine(x, y, st, r, seg_end, C, hi + off, c1 + off, c2 + off, work, stream)
         else:
-            _rows_backward(g, x, y, r, seg_end, C, hi + off, c1 + off, c2 + off, c3 + off,
+            _rows_backward(g, x, y, st, r, seg_end, C, hi + off, c1 + off, c2 + off, c3 + off,
                            work, stream)
         r = seg_end
     if stream:
@@ -487,7 +586,7 @@ cdef void _rows_apply(const floating* g, const floating* x, floating* y, Py_ssiz
     free(block)
 
 
-cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
+cdef int _channel_forward(const char* x, char* y, int st, bint cl, Py_ssize_t N, Py_ssize_t C,
                           Py_ssize_t S, Py_ssize_t cpg, bint per_sample, const floating* w,
                           const floating* b, double eps, bint batch_stats, double* st_mean,
                           double* st_var, int nth) noexcept nogil:
@@ -499,7 +598,7 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
     cdef double* count = NULL
     cdef double* m2 = NULL
     if not cl and per_sample and batch_stats:
-        return _grouped_forward(x, y, N, C, S, cpg, w, b, eps, st_mean, st_var, nth)
+        return _grouped_forward(x, y, st, N, C, S, cpg, w, b, eps, st_mean, st_var, nth)
     cdef floating* coef = <floating*>malloc(3 * n_coef * sizeof(floating) + 8)
     if coef == NULL:
         return -1
@@ -509,8 +608,8 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
     cdef double lo
     if batch_stats:
         count = <double*>malloc(2 * n_stats * sizeof(double) + 8)
-        if count == NULL or _channel_stats(x, cl, N, C, S, cpg, per_sample, st_mean,
-                                           count + n_stats, count, nth) != 0:
+        if count == NULL or _channel_stats(x, st, cl, N, C, S, cpg, per_sample, st_mean,
+                                           count + n_stats, count, nth, <floating>0) != 0:
             free(count)
             free(coef)
             return -1
@@ -535,38 +634,38 @@ cdef int _channel_forward(const floating* x, floating* y, bint cl, Py_ssize_t N,
         else:  # running statistics: fold into one scale-and-shift, y = x * a + b'
             hi[i] = 0
             cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
-    _channel_apply(x, y, cl, N, C, S, per_sample, hi, ca, cb, nth)
+    _channel_apply(x, y, st, cl, N, C, S, per_sample, hi, ca, cb, nth)
     free(coef)
     return 0
 
 
-cdef void _channel_apply(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
+cdef void _channel_apply(const char* x, char* y, int st, bint cl, Py_ssize_t N, Py_ssize_t C,
                          Py_ssize_t S, bint per_sample, const floating* hi, const floating* ca,
                          const floating* cb, int nth) noexcept nogil:
     """The elementwise pass: y = (x - hi) * ca + cb per (sample, channel) when
     per_sample, else per channel."""
     cdef Py_ssize_t i, bl, r0, r1, P = N * S
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef int p
-    cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
+    cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming(N * C, S, isz)
     if not cl and stream:
         for p in prange(nth, schedule='static', num_threads=nth):
             for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
                 i = (bl if per_sample else bl % C)
-                fastnorm_affine_stream_s(<const float*>(x + bl * S), <float*>(y + bl * S), S,
-                                         hi[i], ca[i], cb[i])
+                _blk_affine(st, x + bl * S * isz, y + bl * S * isz, S, hi[i], ca[i], cb[i], True)
             fastnorm_stream_fence()
     elif not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
-            _block_affine(x + bl * S, y + bl * S, S, hi[i], ca[i], cb[i])
+            _blk_affine(st, x + bl * S * isz, y + bl * S * isz, S, hi[i], ca[i], cb[i], False)
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(NULL, x, y, r0, r1, C, S, per_sample, hi, ca, cb, NULL, stream)
+            _rows_apply(NULL, x, y, st, r0, r1, C, S, per_sample, hi, ca, cb, NULL, stream)
 
 
-cdef int _channel_backward(const floating* g, const floating* x, floating* dx, bint cl,
+cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, bint cl,
                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cpg,
                            bint per_sample, const floating* w, const double* st_mean,
                            const double* st_rstd, bint batch_stats, double* grad_w,
@@ -577,8 +676,9 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     cdef Py_ssize_t i, n, c, s, bl, u, r0, r1, n_units, q, P = N * S
     cdef double rstd, wc, k1, k2, delta, m
     cdef int p
+    cdef Py_ssize_t isz = _itemsize(storage, sizeof(floating))
     if not cl and per_sample:
-        return _grouped_backward(g, x, dx, N, C, S, cpg, w, st_mean, st_rstd, batch_stats,
+        return _grouped_backward(g, x, dx, storage, N, C, S, cpg, w, st_mean, st_rstd, batch_stats,
                                  grad_w, grad_b, nth)
     n_units = (N * C) if not cl else (N if per_sample else (nth if P >= nth else 1))
     cdef double* sums = <double*>malloc((3 * n_units * (1 if not cl else C) + 4 * n_stats) * sizeof(double) + 8)
@@ -608,8 +708,8 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
     if not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
-            _block_backward_sums(g + bl * S, x + bl * S, S, hi[i], 0,
-                                 &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
+            _blk_backward_sums(storage, g + bl * S * isz, x + bl * S * isz, S, hi[i], 0,
+                               &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
     else:
         for u in prange(n_units, schedule='static', num_threads=nth):
             if per_sample:
@@ -618,7 +718,7 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
             else:
                 r0 = _part_start(P, <int>n_units, <int>u)
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
-            _rows_backward_sums(g, x, r0, r1, C, hi + (u * C if per_sample else 0),
+            _rows_backward_sums(g, x, storage, r0, r1, C, hi + (u * C if per_sample else 0),
                                 scratch + 5 * _tile_stride(C) * u, sums + 3 * u * C)
     # the kernels centred on hi alone; the mean's low part lo comes in here:
     # sum g*(t - lo) = sum g*t - lo * sum g, sum (t - lo) = sum t - count * lo
@@ -709,25 +809,24 @@ cdef int _channel_backward(const floating* g, const floating* x, floating* dx, b
         else:
             beta[i] = 0
             gamma[i] = 0
-    cdef bint stream = floating is float and _use_streaming_grad(N * C, S, sizeof(floating))
+    cdef bint stream = (floating is float or storage != ST_NATIVE) and _use_streaming_grad(N * C, S, isz)
     if not cl and stream:
         for p in prange(nth, schedule='static', num_threads=nth):
             for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
                 i = (bl if per_sample else bl % C)
-                fastnorm_backward_stream_s(<const float*>(g + bl * S), <const float*>(x + bl * S),
-                                           <float*>(dx + bl * S), S, hi[i], alpha[i],
-                                           beta[i], gamma[i])
+                _blk_backward(storage, g + bl * S * isz, x + bl * S * isz, dx + bl * S * isz, S, hi[i],
+                              alpha[i], beta[i], gamma[i], True)
             fastnorm_stream_fence()
     elif not cl:
         for bl in prange(N * C, schedule='static', num_threads=nth):
             i = (bl if per_sample else bl % C)
-            _block_backward(g + bl * S, x + bl * S, dx + bl * S, S, hi[i],
-                            alpha[i], beta[i], gamma[i])
+            _blk_backward(storage, g + bl * S * isz, x + bl * S * isz, dx + bl * S * isz, S, hi[i],
+                          alpha[i], beta[i], gamma[i], False)
     else:
         for p in prange(nth, schedule='static', num_threads=nth):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
-            _rows_apply(g, x, dx, r0, r1, C, S, per_sample, hi, alpha, beta, gamma, stream)
+            _rows_apply(g, x, dx, storage, r0, r1, C, S, per_sample, hi, alpha, beta, gamma, stream)
     free(sums)
     free(coef)
     free(scratch_block)
@@ -770,16 +869,18 @@ def channel_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssiz
     cdef double* sm = <double*>cnp.PyArray_DATA(st_mean)
     cdef double* sv = <double*>cnp.PyArray_DATA(st_var)
     cdef int status = 0
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
     if N * C * S == 0:
         return
-    if typenum == cnp.NPY_FLOAT32:
+    if not dbl:
         with nogil:
-            status = _channel_forward[float](<const float*>xp, <float*>yp, cl, N, C, S, cpg, per_sample,
-                                             <const float*>w, <const float*>b, eps, batch_stats,
-                                             sm, sv, nth)
+            status = _channel_forward[float](<const char*>xp, <char*>yp, st, cl, N, C, S, cpg,
+                                             per_sample, <const float*>w, <const float*>b, eps,
+                                             batch_stats, sm, sv, nth)
     else:
         with nogil:
-            status = _channel_forward[double](<const double*>xp, <double*>yp, cl, N, C, S, cpg,
+            status = _channel_forward[double](<const char*>xp, <char*>yp, st, cl, N, C, S, cpg,
                                               per_sample, <const double*>w, <const double*>b, eps,
                                               batch_stats, sm, sv, nth)
     if status != 0:
@@ -818,14 +919,16 @@ def channel_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_s
             for i in range(C):
                 gb[i] = 0
         return
-    if typenum == cnp.NPY_FLOAT32:
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    if not dbl:
         with nogil:
-            status = _channel_backward[float](<const float*>gp, <const float*>xp, <float*>dp, cl,
+            status = _channel_backward[float](<const char*>gp, <const char*>xp, <char*>dp, st, cl,
                                               N, C, S, cpg, per_sample, <const float*>w, sm, sr,
                                               batch_stats, gw, gb, nth)
     else:
         with nogil:
-            status = _channel_backward[double](<const double*>gp, <const double*>xp, <double*>dp, cl,
+            status = _channel_backward[double](<const char*>gp, <const char*>xp, <char*>dp, st, cl,
                                                N, C, S, cpg, per_sample, <const double*>w, sm, sr,
                                                batch_stats, gw, gb, nth)
     if status != 0:
@@ -839,7 +942,7 @@ def channel_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_s
 # then reduced and normalized (or back-propagated) while its values are still
 # in cache: one read of x (and g) from memory instead of two.
 
-cdef int _grouped_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                           Py_ssize_t cpg, const floating* w, const floating* b, double eps,
                           double* st_mean, double* st_var, int nth) noexcept nogil:
     cdef Py_ssize_t groups = C // cpg, n_stats = N * groups, len_s = cpg * S
@@ -847,11 +950,12 @@ cdef int _grouped_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize
     cdef double m2, rstd, lo, a
     cdef floating hi
     cdef int p
-    cdef bint stream = floating is float and _use_streaming(N * C, S, sizeof(floating))
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
+    cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming(N * C, S, isz)
     for p in prange(nth, schedule='static', num_threads=nth):
         for s in range(_part_start(n_stats, nth, p), _part_start(n_stats, nth, p + 1)):
             base = s * len_s
-            _block_moments(x + base, len_s, &st_mean[s], &m2)
+            _blk_moments(st, x + base * isz, len_s, &st_mean[s], &m2, <floating>0)
             st_var[s] = m2 / len_s
             rstd = 1.0 / sqrt(st_var[s] + eps)
             hi = <floating>st_mean[s]
@@ -859,19 +963,14 @@ cdef int _grouped_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize
             for j in range(cpg):
                 c = (s % groups) * cpg + j
                 a = rstd * (w[c] if w != NULL else 1.0)
-                if stream:
-                    fastnorm_affine_stream_s(<const float*>(x + base + j * S), <float*>(y + base + j * S),
-                                             S, hi, <floating>a,
-                                             <floating>((b[c] if b != NULL else 0.0) - lo * a))
-                else:
-                    _block_affine(x + base + j * S, y + base + j * S, S, hi, <floating>a,
-                                  <floating>((b[c] if b != NULL else 0.0) - lo * a))
+                _blk_affine(st, x + (base + j * S) * isz, y + (base + j * S) * isz, S, hi,
+                            <floating>a, <floating>((b[c] if b != NULL else 0.0) - lo * a), stream)
         if stream:
             fastnorm_stream_fence()
     return 0
 
 
-cdef int _grouped_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
+cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ssize_t N,
                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t cpg, const floating* w,
                            const double* st_mean, const double* st_rstd, bint batch_stats,
                            double* grad_w, double* grad_b, int nth) noexcept nogil:
@@ -880,7 +979,8 @@ cdef int _grouped_backward(const floating* g, const floating* x, floating* dx, P
     cdef double sa, sb, sd, m, rstd, lo, delta, k1, k2, beta, gamma, wc
     cdef floating hi
     cdef int p
-    cdef bint stream = floating is float and _use_streaming_grad(N * C, S, sizeof(floating))
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
+    cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming_grad(N * C, S, isz)
     cdef double* sums = <double*>malloc((3 * N * C + n_stats) * sizeof(double) + 8)
     if sums == NULL:
         return -1
@@ -897,8 +997,8 @@ cdef int _grouped_backward(const floating* g, const floating* x, floating* dx, P
             for j in range(cpg):
                 c = (s % groups) * cpg + j
                 bl = n * C + c
-                _block_backward_sums(g + base + j * S, x + base + j * S, S, hi, <floating>lo,
-                                     &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
+                _blk_backward_sums(st, g + (base + j * S) * isz, x + (base + j * S) * isz, S, hi,
+                                   <floating>lo, &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
                 wc = w[c] if w != NULL else 1.0
                 sa = sa + wc * sums[3 * bl]
                 sb = sb + wc * sums[3 * bl + 1]
@@ -919,13 +1019,9 @@ cdef int _grouped_backward(const floating* g, const floating* x, floating* dx, P
             for j in range(cpg):
                 c = (s % groups) * cpg + j
                 wc = w[c] if w != NULL else 1.0
-                if stream:
-                    fastnorm_backward_stream_s(<const float*>(g + base + j * S), <const float*>(x + base + j * S),
-                                               <float*>(dx + base + j * S), S, hi, <floating>(rstd * wc),
-                                               <floating>beta, <floating>gamma)
-                else:
-                    _block_backward(g + base + j * S, x + base + j * S, dx + base + j * S, S, hi,
-                                    <floating>(rstd * wc), <floating>beta, <floating>gamma)
+                _blk_backward(st, g + (base + j * S) * isz, x + (base + j * S) * isz,
+                              dx + (base + j * S) * isz, S, hi, <floating>(rstd * wc),
+                              <floating>beta, <floating>gamma, stream)
         if stream:
             fastnorm_stream_fence()
     # parameter gradients: per-(sample, channel) sums in a fixed order
@@ -964,21 +1060,25 @@ def channel_affine(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize
     _check_flat(scale, cnp.NPY_FLOAT64, C, "scale")
     _check_flat(shift, cnp.NPY_FLOAT64, C, "shift")
     cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
     if N * C * S == 0:
         return
-    if typenum == cnp.NPY_FLOAT32:
-        _affine_given[float](<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y), cl, N, C, S,
-                             <const double*>cnp.PyArray_DATA(centre), <const double*>cnp.PyArray_DATA(scale),
-                             <const double*>cnp.PyArray_DATA(shift), nth)
+    if not dbl:
+        _affine_given[float](<const char*>cnp.PyArray_DATA(x), <char*>cnp.PyArray_DATA(y), st, cl,
+                             N, C, S, <const double*>cnp.PyArray_DATA(centre),
+                             <const double*>cnp.PyArray_DATA(scale),
+                             <const double*>cnp.PyArray_DATA(shift), nth, 0)
     else:
-        _affine_given[double](<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y), cl, N, C, S,
-                              <const double*>cnp.PyArray_DATA(centre), <const double*>cnp.PyArray_DATA(scale),
-                              <const double*>cnp.PyArray_DATA(shift), nth)
+        _affine_given[double](<const char*>cnp.PyArray_DATA(x), <char*>cnp.PyArray_DATA(y), st, cl,
+                              N, C, S, <const double*>cnp.PyArray_DATA(centre),
+                              <const double*>cnp.PyArray_DATA(scale),
+                              <const double*>cnp.PyArray_DATA(shift), nth, 0)
 
 
-cdef int _affine_given(const floating* x, floating* y, bint cl, Py_ssize_t N, Py_ssize_t C,
+cdef int _affine_given(const char* x, char* y, int st, bint cl, Py_ssize_t N, Py_ssize_t C,
                        Py_ssize_t S, const double* centre, const double* scale, const double* shift,
-                       int nth) except -1:
+                       int nth, floating tag) except -1:
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating) + 8)
     cdef Py_ssize_t c
     if coef == NULL:
@@ -988,7 +1088,7 @@ cdef int _affine_given(const floating* x, floating* y, bint cl, Py_ssize_t N, Py
         coef[C + c] = <floating>scale[c]
         coef[2 * C + c] = <floating>(shift[c] - (centre[c] - <double>coef[c]) * scale[c])
     with nogil:
-        _channel_apply(x, y, cl, N, C, S, False, coef, coef + C, coef + 2 * C, nth)
+        _channel_apply(x, y, st, cl, N, C, S, False, coef, coef + C, coef + 2 * C, nth)
     free(coef)
     return 0
 
@@ -1011,14 +1111,18 @@ def channel_moments(cnp.ndarray x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize
     count = <double*>malloc(2 * C * sizeof(double) + 8)
     if count == NULL:
         raise MemoryError()
-    if typenum == cnp.NPY_FLOAT32:
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef double* smp = <double*>cnp.PyArray_DATA(st_mean)
+    if not dbl:
         with nogil:
-            status = _channel_stats[float](<const float*>cnp.PyArray_DATA(x), cl, N, C, S, 1, False,
-                                           <double*>cnp.PyArray_DATA(st_mean), count + C, count, nth)
+            status = _channel_stats[float](xp, st, cl, N, C, S, 1, False, smp, count + C, count, nth,
+                                           <float>0)
     else:
         with nogil:
-            status = _channel_stats[double](<const double*>cnp.PyArray_DATA(x), cl, N, C, S, 1, False,
-                                            <double*>cnp.PyArray_DATA(st_mean), count + C, count, nth)
+            status = _channel_stats[double](xp, st, cl, N, C, S, 1, False, smp, count + C, count, nth,
+                                            <double>0)
     for c in range(C):
         (<double*>cnp.PyArray_DATA(st_var))[c] = count[C + c] / count[c] if count[c] > 0 else NAN
     free(count)
@@ -1026,16 +1130,23 @@ def channel_moments(cnp.ndarray x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize
         raise MemoryError()
 
 
-cdef void _rows_minmax(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+cdef void _rows_minmax(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                        floating* mn, floating* mx) noexcept nogil:
     """Per-column min and max over rows r0..r1, NaN ignored (a column of NaN
     only keeps +inf / -inf, replaced by NaN by the caller)."""
     cdef Py_ssize_t r, c
     cdef const floating* row
     cdef floating v
+    cdef const floating* x = <const floating*>xb
     for c in range(C):
         mn[c] = INFINITY
         mx[c] = -INFINITY
+    if st == ST_BF16:
+        fastnorm_cl_minmax_bf16(<const uint16_t*>xb, r0, r1, C, <float*>mn, <float*>mx)
+        return
+    if st == ST_F16:
+        fastnorm_cl_minmax_f16(<const uint16_t*>xb, r0, r1, C, <float*>mn, <float*>mx)
+        return
     if _panels(C, sizeof(floating)):
         if floating is float:
             fastnorm_cl_minmax_f(x, r0, r1, C, mn, mx)
@@ -1067,10 +1178,12 @@ def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min
     cdef Py_ssize_t c
     if part == NULL:
         raise MemoryError()
-    if typenum == cnp.NPY_FLOAT32:
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    if not dbl:
         with nogil:
             for p in prange(nth, schedule='static', num_threads=nth):
-                _rows_minmax[float](<const float*>cnp.PyArray_DATA(x), _part_start(N, nth, p),
+                _rows_minmax[float](<const char*>cnp.PyArray_DATA(x), st, _part_start(N, nth, p),
                                     _part_start(N, nth, p + 1), C, <float*>part + 2 * p * C,
                                     <float*>part + 2 * p * C + C)
         for c in range(C):
@@ -1082,7 +1195,7 @@ def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min
     else:
         with nogil:
             for p in prange(nth, schedule='static', num_threads=nth):
-                _rows_minmax[double](<const double*>cnp.PyArray_DATA(x), _part_start(N, nth, p),
+                _rows_minmax[double](<const char*>cnp.PyArray_DATA(x), st, _part_start(N, nth, p),
                                      _part_start(N, nth, p + 1), C, <double*>part + 2 * p * C,
                                      <double*>part + 2 * p * C + C)
         for c in range(C):

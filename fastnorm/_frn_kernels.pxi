@@ -334,7 +334,7 @@ cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
         n = u // parts
         r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
         r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
-        _rows_moments(x, r0, r1, C, zero, scratch + omp_get_thread_num() * work_len,
+        _rows_moments(<const char*>x, ST_NATIVE, r0, r1, C, zero, scratch + omp_get_thread_num() * work_len,
                       sq + units * C + u * C, sq + u * C)
     for n in range(N):
         for c in range(C):

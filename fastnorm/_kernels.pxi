@@ -32,6 +32,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt, NAN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+from libc.stdint cimport uint16_t
 
 from fastnorm._buffers cimport empty_array
 from fastnorm._openmp cimport (omp_get_max_threads, omp_get_num_threads, omp_get_thread_num,
@@ -67,9 +68,27 @@ cdef extern from "rows16.h" nogil:
                      const float* b, double eps, double* mean, double* rstd, bint stream)
     double fn_rms_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
                         double eps, bint stream)
+    void fn_block_moments16(int storage, const void* x, Py_ssize_t n, double* mean, double* m2)
+    void fn_block_affine16(int storage, const void* x, void* y, Py_ssize_t n, float hi, float a,
+                           float b, bint stream)
+    void fn_block_backward_sums16(int storage, const void* g, const void* x, Py_ssize_t n, float hi,
+                                  float lo, double* sg, double* sgt, double* st)
+    void fn_block_backward16(int storage, const void* g, const void* x, void* dx, Py_ssize_t n,
+                             float hi, float alpha, float beta, float gamma, bint stream)
+    float fn_load1_16(int storage, const void* p, Py_ssize_t i)
 
 # Register-panel and four-row loops written in C with GCC vector extensions
 cdef extern from "_panels.h" nogil:
+    void fastnorm_cl_moments_bf16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* shift, double* sd, double* sq)
+    void fastnorm_cl_moments_f16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* shift, double* sd, double* sq)
+    void fastnorm_cl_backward_sums_bf16(const uint16_t* g, const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, double* sums)
+    void fastnorm_cl_backward_sums_f16(const uint16_t* g, const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, double* sums)
+    void fastnorm_cl_minmax_bf16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, float* mn, float* mx)
+    void fastnorm_cl_minmax_f16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, float* mn, float* mx)
+    void fastnorm_cl_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* a, const float* b, bint stream)
+    void fastnorm_cl_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* a, const float* b, bint stream)
+    void fastnorm_cl_backward_bf16(const uint16_t* g, const uint16_t* x, uint16_t* dx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al, const float* be, const float* ga, bint centred, bint stream)
+    void fastnorm_cl_backward_f16(const uint16_t* g, const uint16_t* x, uint16_t* dx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al, const float* be, const float* ga, bint centred, bint stream)
     void fastnorm_cl_moments_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                                const float* shift, double* sd, double* sq)
     void fastnorm_cl_moments_d(const double* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,

@@ -31,8 +31,8 @@ static int fastnorm_cl_stream_ok(const void* y, Py_ssize_t C, size_t itemsize)
 }
 
 /* sums of d and d * d per column over rows r0..r1, d = x - shift[c]; sd, sq: C doubles */
-#define FN_DEFINE_CL_MOMENTS(NAME, T, V, VU)                                            \
-static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,                \
+#define FN_DEFINE_CL_MOMENTS(NAME, ST, T, V, VU, LDV, LD1, PUTV, ST1)                                            \
+static void NAME(const ST* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,                \
                  const T* shift, double* sd, double* sq)                                 \
 {                                                                                       \
     const Py_ssize_t W = FN_VBYTES / sizeof(T);                                         \
@@ -47,9 +47,9 @@ static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,        
             V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                   \
             V q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};                                   \
             for (r = rb; r < re; r++) {                                                 \
-                const T* p = x + r * C + c0;                                            \
-                V d0 = FN_LOAD(VU, p) - s0, d1 = FN_LOAD(VU, p + W) - s1;               \
-                V d2 = FN_LOAD(VU, p + 2 * W) - s2, d3 = FN_LOAD(VU, p + 3 * W) - s3;   \
+                const ST* p = x + r * C + c0;                                            \
+                V d0 = LDV(p) - s0, d1 = LDV(p + W) - s1;               \
+                V d2 = LDV(p + 2 * W) - s2, d3 = LDV(p + 3 * W) - s3;   \
                 a0 += d0; a1 += d1; a2 += d2; a3 += d3;                                 \
                 q0 += d0 * d0; q1 += d1 * d1; q2 += d2 * d2; q3 += d3 * d3;             \
             }                                                                           \
@@ -64,7 +64,7 @@ static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,        
             const V s0 = FN_LOAD(VU, shift + c0);                                       \
             V a0 = {0}, q0 = {0};                                                       \
             for (r = rb; r < re; r++) {                                                 \
-                V d0 = FN_LOAD(VU, x + r * C + c0) - s0;                                \
+                V d0 = LDV(x + r * C + c0) - s0;                                \
                 a0 += d0;                                                               \
                 q0 += d0 * d0;                                                          \
             }                                                                           \
@@ -73,7 +73,7 @@ static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,        
         for (; c0 < C; c0++) {                                                          \
             T a0 = 0, q0 = 0;                                                           \
             for (r = rb; r < re; r++) {                                                 \
-                T d0 = x[r * C + c0] - shift[c0];                                       \
+                T d0 = LD1(x[r * C + c0]) - shift[c0];                                       \
                 a0 += d0;                                                               \
                 q0 += d0 * d0;                                                          \
             }                                                                           \
@@ -85,8 +85,8 @@ static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,        
 
 /* sums of g, g * t and t per column over rows r0..r1, t = x - hi[c];
    sums: 3 * C doubles (g, then g * t, then t) */
-#define FN_DEFINE_CL_BACKWARD_SUMS(NAME, T, V, VU)                                      \
-static void NAME(const T* g, const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,    \
+#define FN_DEFINE_CL_BACKWARD_SUMS(NAME, ST, T, V, VU, LDV, LD1, PUTV, ST1)                                      \
+static void NAME(const ST* g, const ST* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,    \
                  const T* hi, double* sums)                                              \
 {                                                                                       \
     const Py_ssize_t W = FN_VBYTES / sizeof(T);                                         \
@@ -101,10 +101,10 @@ static void NAME(const T* g, const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_
             const V h0 = FN_LOAD(VU, hi + c0), h1 = FN_LOAD(VU, hi + c0 + W);            \
             V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, t0 = {0}, t1 = {0};               \
             for (r = rb; r < re; r++) {                                                 \
-                const T* gp = g + r * C + c0;                                           \
-                const T* xp = x + r * C + c0;                                           \
-                V g0 = FN_LOAD(VU, gp), g1 = FN_LOAD(VU, gp + W);                       \
-                V d0 = FN_LOAD(VU, xp) - h0, d1 = FN_LOAD(VU, xp + W) - h1;             \
+                const ST* gp = g + r * C + c0;                                           \
+                const ST* xp = x + r * C + c0;                                           \
+                V g0 = LDV(gp), g1 = LDV(gp + W);                       \
+                V d0 = LDV(xp) - h0, d1 = LDV(xp + W) - h1;             \
                 a0 += g0; a1 += g1;                                                     \
                 b0 += g0 * d0; b1 += g1 * d1;                                           \
                 t0 += d0; t1 += d1;                                                     \
@@ -119,8 +119,8 @@ static void NAME(const T* g, const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_
             const V h0 = FN_LOAD(VU, hi + c0);                                          \
             V a0 = {0}, b0 = {0}, t0 = {0};                                             \
             for (r = rb; r < re; r++) {                                                 \
-                V g0 = FN_LOAD(VU, g + r * C + c0);                                     \
-                V d0 = FN_LOAD(VU, x + r * C + c0) - h0;                                \
+                V g0 = LDV(g + r * C + c0);                                     \
+                V d0 = LDV(x + r * C + c0) - h0;                                \
                 a0 += g0;                                                               \
                 b0 += g0 * d0;                                                          \
                 t0 += d0;                                                               \
@@ -132,7 +132,7 @@ static void NAME(const T* g, const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_
         for (; c0 < C; c0++) {                                                          \
             T a0 = 0, b0 = 0, t0 = 0;                                                   \
             for (r = rb; r < re; r++) {                                                 \
-                T g0 = g[r * C + c0], d0 = x[r * C + c0] - hi[c0];                      \
+                T g0 = LD1(g[r * C + c0]), d0 = LD1(x[r * C + c0]) - hi[c0];                      \
                 a0 += g0;                                                               \
                 b0 += g0 * d0;                                                          \
                 t0 += d0;                                                               \
@@ -144,8 +144,8 @@ static void NAME(const T* g, const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_
 
 /* y = (x - hi[c]) * a[c] + b[c] over rows r0..r1 (rows of C values);
    stream: non-temporal stores (fastnorm_cl_stream_ok must hold for y + r0 * C) */
-#define FN_DEFINE_CL_AFFINE(NAME, T, V, VU)                                              \
-static void NAME(const T* x, T* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,           \
+#define FN_DEFINE_CL_AFFINE(NAME, ST, T, V, VU, LDV, LD1, PUTV, ST1)                                              \
+static void NAME(const ST* x, ST* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,           \
                  const T* hi, const T* a, const T* b, int stream)                         \
 {                                                                                        \
     const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
@@ -160,37 +160,37 @@ static void NAME(const T* x, T* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,  
             const V b0 = FN_LOAD(VU, b + c0), b1 = FN_LOAD(VU, b + c0 + W);               \
             const V b2 = FN_LOAD(VU, b + c0 + 2 * W), b3 = FN_LOAD(VU, b + c0 + 3 * W);   \
             for (r = rb; r < re; r++) {                                                  \
-                const T* p = x + r * C + c0;                                             \
-                T* q = y + r * C + c0;                                                   \
-                V v0 = (FN_LOAD(VU, p) - h0) * a0 + b0;                                  \
-                V v1 = (FN_LOAD(VU, p + W) - h1) * a1 + b1;                              \
-                V v2 = (FN_LOAD(VU, p + 2 * W) - h2) * a2 + b2;                          \
-                V v3 = (FN_LOAD(VU, p + 3 * W) - h3) * a3 + b3;                          \
-                FN_PUT(T, VU, q, v0, stream);                                            \
-                FN_PUT(T, VU, q + W, v1, stream);                                        \
-                FN_PUT(T, VU, q + 2 * W, v2, stream);                                    \
-                FN_PUT(T, VU, q + 3 * W, v3, stream);                                    \
+                const ST* p = x + r * C + c0;                                             \
+                ST* q = y + r * C + c0;                                                   \
+                V v0 = (LDV(p) - h0) * a0 + b0;                                  \
+                V v1 = (LDV(p + W) - h1) * a1 + b1;                              \
+                V v2 = (LDV(p + 2 * W) - h2) * a2 + b2;                          \
+                V v3 = (LDV(p + 3 * W) - h3) * a3 + b3;                          \
+                PUTV(q, v0, stream);                                            \
+                PUTV(q + W, v1, stream);                                        \
+                PUTV(q + 2 * W, v2, stream);                                    \
+                PUTV(q + 3 * W, v3, stream);                                    \
             }                                                                            \
         }                                                                                \
         for (; c0 + W <= C; c0 += W) {                                                   \
             const V h0 = FN_LOAD(VU, hi + c0), a0 = FN_LOAD(VU, a + c0);                  \
             const V b0 = FN_LOAD(VU, b + c0);                                            \
             for (r = rb; r < re; r++) {                                                  \
-                V v0 = (FN_LOAD(VU, x + r * C + c0) - h0) * a0 + b0;                     \
-                FN_PUT(T, VU, y + r * C + c0, v0, stream);                               \
+                V v0 = (LDV(x + r * C + c0) - h0) * a0 + b0;                     \
+                PUTV(y + r * C + c0, v0, stream);                               \
             }                                                                            \
         }                                                                                \
         for (; c0 < C; c0++)                                                             \
             for (r = rb; r < re; r++)                                                    \
-                y[r * C + c0] = (x[r * C + c0] - hi[c0]) * a[c0] + b[c0];                \
+                y[r * C + c0] = ST1((LD1(x[r * C + c0]) - hi[c0]) * a[c0] + b[c0]);          \
     }                                                                                    \
 }
 
 /* dx = al[c] * g + (be[c] * (x - hi[c]) + ga[c]) over rows r0..r1; with
    centred == 0 (running statistics) dx = al[c] * g, x unread (inf * 0 would
    be NaN); stream as for the affine kernel */
-#define FN_DEFINE_CL_BACKWARD(NAME, T, V, VU)                                            \
-static void NAME(const T* g, const T* x, T* dx, Py_ssize_t r0, Py_ssize_t r1,            \
+#define FN_DEFINE_CL_BACKWARD(NAME, ST, T, V, VU, LDV, LD1, PUTV, ST1)                                            \
+static void NAME(const ST* g, const ST* x, ST* dx, Py_ssize_t r0, Py_ssize_t r1,            \
                  Py_ssize_t C, const T* hi, const T* al, const T* be, const T* ga,        \
                  int centred, int stream)                                                 \
 {                                                                                        \
@@ -204,19 +204,19 @@ static void NAME(const T* g, const T* x, T* dx, Py_ssize_t r0, Py_ssize_t r1,   
             const V e0 = FN_LOAD(VU, be + c0), e1 = FN_LOAD(VU, be + c0 + W);             \
             const V k0 = FN_LOAD(VU, ga + c0), k1 = FN_LOAD(VU, ga + c0 + W);             \
             for (r = rb; r < re; r++) {                                                  \
-                const T* gp = g + r * C + c0;                                            \
-                const T* xp = x + r * C + c0;                                            \
-                T* q = dx + r * C + c0;                                                  \
+                const ST* gp = g + r * C + c0;                                            \
+                const ST* xp = x + r * C + c0;                                            \
+                ST* q = dx + r * C + c0;                                                  \
                 V v0, v1;                                                                \
                 if (centred) {                                                           \
-                    v0 = l0 * FN_LOAD(VU, gp) + (e0 * (FN_LOAD(VU, xp) - h0) + k0);      \
-                    v1 = l1 * FN_LOAD(VU, gp + W) + (e1 * (FN_LOAD(VU, xp + W) - h1) + k1); \
+                    v0 = l0 * LDV(gp) + (e0 * (LDV(xp) - h0) + k0);      \
+                    v1 = l1 * LDV(gp + W) + (e1 * (LDV(xp + W) - h1) + k1); \
                 } else {                                                                 \
-                    v0 = l0 * FN_LOAD(VU, gp);                                           \
-                    v1 = l1 * FN_LOAD(VU, gp + W);                                       \
+                    v0 = l0 * LDV(gp);                                           \
+                    v1 = l1 * LDV(gp + W);                                       \
                 }                                                                        \
-                FN_PUT(T, VU, q, v0, stream);                                            \
-                FN_PUT(T, VU, q + W, v1, stream);                                        \
+                PUTV(q, v0, stream);                                            \
+                PUTV(q + W, v1, stream);                                        \
             }                                                                            \
         }                                                                                \
         for (; c0 + W <= C; c0 += W) {                                                   \
@@ -225,18 +225,18 @@ static void NAME(const T* g, const T* x, T* dx, Py_ssize_t r0, Py_ssize_t r1,   
             for (r = rb; r < re; r++) {                                                  \
                 V v0;                                                                    \
                 if (centred)                                                             \
-                    v0 = l0 * FN_LOAD(VU, g + r * C + c0)                                \
-                         + (e0 * (FN_LOAD(VU, x + r * C + c0) - h0) + k0);               \
+                    v0 = l0 * LDV(g + r * C + c0)                                \
+                         + (e0 * (LDV(x + r * C + c0) - h0) + k0);               \
                 else                                                                     \
-                    v0 = l0 * FN_LOAD(VU, g + r * C + c0);                               \
-                FN_PUT(T, VU, dx + r * C + c0, v0, stream);                              \
+                    v0 = l0 * LDV(g + r * C + c0);                               \
+                PUTV(dx + r * C + c0, v0, stream);                              \
             }                                                                            \
         }                                                                                \
         for (; c0 < C; c0++)                                                             \
             for (r = rb; r < re; r++)                                                    \
-                dx[r * C + c0] = centred                                                 \
-                    ? al[c0] * g[r * C + c0] + (be[c0] * (x[r * C + c0] - hi[c0]) + ga[c0]) \
-                    : al[c0] * g[r * C + c0];                                            \
+                dx[r * C + c0] = ST1(centred                                             \
+                    ? al[c0] * LD1(g[r * C + c0]) + (be[c0] * (LD1(x[r * C + c0]) - hi[c0]) + ga[c0]) \
+                    : al[c0] * LD1(g[r * C + c0]));                                      \
     }                                                                                    \
 }
 
@@ -250,8 +250,8 @@ typedef long long fn_vdi __attribute__((vector_size(FN_VBYTES)));
         lo = FN_SELECT(VI, V, (v) < lo, v, lo);  /* a NaN compares false: kept out */    \
         hi = FN_SELECT(VI, V, (v) > hi, v, hi);                                          \
     }
-#define FN_DEFINE_CL_MINMAX(NAME, T, V, VU, VI)                                          \
-static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, T* mn, T* mx)   \
+#define FN_DEFINE_CL_MINMAX(NAME, ST, T, V, VU, VI, LDV, LD1, PUTV, ST1)                                          \
+static void NAME(const ST* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, T* mn, T* mx)   \
 {                                                                                        \
     const Py_ssize_t W = FN_VBYTES / sizeof(T);                                          \
     Py_ssize_t rb, re, r, c0, j;                                                         \
@@ -261,7 +261,7 @@ static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, T* mn, 
             V lo0 = FN_LOAD(VU, mn + c0), lo1 = FN_LOAD(VU, mn + c0 + W);                 \
             V hi0 = FN_LOAD(VU, mx + c0), hi1 = FN_LOAD(VU, mx + c0 + W);                 \
             for (r = rb; r < re; r++) {                                                  \
-                const V v0 = FN_LOAD(VU, x + r * C + c0), v1 = FN_LOAD(VU, x + r * C + c0 + W); \
+                const V v0 = LDV(x + r * C + c0), v1 = LDV(x + r * C + c0 + W); \
                 FN_MINMAX_STEP(VI, V, v0, lo0, hi0)                                      \
                 FN_MINMAX_STEP(VI, V, v1, lo1, hi1)                                      \
             }                                                                            \
@@ -271,30 +271,42 @@ static void NAME(const T* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, T* mn, 
         for (; c0 + W <= C; c0 += W) {                                                   \
             V lo0 = FN_LOAD(VU, mn + c0), hi0 = FN_LOAD(VU, mx + c0);                     \
             for (r = rb; r < re; r++) {                                                  \
-                const V v0 = FN_LOAD(VU, x + r * C + c0);                                \
+                const V v0 = LDV(x + r * C + c0);                                \
                 FN_MINMAX_STEP(VI, V, v0, lo0, hi0)                                      \
             }                                                                            \
             *(VU*)(mn + c0) = lo0; *(VU*)(mx + c0) = hi0;                                \
         }                                                                                \
         for (j = c0; j < C; j++)                                                         \
             for (r = rb; r < re; r++) {                                                  \
-                T v = x[r * C + j];                                                      \
+                T v = LD1(x[r * C + j]);                                                      \
                 mn[j] = v < mn[j] ? v : mn[j];                                           \
                 mx[j] = v > mx[j] ? v : mx[j];                                           \
             }                                                                            \
     }                                                                                    \
 }
 
-FN_DEFINE_CL_MINMAX(fastnorm_cl_minmax_f, float, fn_vf, fn_vfu, fn_vfi)
-FN_DEFINE_CL_MINMAX(fastnorm_cl_minmax_d, double, fn_vd, fn_vdu, fn_vdi)
-FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_f, float, fn_vf, fn_vfu)
-FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_d, double, fn_vd, fn_vdu)
-FN_DEFINE_CL_BACKWARD(fastnorm_cl_backward_f, float, fn_vf, fn_vfu)
-FN_DEFINE_CL_BACKWARD(fastnorm_cl_backward_d, double, fn_vd, fn_vdu)
-FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_f, float, fn_vf, fn_vfu)
-FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_d, double, fn_vd, fn_vdu)
-FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_f, float, fn_vf, fn_vfu)
-FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_d, double, fn_vd, fn_vdu)
+/* one instance per (storage, compute) pair: float32 and float64 data load
+   and store themselves; float16 / bfloat16 data are widened to float on
+   load and narrowed (round to nearest even) on store, in registers */
+#define FN_LDV_f(p) FN_LOAD(fn_vfu, p)
+#define FN_LDV_d(p) FN_LOAD(fn_vdu, p)
+#define FN_SELF(v) (v)
+#define FN_PUTV_f(q, v, stream) FN_PUT(float, fn_vfu, q, v, stream)
+#define FN_PUTV_d(q, v, stream) FN_PUT(double, fn_vdu, q, v, stream)
+#define FN_PUTV_bf16(q, v, stream) fn_put_h(q, fn_pack_bf16(v), stream)
+#define FN_PUTV_f16(q, v, stream) fn_put_h(q, fn_pack_f16(v), stream)
+#define FN_CL_KERNELS(S, ST, T, V, VU, VI, LDV, LD1, PUTV, ST1)                                   \
+    FN_DEFINE_CL_MINMAX(fastnorm_cl_minmax_##S, ST, T, V, VU, VI, LDV, LD1, PUTV, ST1)             \
+    FN_DEFINE_CL_AFFINE(fastnorm_cl_affine_##S, ST, T, V, VU, LDV, LD1, PUTV, ST1)                 \
+    FN_DEFINE_CL_BACKWARD(fastnorm_cl_backward_##S, ST, T, V, VU, LDV, LD1, PUTV, ST1)             \
+    FN_DEFINE_CL_MOMENTS(fastnorm_cl_moments_##S, ST, T, V, VU, LDV, LD1, PUTV, ST1)               \
+    FN_DEFINE_CL_BACKWARD_SUMS(fastnorm_cl_backward_sums_##S, ST, T, V, VU, LDV, LD1, PUTV, ST1)
+FN_CL_KERNELS(f, float, float, fn_vf, fn_vfu, fn_vfi, FN_LDV_f, FN_SELF, FN_PUTV_f, FN_SELF)
+FN_CL_KERNELS(d, double, double, fn_vd, fn_vdu, fn_vdi, FN_LDV_d, FN_SELF, FN_PUTV_d, FN_SELF)
+FN_CL_KERNELS(bf16, uint16_t, float, fn_vf, fn_vfu, fn_vfi, fn_vload_bf16, fn_bf16_to_float,
+              FN_PUTV_bf16, fn_float_to_bf16)
+FN_CL_KERNELS(f16, uint16_t, float, fn_vf, fn_vfu, fn_vfi, fn_vload_f16, fn_half_to_float,
+              FN_PUTV_f16, fn_float_to_half)
 
 
 /* ---- Row-norm backward, four rows at a time ----

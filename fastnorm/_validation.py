@@ -250,12 +250,13 @@ class ChannelLayout:
             return a
         return np.moveaxis(a, 1, self.axis) if not self.cl else np.moveaxis(a, -1, self.axis)
 
-    def channel_vector(self, p, name, dtype):
-        """weight / bias: None or a contiguous (C,) array of x's dtype."""
+    def channel_vector(self, p, name, dtype, cdt=None):
+        """weight / bias: None or a contiguous (C,) array, in x's dtype (or
+        float32 for 16-bit x), returned in `cdt` (default: as given)."""
         if p is None:
             return None
         p = np.asarray(p)
         if p.shape != (self.C,):
             raise ValueError(f"{name} must have shape ({self.C},) (the channels), got {p.shape}")
         check_param_dtype(p, name, dtype, COMPUTE[dtype])
-        return np.ascontiguousarray(p)
+        return np.ascontiguousarray(p) if cdt is None else cast(np.ascontiguousarray(p), cdt)

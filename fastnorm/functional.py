@@ -269,16 +269,14 @@ def _blend_running(buf, value, momentum):
 def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats,
                  st_mean, st_var, out, n_threads):
     """Run the channel forward kernel; returns y in x's axis order (into `out` if given)."""
-    w = layout.channel_vector(weight, "weight", x.dtype)
-    b = layout.channel_vector(bias, "bias", x.dtype)
-    if cdt != x.dtype:
-        w = None if w is None else cast(w, cdt)
-        b = None if b is None else cast(b, cdt)
-    data = layout.data_as(cdt)
+    # the kernels take the data in its storage dtype, the parameters in the compute dtype
+    w = layout.channel_vector(weight, "weight", x.dtype, cdt)
+    b = layout.channel_vector(bias, "bias", x.dtype, cdt)
+    data = layout.data
     y_k = None
     if out is not None:
         check_out(out, x, x.dtype)
-        y_k = layout.to_kernel(out) if cdt == x.dtype else None
+        y_k = layout.to_kernel(out)
         if y_k is not None and y_k is not data and np.may_share_memory(y_k, data) and not (
                 y_k.__array_interface__["data"][0] == data.__array_interface__["data"][0]):
             y_k = None  # partial overlap with x: go through a temporary
@@ -286,11 +284,10 @@ def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats
             _kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg,
                                      per_sample, w, b, eps, batch_stats, st_mean, st_var, n_threads)
             return out
-    y_k = layout.empty(cdt)
+    y_k = layout.empty(x.dtype)
     _kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg, per_sample,
                              w, b, eps, batch_stats, st_mean, st_var, n_threads)
     y = layout.restore(y_k)
-    y = cast(y, x.dtype)
     if out is not None:
         np.copyto(out, y)
         return out
@@ -397,19 +394,16 @@ def _channel_backward_common(grad_out, x, layout, cdt, cpg, per_sample, mean, rs
                              batch_stats, n_threads):
     grad_out = same_shape_input(grad_out, "grad_out", x)
     g = _to_kernel_layout(grad_out, layout)
-    w = layout.channel_vector(weight, "weight", x.dtype)
+    w = layout.channel_vector(weight, "weight", x.dtype, cdt)
     if bias is not None:
-        layout.channel_vector(bias, "bias", x.dtype)
-    if cdt != x.dtype:
-        w = None if w is None else cast(w, cdt)
-        g = cast(g, cdt)
-    data = layout.data_as(cdt)
-    dx_k = layout.empty(cdt)
+        layout.channel_vector(bias, "bias", x.dtype, cdt)
+    data = layout.data
+    dx_k = layout.empty(x.dtype)
     grad_w = np.empty(layout.C, np.float64) if weight is not None else None
     grad_b = np.empty(layout.C, np.float64) if bias is not None else None
     _kernels.channel_backward(g, data, dx_k, layout.cl, layout.N, layout.C, layout.S, cpg,
                               per_sample, w, mean, rstd, batch_stats, grad_w, grad_b, n_threads)
-    dx = cast(layout.restore(dx_k), x.dtype)
+    dx = layout.restore(dx_k)
     return (dx,
             None if grad_w is None else grad_w.astype(np.asarray(weight).dtype),
             None if grad_b is None else grad_b.astype(np.asarray(bias).dtype))
@@ -702,7 +696,7 @@ def _feature_rows(x, axis, name="x"):
     N = moved.shape[0]
     stats_shape = moved.shape[1:]
     F = int(np.prod(stats_shape))
-    data = np.ascontiguousarray(moved, dtype=cdt).reshape(N, F)
+    data = np.ascontiguousarray(moved).reshape(N, F)   # the kernels take the storage dtype
 
     def restore(m):
         r = np.moveaxis(m.reshape(moved.shape), 0, axis)
@@ -723,13 +717,12 @@ def _feature_output(x, data, axis, cdt, out):
     """Where the (samples, features) kernel writes: `out` itself when it has
     the kernel's layout (and is not a partial overlap of x), else a new array."""
     if out is None:
-        return _empty(data.shape, cdt), False
+        return _empty(data.shape, x.dtype), False
     check_out(out, x, x.dtype)
-    if cdt == x.dtype:
-        moved = np.moveaxis(out, _check_dim(axis, x.ndim, "axis"), 0)
-        if moved.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
-            return moved.reshape(data.shape), True
-    return np.empty(data.shape, cdt), False
+    moved = np.moveaxis(out, _check_dim(axis, x.ndim, "axis"), 0)
+    if moved.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
+        return moved.reshape(data.shape), True
+    return np.empty(data.shape, x.dtype), False
 
 
 def _finish_features(x, y_k, restore, out, direct):
@@ -1122,6 +1115,7 @@ def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=Tr
     and std were given): they are constants and grad = g / std.
     """
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    data = cast(data, cdt)  # the backward runs in the compute dtype
     grad_out = same_shape_input(grad_out, "grad_out", x)
     g = np.ascontiguousarray(np.moveaxis(grad_out, _check_dim(axis, x.ndim, "axis"), 0),
                              dtype=cdt).reshape(N, F)
@@ -1162,6 +1156,7 @@ def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_rang
     there, as the loss is NaN.
     """
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    data = cast(data, cdt)  # the backward runs in the compute dtype
     grad_out = same_shape_input(grad_out, "grad_out", x)
     d = _check_dim(axis, x.ndim, "axis")
     g = np.ascontiguousarray(np.moveaxis(grad_out, d, 0), dtype=cdt).reshape(N, F)

@@ -1,5 +1,6 @@
-/* LayerNorm / RMSNorm forward rows over 16-bit storage (float16, bfloat16),
- * widened to float32 in registers on load and narrowed on store.
+/* Row and block kernels over 16-bit storage (float16, bfloat16), widened to
+ * float32 in registers on load and narrowed on store: the LayerNorm /
+ * RMSNorm forward rows, and the channels-first blocks of the channel engine.
  *
  * The same algorithm as the float32 row kernels of _kernels.pxi, written
  * once here as a macro over the storage type's vector load / store:
@@ -19,90 +20,10 @@
 #include <math.h>
 #include "simd.h"
 
-#define FN_W ((Py_ssize_t)(FN_VBYTES / 4))   /* floats per vector */
 #define FN_LANES 32                            /* = LANES in _kernels.pxi */
 #define FN_NV (FN_LANES / FN_W)                /* accumulator vectors */
 #define FN_BLOCK 256                           /* = BLOCK */
 #define FN_CANCELLATION 16                     /* = CANCELLATION_LIMIT */
-
-typedef uint16_t fn_vh __attribute__((vector_size(FN_VBYTES / 2), aligned(2), may_alias));
-typedef uint32_t fn_vu __attribute__((vector_size(FN_VBYTES)));
-typedef int32_t fn_vi __attribute__((vector_size(FN_VBYTES)));
-
-/* ---- vector loads of FN_W values, and packing FN_W floats to 16 bits ---- */
-
-static inline fn_vf fn_vload_bf16(const uint16_t* p) {
-#if defined(__AVX512F__)
-    return (fn_vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
-#else
-    fn_vu u = __builtin_convertvector(*(const fn_vh*)p, fn_vu) << 16;
-    return (fn_vf)u;
-#endif
-}
-
-static inline fn_vh fn_pack_bf16(fn_vf v) {
-#if defined(__AVX512F__)
-    const __m512i x = _mm512_castps_si512((__m512)v);
-    const __m512i hi = _mm512_srli_epi32(x, 16);
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)),
-                                                   _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-    return (fn_vh)_mm512_cvtepi32_epi16(r);
-#else
-    fn_vu x = (fn_vu)v;
-    fn_vu rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-    fn_vu nan = (x >> 16) | 0x40u;
-    fn_vu is_nan = (fn_vu)((x & 0x7fffffffu) > 0x7f800000u);   /* all ones where NaN */
-    fn_vu r = (nan & is_nan) | (rounded & ~is_nan);
-#if defined(__AVX2__)
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0xD8);
-    return (fn_vh)_mm256_castsi256_si128(packed);
-#else
-    return __builtin_convertvector(r, fn_vh);
-#endif
-#endif
-}
-
-static inline fn_vf fn_vload_f16(const uint16_t* p) {
-#if defined(__AVX512F__)
-    return (fn_vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
-#elif defined(__F16C__)
-    return (fn_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
-#else
-    float t[FN_VBYTES / 4];
-    for (int j = 0; j < FN_W; j++) t[j] = fn_half_to_float(p[j]);
-    return FN_LOAD(fn_vfu, t);
-#endif
-}
-
-static inline fn_vh fn_pack_f16(fn_vf v) {
-#if defined(__AVX512F__)
-    return (fn_vh)_mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#elif defined(__F16C__)
-    return (fn_vh)_mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-    float t[FN_VBYTES / 4];
-    uint16_t h[FN_VBYTES / 4];
-    *(fn_vfu*)t = v;
-    for (int j = 0; j < FN_W; j++) h[j] = fn_float_to_half(t[j]);
-    return *(fn_vh*)h;
-#endif
-}
-
-/* store FN_W 16-bit values; stream: a non-temporal store (p aligned to
-   FN_VBYTES / 2), which spares a large output's read-for-ownership */
-static inline void fn_put_h(uint16_t* p, fn_vh h, int stream) {
-#if defined(__AVX512F__)
-    if (stream) { _mm256_stream_si256((__m256i*)p, (__m256i)h); return; }
-#elif defined(__AVX__)
-    if (stream) { _mm_stream_si128((__m128i*)p, (__m128i)h); return; }
-#elif defined(__SSE2__) && defined(__x86_64__)
-    if (stream) { long long q; __builtin_memcpy(&q, &h, 8); _mm_stream_si64((long long*)p, q); return; }
-#endif
-    *(fn_vh*)p = h;
-}
 
 /* values stored one at a time before y + head is aligned for streaming stores */
 static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int stream) {
@@ -160,20 +81,28 @@ static double fn_sum_squares_##S(const uint16_t* x, Py_ssize_t n) {             
     return sq;                                                                                 \
 }                                                                                              \
                                                                                                \
-/* LayerNorm of one row; w, b: float32 or NULL */                                              \
-static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,       \
-                          const float* b, double eps, double* mean_out, double* rstd_out,      \
-                          int stream) {                                                        \
+/* mean and sum of squared deviations of n values (_block_moments): moments \
+   about the first value, again about the mean when that one lies far out */  \
+static void fn_block_moments_##S(const uint16_t* x, Py_ssize_t n, double* mean_out,          \
+                                 double* m2_out) {                                              \
     float shift = LOAD1(x[0]);                                                                 \
-    double sq, sd, mean, m2, rstd;                                                             \
+    double sq, sd;                                                                             \
     fn_moments_##S(x, n, shift, &sq, &sd);                                                     \
     if (!((sq / n - (sd / n) * (sd / n)) * FN_CANCELLATION >= sq / n)) {                       \
         shift = (float)((double)shift + sd / n);                                               \
         fn_moments_##S(x, n, shift, &sq, &sd);                                                 \
     }                                                                                          \
-    mean = (double)shift + sd / n;                                                             \
-    m2 = sq - sd * sd / n;                                                                     \
-    if (m2 < 0) m2 = 0;                                                                        \
+    *mean_out = (double)shift + sd / n;                                                        \
+    *m2_out = sq - sd * sd / n;                                                                \
+    if (*m2_out < 0) *m2_out = 0;                                                              \
+}                                                                                              \
+                                                                                               \
+/* LayerNorm of one row; w, b: float32 or NULL */                                              \
+static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,       \
+                          const float* b, double eps, double* mean_out, double* rstd_out,      \
+                          int stream) {                                                        \
+    double mean, m2, rstd;                                                                     \
+    fn_block_moments_##S(x, n, &mean, &m2);                                                    \
     rstd = 1.0 / sqrt(m2 / n + eps);                                                           \
     const float hi = (float)mean, r = (float)rstd, off = (float)(-(mean - (double)hi) * rstd); \
     const fn_vf vh = fn_vsplat(hi), vr = fn_vsplat(r), vo = fn_vsplat(off);                   \
@@ -209,6 +138,79 @@ static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const
     for (; k < n; k++)                                                                         \
         y[k] = STORE1(LOAD1(x[k]) * r * (w ? w[k] : 1.0f));                                    \
     return rstd;                                                                               \
+}                                                                                              \
+                                                                                               \
+/* channels-first blocks (_channel_kernels.pxi): y = (x - hi) * a + b */                      \
+static void fn_block_affine_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, float hi,       \
+                                float a, float b, int stream) {                                \
+    const fn_vf vh = fn_vsplat(hi), va = fn_vsplat(a), vb = fn_vsplat(b);                     \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, stream);                                     \
+    for (; k < head; k++) y[k] = STORE1((LOAD1(x[k]) - hi) * a + b);                           \
+    if (hi == 0)                                                                               \
+        for (; k + FN_W <= n; k += FN_W) fn_put_h(y + k, PACK(VLOAD(x + k) * va + vb), stream); \
+    else                                                                                       \
+        for (; k + FN_W <= n; k += FN_W)                                                       \
+            fn_put_h(y + k, PACK((VLOAD(x + k) - vh) * va + vb), stream);                     \
+    for (; k < n; k++) y[k] = STORE1(hi == 0 ? LOAD1(x[k]) * a + b : (LOAD1(x[k]) - hi) * a + b); \
+}                                                                                              \
+                                                                                               \
+/* sums of g, g * t and t, t = (x - hi) - lo (_block_backward_sums) */                        \
+static void fn_block_backward_sums_##S(const uint16_t* g, const uint16_t* x, Py_ssize_t n,    \
+                                       float hi, float lo, double* sum_g, double* sum_gt,      \
+                                       double* sum_t) {                                        \
+    double la[FN_LANES] = {0}, lb[FN_LANES] = {0}, lc[FN_LANES] = {0};                        \
+    double ta = 0, tb = 0, tc = 0;                                                             \
+    const fn_vf vh = fn_vsplat(hi), vl = fn_vsplat(lo);                                        \
+    for (Py_ssize_t i = 0; i < n; i += FN_BLOCK) {                                             \
+        Py_ssize_t end = i + FN_BLOCK < n ? i + FN_BLOCK : n;                                  \
+        Py_ssize_t vend = i + ((end - i) / FN_LANES) * FN_LANES, k;                            \
+        fn_vf aa[FN_NV], ab[FN_NV], ac[FN_NV];                                                 \
+        for (int v = 0; v < FN_NV; v++) { aa[v] = fn_vsplat(0); ab[v] = aa[v]; ac[v] = aa[v]; } \
+        for (k = i; k < vend; k += FN_LANES)                                                   \
+            for (int v = 0; v < FN_NV; v++) {                                                  \
+                fn_vf gv = VLOAD(g + k + v * FN_W);                                            \
+                fn_vf t = (VLOAD(x + k + v * FN_W) - vh) - vl;                                 \
+                aa[v] += gv;                                                                   \
+                ab[v] += gv * t;                                                               \
+                ac[v] += t;                                                                    \
+            }                                                                                  \
+        float ra = 0, rb = 0, rc = 0;                                                          \
+        for (k = vend; k < end; k++) {                                                         \
+            float gk = LOAD1(g[k]), t = (LOAD1(x[k]) - hi) - lo;                               \
+            ra += gk; rb += gk * t; rc += t;                                                   \
+        }                                                                                      \
+        for (int v = 0; v < FN_NV; v++)                                                        \
+            for (int j = 0; j < FN_W; j++) {                                                   \
+                la[v * FN_W + j] += aa[v][j];                                                  \
+                lb[v * FN_W + j] += ab[v][j];                                                  \
+                lc[v * FN_W + j] += ac[v][j];                                                  \
+            }                                                                                  \
+        ta += ra; tb += rb; tc += rc;                                                          \
+    }                                                                                          \
+    *sum_g = ta + fn_lanes_total(la);                                                          \
+    *sum_gt = tb + fn_lanes_total(lb);                                                         \
+    *sum_t = tc + fn_lanes_total(lc);                                                          \
+}                                                                                              \
+                                                                                               \
+/* dx = alpha * g + (beta * (x - hi) + gamma); x unread when beta = gamma = 0 */              \
+static void fn_block_backward_##S(const uint16_t* g, const uint16_t* x, uint16_t* dx,         \
+                                  Py_ssize_t n, float hi, float alpha, float beta,              \
+                                  float gamma, int stream) {                                    \
+    const fn_vf vh = fn_vsplat(hi), va = fn_vsplat(alpha), vb = fn_vsplat(beta);              \
+    const fn_vf vg = fn_vsplat(gamma);                                                         \
+    const int plain = beta == 0 && gamma == 0;                                                 \
+    Py_ssize_t k = 0, head = fn_stream_head(dx, n, stream);                                    \
+    for (; k < head; k++)                                                                      \
+        dx[k] = STORE1(plain ? alpha * LOAD1(g[k])                                             \
+                             : alpha * LOAD1(g[k]) + (beta * (LOAD1(x[k]) - hi) + gamma));     \
+    if (plain)                                                                                 \
+        for (; k + FN_W <= n; k += FN_W) fn_put_h(dx + k, PACK(va * VLOAD(g + k)), stream);   \
+    else                                                                                       \
+        for (; k + FN_W <= n; k += FN_W)                                                       \
+            fn_put_h(dx + k, PACK(va * VLOAD(g + k) + (vb * (VLOAD(x + k) - vh) + vg)), stream); \
+    for (; k < n; k++)                                                                         \
+        dx[k] = STORE1(plain ? alpha * LOAD1(g[k])                                             \
+                             : alpha * LOAD1(g[k]) + (beta * (LOAD1(x[k]) - hi) + gamma));     \
 }
 
 FN_DEFINE_ROWS16(bf16, fn_bf16_to_float, fn_float_to_bf16, fn_vload_bf16, fn_pack_bf16)
@@ -225,6 +227,41 @@ static inline double fn_rms_row16(int storage, const void* x, void* y, Py_ssize_
                                   double eps, int stream) {
     if (storage == FN_ST_BF16) return fn_rms_row_bf16((const uint16_t*)x, (uint16_t*)y, n, w, eps, stream);
     return fn_rms_row_f16((const uint16_t*)x, (uint16_t*)y, n, w, eps, stream);
+}
+
+static inline void fn_block_moments16(int storage, const void* x, Py_ssize_t n, double* mean,
+                                      double* m2) {
+    if (storage == FN_ST_BF16) fn_block_moments_bf16((const uint16_t*)x, n, mean, m2);
+    else fn_block_moments_f16((const uint16_t*)x, n, mean, m2);
+}
+
+static inline void fn_block_affine16(int storage, const void* x, void* y, Py_ssize_t n, float hi,
+                                     float a, float b, int stream) {
+    if (storage == FN_ST_BF16) fn_block_affine_bf16((const uint16_t*)x, (uint16_t*)y, n, hi, a, b, stream);
+    else fn_block_affine_f16((const uint16_t*)x, (uint16_t*)y, n, hi, a, b, stream);
+}
+
+static inline void fn_block_backward_sums16(int storage, const void* g, const void* x, Py_ssize_t n,
+                                            float hi, float lo, double* sg, double* sgt, double* st) {
+    if (storage == FN_ST_BF16)
+        fn_block_backward_sums_bf16((const uint16_t*)g, (const uint16_t*)x, n, hi, lo, sg, sgt, st);
+    else fn_block_backward_sums_f16((const uint16_t*)g, (const uint16_t*)x, n, hi, lo, sg, sgt, st);
+}
+
+static inline void fn_block_backward16(int storage, const void* g, const void* x, void* dx,
+                                       Py_ssize_t n, float hi, float alpha, float beta, float gamma,
+                                       int stream) {
+    if (storage == FN_ST_BF16)
+        fn_block_backward_bf16((const uint16_t*)g, (const uint16_t*)x, (uint16_t*)dx, n, hi, alpha,
+                               beta, gamma, stream);
+    else fn_block_backward_f16((const uint16_t*)g, (const uint16_t*)x, (uint16_t*)dx, n, hi, alpha,
+                               beta, gamma, stream);
+}
+
+/* one 16-bit value widened */
+static inline float fn_load1_16(int storage, const void* p, Py_ssize_t i) {
+    uint16_t h = ((const uint16_t*)p)[i];
+    return storage == FN_ST_BF16 ? fn_bf16_to_float(h) : fn_half_to_float(h);
 }
 
 #endif /* FASTNORM_ROWS16_H */

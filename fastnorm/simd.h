@@ -342,6 +342,89 @@ static void fn_narrow_bf16(const float* src, uint16_t* dst, Py_ssize_t n) {
         dst[i] = fn_float_to_bf16(src[i]);
 }
 
+/* ---- vector loads of FN_VBYTES / 4 16-bit values widened to a float
+ * vector (fn_vf), and packing a float vector to 16 bits (fn_vh) ---- */
+#define FN_W ((Py_ssize_t)(FN_VBYTES / 4))   /* floats per vector */
+
+typedef uint16_t fn_vh __attribute__((vector_size(FN_VBYTES / 2), aligned(2), may_alias));
+typedef uint32_t fn_vu __attribute__((vector_size(FN_VBYTES)));
+typedef int32_t fn_vi __attribute__((vector_size(FN_VBYTES)));
+
+/* ---- vector loads of FN_W values, and packing FN_W floats to 16 bits ---- */
+
+static inline fn_vf fn_vload_bf16(const uint16_t* p) {
+#if defined(__AVX512F__)
+    return (fn_vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+#else
+    fn_vu u = __builtin_convertvector(*(const fn_vh*)p, fn_vu) << 16;
+    return (fn_vf)u;
+#endif
+}
+
+static inline fn_vh fn_pack_bf16(fn_vf v) {
+#if defined(__AVX512F__)
+    const __m512i x = _mm512_castps_si512((__m512)v);
+    const __m512i hi = _mm512_srli_epi32(x, 16);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)),
+                                                   _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    return (fn_vh)_mm512_cvtepi32_epi16(r);
+#else
+    fn_vu x = (fn_vu)v;
+    fn_vu rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    fn_vu nan = (x >> 16) | 0x40u;
+    fn_vu is_nan = (fn_vu)((x & 0x7fffffffu) > 0x7f800000u);   /* all ones where NaN */
+    fn_vu r = (nan & is_nan) | (rounded & ~is_nan);
+#if defined(__AVX2__)
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0xD8);
+    return (fn_vh)_mm256_castsi256_si128(packed);
+#else
+    return __builtin_convertvector(r, fn_vh);
+#endif
+#endif
+}
+
+static inline fn_vf fn_vload_f16(const uint16_t* p) {
+#if defined(__AVX512F__)
+    return (fn_vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+#elif defined(__F16C__)
+    return (fn_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+#else
+    float t[FN_VBYTES / 4];
+    for (int j = 0; j < FN_W; j++) t[j] = fn_half_to_float(p[j]);
+    return FN_LOAD(fn_vfu, t);
+#endif
+}
+
+static inline fn_vh fn_pack_f16(fn_vf v) {
+#if defined(__AVX512F__)
+    return (fn_vh)_mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#elif defined(__F16C__)
+    return (fn_vh)_mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    float t[FN_VBYTES / 4];
+    uint16_t h[FN_VBYTES / 4];
+    *(fn_vfu*)t = v;
+    for (int j = 0; j < FN_W; j++) h[j] = fn_float_to_half(t[j]);
+    return *(fn_vh*)h;
+#endif
+}
+
+/* store FN_W 16-bit values; stream: a non-temporal store (p aligned to
+   FN_VBYTES / 2), which spares a large output's read-for-ownership */
+static inline void fn_put_h(uint16_t* p, fn_vh h, int stream) {
+#if defined(__AVX512F__)
+    if (stream) { _mm256_stream_si256((__m256i*)p, (__m256i)h); return; }
+#elif defined(__AVX__)
+    if (stream) { _mm_stream_si128((__m128i*)p, (__m128i)h); return; }
+#elif defined(__SSE2__) && defined(__x86_64__)
+    if (stream) { long long q; __builtin_memcpy(&q, &h, 8); _mm_stream_si64((long long*)p, q); return; }
+#endif
+    *(fn_vh*)p = h;
+}
+
 /* storage codes shared with the Cython kernels (enum Storage in _kernels.pxi) */
 #define FN_ST_NATIVE 0
 #define FN_ST_F16 1

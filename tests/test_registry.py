@@ -194,3 +194,31 @@ def test_unsupported_dtypes_raise_type_error(op, rng):
         args = (call.args[0].astype(bad),) + call.args[1:]
         with pytest.raises(TypeError, match="x|v"):
             op.forward(*args, **call.kwargs)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+@pytest.mark.parametrize("name,shape,kwargs", [
+    ("layer_norm", (7, 37), {}), ("layer_norm", (3, 4100), {}), ("rms_norm", (7, 37), {}),
+    ("batch_norm", (3, 8, 5, 7), {}), ("batch_norm", (3, 8, 5, 7), {"channel_axis": -1}),
+    ("group_norm", (3, 8, 5, 7), {}), ("group_norm", (2, 5, 3, 16), {"channel_axis": -1}),
+    ("instance_norm", (3, 8, 5, 7), {}), ("standardize", (33, 20), {}),
+])
+def test_16bit_kernels_equal_float32_kernels_rounded(name, shape, kwargs, dtype, rng, isa):
+    """A 16-bit input is widened in registers and computed by the float32
+    algorithm: the result is the float32 result on the widened input,
+    rounded once (bit for bit), on every instruction-set build."""
+    op = _registry.by_name(name)
+    call = op.example(rng, dtype, shape)
+    x = call.args[0]
+    if kwargs.get("channel_axis") == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    # parameters in float32 (as torch's mixed precision), so both runs see the same values
+    params = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == dtype else a
+                   for a in call.args[1:])
+    copy = lambda p: tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in p)  # noqa: E731
+    y16 = getattr(functional, name)(x, *copy(params), **call.kwargs, **kwargs)
+    y32 = getattr(functional, name)(x.astype(np.float32), *copy(params), **call.kwargs, **kwargs)
+    y16 = y16[0] if isinstance(y16, tuple) else y16
+    y32 = y32[0] if isinstance(y32, tuple) else y32
+    assert y16.dtype == dtype
+    assert np.array_equal(y16.view(np.uint16), y32.astype(dtype).view(np.uint16))
