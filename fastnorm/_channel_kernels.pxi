@@ -64,6 +64,19 @@ cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_s
     cdef double ta = 0.0, tb = 0.0, tc = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    if n < LANES:  # the tail loop alone
+        ra = 0
+        rb = 0
+        rc = 0
+        for k in range(n):
+            t = (x[k] - hi) - lo
+            ra += g[k]
+            rb += g[k] * t
+            rc += t
+        sum_g[0] = <double>ra
+        sum_gt[0] = <double>rb
+        sum_t[0] = <double>rc
+        return
     for j in range(LANES):
         lanes_a[j] = 0
         lanes_b[j] = 0
@@ -483,7 +496,7 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
         st_count[s] = 0
     if not cl and per_sample:
         # Group/InstanceNorm: a stat's cpg blocks are contiguous, one block of cpg * S
-        for s in prange(n_stats, schedule='static', num_threads=nth):
+        for s in prange(n_stats, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             _blk_moments(st, x + s * cpg * S * isz, cpg * S, &st_mean[s], &st_m2[s], tag)
             st_count[s] = cpg * S
         return 0
@@ -492,7 +505,7 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
         if um == NULL:
             return -1
         um2 = um + N * C
-        for b in prange(N * C, schedule='static', num_threads=nth):
+        for b in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             _blk_moments(st, x + b * S * isz, S, &um[b], &um2[b], tag)
         for b in range(N * C):
             s = _stat_of(b // C, b % C, per_sample, C, cpg)
@@ -514,7 +527,7 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
         for c in range(C):
             shift[u * C + c] = _load1(st, x, (u * S) * C + c, tag)
     for t in range(2):  # attempt 2 re-centres on the means when attempt 1 cancelled
-        for u in prange(n_units, schedule='static', num_threads=nth):
+        for u in prange(n_units, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             if per_sample:
                 r0 = u * S
                 r1 = r0 + S
@@ -649,17 +662,17 @@ cdef void _channel_apply(const char* x, char* y, int st, bint cl, Py_ssize_t N, 
     cdef int p
     cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming(N * C, S, isz)
     if not cl and stream:
-        for p in prange(nth, schedule='static', num_threads=nth):
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
                 i = (bl if per_sample else bl % C)
                 _blk_affine(st, x + bl * S * isz, y + bl * S * isz, S, hi[i], ca[i], cb[i], True)
             fastnorm_stream_fence()
     elif not cl:
-        for bl in prange(N * C, schedule='static', num_threads=nth):
+        for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             i = (bl if per_sample else bl % C)
             _blk_affine(st, x + bl * S * isz, y + bl * S * isz, S, hi[i], ca[i], cb[i], False)
     else:
-        for p in prange(nth, schedule='static', num_threads=nth):
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
             _rows_apply(NULL, x, y, st, r0, r1, C, S, per_sample, hi, ca, cb, NULL, stream)
@@ -706,12 +719,12 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
         lo[i] = <floating>(st_mean[s] - <double>hi[i])
     # 1. per-unit sums of g, g*t, t
     if not cl:
-        for bl in prange(N * C, schedule='static', num_threads=nth):
+        for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             i = (bl if per_sample else bl % C)
             _blk_backward_sums(storage, g + bl * S * isz, x + bl * S * isz, S, hi[i], 0,
                                &sums[3 * bl], &sums[3 * bl + 1], &sums[3 * bl + 2])
     else:
-        for u in prange(n_units, schedule='static', num_threads=nth):
+        for u in prange(n_units, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             if per_sample:
                 r0 = u * S
                 r1 = r0 + S
@@ -811,19 +824,19 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
             gamma[i] = 0
     cdef bint stream = (floating is float or storage != ST_NATIVE) and _use_streaming_grad(N * C, S, isz)
     if not cl and stream:
-        for p in prange(nth, schedule='static', num_threads=nth):
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             for bl in range(_part_start(N * C, nth, p), _part_start(N * C, nth, p + 1)):
                 i = (bl if per_sample else bl % C)
                 _blk_backward(storage, g + bl * S * isz, x + bl * S * isz, dx + bl * S * isz, S, hi[i],
                               alpha[i], beta[i], gamma[i], True)
             fastnorm_stream_fence()
     elif not cl:
-        for bl in prange(N * C, schedule='static', num_threads=nth):
+        for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             i = (bl if per_sample else bl % C)
             _blk_backward(storage, g + bl * S * isz, x + bl * S * isz, dx + bl * S * isz, S, hi[i],
                           alpha[i], beta[i], gamma[i], False)
     else:
-        for p in prange(nth, schedule='static', num_threads=nth):
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
             _rows_apply(g, x, dx, storage, r0, r1, C, S, per_sample, hi, alpha, beta, gamma, stream)
@@ -952,7 +965,7 @@ cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize
     cdef int p
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming(N * C, S, isz)
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for s in range(_part_start(n_stats, nth, p), _part_start(n_stats, nth, p + 1)):
             base = s * len_s
             _blk_moments(st, x + base * isz, len_s, &st_mean[s], &m2, <floating>0)
@@ -985,7 +998,7 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
     if sums == NULL:
         return -1
     cdef double* deltas = sums + 3 * N * C
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for s in range(_part_start(n_stats, nth, p), _part_start(n_stats, nth, p + 1)):
             base = s * len_s
             n = s // groups
@@ -1182,7 +1195,7 @@ def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min
     cdef int st = storage_of(typenum, &dbl)
     if not dbl:
         with nogil:
-            for p in prange(nth, schedule='static', num_threads=nth):
+            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _rows_minmax[float](<const char*>cnp.PyArray_DATA(x), st, _part_start(N, nth, p),
                                     _part_start(N, nth, p + 1), C, <float*>part + 2 * p * C,
                                     <float*>part + 2 * p * C + C)
@@ -1194,7 +1207,7 @@ def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min
                 mx[c] = max(mx[c], (<float*>part)[2 * p * C + C + c])
     else:
         with nogil:
-            for p in prange(nth, schedule='static', num_threads=nth):
+            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _rows_minmax[double](<const char*>cnp.PyArray_DATA(x), st, _part_start(N, nth, p),
                                      _part_start(N, nth, p + 1), C, <double*>part + 2 * p * C,
                                      <double*>part + 2 * p * C + C)
@@ -1205,3 +1218,208 @@ def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min
                 mn[c] = min(mn[c], (<double*>part)[2 * p * C + c])
                 mx[c] = max(mx[c], (<double*>part)[2 * p * C + C + c])
     free(part)
+
+
+# ---------------------------------------------------------------- fast entries
+#
+# BatchNorm / GroupNorm / InstanceNorm called the common way (a C-contiguous
+# native ndarray of a kernel dtype, channel_axis 1 or -1, parameters None or
+# contiguous (C,) arrays, float eps / momentum, running statistics None or
+# writeable contiguous float arrays, out None / x / a separate contiguous
+# array) are checked and run here without Python-level overhead.  Anything
+# else, every invalid input included, returns NotImplemented: the general
+# path in fastnorm.functional validates it and owns the error messages.
+
+cdef enum ChannelOp:
+    OP_BATCH = 0
+    OP_GROUP = 1
+    OP_INSTANCE = 2
+
+
+cdef bint _fast_channel_layout(cnp.ndarray x, object channel_axis, Py_ssize_t* N, Py_ssize_t* C,
+                               Py_ssize_t* S, bint* cl):
+    """N, C, S and the kernel layout of a C-contiguous x (its own memory)."""
+    cdef int nd = cnp.PyArray_NDIM(x), axis, k
+    if nd < 2 or type(channel_axis) is not int:
+        return False
+    if channel_axis == 1:
+        axis = 1
+    elif channel_axis == -1 or channel_axis == nd - 1:
+        axis = nd - 1
+    else:
+        return False
+    N[0] = cnp.PyArray_DIMS(x)[0]
+    C[0] = cnp.PyArray_DIMS(x)[axis]
+    S[0] = 1
+    for k in range(1, nd):
+        if k != axis:
+            S[0] *= cnp.PyArray_DIMS(x)[k]
+    cl[0] = axis != 1 or S[0] == 1
+    return True
+
+
+cdef object _fast_vec(object p, Py_ssize_t n, int typenum, int ctype):
+    """A (C,) parameter for the kernels: None, p itself (compute dtype), p
+    widened to float32 (p in x's 16-bit dtype), or NotImplemented."""
+    cdef cnp.ndarray a, wide
+    cdef bint dbl
+    if p is None:
+        return None
+    if not cnp.PyArray_CheckExact(p):
+        return NotImplemented
+    a = <cnp.ndarray>p
+    if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIMS(a)[0] != n or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return NotImplemented
+    if cnp.PyArray_TYPE(a) == ctype:
+        return a
+    if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:
+        wide = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+        fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide), n)
+        return wide
+    return NotImplemented
+
+
+cdef inline bint _fast_running(object a, Py_ssize_t C):
+    """None, or a writeable contiguous native float32 / float64 (C,) ndarray."""
+    cdef cnp.ndarray b
+    if a is None:
+        return True
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    b = <cnp.ndarray>a
+    return (cnp.PyArray_NDIM(b) == 1 and cnp.PyArray_DIMS(b)[0] == C
+            and (cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT32 or cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT64)
+            and cnp.PyArray_IS_C_CONTIGUOUS(b) and cnp.PyArray_ISWRITEABLE(b)
+            and cnp.PyArray_ISNOTSWAPPED(b))
+
+
+cdef inline bint _overlap(object a, object b):
+    """Whether two contiguous arrays share bytes."""
+    cdef char* pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
+
+
+cdef void _blend(object buf, const double* value, Py_ssize_t C, double momentum, double factor):
+    """buf = (1 - momentum) * buf + momentum * value * factor, rounded as the
+    general path's NumPy expression (buf *= 1 - m; buf += (m * v).astype(buf.dtype))."""
+    cdef cnp.ndarray b = <cnp.ndarray>buf
+    if cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT32:
+        fn_blend_f(<float*>cnp.PyArray_DATA(b), value, C, momentum, factor)
+    else:
+        fn_blend_d(<double*>cnp.PyArray_DATA(b), value, C, momentum, factor)
+
+
+cdef object _stats_out(const double* v, Py_ssize_t n, int ctype, double eps, bint inverse_std,
+                       int nd, cnp.npy_intp* dims):
+    """v (or 1 / sqrt(v + eps)) as a new array of the compute dtype, shape dims."""
+    cdef object a = cnp.PyArray_EMPTY(nd, dims, ctype, 0)
+    cdef Py_ssize_t i
+    cdef float* f = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef double* d = <double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    for i in range(n):
+        if ctype == cnp.NPY_FLOAT32:
+            f[i] = <float>(1.0 / sqrt(v[i] + eps) if inverse_std else v[i])
+        else:
+            d[i] = 1.0 / sqrt(v[i] + eps) if inverse_std else v[i]
+    return a
+
+
+def channel_norm_fast(int op, object x, object running_mean, object running_var, object weight,
+                      object bias, object training, object momentum, object eps, object num_groups,
+                      object channel_axis, object out, object n_threads, bint return_stats):
+    """The fast path of batch_norm (op 0), group_norm (1) and instance_norm (2)."""
+    cdef cnp.ndarray xa
+    cdef Py_ssize_t N, C, S, cpg = 1, G, n_stats, c
+    cdef bint cl, dbl, batch_stats, per_sample
+    cdef double e = 0.0, m = 0.0
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if ctype < 0 or not _fast_array(x, typenum) or not _fast_eps(eps, &e):
+        return NotImplemented
+    if not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0:
+        return NotImplemented
+    if op == OP_GROUP:
+        if type(num_groups) is not int or num_groups < 1 or C % num_groups:
+            return NotImplemented
+        G = num_groups
+        cpg = C // G
+        per_sample, batch_stats = True, True
+        n_stats = N * G
+    elif op == OP_INSTANCE:
+        if (cnp.PyArray_NDIM(xa) < 3 or S <= 1 or running_mean is not None or running_var is not None
+                or training is not True):
+            return NotImplemented
+        per_sample, batch_stats = True, True
+        n_stats = N * C
+    else:
+        if type(training) is not bool or not (type(momentum) is float or type(momentum) is int):
+            return NotImplemented
+        if not _fast_running(running_mean, C) or not _fast_running(running_var, C):
+            return NotImplemented
+        if running_mean is not None and running_var is not None and _overlap(running_mean, running_var):
+            return NotImplemented
+        m = momentum
+        batch_stats = training
+        per_sample = False
+        n_stats = C
+        if batch_stats and N * S <= 1:
+            return NotImplemented
+        if not batch_stats and (running_mean is None or running_var is None):
+            return NotImplemented
+    cdef object wa = _fast_vec(weight, C, typenum, ctype)
+    cdef object ba = _fast_vec(bias, C, typenum, ctype)
+    if wa is NotImplemented or ba is NotImplemented:
+        return NotImplemented
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    cdef cnp.npy_intp ns = n_stats
+    cdef object st_mean = cnp.PyArray_EMPTY(1, &ns, cnp.NPY_FLOAT64, 0)
+    cdef object st_var = cnp.PyArray_EMPTY(1, &ns, cnp.NPY_FLOAT64, 0)
+    cdef double* sm = <double*>cnp.PyArray_DATA(<cnp.ndarray>st_mean)
+    cdef double* sv = <double*>cnp.PyArray_DATA(<cnp.ndarray>st_var)
+    cdef cnp.ndarray rm, rv
+    if not batch_stats:
+        rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
+        for c in range(C):
+            sm[c] = ((<float*>cnp.PyArray_DATA(rm))[c] if cnp.PyArray_TYPE(rm) == cnp.NPY_FLOAT32
+                     else (<double*>cnp.PyArray_DATA(rm))[c])
+            sv[c] = ((<float*>cnp.PyArray_DATA(rv))[c] if cnp.PyArray_TYPE(rv) == cnp.NPY_FLOAT32
+                     else (<double*>cnp.PyArray_DATA(rv))[c])
+    cdef int st = storage_of(typenum, &dbl)
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* yp = <char*>cnp.PyArray_DATA(<cnp.ndarray>y)
+    cdef void* w = _ptr_or_null(wa)
+    cdef void* b = _ptr_or_null(ba)
+    cdef int status
+    if not dbl:
+        with nogil:
+            status = _channel_forward[float](xp, yp, st, cl, N, C, S, cpg, per_sample,
+                                             <const float*>w, <const float*>b, e, batch_stats,
+                                             sm, sv, nth)
+    else:
+        with nogil:
+            status = _channel_forward[double](xp, yp, st, cl, N, C, S, cpg, per_sample,
+                                              <const double*>w, <const double*>b, e, batch_stats,
+                                              sm, sv, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: out of memory in a channel normalization")
+    if op == OP_BATCH and batch_stats:
+        if running_mean is not None:
+            _blend(running_mean, sm, C, m, 1.0)
+        if running_var is not None:
+            _blend(running_var, sv, C, m, <double>(N * S) / (N * S - 1))
+    if not return_stats:
+        return y
+    cdef cnp.npy_intp[2] dims
+    cdef int nd = 1 if op == OP_BATCH else 2
+    dims[0] = C if op == OP_BATCH else N
+    dims[1] = n_stats // N
+    return (y, _stats_out(sm, n_stats, ctype, e, False, nd, dims),
+            _stats_out(sv, n_stats, ctype, e, True, nd, dims))

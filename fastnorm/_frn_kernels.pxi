@@ -156,7 +156,7 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
         return
     if typenum == cnp.NPY_FLOAT32:
         with nogil:
-            for bl in prange(N * C, schedule='static', num_threads=nth):
+            for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 c = bl % C
                 _frn_block_forward[float](<const float*>xp + bl * S, <float*>yp + bl * S, S, eps,
                                           (<const float*>wp)[c], (<const float*>bp)[c],
@@ -164,7 +164,7 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
                                           <float*>rp + bl)
     else:
         with nogil:
-            for bl in prange(N * C, schedule='static', num_threads=nth):
+            for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 c = bl % C
                 _frn_block_forward[double](<const double*>xp + bl * S, <double*>yp + bl * S, S, eps,
                                            (<const double*>wp)[c], (<const double*>bp)[c],
@@ -222,7 +222,7 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
     if N * C * S > 0:
         if typenum == cnp.NPY_FLOAT32:
             with nogil:
-                for bl in prange(N * C, schedule='static', num_threads=nth):
+                for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                     c = bl % C
                     _frn_block_backward[float](<const float*>gp + bl * S, <const float*>xp + bl * S,
                                                <float*>dp + bl * S, S, (<const float*>wp)[c],
@@ -232,7 +232,7 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
                                                &sums[3 * bl + 2])
         else:
             with nogil:
-                for bl in prange(N * C, schedule='static', num_threads=nth):
+                for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                     c = bl % C
                     _frn_block_backward[double](<const double*>gp + bl * S, <const double*>xp + bl * S,
                                                 <double*>dp + bl * S, S, (<const double*>wp)[c],
@@ -330,7 +330,7 @@ cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
     scratch = <floating*>_aligned(a + N * C)
     for c in range(C):
         zero[c] = 0
-    for u in prange(units, schedule='static', num_threads=nth):
+    for u in prange(units, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         n = u // parts
         r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
         r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
@@ -345,7 +345,7 @@ cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
             rstd[n * C + c] = <floating>rs
             a[n * C + c] = <floating>(w[c] * rs)
     free(sq)
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for r in range(_part_start(N * S, nth, p), _part_start(N * S, nth, p + 1)):
             n = r // S
             if tau != NULL:
@@ -380,7 +380,7 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
     for n in range(N):
         for c in range(C):
             a[n * C + c] = w[c] * rstd[n * C + c]
-    for u in prange(units, schedule='static', num_threads=nth):
+    for u in prange(units, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         n = u // parts
         r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
         r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
@@ -405,7 +405,7 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
             gw[c] += sx * rs
             gt[c] += st
     free(sums)
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for r in range(_part_start(N * S, nth, p), _part_start(N * S, nth, p + 1)):
             n = r // S
             for c in range(C):

@@ -45,6 +45,8 @@ cdef extern from "simd.h" nogil:
     void fastnorm_stream_fence()
     void fn_widen(int storage, const void* src, float* dst, Py_ssize_t n)
     void fn_narrow(int storage, const float* src, void* dst, Py_ssize_t n)
+    void fn_blend_f(float* buf, const double* v, Py_ssize_t n, double m, double factor)
+    void fn_blend_d(double* buf, const double* v, Py_ssize_t n, double m, double factor)
 
     void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n, float hi,
                                   float a, float b)
@@ -226,7 +228,7 @@ def widen_narrow(cnp.ndarray src, cnp.ndarray dst, object n_threads=None):
     cdef int c
     cdef Py_ssize_t lo, hi
     with nogil:
-        for c in prange(nth, schedule='static', num_threads=nth):
+        for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             lo = _part_start(n, nth, c)
             hi = _part_start(n, nth, c + 1)
             if st_src != ST_NATIVE:
@@ -320,6 +322,16 @@ cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shi
     cdef double total_q = 0.0, total_s = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    if n < LANES:  # no whole lane block: the tail loop alone (same sums, no lane set-up)
+        rest_q = 0
+        rest_s = 0
+        for k in range(n):
+            d = (x[k] - shift) - center
+            rest_q += d * d
+            rest_s += d
+        sum_sq[0] = <double>rest_q
+        sum_dev[0] = <double>rest_s
+        return
     for j in range(LANES):
         lanes_q[j] = 0
         lanes_s[j] = 0
@@ -367,6 +379,11 @@ cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef double total = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    if n < LANES:  # the tail loop alone
+        rest = 0
+        for k in range(n):
+            rest += x[k] * x[k]
+        return <double>rest
     for j in range(LANES):
         lanes[j] = 0
     while i < n:
@@ -669,7 +686,7 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     cdef double mean
     cdef double dev_mean = 0.0, sum_sq, sum_dev, var, rstd
     for attempt in range(2):
-        for p in prange(nth, schedule='static', num_threads=nth):
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             lo = _part_start(n, nth, p)
             hi = _part_start(n, nth, p + 1)
             _centered_moments(x + lo, hi - lo, shift, center_hi, &partial[2 * p], &partial[2 * p + 1])
@@ -688,7 +705,7 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     rstd = 1.0 / sqrt(var + eps)
     mean = <double>shift + dev_mean
     mean_hi = <floating>mean
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         _ln_normalize_segment(x + lo, y + lo, hi - lo,
@@ -748,7 +765,7 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     if nth > M:
         nth = <int>M
     if nth > 1:
-        for c in prange(nth, schedule='static', num_threads=nth):
+        for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
             _ln_forward_rows(xb, xs, yb, ys, r0, r1, n, w, b, eps, mean, rstd, stream, storage)
@@ -794,7 +811,7 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
         for r in range(M):
             x = <const floating*>(xb + r * xs)
             y = <floating*>(yb + r * ys)
-            for p in prange(nth, schedule='static', num_threads=nth):
+            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 lo = _part_start(n, nth, p)
                 hi = _part_start(n, nth, p + 1)
                 partial[p] = _sum_squares(x + lo, hi - lo)
@@ -802,7 +819,7 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
             for p in range(nth):
                 s += partial[p]
             s = 1.0 / sqrt(s / n + eps)
-            for p in prange(nth, schedule='static', num_threads=nth):
+            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 lo = _part_start(n, nth, p)
                 hi = _part_start(n, nth, p + 1)
                 _rms_normalize_segment(x + lo, y + lo, hi - lo, w + lo if w != NULL else NULL,
@@ -814,7 +831,7 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     if nth > M:
         nth = <int>M
     if nth > 1:
-        for c in prange(nth, schedule='static', num_threads=nth):
+        for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
             _rms_forward_rows(xb, xs, yb, ys, r0, r1, n, w, eps, rstd, stream, storage)
@@ -947,7 +964,7 @@ cdef void _ln_backward_wide_row(const floating* g, const floating* x, const floa
     cdef Py_ssize_t lo, hi
     cdef double a = 0.0, bsum = 0.0, c = 0.0, inv_n = 1.0 / n
     cdef floating xhat_shift, mean_gw, mean_gw_xhat
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         _ln_backward_sums(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo, mean, rstd,
@@ -959,7 +976,7 @@ cdef void _ln_backward_wide_row(const floating* g, const floating* x, const floa
     xhat_shift = <floating>(c * inv_n)
     mean_gw = <floating>(a * inv_n)
     mean_gw_xhat = <floating>((bsum - c * inv_n * a) * inv_n)
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         _ln_backward_segment(g + lo, x + lo, w + lo if w != NULL else NULL, dx + lo, hi - lo,
@@ -979,14 +996,14 @@ cdef void _rms_backward_wide_row(const floating* g, const floating* x, const flo
     cdef int p
     cdef Py_ssize_t lo, hi
     cdef double s = 0.0, coef
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         partial[p] = _rms_backward_sum(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo)
     for p in range(nth):
         s += partial[p]
     coef = <double>rstd * rstd * rstd * s / n
-    for p in prange(nth, schedule='static', num_threads=nth):
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         _rms_backward_segment(g + lo, x + lo, w + lo if w != NULL else NULL, dx + lo, hi - lo,
@@ -1055,7 +1072,7 @@ cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb
                                       gw_acc, gb_acc, gw_tot, gb_tot, partial, nth)
         free(partial)
     elif nth > 1:
-        for c in prange(nth, schedule='static', num_threads=nth):
+        for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
             r0 = _part_start(M, nth, c)
             r1 = _part_start(M, nth, c + 1)
             if rms:
@@ -1610,16 +1627,21 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
     cdef char* hb = <char*>cnp.PyArray_DATA(h)
     cdef char* yb = <char*>cnp.PyArray_DATA(y)
     cdef Py_ssize_t xs = x.strides[0], rs = residual.strides[0], hs = h.strides[0], ys = y.strides[0]
-    cdef void* w = _ptr_or_null(weight)
-    cdef void* b = _ptr_or_null(bias)
-    cdef void* mp = _ptr_or_null(mean)
-    cdef void* rp = _ptr_or_null(rstd)
-    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, cnp.PyArray_ITEMSIZE(x))
+    if M == 0 or n == 0:
+        return
+    _add_norm_run(rms, storage, dbl, xb, xs, rb, rs, hb, hs, yb, ys, M, n, _ptr_or_null(weight),
+                  _ptr_or_null(bias), eps, _ptr_or_null(mean), _ptr_or_null(rstd), nth)
+
+
+cdef int _add_norm_run(bint rms, int storage, bint dbl, const char* xb, Py_ssize_t xs,
+                       const char* rb, Py_ssize_t rs, char* hb, Py_ssize_t hs, char* yb,
+                       Py_ssize_t ys, Py_ssize_t M, Py_ssize_t n, void* w, void* b, double eps,
+                       void* mp, void* rp, int nth) except -1:
+    """The typed dispatch of the fused add + norm over M >= 1 rows of n >= 1."""
+    cdef bint stream = storage == ST_NATIVE and _use_streaming(M, n, 8 if dbl else 4)
     cdef int c
     cdef Py_ssize_t r0, r1
     cdef float* scratch = NULL
-    if M == 0 or n == 0:
-        return
     if nth > M:
         nth = <int>M
     scratch = _stage_scratch(storage, nth, 4, n)
@@ -1627,7 +1649,7 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
         raise MemoryError("fastnorm: could not allocate the staging rows")
     if not dbl:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _add_norm_rows[float](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
@@ -1636,12 +1658,63 @@ def add_norm_forward(bint rms, cnp.ndarray x, cnp.ndarray residual, cnp.ndarray 
                                       storage, scratch + c * 4 * n if scratch != NULL else NULL)
     else:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _add_norm_rows[double](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
                                        <const double*>w, <const double*>b, eps,
                                        <double*>mp, <double*>rp, stream, storage, NULL)
     free(scratch)
+    return 0
+
+
+def add_norm_fast(bint rms, object x, object residual, object normalized_shape, object weight,
+                  object bias, object eps, object out, object residual_out, object n_threads,
+                  bint return_stats):
+    """Fast path of add_layer_norm / add_rms_norm (see layer_norm_fast): new
+    outputs only (out / residual_out given: the general path)."""
+    cdef Py_ssize_t M, n
+    cdef double e = 0.0
+    cdef cnp.ndarray xa
+    cdef bint dbl
+    if out is not None or residual_out is not None or not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum) or not _fast_array(residual, typenum)
+            or not _same_dims(<cnp.ndarray>residual, xa, 0)):
+        return NotImplemented
+    cdef int k = _fast_norm_dims(normalized_shape, xa, &n)
+    if k < 0 or n < 1:
+        return NotImplemented
+    if rms and eps is None:
+        e = 2.220446049250313e-16 if ctype == cnp.NPY_FLOAT64 else 1.1920928955078125e-07
+    elif not _fast_eps(eps, &e):
+        return NotImplemented
+    cdef object wa = _fast_param(weight, xa, k, ctype)
+    cdef object ba = None if rms else _fast_param(bias, xa, k, ctype)
+    if wa is NotImplemented or ba is NotImplemented:
+        return NotImplemented
+    M = cnp.PyArray_SIZE(xa) // n
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef object y = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
+    cdef object h = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
+    cdef object mean = _stats_like_lead(xa, k, ctype) if return_stats and not rms else None
+    cdef object rstd = _stats_like_lead(xa, k, ctype) if return_stats else None
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef Py_ssize_t row = n * cnp.PyArray_ITEMSIZE(xa)
+    if M > 0:
+        _add_norm_run(rms, storage, dbl, <const char*>cnp.PyArray_DATA(xa), row,
+                      <const char*>cnp.PyArray_DATA(<cnp.ndarray>residual), row,
+                      <char*>cnp.PyArray_DATA(<cnp.ndarray>h), row,
+                      <char*>cnp.PyArray_DATA(<cnp.ndarray>y), row, M, n, _ptr_or_null(wa),
+                      _ptr_or_null(ba), e, _ptr_or_null(mean), _ptr_or_null(rstd), nth)
+    if not return_stats:
+        return y, h
+    if rms:
+        return y, h, rstd
+    return y, h, mean, rstd
 include "_frn_kernels.pxi"
 include "_lrn_kernels.pxi"

@@ -277,7 +277,7 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
         raise MemoryError()
     if N * C * S > 0:
         with nogil:
-            for p in prange(nth, schedule='static', num_threads=nth):
+            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 if typenum == cnp.NPY_FLOAT32:
                     _lrn_forward_part[float](<const float*>xp, <float*>yp, <float*>sp, cl, N, C, S,
                                              _part_start(units, nth, p), _part_start(units, nth, p + 1),
@@ -313,7 +313,7 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
         raise MemoryError()
     if N * C * S > 0:
         with nogil:
-            for p in prange(nth, schedule='static', num_threads=nth):
+            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 if typenum == cnp.NPY_FLOAT32:
                     _lrn_backward_part[float](<const float*>gp, <const float*>xp, <const float*>sp,
                                               <float*>dp, cl, N, C, S, _part_start(units, nth, p),

@@ -177,18 +177,82 @@ def normalize_forward(cnp.ndarray x, cnp.ndarray y, double p, double eps, object
         raise MemoryError("fastnorm: could not allocate the staging rows")
     if not dbl:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_rows[float](xb, xs, yb, ys, r0, r1, n, p, eps, <float*>np_, storage,
                                        scratch + c * 2 * n if scratch != NULL else NULL)
     else:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_rows[double](xb, xs, yb, ys, r0, r1, n, p, eps, <double*>np_, storage, NULL)
     free(scratch)
+
+
+def normalize_fast(object x, object p, object dim, object eps, object out, object n_threads,
+                   bint return_stats):
+    """Fast path of normalize along the last dim of a C-contiguous array
+    (see layer_norm_fast); anything else returns NotImplemented."""
+    cdef cnp.ndarray xa
+    cdef double e = 0.0, pv
+    cdef bint dbl
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or nd < 1 or not _fast_array(x, typenum) or type(dim) is not int
+            or not (dim == -1 or dim == nd - 1) or not _fast_eps(eps, &e)):
+        return NotImplemented
+    if type(p) is float or type(p) is int and -1000000 < p < 1000000:
+        pv = <double>p
+    else:
+        return NotImplemented
+    if not pv > 0:
+        return NotImplemented
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(xa)[nd - 1]
+    if n < 1:
+        return NotImplemented
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    cdef Py_ssize_t M = cnp.PyArray_SIZE(xa) // n
+    cdef object norms = _stats_like_lead(xa, 1, ctype) if return_stats else None
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef Py_ssize_t row = n * cnp.PyArray_ITEMSIZE(xa)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* yb = <char*>cnp.PyArray_DATA(<cnp.ndarray>y)
+    cdef void* np_ = _ptr_or_null(norms)
+    cdef int c
+    cdef Py_ssize_t r0, r1
+    cdef float* scratch = NULL
+    if M > 0:
+        if nth > M:
+            nth = <int>M
+        scratch = _stage_scratch(storage, nth, 2, n)
+        if storage != ST_NATIVE and scratch == NULL:
+            raise MemoryError("fastnorm: could not allocate the staging rows")
+        if not dbl:
+            with nogil:
+                for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                    r0 = _part_start(M, nth, c)
+                    r1 = _part_start(M, nth, c + 1)
+                    _normalize_rows[float](xb, row, yb, row, r0, r1, n, pv, e, <float*>np_, storage,
+                                           scratch + c * 2 * n if scratch != NULL else NULL)
+        else:
+            with nogil:
+                for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                    r0 = _part_start(M, nth, c)
+                    r1 = _part_start(M, nth, c + 1)
+                    _normalize_rows[double](xb, row, yb, row, r0, r1, n, pv, e, <double*>np_, storage, NULL)
+        free(scratch)
+    if return_stats:
+        return y, norms
+    return y
 
 
 def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, cnp.ndarray grad_x,
@@ -218,7 +282,7 @@ def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, c
         raise MemoryError("fastnorm: could not allocate the staging rows")
     if not dbl:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_backward_rows[float](gb_, gs, xb, xs, db, ds, r0, r1, n, p, eps,
@@ -226,7 +290,7 @@ def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, c
                                                 scratch + c * 3 * n if scratch != NULL else NULL)
     else:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_backward_rows[double](gb_, gs, xb, xs, db, ds, r0, r1, n, p, eps,
@@ -330,12 +394,12 @@ def weight_norm_forward(cnp.ndarray v, cnp.ndarray w, cnp.ndarray g, bint center
         nth = <int>M
     if typenum == cnp.NPY_FLOAT32:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_rows[float](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
                                          n, <const float*>gp, centered, np_, mp)
     else:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_rows[double](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
                                           n, <const double*>gp, centered, np_, mp)
 
@@ -366,13 +430,13 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
         nth = <int>M
     if typenum == cnp.NPY_FLOAT32:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_backward_rows[float](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
                                                   _part_start(M, nth, c + 1), n, <const float*>gp,
                                                   centered, <const float*>np_, <float*>ggp)
     else:
         with nogil:
-            for c in prange(nth, schedule='static', num_threads=nth):
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_backward_rows[double](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
                                                    _part_start(M, nth, c + 1), n, <const double*>gp,
                                                    centered, <const double*>np_, <double*>ggp)

@@ -323,6 +323,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     >>> bool(abs(y.mean(axis=(0, 2, 3))).max() < 1e-5)
     True
     """
+    fast = _kernels.channel_norm_fast(0, x, running_mean, running_var, weight, bias, training,
+                                      momentum, eps, None, channel_axis, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     C = layout.C
@@ -427,6 +431,10 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
 
     Returns y, or (y, mean, rstd) with mean/rstd of shape (N, num_groups).
     """
+    fast = _kernels.channel_norm_fast(1, x, None, None, weight, bias, True, 0.0, eps, num_groups,
+                                      channel_axis, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     cpg = _groups(num_groups, layout.C)
@@ -467,6 +475,11 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
     Returns y, or (y, mean, rstd) with mean/rstd of shape (N, C).
     """
+    fast = _kernels.channel_norm_fast(2, x, running_mean, running_var, weight, bias,
+                                      True if use_input_stats is True else None, momentum, eps, None,
+                                      channel_axis, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
@@ -555,6 +568,9 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_st
     >>> normalize(np.array([[3.0, 4.0]]), dim=-1)
     array([[0.6, 0.8]])
     """
+    fast = _kernels.normalize_fast(x, p, dim, eps, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension, got a 0-d array")
@@ -622,6 +638,10 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12, *, n_threads=
 
 def _add_norm(rms, x, residual, normalized_shape, weight, bias, eps, out, residual_out,
               n_threads, return_stats):
+    fast = _kernels.add_norm_fast(rms, x, residual, normalized_shape, weight, bias, eps, out,
+                                  residual_out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     residual = same_shape_input(residual, "residual", x)
     shape, D = normalized_dims(x, normalized_shape)

@@ -47,6 +47,13 @@ static inline double fn_lanes_total(double* lanes) {
 /* sums of d^2 and d, d = x - shift */                                                         \
 static void fn_moments_##S(const uint16_t* x, Py_ssize_t n, float shift,                      \
                            double* sum_sq, double* sum_dev) {                                  \
+    if (n < FN_LANES) {  /* the tail loop alone */                                             \
+        float rq = 0, rs = 0;                                                                  \
+        for (Py_ssize_t k = 0; k < n; k++) { float d = LOAD1(x[k]) - shift; rq += d * d; rs += d; } \
+        *sum_sq = rq;                                                                          \
+        *sum_dev = rs;                                                                         \
+        return;                                                                                \
+    }                                                                                          \
     double lq[FN_LANES] = {0}, ls[FN_LANES] = {0};                                            \
     double tq = 0, ts = 0;                                                                     \
     const fn_vf vs = fn_vsplat(shift);                                                         \
@@ -158,6 +165,15 @@ static void fn_block_affine_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, fl
 static void fn_block_backward_sums_##S(const uint16_t* g, const uint16_t* x, Py_ssize_t n,    \
                                        float hi, float lo, double* sum_g, double* sum_gt,      \
                                        double* sum_t) {                                        \
+    if (n < FN_LANES) {  /* the tail loop alone */                                             \
+        float ra = 0, rb = 0, rc = 0;                                                          \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                   \
+            float gk = LOAD1(g[k]), t = (LOAD1(x[k]) - hi) - lo;                               \
+            ra += gk; rb += gk * t; rc += t;                                                   \
+        }                                                                                      \
+        *sum_g = ra; *sum_gt = rb; *sum_t = rc;                                                \
+        return;                                                                                \
+    }                                                                                          \
     double la[FN_LANES] = {0}, lb[FN_LANES] = {0}, lc[FN_LANES] = {0};                        \
     double ta = 0, tb = 0, tc = 0;                                                             \
     const fn_vf vh = fn_vsplat(hi), vl = fn_vsplat(lo);                                        \

@@ -425,6 +425,26 @@ static inline void fn_put_h(uint16_t* p, fn_vh h, int stream) {
     *(fn_vh*)p = h;
 }
 
+/* running statistics: buf = buf * (1 - m) + (m * v * factor) rounded to
+   buf's type, as NumPy evaluates `buf *= 1 - m; buf += (m * v).astype(...)`
+   (two roundings: no fused multiply-add) */
+__attribute__((optimize("fp-contract=off")))
+static void fn_blend_f(float* buf, const double* v, Py_ssize_t n, double m, double factor) {
+    const float keep = (float)(1.0 - m);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float scaled = buf[i] * keep;
+        buf[i] = scaled + (float)(m * (v[i] * factor));
+    }
+}
+
+__attribute__((optimize("fp-contract=off")))
+static void fn_blend_d(double* buf, const double* v, Py_ssize_t n, double m, double factor) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double scaled = buf[i] * (1.0 - m);
+        buf[i] = scaled + m * (v[i] * factor);
+    }
+}
+
 /* storage codes shared with the Cython kernels (enum Storage in _kernels.pxi) */
 #define FN_ST_NATIVE 0
 #define FN_ST_F16 1
