@@ -1423,3 +1423,125 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
     dims[1] = n_stats // N
     return (y, _stats_out(sm, n_stats, ctype, e, False, nd, dims),
             _stats_out(sv, n_stats, ctype, e, True, nd, dims))
+
+
+cdef bint _fast_stats(object a, int nd, Py_ssize_t d0, Py_ssize_t d1, double* dst):
+    """Saved statistics (a contiguous native float32 / float64 array of shape
+    (d0,) or (d0, d1)) copied into dst as doubles; False when not that."""
+    cdef cnp.ndarray b
+    cdef Py_ssize_t i, n = d0 * (d1 if nd == 2 else 1)
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    b = <cnp.ndarray>a
+    if (cnp.PyArray_NDIM(b) != nd or cnp.PyArray_DIMS(b)[0] != d0
+            or (nd == 2 and cnp.PyArray_DIMS(b)[1] != d1)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
+        return False
+    if cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT32:
+        for i in range(n):
+            dst[i] = (<float*>cnp.PyArray_DATA(b))[i]
+    elif cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT64:
+        for i in range(n):
+            dst[i] = (<double*>cnp.PyArray_DATA(b))[i]
+    else:
+        return False
+    return True
+
+
+cdef object _grad_as(object p, double* values, Py_ssize_t C):
+    """A parameter's gradient (C doubles) as a new array of p's dtype."""
+    cdef cnp.ndarray pa = <cnp.ndarray>p
+    cdef int t = cnp.PyArray_TYPE(pa)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(pa), t, 0)
+    cdef Py_ssize_t c
+    cdef bint dbl
+    cdef float* tmp
+    if t == cnp.NPY_FLOAT64:
+        for c in range(C):
+            (<double*>cnp.PyArray_DATA(out))[c] = values[c]
+    elif t == cnp.NPY_FLOAT32:
+        for c in range(C):
+            (<float*>cnp.PyArray_DATA(out))[c] = <float>values[c]
+    else:  # 16-bit: round once from float
+        tmp = <float*>malloc(C * sizeof(float) + 4)
+        if tmp == NULL:
+            raise MemoryError()
+        for c in range(C):
+            tmp[c] = <float>values[c]
+        fn_narrow(storage_of(t, &dbl), tmp, cnp.PyArray_DATA(out), C)
+        free(tmp)
+    return out
+
+
+def channel_backward_fast(int op, object grad_out, object x, object mean, object rstd,
+                          object weight, object bias, object batch_stats, object num_groups,
+                          object channel_axis, object n_threads):
+    """The fast path of batch_norm_backward (op 0), group_norm_backward (1)
+    and instance_norm_backward (2); NotImplemented for anything else."""
+    cdef cnp.ndarray xa
+    cdef Py_ssize_t N, C, S, cpg = 1, d0, d1 = 1
+    cdef bint cl, dbl, per_sample
+    cdef int nd
+    if not cnp.PyArray_CheckExact(x) or type(batch_stats) is not bool:
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum) or not _fast_array(grad_out, typenum)
+            or not _same_dims(<cnp.ndarray>grad_out, xa, 0)):
+        return NotImplemented
+    if not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0:
+        return NotImplemented
+    if op == OP_GROUP:
+        if type(num_groups) is not int or num_groups < 1 or C % num_groups:
+            return NotImplemented
+        cpg = C // num_groups
+        nd, d0, d1 = 2, N, num_groups
+    elif op == OP_INSTANCE:
+        if cnp.PyArray_NDIM(xa) < 3:
+            return NotImplemented
+        nd, d0, d1 = 2, N, C
+    else:
+        nd, d0 = 1, C
+    per_sample = op != OP_BATCH
+    cdef object wa = _fast_vec(weight, C, typenum, ctype)
+    cdef object ba = _fast_vec(bias, C, typenum, ctype)
+    if wa is NotImplemented or ba is NotImplemented:
+        return NotImplemented
+    cdef Py_ssize_t n_stats = d0 * d1
+    cdef double* buf = <double*>malloc((2 * n_stats + 2 * C) * sizeof(double) + 8)
+    if buf == NULL:
+        raise MemoryError()
+    cdef double* sm = buf
+    cdef double* sr = buf + n_stats
+    cdef double* gw = buf + 2 * n_stats
+    cdef double* gb = gw + C
+    if not _fast_stats(mean, nd, d0, d1, sm) or not _fast_stats(rstd, nd, d0, d1, sr):
+        free(buf)
+        return NotImplemented
+    cdef object dx = empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)
+    cdef int st = storage_of(typenum, &dbl)
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef const char* gp = <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_out)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* dp = <char*>cnp.PyArray_DATA(<cnp.ndarray>dx)
+    cdef void* w = _ptr_or_null(wa)
+    cdef double* gwp = gw if weight is not None else NULL
+    cdef double* gbp = gb if bias is not None else NULL
+    cdef bint bs = batch_stats
+    cdef int status
+    if not dbl:
+        with nogil:
+            status = _channel_backward[float](gp, xp, dp, st, cl, N, C, S, cpg, per_sample,
+                                              <const float*>w, sm, sr, bs, gwp, gbp, nth)
+    else:
+        with nogil:
+            status = _channel_backward[double](gp, xp, dp, st, cl, N, C, S, cpg, per_sample,
+                                               <const double*>w, sm, sr, bs, gwp, gbp, nth)
+    if status != 0:
+        free(buf)
+        raise MemoryError("fastnorm: out of memory in a channel normalization backward")
+    cdef object grad_w = _grad_as(weight, gw, C) if weight is not None else None
+    cdef object grad_b = _grad_as(bias, gb, C) if bias is not None else None
+    free(buf)
+    return dx, grad_w, grad_b

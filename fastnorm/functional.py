@@ -386,6 +386,10 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, train
 
     Returns (grad_x, grad_weight, grad_bias), None for a parameter that was None.
     """
+    fast = _kernels.channel_backward_fast(0, grad_out, x, mean, invstd, weight, bias,
+                                          bool(training), None, channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     mean = _channel_stat_input(mean, "mean", (layout.C,), cdt)
@@ -453,6 +457,10 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
 def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, bias=None, *,
                         channel_axis=1, n_threads=None):
     """Gradients of `group_norm`: (grad_x, grad_weight, grad_bias)."""
+    fast = _kernels.channel_backward_fast(1, grad_out, x, mean, rstd, weight, bias, True, num_groups,
+                                          channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     cpg = _groups(num_groups, layout.C)
@@ -518,6 +526,10 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
     """Gradients of `instance_norm`: (grad_x, grad_weight, grad_bias).
 
     use_input_stats=False: the statistics were running statistics (constants)."""
+    fast = _kernels.channel_backward_fast(2, grad_out, x, mean, rstd, weight, bias,
+                                          bool(use_input_stats), None, channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     shape = (layout.N, layout.C)
