@@ -6,6 +6,8 @@ Every forward takes keyword-only ``out=`` (``out is x`` runs in place),
 threadpoolctl) and ``return_stats=`` (also return what the backward needs).
 Inputs are never modified unless ``out`` aliases them.
 """
+import math
+
 import numpy as np
 
 from . import _config
@@ -591,7 +593,7 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_st
     eps = check_eps(eps)
     xm = x if dim == x.ndim - 1 else np.moveaxis(x, dim, -1)
     D = xm.shape[-1]
-    M = xm.size // D if D else int(np.prod(xm.shape[:-1]))
+    M = xm.size // D if D else int(math.prod(xm.shape[:-1]))
     rows = as_rows(xm, M, D, x.dtype)
     norms = np.empty(M, dtype=cdt) if return_stats else None
     if dim == x.ndim - 1:  # rows of x: the output allocator handles out= and in place
@@ -634,7 +636,7 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12, *, n_threads=
     xm = x if dim == x.ndim - 1 else np.moveaxis(x, dim, -1)
     gm = grad_out if dim == x.ndim - 1 else np.moveaxis(grad_out, dim, -1)
     D = xm.shape[-1]
-    M = int(np.prod(xm.shape[:-1]))
+    M = int(math.prod(xm.shape[:-1]))
     norm = stats_array(norm, "norm", xm.shape[:-1], M, cdt)
     dx = np.empty((M, D), dtype=x.dtype)
     if D > 0:
@@ -724,14 +726,15 @@ def _feature_rows(x, axis, name="x"):
     if x.ndim == 0:
         raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
     axis = _check_dim(axis, x.ndim, "axis")
-    moved = np.moveaxis(x, axis, 0)
+    moved = x if axis == 0 else np.moveaxis(x, axis, 0)
     N = moved.shape[0]
     stats_shape = moved.shape[1:]
-    F = int(np.prod(stats_shape))
+    F = int(math.prod(stats_shape))
     data = np.ascontiguousarray(moved).reshape(N, F)   # the kernels take the storage dtype
 
     def restore(m):
-        r = np.moveaxis(m.reshape(moved.shape), 0, axis)
+        r = m.reshape(moved.shape)
+        r = r if axis == 0 else np.moveaxis(r, 0, axis)
         return cast(r, x.dtype)
     return x, cdt, data, restore, stats_shape, N, F
 
@@ -751,7 +754,8 @@ def _feature_output(x, data, axis, cdt, out):
     if out is None:
         return _empty(data.shape, x.dtype), False
     check_out(out, x, x.dtype)
-    moved = np.moveaxis(out, _check_dim(axis, x.ndim, "axis"), 0)
+    axis = _check_dim(axis, x.ndim, "axis")
+    moved = out if axis == 0 else np.moveaxis(out, axis, 0)
     if moved.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
         return moved.reshape(data.shape), True
     return np.empty(data.shape, x.dtype), False
@@ -892,9 +896,11 @@ def _weight_rows(v, dim, name="v"):
         vm = v.reshape(1, -1) if v.size else v.reshape(1, 0)
         return vm, 1, v.size, (lambda a: a.reshape(v.shape)), None
     d = _check_dim(dim, v.ndim)
-    moved = np.moveaxis(v, d, 0)
+    moved = v if d == 0 else np.moveaxis(v, d, 0)
     M = moved.shape[0]
-    n = int(np.prod(moved.shape[1:]))
+    n = int(math.prod(moved.shape[1:]))
+    if d == 0:
+        return moved, M, n, (lambda a: a.reshape(moved.shape)), d
     return moved, M, n, (lambda a: np.moveaxis(a.reshape(moved.shape), 0, d)), d
 
 
