@@ -44,6 +44,7 @@ class Op:
     no_layer: Optional[str] = None  # why there is none
     default_shape: tuple = ()
     mutates: tuple = ()             # positional args the forward updates in place (running stats)
+    make_layer: Optional[Callable] = None   # (x, dtype) -> (layer, forward args)
 
     @property
     def forward(self):
@@ -173,9 +174,22 @@ def _min_max_scale(rng, dtype, shape):
 _ROWS = (4, 24)
 _CHANNELS = (2, 8, 3, 5)
 
+
+def _layer(cls, *args, **kwargs):
+    """A layer factory: cls(*args(x), dtype=..., **kwargs) applied to x."""
+    def make(x, dtype):
+        return getattr(nn, cls)(*(a(x) if callable(a) else a for a in args), dtype=dtype, **kwargs), (x,)
+    return make
+
+
+def _weight_norm_layer(v, dtype):
+    return nn.WeightNorm(v.astype(dtype)), ()
+
 OPS = [
-    Op("layer_norm", "rows", _layer_norm, "layer_norm_backward", layer="LayerNorm", default_shape=_ROWS),
-    Op("rms_norm", "rows", _rms_norm, "rms_norm_backward", layer="RMSNorm", default_shape=_ROWS),
+    Op("layer_norm", "rows", _layer_norm, "layer_norm_backward", layer="LayerNorm", default_shape=_ROWS,
+       make_layer=_layer("LayerNorm", lambda x: x.shape[-1])),
+    Op("rms_norm", "rows", _rms_norm, "rms_norm_backward", layer="RMSNorm", default_shape=_ROWS,
+       make_layer=_layer("RMSNorm", lambda x: x.shape[-1])),
     Op("add_layer_norm", "rows", _add_norm_example(False), "layer_norm_backward",
        no_layer="an inference fusion of x + residual and LayerNorm (train with LayerNorm)",
        default_shape=_ROWS),
@@ -185,17 +199,20 @@ OPS = [
     Op("normalize", "lp", _normalize, "normalize_backward",
        no_layer="a function in torch too (torch.nn.functional.normalize)", default_shape=_ROWS),
     Op("weight_norm", "lp", _weight_norm, "weight_norm_backward", layer="WeightNorm",
-       default_shape=(6, 4, 3)),
+       default_shape=(6, 4, 3), make_layer=_weight_norm_layer),
     Op("batch_norm", "channels", _batch_norm, "batch_norm_backward", layer="BatchNorm2d",
-       default_shape=_CHANNELS, mutates=(1, 2)),
+       default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("BatchNorm2d", lambda x: x.shape[1])),
     Op("group_norm", "channels", _group_norm, "group_norm_backward", layer="GroupNorm",
-       default_shape=_CHANNELS),
+       default_shape=_CHANNELS, make_layer=_layer("GroupNorm", 4, lambda x: x.shape[1])),
     Op("instance_norm", "channels", _instance_norm, "instance_norm_backward", layer="InstanceNorm2d",
-       default_shape=_CHANNELS),
+       default_shape=_CHANNELS,
+       make_layer=_layer("InstanceNorm2d", lambda x: x.shape[1], affine=True, track_running_stats=True)),
     Op("filter_response_norm", "frn", _frn, "filter_response_norm_backward",
-       layer="FilterResponseNorm", default_shape=_CHANNELS),
+       layer="FilterResponseNorm", default_shape=_CHANNELS,
+       make_layer=_layer("FilterResponseNorm", lambda x: x.shape[1])),
     Op("local_response_norm", "lrn", _lrn, "local_response_norm_backward",
-       layer="LocalResponseNorm", default_shape=_CHANNELS),
+       layer="LocalResponseNorm", default_shape=_CHANNELS,
+       make_layer=lambda x, dtype: (nn.LocalResponseNorm(3), (x,))),
     Op("standardize", "features", _standardize, "standardize_backward",
        no_layer="a data-pipeline transform (scikit-learn's StandardScaler), not a network layer",
        default_shape=(16, 5)),

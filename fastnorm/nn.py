@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from ._dtypes import COMPUTE, as_float_array
+
 from . import functional as F
 
 __all__ = [
@@ -112,7 +114,7 @@ class LayerNorm(Module):
     elementwise_affine : bool, default True: learnable ``weight`` (ones) and,
         if `bias`, ``bias`` (zeros).
     bias : bool, default True.
-    dtype : float32 (default) or float64.
+    dtype : float32 (default), float64, float16 or bfloat16 (ml_dtypes.bfloat16).
     """
 
     _parameter_names = ("weight", "bias")
@@ -152,7 +154,7 @@ class RMSNorm(Module):
     normalized_shape : int or tuple.
     eps : float or None (default: the machine epsilon of the input's dtype).
     elementwise_affine : bool, default True: learnable ``weight`` (ones).
-    dtype : float32 (default) or float64.
+    dtype : float32 (default), float64, float16 or bfloat16 (ml_dtypes.bfloat16).
     """
 
     _parameter_names = ("weight",)
@@ -200,8 +202,10 @@ class _BatchNorm(Module):
         self.weight = np.ones(num_features, dtype) if affine else None
         self.bias = np.zeros(num_features, dtype) if affine else None
         if track_running_stats:
-            self.running_mean = np.zeros(num_features, dtype)
-            self.running_var = np.ones(num_features, dtype)
+            # in the compute dtype: float32 for float16 / bfloat16 layers (the
+            # statistics of a 16-bit layer are kept at float32 precision)
+            self.running_mean = np.zeros(num_features, COMPUTE[dtype])
+            self.running_var = np.ones(num_features, COMPUTE[dtype])
             self.num_batches_tracked = np.array(0, dtype=np.int64)
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
@@ -353,9 +357,7 @@ class WeightNorm(Module):
 
     def __init__(self, weight, dim=0, centered=False):
         super().__init__()
-        weight = np.array(weight, copy=True)
-        if weight.dtype.kind != "f":
-            raise TypeError(f"weight must be a floating-point array, got dtype {weight.dtype}")
+        weight = np.array(as_float_array(weight, "weight")[0], copy=True)
         self.dim = dim
         self.centered = centered
         self.weight_v = weight

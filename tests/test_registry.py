@@ -63,6 +63,33 @@ def test_op_has_backward_twin_and_layer(op):
     else:
         layer = op.layer_class
         assert callable(getattr(layer, "forward")) and callable(getattr(layer, "backward"))
+        assert op.make_layer is not None, f"{op.name}: no layer factory for the layer tests"
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+@pytest.mark.parametrize("op", [o for o in _registry.OPS if o.layer], ids=lambda o: o.name)
+def test_layer_in_every_dtype(op, dtype, rng):
+    """Each layer built with dtype= runs forward and backward in that dtype,
+    agrees with its functional op, and its state dict round-trips."""
+    x = op.example(rng, dtype, op.default_shape).args[0]
+    layer, args = op.make_layer(x, dtype)
+    for name in layer._parameter_names:
+        p = getattr(layer, name)
+        if p is not None:
+            assert p.dtype == dtype, (op.name, name, p.dtype)
+    y = layer(*args)
+    assert y.dtype == dtype
+    g = np.linspace(-1, 1, y.size).reshape(y.shape).astype(dtype)
+    gx = layer.backward(g)
+    assert gx.dtype == dtype and gx.shape == (args[0].shape if args else y.shape)
+    twin, twin_args = op.make_layer(x, dtype)
+    twin.load_state_dict(layer.state_dict())
+    for name, value in layer.state_dict().items():
+        assert np.array_equal(value, twin.state_dict()[name], equal_nan=True), (op.name, name)
+    if layer.training:
+        layer.eval()
+        twin.eval()
+    assert np.array_equal(layer(*args), twin(*twin_args), equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
