@@ -1,29 +1,21 @@
-"""Argument checking and canonicalization shared by every op.
+"""Array arguments: layout canonicalization, the output policy, saved statistics.
 
-One mechanism per concern: `as_float_array` (dtype policy), `normalized_dims`
-(shape canonicalizer), `as_rows` (2-D view with contiguous rows for the
-kernels), `vector_param` (weight/bias), `Output` (the output allocator, incl.
-`out=` and in-place), `stats_array` (saved statistics given to a backward).
+One mechanism per concern, shared by every op: `normalized_dims` and
+`as_rows` (the row layout: a 2-D view with contiguous rows), `ChannelLayout`
+(the channel layout, channels-first or -last, features being channels with
+S = 1), `vector_param` / `ChannelLayout.channel_vector` (parameters),
+`Output`, `channel_output` / `restored_output` (where a kernel writes,
+`out=` and in place included), `stats_array` / `channel_stats_input`
+(saved statistics given to a backward).  The dtype policy is
+fastnorm._dtypes, the scalar checks fastnorm._args.
 """
 import numbers
 
 import numpy as np
 
+from ._args import check_eps  # noqa: F401 (re-exported)
 from ._buffers import empty as _empty
-from ._dtypes import COMPUTE
-
-from ._dtypes import as_float_array, cast, check_param_dtype  # noqa: F401 (re-exported)
-
-
-def check_eps(eps, name="eps"):
-    if type(eps) is float and eps >= 0.0:  # fast path
-        return eps
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {eps!r}")
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {eps!r}")
-    return eps
+from ._dtypes import COMPUTE, as_float_array, cast, check_param_dtype  # noqa: F401 (re-exported)
 
 
 def normalized_dims(x, normalized_shape, name="normalized_shape"):
@@ -260,3 +252,60 @@ class ChannelLayout:
             raise ValueError(f"{name} must have shape ({self.C},) (the channels), got {p.shape}")
         check_param_dtype(p, name, dtype, COMPUTE[dtype])
         return np.ascontiguousarray(p) if cdt is None else cast(np.ascontiguousarray(p), cdt)
+
+
+def lead_dims(x, nd):
+    """x's leading shape (the dims not normalized) and its size."""
+    lead = x.shape[: x.ndim - nd]
+    M = 1
+    for d in lead:
+        M *= d
+    return lead, M
+
+
+def stats_out(M, cdt, want):
+    return np.empty(M, dtype=cdt) if want else None
+
+
+def to_kernel_layout(a, layout):
+    """`a` (shaped like x) in the kernel layout of `layout`, C-contiguous."""
+    if layout.S == 1 or layout.cl:
+        v = np.moveaxis(a, layout.axis, -1) if layout.axis != a.ndim - 1 else a
+    else:
+        v = np.moveaxis(a, layout.axis, 1) if layout.axis != 1 else a
+    return np.ascontiguousarray(v)
+
+
+def channel_stats_input(s, name, shape, cdt):
+    if s is None:
+        raise TypeError(f"{name} must be the array the forward returned, got None")
+    s = np.asarray(s)
+    if s.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {s.dtype}")
+    if s.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {s.shape}")
+    return np.ascontiguousarray(s, dtype=np.float64).reshape(-1)
+
+
+def restored_output(x, y, cdt, out):
+    """y (already in x's axis order) in x's dtype, copied into `out` if given."""
+    y = cast(y, x.dtype)
+    if out is not None:
+        check_out(out, x, x.dtype)
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def channel_output(x, layout, data, cdt, out):
+    """Where a kernel reading `data` (x in the kernel's layout) writes: straight
+    into `out` when out's memory has that layout, is of the compute dtype and
+    is clear of the kernel's input; else into a fresh buffer
+    (_restored_output copies it).  Returns (buffer, direct)."""
+    if out is not None:
+        check_out(out, x, x.dtype)
+        if out.dtype == cdt and not np.may_share_memory(out, data):
+            view = layout.to_kernel(out)
+            if view is not None and view.shape == data.shape:
+                return view, True
+    return _empty(data.shape, cdt), False

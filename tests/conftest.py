@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from fastnorm import _config, functional
+from fastnorm import _config, _dispatch
 
 
 @pytest.fixture(params=_config.available_isas())
 def isa(request, monkeypatch):
     """Run a test once per instruction-set build this CPU can run."""
-    monkeypatch.setattr(functional, "_kernels", _config.load_isa(request.param))
+    monkeypatch.setattr(_dispatch, "kernels", _config.load_isa(request.param))
     return request.param
 
 

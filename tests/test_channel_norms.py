@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastnorm
-from fastnorm import nn
+from fastnorm import nn, _dispatch
 from fastnorm import reference as ref
 from conftest import numeric_gradient
 
@@ -302,17 +302,16 @@ def test_large_outputs(isa, rng, channel_axis):
 def test_streaming_path_gives_identical_results(isa, rng, op, channel_axis):
     """Large outputs take a streaming-store path; forced on for a small input
     it must give bitwise the results of the plain path."""
-    from fastnorm import functional
     x = make_input((3, 6, 7, 9), channel_axis, "contiguous", np.float32, rng)
     w = rng.standard_normal(6).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
-    previous = functional._kernels.set_stream_threshold(1 << 60)
+    previous = _dispatch.kernels.set_stream_threshold(1 << 60)
     try:
         plain = run(op, x, w, b, channel_axis, 2)[0]
-        functional._kernels.set_stream_threshold(0)
+        _dispatch.kernels.set_stream_threshold(0)
         streamed = run(op, x, w, b, channel_axis, 2)[0]
     finally:
-        functional._kernels.set_stream_threshold(previous)
+        _dispatch.kernels.set_stream_threshold(previous)
     for a, c in zip(plain, streamed):
         np.testing.assert_array_equal(a, c)
 
@@ -325,7 +324,6 @@ def test_channels_last_widths(isa, rng, C, dtype):
     through flat tiles; each sample spans more than one 64-row block.  Every
     width against the reference, and the streaming path bitwise equal to the
     plain one (whole aligned vectors stream, other rows fall back)."""
-    from fastnorm import functional
     x = make_input((2, C, 9, 11), -1, "contiguous", dtype, rng, offset=3.0)
     w = (rng.standard_normal(C) + 1).astype(dtype)
     b = rng.standard_normal(C).astype(dtype)
@@ -335,11 +333,11 @@ def test_channels_last_widths(isa, rng, C, dtype):
         ours, theirs = run(op, x, w, b, -1, 2, G=G)
         for a, r in zip(ours, theirs):
             np.testing.assert_allclose(a, r, rtol=tol, atol=tol * max(1.0, float(np.abs(r).max())))
-        previous = functional._kernels.set_stream_threshold(0)
+        previous = _dispatch.kernels.set_stream_threshold(0)
         try:
             streamed = run(op, x, w, b, -1, 2, G=G)[0]
         finally:
-            functional._kernels.set_stream_threshold(previous)
+            _dispatch.kernels.set_stream_threshold(previous)
         for a, c in zip(ours, streamed):
             np.testing.assert_array_equal(a, c)
 
@@ -348,17 +346,16 @@ def test_channels_last_widths(isa, rng, C, dtype):
 def test_streaming_backward_eval_keeps_nonfinite_out(isa, rng, channel_axis):
     """Eval backward is g * w * invstd: an inf in x must not leak into grad_x,
     on the plain and on the streaming path."""
-    from fastnorm import functional
     x = make_input((3, 6, 7, 9), channel_axis, "contiguous", np.float32, rng)
     x[0, 0, 0, 0] = np.inf
     g = np.ones_like(x)
     m, s = np.zeros(6, np.float32), np.ones(6, np.float32)
-    previous = functional._kernels.set_stream_threshold(0)
+    previous = _dispatch.kernels.set_stream_threshold(0)
     try:
         gx = fastnorm.batch_norm_backward(g, x, m, s, np.ones(6, np.float32), None, False,
                                           channel_axis=channel_axis)[0]
     finally:
-        functional._kernels.set_stream_threshold(previous)
+        _dispatch.kernels.set_stream_threshold(previous)
     assert np.isfinite(gx).all()
 
 

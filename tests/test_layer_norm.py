@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import reference as ref
+from fastnorm import reference as ref, _dispatch
 from conftest import numeric_gradient, tol
 from zoo import LAYOUTS, SHAPES, make, norm_shape_of
 
@@ -292,7 +292,6 @@ def test_large_output_streaming_path(isa, rng):
 def test_streaming_path_gives_identical_results(isa, rng, op, affine):
     """Large outputs take a streaming-store path; forced on for a small input
     (rows of any alignment) it must give bitwise the plain path's results."""
-    from fastnorm import functional
     x = rng.standard_normal((37, 101)).astype(np.float32)
     w = rng.standard_normal(101).astype(np.float32) if "w" in affine else None
     b = rng.standard_normal(101).astype(np.float32) if "b" in affine else None
@@ -300,11 +299,11 @@ def test_streaming_path_gives_identical_results(isa, rng, op, affine):
         call = lambda: fastnorm.layer_norm(x, None, w, b, n_threads=2)
     else:
         call = lambda: fastnorm.rms_norm(x, None, w, n_threads=2)
-    previous = functional._kernels.set_stream_threshold(1 << 60)
+    previous = _dispatch.kernels.set_stream_threshold(1 << 60)
     try:
         plain = call()
-        functional._kernels.set_stream_threshold(0)
+        _dispatch.kernels.set_stream_threshold(0)
         streamed = call()
     finally:
-        functional._kernels.set_stream_threshold(previous)
+        _dispatch.kernels.set_stream_threshold(previous)
     np.testing.assert_array_equal(plain, streamed)

@@ -1,0 +1,47 @@
+"""fastnorm's functional API: forward and backward of each normalization.
+
+Names, argument order, defaults and formulas follow torch.nn.functional.
+Every forward takes keyword-only ``out=`` (``out is x`` runs in place),
+``n_threads=`` (None = the OpenMP default, which follows OMP_NUM_THREADS and
+threadpoolctl) and ``return_stats=`` (also return what the backward needs).
+Inputs are never modified unless ``out`` aliases them.
+
+One module per op family: rows (LayerNorm, RMSNorm, fused add + norm),
+channels (BatchNorm, GroupNorm, InstanceNorm), lp (normalize, WeightNorm),
+features (standardize, min_max_scale), frn, lrn.  Each op is arguments ->
+layout canonicalizer (fastnorm._validation) -> output policy -> the typed
+kernel dispatch (fastnorm._dispatch), with a C-level fast entry first.
+"""
+from .rows import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, add_layer_norm, add_rms_norm  # noqa: F401
+from .channels import batch_norm, batch_norm_backward, group_norm, group_norm_backward, instance_norm, instance_norm_backward  # noqa: F401
+from .lp import normalize, normalize_backward, weight_norm, weight_norm_backward  # noqa: F401
+from .features import standardize, standardize_backward, min_max_scale, min_max_scale_backward  # noqa: F401
+from .frn import filter_response_norm, filter_response_norm_backward  # noqa: F401
+from .lrn import local_response_norm, local_response_norm_backward  # noqa: F401
+
+__all__ = [
+    "layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
+    "add_layer_norm",
+    "add_rms_norm",
+    "batch_norm",
+    "batch_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
+    "normalize",
+    "normalize_backward",
+    "weight_norm",
+    "weight_norm_backward",
+    "standardize",
+    "standardize_backward",
+    "min_max_scale",
+    "min_max_scale_backward",
+    "filter_response_norm",
+    "filter_response_norm_backward",
+    "local_response_norm",
+    "local_response_norm_backward",
+]

@@ -1,0 +1,284 @@
+"""Channel normalizations: BatchNorm, GroupNorm, InstanceNorm.
+
+One channel engine (``_channel_kernels.pxi``) serves the three, channels-first
+and channels-last; see its header for the statistics each op pools."""
+import numpy as np
+
+from .. import _dispatch
+from .._args import check_eps, check_momentum, check_groups
+from .._validation import (
+    ChannelLayout,
+    as_float_array,
+    channel_stats_input,
+    check_out,
+    same_shape_input,
+    to_kernel_layout,
+)
+
+__all__ = ["batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward"]
+
+
+def _running_buffer(a, name, C):
+    """A running statistic updated in place: None, or a float (C,) ndarray."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), got {type(a).__name__}")
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},), got {a.shape}")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    return a
+
+
+def _blend_running(buf, value, momentum):
+    """buf = (1 - momentum) * buf + momentum * value(), in place; nothing (and
+    value is not computed) when buf is None."""
+    if buf is not None:
+        buf *= 1.0 - momentum
+        buf += (momentum * value()).astype(buf.dtype)
+
+
+def _channel_run(x, layout, cdt, cpg, per_sample, weight, bias, eps, batch_stats,
+                 st_mean, st_var, out, n_threads):
+    """Run the channel forward kernel; returns y in x's axis order (into `out` if given)."""
+    # the kernels take the data in its storage dtype, the parameters in the compute dtype
+    w = layout.channel_vector(weight, "weight", x.dtype, cdt)
+    b = layout.channel_vector(bias, "bias", x.dtype, cdt)
+    data = layout.data
+    y_k = None
+    if out is not None:
+        check_out(out, x, x.dtype)
+        y_k = layout.to_kernel(out)
+        if y_k is not None and y_k is not data and np.may_share_memory(y_k, data) and not (
+                y_k.__array_interface__["data"][0] == data.__array_interface__["data"][0]):
+            y_k = None  # partial overlap with x: go through a temporary
+        if y_k is not None:
+            _dispatch.kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg,
+                                     per_sample, w, b, eps, batch_stats, st_mean, st_var, n_threads)
+            return out
+    y_k = layout.empty(x.dtype)
+    _dispatch.kernels.channel_forward(data, y_k, layout.cl, layout.N, layout.C, layout.S, cpg, per_sample,
+                             w, b, eps, batch_stats, st_mean, st_var, n_threads)
+    y = layout.restore(y_k)
+    if out is not None:
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, n_threads=None,
+               return_stats=False):
+    """Batch normalization, as torch.nn.functional.batch_norm.
+
+    y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c per channel c.
+    Training: mean and biased var over every axis but the channel axis, and
+    running_mean / running_var (if given) updated in place:
+    running = (1 - momentum) * running + momentum * batch statistic, with the
+    unbiased variance.  Eval: the running statistics, folded into one
+    scale-and-shift pass.
+
+    Parameters
+    ----------
+    x : (N, C, *spatial) float array, or (N, *spatial, C) with channel_axis=-1.
+    running_mean, running_var : float (C,) arrays or None (training only).
+    weight, bias : (C,) arrays of x's dtype, optional.
+    channel_axis : 1 (channels-first, default) or -1 (channels-last).
+    return_stats : also return (mean, invstd) of shape (C,): the batch's in
+        training, the running ones in eval; `batch_norm_backward` takes them.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32)
+    >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    >>> y = batch_norm(x, rm, rv, training=True)
+    >>> bool(abs(y.mean(axis=(0, 2, 3))).max() < 1e-5)
+    True
+    """
+    fast = _dispatch.kernels.channel_norm_fast(0, x, running_mean, running_var, weight, bias, training,
+                                      momentum, eps, None, channel_axis, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    C = layout.C
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    running_mean = _running_buffer(running_mean, "running_mean", C)
+    running_var = _running_buffer(running_var, "running_var", C)
+    st_mean = np.empty(C, np.float64)
+    st_var = np.empty(C, np.float64)
+    if training:
+        count = layout.N * layout.S
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when training=False")
+        st_mean[:] = running_mean
+        st_var[:] = running_var
+    y = _channel_run(x, layout, cdt, 1, False, weight, bias, eps, training, st_mean, st_var,
+                     out, n_threads)
+    if training:
+        _blend_running(running_mean, lambda: st_mean, momentum)
+        _blend_running(running_var, lambda: st_var * (count / (count - 1)), momentum)
+    if not return_stats:
+        return y
+    invstd = 1.0 / np.sqrt(st_var + eps)
+    return y, st_mean.astype(cdt), invstd.astype(cdt)
+
+
+def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, training=True, *,
+                        channel_axis=1, n_threads=None):
+    """Gradients of `batch_norm`, given the (mean, invstd) it returned.
+
+    Training, with xhat = (x - mean) * invstd and m values per channel:
+    grad_x = invstd * w * (g - mean_c(g) - xhat * mean_c(g * xhat)).
+    Eval: grad_x = g * w * invstd.  grad_weight = sum_c(g * xhat), grad_bias = sum_c(g).
+
+    Returns (grad_x, grad_weight, grad_bias), None for a parameter that was None.
+    """
+    fast = _dispatch.kernels.channel_backward_fast(0, grad_out, x, mean, invstd, weight, bias,
+                                          bool(training), None, channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    mean = channel_stats_input(mean, "mean", (layout.C,), cdt)
+    invstd = channel_stats_input(invstd, "invstd", (layout.C,), cdt)
+    return _channel_backward_common(grad_out, x, layout, cdt, 1, False, mean, invstd,
+                                    weight, bias, bool(training), n_threads)
+
+
+def _channel_backward_common(grad_out, x, layout, cdt, cpg, per_sample, mean, rstd, weight, bias,
+                             batch_stats, n_threads):
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    g = to_kernel_layout(grad_out, layout)
+    w = layout.channel_vector(weight, "weight", x.dtype, cdt)
+    if bias is not None:
+        layout.channel_vector(bias, "bias", x.dtype, cdt)
+    data = layout.data
+    dx_k = layout.empty(x.dtype)
+    grad_w = np.empty(layout.C, np.float64) if weight is not None else None
+    grad_b = np.empty(layout.C, np.float64) if bias is not None else None
+    _dispatch.kernels.channel_backward(g, data, dx_k, layout.cl, layout.N, layout.C, layout.S, cpg,
+                              per_sample, w, mean, rstd, batch_stats, grad_w, grad_b, n_threads)
+    dx = layout.restore(dx_k)
+    return (dx,
+            None if grad_w is None else grad_w.astype(np.asarray(weight).dtype),
+            None if grad_b is None else grad_b.astype(np.asarray(bias).dtype))
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None,
+               n_threads=None, return_stats=False):
+    """Group normalization, as torch.nn.functional.group_norm.
+
+    The C channels are split into num_groups groups of C/num_groups adjacent
+    channels; each (sample, group) is normalized with its own mean and biased
+    variance, then y = xhat * weight_c + bias_c.
+
+    Returns y, or (y, mean, rstd) with mean/rstd of shape (N, num_groups).
+    """
+    fast = _dispatch.kernels.channel_norm_fast(1, x, None, None, weight, bias, True, 0.0, eps, num_groups,
+                                      channel_axis, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    cpg = check_groups(num_groups, layout.C)
+    eps = check_eps(eps)
+    n_stats = layout.N * int(num_groups)
+    st_mean = np.empty(n_stats, np.float64)
+    st_var = np.empty(n_stats, np.float64)
+    y = _channel_run(x, layout, cdt, cpg, True, weight, bias, eps, True, st_mean, st_var,
+                     out, n_threads)
+    if not return_stats:
+        return y
+    shape = (layout.N, int(num_groups))
+    return y, st_mean.astype(cdt).reshape(shape), (1.0 / np.sqrt(st_var + eps)).astype(cdt).reshape(shape)
+
+
+def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, bias=None, *,
+                        channel_axis=1, n_threads=None):
+    """Gradients of `group_norm`: (grad_x, grad_weight, grad_bias)."""
+    fast = _dispatch.kernels.channel_backward_fast(1, grad_out, x, mean, rstd, weight, bias, True, num_groups,
+                                          channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    cpg = check_groups(num_groups, layout.C)
+    shape = (layout.N, int(num_groups))
+    mean = channel_stats_input(mean, "mean", shape, cdt)
+    rstd = channel_stats_input(rstd, "rstd", shape, cdt)
+    return _channel_backward_common(grad_out, x, layout, cdt, cpg, True, mean, rstd, weight, bias,
+                                    True, n_threads)
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1, out=None,
+                  n_threads=None, return_stats=False):
+    """Instance normalization, as torch.nn.functional.instance_norm.
+
+    Each (sample, channel) is normalized over its spatial positions.  With
+    use_input_stats and running statistics given, these are updated in place
+    with the batch-mean of the per-instance mean and unbiased variance (as
+    torch).  use_input_stats=False normalizes with the running statistics.
+
+    Returns y, or (y, mean, rstd) with mean/rstd of shape (N, C).
+    """
+    fast = _dispatch.kernels.channel_norm_fast(2, x, running_mean, running_var, weight, bias,
+                                      True if use_input_stats is True else None, momentum, eps, None,
+                                      channel_axis, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    N, C, S = layout.N, layout.C, layout.S
+    if x.ndim < 3:
+        raise ValueError(f"x must have at least 3 dimensions (N, C, *spatial), got shape {x.shape}")
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    running_mean = _running_buffer(running_mean, "running_mean", C)
+    running_var = _running_buffer(running_var, "running_var", C)
+    if use_input_stats:
+        if S <= 1:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
+        st_mean = np.empty(N * C, np.float64)
+        st_var = np.empty(N * C, np.float64)
+        y = _channel_run(x, layout, cdt, 1, True, weight, bias, eps, True, st_mean, st_var,
+                         out, n_threads)
+        _blend_running(running_mean, lambda: st_mean.reshape(N, C).mean(axis=0), momentum)
+        _blend_running(running_var, lambda: (st_var.reshape(N, C) * (S / (S - 1))).mean(axis=0), momentum)
+        mean_nc, var_nc = st_mean, st_var
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when use_input_stats=False")
+        st_mean = np.asarray(running_mean, np.float64).copy()
+        st_var = np.asarray(running_var, np.float64).copy()
+        y = _channel_run(x, layout, cdt, 1, False, weight, bias, eps, False, st_mean, st_var,
+                         out, n_threads)
+        mean_nc, var_nc = np.tile(st_mean, N), np.tile(st_var, N)
+    if not return_stats:
+        return y
+    return (y, mean_nc.astype(cdt).reshape(N, C),
+            (1.0 / np.sqrt(var_nc + eps)).astype(cdt).reshape(N, C))
+
+
+def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *,
+                           channel_axis=1, n_threads=None):
+    """Gradients of `instance_norm`: (grad_x, grad_weight, grad_bias).
+
+    use_input_stats=False: the statistics were running statistics (constants)."""
+    fast = _dispatch.kernels.channel_backward_fast(2, grad_out, x, mean, rstd, weight, bias,
+                                          bool(use_input_stats), None, channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    shape = (layout.N, layout.C)
+    mean = channel_stats_input(mean, "mean", shape, cdt)
+    rstd = channel_stats_input(rstd, "rstd", shape, cdt)
+    return _channel_backward_common(grad_out, x, layout, cdt, 1, True, mean, rstd, weight, bias,
+                                    bool(use_input_stats), n_threads)

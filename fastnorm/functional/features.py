@@ -1,0 +1,273 @@
+"""Feature scaling of a data matrix: standardize (z-score) and min_max_scale.
+
+The column statistics and transforms are the channel engine's channels-last
+passes with S = 1 (``_channel_kernels.pxi``)."""
+import math
+import numpy as np
+
+from .. import _dispatch
+from .._buffers import empty as _empty
+from .._args import check_dim
+from .._dtypes import cast
+from .._validation import (
+    as_float_array,
+    check_out,
+    same_shape_input,
+)
+
+__all__ = ["standardize", "standardize_backward", "min_max_scale", "min_max_scale_backward"]
+
+
+def _feature_rows(x, axis, name="x"):
+    """x as a C-contiguous (samples, features) matrix: samples along `axis`,
+    every other dim a feature; returns (matrix, restore, stats shape)."""
+    x, cdt = as_float_array(x, name)
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
+    axis = check_dim(axis, x.ndim, "axis")
+    moved = x if axis == 0 else np.moveaxis(x, axis, 0)
+    N = moved.shape[0]
+    stats_shape = moved.shape[1:]
+    F = int(math.prod(stats_shape))
+    data = np.ascontiguousarray(moved).reshape(N, F)   # the kernels take the storage dtype
+
+    def restore(m):
+        r = m.reshape(moved.shape)
+        r = r if axis == 0 else np.moveaxis(r, 0, axis)
+        return cast(r, x.dtype)
+    return x, cdt, data, restore, stats_shape, N, F
+
+
+def _feature_stat(v, name, shape):
+    v = np.asarray(v)
+    if v.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real array, got dtype {v.dtype}")
+    if v.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (x without the sample axis), got {v.shape}")
+    return np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+
+
+def _feature_output(x, data, axis, cdt, out):
+    """Where the (samples, features) kernel writes: `out` itself when it has
+    the kernel's layout (and is not a partial overlap of x), else a new array."""
+    if out is None:
+        return _empty(data.shape, x.dtype), False
+    check_out(out, x, x.dtype)
+    axis = check_dim(axis, x.ndim, "axis")
+    moved = out if axis == 0 else np.moveaxis(out, axis, 0)
+    if moved.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
+        return moved.reshape(data.shape), True
+    return np.empty(data.shape, x.dtype), False
+
+
+def _finish_features(x, y_k, restore, out, direct):
+    if direct:
+        return out
+    y = restore(y_k)
+    if out is not None:
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def _nan_ignoring_moments(data, mean_v, var_v, count):
+    """Redo, leaving NaN out, the moments of the features whose fast moments
+    came out non-finite (a NaN or inf in the feature; rare, so in NumPy)."""
+    bad = np.flatnonzero(~(np.isfinite(mean_v) & np.isfinite(var_v)))
+    if bad.size == 0:
+        return
+    sub = data[:, bad].astype(np.float64)
+    nan = np.isnan(sub)
+    with_nan = nan.any(axis=0)
+    if not with_nan.any():
+        return
+    cols, sub, nan = bad[with_nan], sub[:, with_nan], nan[:, with_nan]
+    n = (~nan).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(nan, 0.0, sub).sum(axis=0) / n
+        dev = np.where(nan, 0.0, sub - m)
+        mean_v[cols] = m
+        var_v[cols] = (dev * dev).sum(axis=0) / n
+    count[cols] = n
+
+
+def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_std=True,
+                out=None, n_threads=None, return_stats=False):
+    """Z-score every feature: z = (x - mean) / std over the samples along `axis`.
+
+    As scikit-learn's StandardScaler: the standard deviation uses `ddof`
+    (default 0, the biased one); a feature whose std is 0 (constant) is scaled
+    by 1, so it comes out as 0 (or as x - mean); NaN is a missing value,
+    left out of its feature's statistics and kept as NaN in z (an infinite
+    value makes its feature's statistics NaN).  Given `mean` and `std` (from
+    an earlier call with return_stats=True), they are applied instead of
+    computed: the fit / transform split.  Statistics are accurate for features
+    with a large offset (moments about each feature's first value, merged with
+    Chan's formula).
+
+    Returns z, or (z, mean, std) with return_stats; mean and std have x's
+    shape without `axis`.
+
+    Examples
+    --------
+    >>> standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    array([[-1.,  0.],
+           [ 1.,  0.]])
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together (or neither)")
+    if mean is None:
+        if N - ddof <= 0:
+            raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
+        mean_v = np.empty(F, np.float64)
+        var_v = np.empty(F, np.float64)
+        _dispatch.kernels.channel_moments(data, True, N, F, 1, mean_v, var_v, n_threads)
+        count = np.full(F, float(N))
+        _nan_ignoring_moments(data, mean_v, var_v, count)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std_v = np.sqrt(var_v * (count / (count - ddof)))
+        std_v[count - ddof <= 0] = np.nan
+    else:
+        mean_v = _feature_stat(mean, "mean", sshape)
+        std_v = _feature_stat(std, "std", sshape)
+    centre = mean_v if with_mean else np.zeros(F)
+    scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
+    y_k, direct = _feature_output(x, data, axis, cdt, out)
+    _dispatch.kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(centre),
+                            np.ascontiguousarray(scale), np.zeros(F), n_threads)
+    z = _finish_features(x, y_k, restore, out, direct)
+    if not return_stats:
+        return z
+    return z, mean_v.reshape(sshape), std_v.reshape(sshape)
+
+
+def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=True, with_std=True,
+                         fitted=True, n_threads=None):
+    """Gradient of `standardize` w.r.t. x.
+
+    fitted=True (the statistics were computed from x): with z = (x - mean) / std
+    and N samples, grad = (g - mean(g)) / std - z / std * sum(g * z) / (N - ddof);
+    a feature with std 0 (scaled by 1) gets g - mean(g); a feature holding NaN
+    gets NaN (its statistics depend on the NaN entries' z).  fitted=False (mean
+    and std were given): they are constants and grad = g / std.
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    data = cast(data, cdt)  # the backward runs in the compute dtype
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    g = np.ascontiguousarray(np.moveaxis(grad_out, check_dim(axis, x.ndim, "axis"), 0),
+                             dtype=cdt).reshape(N, F)
+    mean_v = _feature_stat(mean, "mean", sshape)
+    std_v = _feature_stat(std, "std", sshape)
+    scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
+    if not fitted:
+        return restore(g * scale.astype(cdt))
+    if not with_std:  # z = x - mean (or x): the mean's gradient only
+        return restore(g - g.mean(axis=0) if with_mean else g)
+    if not with_mean:  # z = x / std, std still taken about the mean
+        xc = data - mean_v
+        dot = (g * data).sum(axis=0)
+        grad = g * scale - xc * (dot * scale ** 3 / max(N - ddof, 1))
+        grad[:, std_v == 0] = g[:, std_v == 0]
+        return restore(grad.astype(cdt))
+    # The BatchNorm backward with rstd' = c / std and weight 1 / c, c = sqrt(N / (N - ddof)),
+    # is exactly this gradient (and g - mean(g) for std 0, where rstd' = c).
+    if N - ddof <= 0:
+        raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
+    c = np.sqrt(N / (N - ddof))
+    dx = np.empty((N, F), cdt)
+    _dispatch.kernels.channel_backward(g, data, dx, True, N, F, 1, 1, False, np.full(F, 1.0 / c, cdt),
+                              np.ascontiguousarray(mean_v), np.ascontiguousarray(c * scale), True,
+                              None, None, n_threads)
+    return restore(dx)
+
+
+def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_max=None,
+                  out=None, n_threads=None, return_stats=False):
+    """Scale every feature to `feature_range`: y = (x - min) / (max - min) * (hi - lo) + lo.
+
+    As scikit-learn's MinMaxScaler: NaN is ignored when finding min and max
+    (and stays NaN); a constant feature (max == min) is divided by 1, so it
+    comes out as `lo`.  Given data_min and data_max they are applied instead of
+    computed (fit / transform).
+
+    Returns y, or (y, data_min, data_max) with return_stats.
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    try:
+        lo, hi = (float(v) for v in feature_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"feature_range must be a pair of numbers, got {feature_range!r}") from None
+    if not lo < hi:
+        raise ValueError(f"feature_range must be (min, max) with min < max, got {feature_range!r}")
+    if (data_min is None) != (data_max is None):
+        raise ValueError("data_min and data_max must be given together (or neither)")
+    if data_min is None:
+        if N == 0:
+            raise ValueError("need at least one sample along axis to find min and max")
+        mn = np.empty(F, np.float64)
+        mx = np.empty(F, np.float64)
+        _dispatch.kernels.column_minmax(data, N, F, mn, mx, n_threads)
+        all_nan = mn > mx  # only NaN in the feature
+        mn[all_nan] = np.nan
+        mx[all_nan] = np.nan
+    else:
+        mn = _feature_stat(data_min, "data_min", sshape)
+        mx = _feature_stat(data_max, "data_max", sshape)
+    span = mx - mn
+    scale = (hi - lo) / np.where(span == 0, 1.0, span)
+    y_k, direct = _feature_output(x, data, axis, cdt, out)
+    _dispatch.kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(mn),
+                            np.ascontiguousarray(scale), np.full(F, lo), n_threads)
+    y = _finish_features(x, y_k, restore, out, direct)
+    if not return_stats:
+        return y
+    return y, mn.reshape(sshape), mx.reshape(sshape)
+
+
+def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_range=(0.0, 1.0), *,
+                           fitted=True, n_threads=None):
+    """Gradient of `min_max_scale` w.r.t. x.
+
+    Every element gets g * scale, scale = (hi - lo) / (max - min).  fitted=True
+    (min and max came from x) adds, at each feature's first minimum,
+    sum_j g_j * ((y_j - lo) / (max - min) - scale) and, at its first maximum,
+    -sum_j g_j (y_j - lo) / (max - min).  A constant feature (max == min) is
+    treated as scaled by the constant hi - lo; a feature holding NaN gets NaN
+    there, as the loss is NaN.
+    """
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    data = cast(data, cdt)  # the backward runs in the compute dtype
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    d = check_dim(axis, x.ndim, "axis")
+    g = np.ascontiguousarray(np.moveaxis(grad_out, d, 0), dtype=cdt).reshape(N, F)
+    lo, hi = (float(v) for v in feature_range)
+    mn = _feature_stat(data_min, "data_min", sshape)
+    mx = _feature_stat(data_max, "data_max", sshape)
+    span = mx - mn
+    scale = (hi - lo) / np.where(span == 0, 1.0, span)
+    grad = np.empty((N, F), cdt)
+    _dispatch.kernels.channel_affine(g, grad, True, N, F, 1, np.zeros(F), np.ascontiguousarray(scale),
+                            np.zeros(F), n_threads)
+    if fitted and N > 0:
+        # per feature: sum g and sum g * (x - min), from the channel backward's sums
+        sum_g = np.empty(F)
+        sum_gx = np.empty(F)
+        scratch = np.empty((N, F), cdt)
+        _dispatch.kernels.channel_backward(g, data, scratch, True, N, F, 1, 1, False, None,
+                                  np.ascontiguousarray(np.nan_to_num(mn)), np.ones(F), False,
+                                  sum_gx, sum_g, n_threads)
+        varying = (span != 0) & np.isfinite(span)
+        ratio = np.where(varying, scale / np.where(span == 0, 1.0, span), 0.0)
+        d_min = np.where(varying, sum_gx * ratio - scale * sum_g, 0.0)   # dL/dmin
+        d_max = np.where(varying, -sum_gx * ratio, 0.0)                   # dL/dmax
+        cols = np.arange(F)
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(mn)
+            arg_min = np.nanargmin(np.where(np.isnan(data), np.inf, data), axis=0)
+            arg_max = np.nanargmax(np.where(np.isnan(data), -np.inf, data), axis=0)
+        grad[arg_min[finite], cols[finite]] += d_min[finite].astype(cdt)
+        grad[arg_max[finite], cols[finite]] += d_max[finite].astype(cdt)
+    return restore(grad)

@@ -1,0 +1,64 @@
+"""Local Response Normalization across channels (``_lrn_kernels.pxi``)."""
+import numpy as np
+
+from .. import _dispatch
+from .._buffers import empty as _empty
+from .._args import check_lrn_args
+from .._dtypes import cast
+from .._validation import (
+    ChannelLayout,
+    as_float_array,
+    channel_output,
+    restored_output,
+    same_shape_input,
+    to_kernel_layout,
+)
+
+__all__ = ["local_response_norm", "local_response_norm_backward"]
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1, out=None,
+                        n_threads=None, return_stats=False):
+    """Local response normalization across channels, as
+    torch.nn.functional.local_response_norm.
+
+    scale_c = k + alpha / size * sum of x_j^2 over the zero-padded window of
+    channels j in [c - size//2, c + (size-1)//2]; y = x * scale^-beta.  The
+    window sums slide (O(1) per element whatever `size`).  x has 3 or more dims.
+
+    Returns y, or (y, scale) with return_stats (scale shaped like x), for
+    `local_response_norm_backward`.  Channels-first and channels-last memory
+    both run without a copy of x.
+    """
+    x, cdt = as_float_array(x, "x")
+    size, alpha, beta, k = check_lrn_args(x, size, alpha, beta, k)
+    layout = ChannelLayout(x, channel_axis)
+    data = layout.data_as(cdt)
+    y_k, direct = channel_output(x, layout, data, cdt, out)
+    scale = np.empty(data.shape, cdt) if return_stats else None
+    _dispatch.kernels.lrn_forward(data, y_k, scale, layout.cl, layout.N, layout.C, layout.S, size, alpha,
+                         beta, k, n_threads)
+    y = out if direct else restored_output(x, layout.restore(y_k), cdt, out)
+    return (y, layout.restore(scale)) if return_stats else y
+
+
+def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75, k=1.0, *,
+                                 channel_axis=1, n_threads=None):
+    """Gradient of `local_response_norm` w.r.t. x, given the scale it returned:
+    grad_i = g_i scale_i^-beta - 2 alpha beta / size * x_i *
+    sum over the channels c whose window holds i of g_c x_c scale_c^(-beta-1)."""
+    x, cdt = as_float_array(x, "x")
+    size, alpha, beta, k = check_lrn_args(x, size, alpha, beta, k)
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    scale = np.asarray(scale)
+    if scale.dtype.kind != "f":
+        raise TypeError(f"scale must be a floating-point array, got dtype {scale.dtype}")
+    if scale.shape != x.shape:
+        raise ValueError(f"scale must have the shape of x {x.shape}, got {scale.shape}")
+    layout = ChannelLayout(x, channel_axis)
+    data = layout.data_as(cdt)
+    dx = _empty(data.shape, cdt)
+    _dispatch.kernels.lrn_backward(cast(to_kernel_layout(grad_out, layout), cdt), data,
+                          cast(to_kernel_layout(scale, layout), cdt), dx, layout.cl,
+                          layout.N, layout.C, layout.S, size, alpha, beta, n_threads)
+    return cast(layout.restore(dx), x.dtype)
