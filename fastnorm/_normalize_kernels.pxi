@@ -305,15 +305,16 @@ def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, c
 
 cdef void _weight_norm_rows(const char* vb, Py_ssize_t vs, char* wb, Py_ssize_t ws,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, const floating* g,
-                            bint centered, double* norms, double* means) noexcept nogil:
+                            bint centered, double* norms, double* means, int storage,
+                            floating* scratch) noexcept nogil:
     cdef Py_ssize_t r, k
     cdef const floating* v
     cdef floating* w
     cdef double mean, m2, nrm
     cdef floating scale, hi
     for r in range(r0, r1):
-        v = <const floating*>(vb + r * vs)
-        w = <floating*>(wb + r * ws)
+        v = _row_in(storage, scratch, 0, n, vb + r * vs)
+        w = _row_out(storage, scratch, 1, n, wb + r * ws)
         if centered:
             _block_moments(v, n, &mean, &m2)
             nrm = sqrt(m2)
@@ -330,12 +331,14 @@ cdef void _weight_norm_rows(const char* vb, Py_ssize_t vs, char* wb, Py_ssize_t 
         else:
             for k in range(n):
                 w[k] = v[k] * scale
+        _row_done(storage, scratch, 1, n, wb + r * ws)
 
 
 cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char* vb, Py_ssize_t vs,
                                      char* gvb, Py_ssize_t gvs, Py_ssize_t r0, Py_ssize_t r1,
                                      Py_ssize_t n, const floating* g, bint centered,
-                                     const floating* norms, floating* grad_g) noexcept nogil:
+                                     const floating* norms, floating* grad_g, int storage,
+                                     floating* scratch) noexcept nogil:
     """With u = v (- mean), N = ||u||, d = sum(gw * u):
     grad_g = d / N, grad_v = g / N * (gw - u * d / N^2) (minus its row mean when centered)."""
     cdef Py_ssize_t r, k
@@ -345,9 +348,9 @@ cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char
     cdef double nrm, dot, sum_gw, sum_t, mean, m2
     cdef floating a, c, hi, off
     for r in range(r0, r1):
-        gw = <const floating*>(gwb + r * gws)
-        v = <const floating*>(vb + r * vs)
-        gv = <floating*>(gvb + r * gvs)
+        gw = _row_in(storage, scratch, 0, n, gwb + r * gws)
+        v = _row_in(storage, scratch, 1, n, vb + r * vs)
+        gv = _row_out(storage, scratch, 2, n, gvb + r * gvs)
         nrm = norms[r]
         if centered:
             # the row mean again (one pass over the cached row), then
@@ -368,16 +371,17 @@ cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char
         else:
             for k in range(n):
                 gv[k] = a * gw[k] - c * v[k]
+        _row_done(storage, scratch, 2, n, gvb + r * gvs)
 
 
 def weight_norm_forward(cnp.ndarray v, cnp.ndarray w, cnp.ndarray g, bint centered,
                         cnp.ndarray norms, cnp.ndarray means, object n_threads):
-    """v, w: (M, n) rows; g: contiguous (M,) of v's dtype; norms, means: float64 (M,) outputs."""
+    """v, w: (M, n) rows; g: contiguous (M,) of the compute dtype; norms, means: float64 (M,) outputs."""
     cdef int typenum = cnp.PyArray_TYPE(v)
     cdef Py_ssize_t M = v.shape[0], n = v.shape[1]
     _check_rows(v, typenum, M, n, "v")
     _check_rows(w, typenum, M, n, "w")
-    _check_flat(g, typenum, M, "g")
+    _check_flat(g, _kernel_typenum(typenum), M, "g")
     _check_flat(norms, cnp.NPY_FLOAT64, M, "norms")
     _check_flat(means, cnp.NPY_FLOAT64, M, "means")
     cdef int nth = resolve_threads(n_threads, M * n)
@@ -388,20 +392,28 @@ def weight_norm_forward(cnp.ndarray v, cnp.ndarray w, cnp.ndarray g, bint center
     cdef double* np_ = <double*>cnp.PyArray_DATA(norms)
     cdef double* mp = <double*>cnp.PyArray_DATA(means)
     cdef int c
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef float* scratch = NULL
     if M == 0:
         return
     if nth > M:
         nth = <int>M
-    if typenum == cnp.NPY_FLOAT32:
+    scratch = _stage_scratch(storage, nth, 2, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_rows[float](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
-                                         n, <const float*>gp, centered, np_, mp)
+                                         n, <const float*>gp, centered, np_, mp, storage,
+                                         scratch + c * 2 * n if scratch != NULL else NULL)
     else:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_rows[double](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
-                                          n, <const double*>gp, centered, np_, mp)
+                                          n, <const double*>gp, centered, np_, mp, storage, NULL)
+    free(scratch)
 
 
 def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, cnp.ndarray g,
@@ -412,9 +424,10 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
     _check_rows(v, typenum, M, n, "v")
     _check_rows(grad_w, typenum, M, n, "grad_w")
     _check_rows(grad_v, typenum, M, n, "grad_v")
-    _check_flat(g, typenum, M, "g")
-    _check_flat(grad_g, typenum, M, "grad_g")
-    _check_flat(norms, typenum, M, "norms")
+    cdef int ctype = _kernel_typenum(typenum)
+    _check_flat(g, ctype, M, "g")
+    _check_flat(grad_g, ctype, M, "grad_g")
+    _check_flat(norms, ctype, M, "norms")
     cdef int nth = resolve_threads(n_threads, M * n)
     cdef const char* gwb = <const char*>cnp.PyArray_DATA(grad_w)
     cdef const char* vb = <const char*>cnp.PyArray_DATA(v)
@@ -424,19 +437,27 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
     cdef void* ggp = cnp.PyArray_DATA(grad_g)
     cdef void* np_ = cnp.PyArray_DATA(norms)
     cdef int c
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef float* scratch = NULL
     if M == 0:
         return
     if nth > M:
         nth = <int>M
-    if typenum == cnp.NPY_FLOAT32:
+    scratch = _stage_scratch(storage, nth, 3, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_backward_rows[float](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
                                                   _part_start(M, nth, c + 1), n, <const float*>gp,
-                                                  centered, <const float*>np_, <float*>ggp)
+                                                  centered, <const float*>np_, <float*>ggp, storage,
+                                                  scratch + c * 3 * n if scratch != NULL else NULL)
     else:
         with nogil:
             for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_backward_rows[double](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
                                                    _part_start(M, nth, c + 1), n, <const double*>gp,
-                                                   centered, <const double*>np_, <double*>ggp)
+                                                   centered, <const double*>np_, <double*>ggp, storage, NULL)
+    free(scratch)

@@ -6,7 +6,7 @@ import numpy as np
 from .. import _dispatch
 from .._buffers import empty as _empty
 from .._args import check_eps, check_p, check_dim
-from .._dtypes import cast
+from .._dtypes import cast, check_param_dtype
 from .._validation import (
     Output,
     as_float_array,
@@ -132,11 +132,10 @@ def _g_vector(g, v, d, M, cdt):
     if g is None:
         raise TypeError("g must be an array, got None")
     g = np.asarray(g)
-    if g.dtype != v.dtype:
-        raise TypeError(f"g must have the dtype of v ({v.dtype}), got {g.dtype}")
+    check_param_dtype(g, "g", v.dtype, cdt)
     if g.size != M or (g.ndim > 1 and g.shape != _g_shape(v, d)):
         raise ValueError(f"g must have shape {_g_shape(v, d)} (or ({M},)), got {g.shape}")
-    return np.ascontiguousarray(g, dtype=cdt).reshape(M)
+    return cast(np.ascontiguousarray(g), cdt).reshape(M)
 
 
 def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return_stats=False):
@@ -194,10 +193,9 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads
     if norm.dtype.kind != "f":
         raise TypeError(f"norm must be a floating-point array, got dtype {norm.dtype}")
     norm = np.ascontiguousarray(norm, dtype=cdt).reshape(M)
-    grad_v = _empty((M, n), cdt)
+    grad_v = _empty((M, n), v.dtype)
     grad_g = np.empty(M, cdt)
-    _dispatch.kernels.weight_norm_backward(as_rows(gm, M, n, cdt), as_rows(vm, M, n, cdt), grad_v, gv,
-                                  bool(centered), norm, grad_g, n_threads)
-    gshape = np.shape(g)
-    return (cast(restore(grad_v), v.dtype),
-            grad_g.reshape(gshape).astype(v.dtype, copy=False))
+    _dispatch.kernels.weight_norm_backward(as_rows(gm, M, n, v.dtype), as_rows(vm, M, n, v.dtype),
+                                           grad_v, gv, bool(centered), norm, grad_g, n_threads)
+    g = np.asarray(g)
+    return restore(grad_v), cast(grad_g, g.dtype).reshape(g.shape)
