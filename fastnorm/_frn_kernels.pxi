@@ -118,16 +118,23 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
                 cnp.ndarray weight, cnp.ndarray bias, object tau, double eps, cnp.ndarray rstd,
                 object n_threads):
     """x, y: C-contiguous (N, C, S), or (N, S, C) when cl; weight, bias, tau:
-    contiguous (C,) of x's dtype (tau may be None); rstd: (N*C,) output of x's dtype."""
+    contiguous (C,) of the compute dtype (tau may be None); rstd: (N*C,) output of
+    the compute dtype.  16-bit x: channels-first only (blocks staged through
+    float32 scratch)."""
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    if storage != ST_NATIVE and cl:
+        raise ValueError("internal: 16-bit channels-last FRN is computed in float32")
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
-    _check_flat(weight, typenum, C, "weight")
-    _check_flat(bias, typenum, C, "bias")
-    _check_flat(rstd, typenum, N * C, "rstd")
+    _check_flat(weight, ctype, C, "weight")
+    _check_flat(bias, ctype, C, "bias")
+    _check_flat(rstd, ctype, N * C, "rstd")
     cdef bint has_tau = tau is not None
     if has_tau:
-        _check_flat(<cnp.ndarray>tau, typenum, C, "tau")
+        _check_flat(<cnp.ndarray>tau, ctype, C, "tau")
     cdef int nth = resolve_threads(n_threads, N * C * S)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* yp = cnp.PyArray_DATA(y)
@@ -154,7 +161,23 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
         if status != 0:
             raise MemoryError()
         return
-    if typenum == cnp.NPY_FLOAT32:
+    cdef float* scratch = _stage_scratch(storage, nth, 2, S)
+    cdef float* sc
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging blocks")
+    if storage != ST_NATIVE:
+        with nogil:
+            for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                c = bl % C
+                sc = scratch + 2 * S * omp_get_thread_num()
+                _frn_block_forward[float](_row_in(storage, sc, 0, S, <const char*>xp + 2 * bl * S),
+                                          sc + S, S, eps,
+                                          (<const float*>wp)[c], (<const float*>bp)[c],
+                                          (<const float*>tp)[c] if has_tau else 0, has_tau,
+                                          <float*>rp + bl)
+                _row_done(storage, sc, 1, S, <char*>yp + 2 * bl * S)
+        free(scratch)
+    elif typenum == cnp.NPY_FLOAT32:
         with nogil:
             for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 c = bl % C
@@ -179,10 +202,15 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
     """g, x, dx in x's layout (as frn_forward); grad_w, grad_b, grad_tau:
     float64 (C,) outputs (per-block sums added in a fixed order)."""
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef bint dbl
+    cdef int storage = storage_of(typenum, &dbl)
+    if storage != ST_NATIVE and cl:
+        raise ValueError("internal: 16-bit channels-last FRN is computed in float32")
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(g, typenum, N * C * S, "grad_out")
     _check_flat(dx, typenum, N * C * S, "grad_x")
-    _check_flat(rstd, typenum, N * C, "rstd")
+    _check_flat(rstd, ctype, N * C, "rstd")
     cdef bint has_tau = tau is not None
     cdef int nth = resolve_threads(n_threads, N * C * S)
     cdef void* gp = cnp.PyArray_DATA(g)
@@ -219,8 +247,28 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
     cdef double* sums = <double*>malloc(3 * N * C * sizeof(double) + 8)
     if sums == NULL:
         raise MemoryError()
+    cdef float* scratch = NULL
+    cdef float* sc
     if N * C * S > 0:
-        if typenum == cnp.NPY_FLOAT32:
+        if storage != ST_NATIVE:
+            scratch = _stage_scratch(storage, nth, 3, S)
+            if scratch == NULL:
+                free(sums)
+                raise MemoryError("fastnorm: could not allocate the staging blocks")
+            with nogil:
+                for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                    c = bl % C
+                    sc = scratch + 3 * S * omp_get_thread_num()
+                    _frn_block_backward[float](_row_in(storage, sc, 0, S, <const char*>gp + 2 * bl * S),
+                                               _row_in(storage, sc, 1, S, <const char*>xp + 2 * bl * S),
+                                               sc + 2 * S, S, (<const float*>wp)[c],
+                                               (<const float*>bp)[c],
+                                               (<const float*>tp)[c] if has_tau else 0, has_tau,
+                                               (<const float*>rp)[bl], &sums[3 * bl], &sums[3 * bl + 1],
+                                               &sums[3 * bl + 2])
+                    _row_done(storage, sc, 2, S, <char*>dp + 2 * bl * S)
+            free(scratch)
+        elif typenum == cnp.NPY_FLOAT32:
             with nogil:
                 for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                     c = bl % C

@@ -4,7 +4,7 @@ import numpy as np
 from .. import _dispatch
 from .._buffers import empty as _empty
 from .._args import check_eps
-from .._dtypes import cast
+from .._dtypes import HALF, cast, check_param_dtype
 from .._validation import (
     ChannelLayout,
     as_float_array,
@@ -26,9 +26,15 @@ def _frn_param(p, name, C, dtype, cdt, required=True):
     p = np.asarray(p)
     if p.size != C or (p.ndim > 1 and sorted(d for d in p.shape if d != 1) != ([C] if C != 1 else [])):
         raise ValueError(f"{name} must have {C} values (shape ({C},) or (1, {C}, 1, ...)), got shape {p.shape}")
-    if p.dtype != dtype:
-        raise TypeError(f"{name} must have the dtype of x ({dtype}), got {p.dtype}")
-    return np.ascontiguousarray(p, dtype=cdt).reshape(C)
+    check_param_dtype(p, name, dtype, cdt)
+    return cast(np.ascontiguousarray(p), cdt).reshape(C)
+
+
+def _kernel_dtype(x, layout, cdt):
+    """The dtype the FRN kernels read and write: x's own, except 16-bit
+    channels-last data, which is computed from a float32 copy (the
+    channels-last kernels have no 16-bit variant yet)."""
+    return cdt if (x.dtype in HALF and layout.cl) else x.dtype
 
 
 def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1, out=None,
@@ -50,8 +56,9 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     eps = check_eps(eps)
-    data = layout.data_as(cdt)
-    y_k, direct = channel_output(x, layout, data, cdt, out)
+    kdt = _kernel_dtype(x, layout, cdt)
+    data = layout.data_as(kdt)
+    y_k, direct = channel_output(x, layout, data, kdt, out)
     rstd = np.empty(N * C, cdt)
     _dispatch.kernels.frn_forward(data, y_k, layout.cl, N, C, S, w, b, t, eps, rstd, n_threads)
     y = out if direct else restored_output(x, layout.restore(y_k), cdt, out)
@@ -70,13 +77,14 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     grad_out = same_shape_input(grad_out, "grad_out", x)
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
-    g = cast(to_kernel_layout(grad_out, layout), cdt)
+    kdt = _kernel_dtype(x, layout, cdt)
+    g = cast(to_kernel_layout(grad_out, layout), kdt)
     w = _frn_param(weight, "weight", C, x.dtype, cdt)
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     rstd = channel_stats_input(rstd, "rstd", (N, C), cdt).astype(cdt)
-    data = layout.data_as(cdt)
-    dx = _empty(data.shape, cdt)
+    data = layout.data_as(kdt)
+    dx = _empty(data.shape, kdt)
     gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)
     _dispatch.kernels.frn_backward(g, data, dx, layout.cl, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
     grad_x = cast(layout.restore(dx), x.dtype)
