@@ -461,3 +461,166 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
                                                    _part_start(M, nth, c + 1), n, <const double*>gp,
                                                    centered, <const double*>np_, <double*>ggp, storage, NULL)
     free(scratch)
+
+
+cdef object _fast_rowvec(object p, Py_ssize_t M, int typenum, int ctype):
+    """g or norm for weight_norm's fast path: an exact contiguous native
+    array of M values (shape (M,) or (M, 1, ...)) in the compute dtype, or
+    in x's 16-bit dtype (widened); NotImplemented otherwise."""
+    cdef cnp.ndarray a, wide
+    cdef int k
+    cdef bint dbl
+    if not cnp.PyArray_CheckExact(p):
+        return NotImplemented
+    a = <cnp.ndarray>p
+    if (cnp.PyArray_NDIM(a) < 1 or cnp.PyArray_DIMS(a)[0] != M or cnp.PyArray_SIZE(a) != M
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return NotImplemented
+    if cnp.PyArray_TYPE(a) == ctype:
+        return a
+    if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:
+        wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+        fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide), M)
+        return wide
+    return NotImplemented
+
+
+cdef bint _weight_norm_fast_args(object v, object dim, object centered, Py_ssize_t* M,
+                                 Py_ssize_t* n):
+    """v is an exact C-contiguous ndarray of a kernel dtype normalized along dim 0."""
+    cdef int nd
+    cdef cnp.ndarray va
+    if not cnp.PyArray_CheckExact(v) or type(centered) is not bool or type(dim) is not int:
+        return False
+    va = <cnp.ndarray>v
+    nd = cnp.PyArray_NDIM(va)
+    if (nd < 1 or not (dim == 0 or dim == -nd) or _kernel_typenum(cnp.PyArray_TYPE(va)) < 0
+            or not _fast_array(v, cnp.PyArray_TYPE(va))):
+        return False
+    M[0] = cnp.PyArray_DIMS(va)[0]
+    n[0] = cnp.PyArray_SIZE(va) // M[0] if M[0] > 0 else 0
+    return M[0] > 0 and n[0] > 0
+
+
+def weight_norm_fast(object v, object g, object dim, object centered, object out, object n_threads,
+                     bint return_stats):
+    """Fast path of weight_norm (dim 0, new output); NotImplemented otherwise."""
+    cdef cnp.ndarray va
+    cdef Py_ssize_t M, n, r
+    cdef bint dbl
+    if out is not None or not _weight_norm_fast_args(v, dim, centered, &M, &n):
+        return NotImplemented
+    va = <cnp.ndarray>v
+    cdef int typenum = cnp.PyArray_TYPE(va)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef object ga = _fast_rowvec(g, M, typenum, ctype)
+    if ga is NotImplemented:
+        return NotImplemented
+    cdef object w = empty_array(cnp.PyArray_NDIM(va), cnp.PyArray_DIMS(va), typenum)
+    cdef double* buf = <double*>malloc(2 * M * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef int c
+    cdef bint cen = centered
+    cdef Py_ssize_t row = n * cnp.PyArray_ITEMSIZE(va)
+    cdef const char* vb = <const char*>cnp.PyArray_DATA(va)
+    cdef char* wb = <char*>cnp.PyArray_DATA(<cnp.ndarray>w)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>ga)
+    if nth > M:
+        nth = <int>M
+    cdef float* scratch = _stage_scratch(storage, nth, 2, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        free(buf)
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                _weight_norm_rows[float](vb, row, wb, row, _part_start(M, nth, c), _part_start(M, nth, c + 1),
+                                         n, <const float*>gp, cen, buf, buf + M, storage,
+                                         scratch + c * 2 * n if scratch != NULL else NULL)
+    else:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                _weight_norm_rows[double](vb, row, wb, row, _part_start(M, nth, c), _part_start(M, nth, c + 1),
+                                          n, <const double*>gp, cen, buf, buf + M, storage, NULL)
+    free(scratch)
+    if not return_stats:
+        free(buf)
+        return w
+    # the norm in torch's shape: v's size along dim 0, 1 elsewhere
+    cdef cnp.npy_intp[32] dims
+    cdef int k, nd = cnp.PyArray_NDIM(va)
+    if nd > 32:
+        free(buf)
+        return NotImplemented
+    dims[0] = M
+    for k in range(1, nd):
+        dims[k] = 1
+    cdef object norm = cnp.PyArray_EMPTY(nd, dims, ctype, 0)
+    for r in range(M):
+        if ctype == cnp.NPY_FLOAT32:
+            (<float*>cnp.PyArray_DATA(<cnp.ndarray>norm))[r] = <float>buf[r]
+        else:
+            (<double*>cnp.PyArray_DATA(<cnp.ndarray>norm))[r] = buf[r]
+    free(buf)
+    return w, norm
+
+
+def weight_norm_backward_fast(object grad_w, object v, object g, object norm, object dim,
+                              object centered, object n_threads):
+    """Fast path of weight_norm_backward (dim 0); NotImplemented otherwise."""
+    cdef cnp.ndarray va
+    cdef Py_ssize_t M, n
+    cdef bint dbl
+    if not _weight_norm_fast_args(v, dim, centered, &M, &n):
+        return NotImplemented
+    va = <cnp.ndarray>v
+    cdef int typenum = cnp.PyArray_TYPE(va)
+    cdef int ctype = _kernel_typenum(typenum)
+    if not _fast_array(grad_w, typenum) or not _same_dims(<cnp.ndarray>grad_w, va, 0):
+        return NotImplemented
+    cdef object ga = _fast_rowvec(g, M, typenum, ctype)
+    if ga is NotImplemented or not _fast_array(norm, ctype) or cnp.PyArray_SIZE(<cnp.ndarray>norm) != M:
+        return NotImplemented
+    if (cnp.PyArray_TYPE(<cnp.ndarray>g) != ctype and cnp.PyArray_TYPE(<cnp.ndarray>g) != typenum):
+        return NotImplemented
+    cdef object grad_v = empty_array(cnp.PyArray_NDIM(va), cnp.PyArray_DIMS(va), typenum)
+    cdef object grad_g = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>g), cnp.PyArray_DIMS(<cnp.ndarray>g),
+                                          ctype, 0)
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef int c
+    cdef bint cen = centered
+    cdef Py_ssize_t row = n * cnp.PyArray_ITEMSIZE(va)
+    cdef const char* gwb = <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_w)
+    cdef const char* vb = <const char*>cnp.PyArray_DATA(va)
+    cdef char* gvb = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad_v)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>ga)
+    cdef void* np_ = cnp.PyArray_DATA(<cnp.ndarray>norm)
+    cdef void* ggp = cnp.PyArray_DATA(<cnp.ndarray>grad_g)
+    if nth > M:
+        nth = <int>M
+    cdef float* scratch = _stage_scratch(storage, nth, 3, n)
+    if storage != ST_NATIVE and scratch == NULL:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+    if not dbl:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                _weight_norm_backward_rows[float](gwb, row, vb, row, gvb, row, _part_start(M, nth, c),
+                                                  _part_start(M, nth, c + 1), n, <const float*>gp,
+                                                  cen, <const float*>np_, <float*>ggp, storage,
+                                                  scratch + c * 3 * n if scratch != NULL else NULL)
+    else:
+        with nogil:
+            for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                _weight_norm_backward_rows[double](gwb, row, vb, row, gvb, row, _part_start(M, nth, c),
+                                                   _part_start(M, nth, c + 1), n, <const double*>gp,
+                                                   cen, <const double*>np_, <double*>ggp, storage, NULL)
+    free(scratch)
+    if cnp.PyArray_TYPE(<cnp.ndarray>g) != ctype:  # 16-bit g: its gradient in its dtype
+        out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>g), cnp.PyArray_DIMS(<cnp.ndarray>g), typenum, 0)
+        fn_narrow(storage, <const float*>ggp, cnp.PyArray_DATA(<cnp.ndarray>out), M)
+        grad_g = out
+    return grad_v, grad_g

@@ -154,6 +154,9 @@ def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return
     >>> weight_norm(np.array([[3.0, 4.0]]), np.array([[10.0]]))
     array([[6., 8.]])
     """
+    fast = _dispatch.kernels.weight_norm_fast(v, g, dim, centered, out, n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     v, cdt = as_float_array(v, "v")
     if v.ndim == 0:
         raise ValueError("v must have at least 1 dimension, got a 0-d array")
@@ -182,6 +185,9 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads
     grad_g = d / N; grad_v = g / N * (grad_w - u * d / N^2), minus its mean
     over the normalized dims when centered.
     """
+    fast = _dispatch.kernels.weight_norm_backward_fast(grad_w, v, g, norm, dim, centered, n_threads)
+    if fast is not NotImplemented:
+        return fast
     v, cdt = as_float_array(v, "v")
     grad_w = same_shape_input(grad_w, "grad_w", v, "v")
     vm, M, n, restore, d = _weight_rows(v, dim)
