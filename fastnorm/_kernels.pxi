@@ -1668,16 +1668,47 @@ cdef int _add_norm_run(bint rms, int storage, bint dbl, const char* xb, Py_ssize
     return 0
 
 
+cdef inline bint _bytes_overlap(object a, object b):
+    """Whether two arrays (b may be None) that are contiguous blocks share bytes."""
+    cdef char* pa
+    cdef char* pb
+    if b is None:
+        return False
+    pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
+
+
+cdef object _fast_add_output(object target, cnp.ndarray x, object residual, object other,
+                             object weight, object bias):
+    """Where the fused add + norm writes one of its outputs: a new array, x or
+    residual themselves (each row is read before it is written), or a
+    separate writeable contiguous array clear of every other argument; None
+    when the general path must decide."""
+    if target is None:
+        return empty_array(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x))
+    if target is x or target is residual:
+        return target if cnp.PyArray_ISWRITEABLE(<cnp.ndarray>target) else None
+    if (not _fast_array(target, cnp.PyArray_TYPE(x)) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>target)
+            or not _same_dims(<cnp.ndarray>target, x, 0)):
+        return None
+    if (_bytes_overlap(target, x) or _bytes_overlap(target, residual)
+            or (other is not None and cnp.PyArray_CheckExact(other) and _bytes_overlap(target, other))
+            or (weight is not None and _bytes_overlap(target, weight))
+            or (bias is not None and _bytes_overlap(target, bias))):
+        return None
+    return target
+
+
 def add_norm_fast(bint rms, object x, object residual, object normalized_shape, object weight,
                   object bias, object eps, object out, object residual_out, object n_threads,
                   bint return_stats):
-    """Fast path of add_layer_norm / add_rms_norm (see layer_norm_fast): new
-    outputs only (out / residual_out given: the general path)."""
+    """Fast path of add_layer_norm / add_rms_norm (see layer_norm_fast)."""
     cdef Py_ssize_t M, n
     cdef double e = 0.0
     cdef cnp.ndarray xa
     cdef bint dbl
-    if out is not None or residual_out is not None or not cnp.PyArray_CheckExact(x):
+    if (out is not None and out is residual_out) or not cnp.PyArray_CheckExact(x):
         return NotImplemented
     xa = <cnp.ndarray>x
     cdef int typenum = cnp.PyArray_TYPE(xa)
@@ -1697,9 +1728,10 @@ def add_norm_fast(bint rms, object x, object residual, object normalized_shape, 
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // n
-    cdef int nd = cnp.PyArray_NDIM(xa)
-    cdef object y = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
-    cdef object h = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
+    cdef object y = _fast_add_output(out, xa, residual, residual_out, wa, ba)
+    cdef object h = _fast_add_output(residual_out, xa, residual, out, wa, ba)
+    if y is None or h is None:
+        return NotImplemented
     cdef object mean = _stats_like_lead(xa, k, ctype) if return_stats and not rms else None
     cdef object rstd = _stats_like_lead(xa, k, ctype) if return_stats else None
     cdef int nth = resolve_threads(n_threads, M * n)

@@ -504,11 +504,11 @@ cdef bint _weight_norm_fast_args(object v, object dim, object centered, Py_ssize
 
 def weight_norm_fast(object v, object g, object dim, object centered, object out, object n_threads,
                      bint return_stats):
-    """Fast path of weight_norm (dim 0, new output); NotImplemented otherwise."""
+    """Fast path of weight_norm (dim 0); NotImplemented otherwise."""
     cdef cnp.ndarray va
     cdef Py_ssize_t M, n, r
     cdef bint dbl
-    if out is not None or not _weight_norm_fast_args(v, dim, centered, &M, &n):
+    if not _weight_norm_fast_args(v, dim, centered, &M, &n):
         return NotImplemented
     va = <cnp.ndarray>v
     cdef int typenum = cnp.PyArray_TYPE(va)
@@ -516,7 +516,10 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
     cdef object ga = _fast_rowvec(g, M, typenum, ctype)
     if ga is NotImplemented:
         return NotImplemented
-    cdef object w = empty_array(cnp.PyArray_NDIM(va), cnp.PyArray_DIMS(va), typenum)
+    # a new w, v itself (each row is read before it is written), or a separate out
+    cdef object w = _fast_output(va, out)
+    if w is None or (out is not None and _bytes_overlap(w, ga)):
+        return NotImplemented
     cdef double* buf = <double*>malloc(2 * M * sizeof(double))
     if buf == NULL:
         raise MemoryError()

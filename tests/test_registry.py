@@ -292,9 +292,18 @@ def test_fast_entries_agree_with_the_general_path(op, dtype, rng, monkeypatch):
         grads = grads if isinstance(grads, tuple) else (grads,)
         return list(res) + [args[i] for i in op.mutates] + [gr for gr in grads if gr is not None]
 
-    fast = run()
+    def run_out():
+        """The forward into preallocated out= (and residual_out= for the fused ops)."""
+        args = tuple(np.array(a, copy=True) if i in op.mutates else a for i, a in enumerate(call.args))
+        extra = {"out": np.empty_like(args[0])}
+        if op.name.startswith("add_"):
+            extra["residual_out"] = np.empty_like(args[0])
+        res = op.forward(*args, **call.kwargs, **extra)
+        return list(res) if isinstance(res, tuple) else [res]
+
+    fast = run() + run_out()
     monkeypatch.setattr(_dispatch, "kernels", _NoFastPaths(_dispatch.kernels))
-    general = run()
+    general = run() + run_out()
     assert len(fast) == len(general)
     for k, (a, b) in enumerate(zip(fast, general)):
         assert a.dtype == b.dtype and a.shape == b.shape, (op.name, k)
