@@ -18,7 +18,7 @@
 # split in two floats (exact centering for large offsets in float32).
 
 from libc.string cimport memcpy
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, isfinite
 
 cdef enum:
     CL_FLUSH_ROWS = 16       # tiles accumulated in `floating` before a flush to double
@@ -1545,3 +1545,140 @@ def channel_backward_fast(int op, object grad_out, object x, object mean, object
     cdef object grad_b = _grad_as(bias, gb, C) if bias is not None else None
     free(buf)
     return dx, grad_w, grad_b
+
+
+# ---------------------------------------------------------------- fast entries: feature scaling
+
+cdef object _fast_feature_stat(object a, Py_ssize_t F):
+    """Given statistics: an exact contiguous native float64 array of F values
+    (any shape of that size is the general path's job), or None."""
+    if not cnp.PyArray_CheckExact(a):
+        return None
+    cdef cnp.ndarray b = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(b) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(b) != 1 or cnp.PyArray_DIMS(b)[0] != F
+            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
+        return None
+    return b
+
+
+cdef bint _fast_features(object x, object axis, Py_ssize_t* N, Py_ssize_t* F):
+    """x is an exact C-contiguous 2-D ndarray of a kernel dtype scaled along axis 0."""
+    cdef cnp.ndarray xa
+    if not cnp.PyArray_CheckExact(x) or type(axis) is not int or axis != 0:
+        return False
+    xa = <cnp.ndarray>x
+    if (cnp.PyArray_NDIM(xa) != 2 or _kernel_typenum(cnp.PyArray_TYPE(xa)) < 0
+            or not _fast_array(x, cnp.PyArray_TYPE(xa))):
+        return False
+    N[0] = cnp.PyArray_DIMS(xa)[0]
+    F[0] = cnp.PyArray_DIMS(xa)[1]
+    return N[0] > 0 and F[0] > 0
+
+
+def standardize_fast(object x, object axis, object ddof, object mean, object std, object with_mean,
+                     object with_std, object out, object n_threads, bint return_stats):
+    """Fast path of standardize: a 2-D C-contiguous x along axis 0, fitted
+    (no NaN / inf in the statistics: else the general path) or with given
+    float64 (F,) statistics."""
+    cdef Py_ssize_t N, F, f
+    if (not _fast_features(x, axis, &N, &F) or type(ddof) is not int or ddof < 0
+            or type(with_mean) is not bool or type(with_std) is not bool or (mean is None) != (std is None)):
+        return NotImplemented
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    cdef cnp.npy_intp nf = F
+    cdef object mean_v, std_v, var_v
+    cdef double* mp
+    cdef double* sp
+    cdef double* vp
+    if mean is None:
+        if N - ddof <= 0:
+            return NotImplemented
+        mean_v = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+        var_v = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+        channel_moments(xa, True, N, F, 1, mean_v, var_v, n_threads)
+        mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean_v)
+        vp = <double*>cnp.PyArray_DATA(<cnp.ndarray>var_v)
+        for f in range(F):
+            if not (isfinite(mp[f]) and isfinite(vp[f])):
+                return NotImplemented  # NaN as a missing value: the general path's NumPy pass
+        std_v = var_v
+        sp = vp
+        for f in range(F):  # the general path's sqrt(var * (count / (count - ddof)))
+            sp[f] = sqrt(vp[f] * (<double>N / <double>(N - ddof)))
+    else:
+        mean_v = _fast_feature_stat(mean, F)
+        std_v = _fast_feature_stat(std, F)
+        if mean_v is None or std_v is None:
+            return NotImplemented
+        mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean_v)
+        sp = <double*>cnp.PyArray_DATA(<cnp.ndarray>std_v)
+    cdef object coef = cnp.PyArray_ZEROS(1, &nf, cnp.NPY_FLOAT64, 0)
+    cdef object centre = cnp.PyArray_ZEROS(1, &nf, cnp.NPY_FLOAT64, 0)
+    cdef object scale = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+    cdef double* cp = <double*>cnp.PyArray_DATA(<cnp.ndarray>centre)
+    cdef double* kp = <double*>cnp.PyArray_DATA(<cnp.ndarray>scale)
+    for f in range(F):
+        if with_mean:
+            cp[f] = mp[f]
+        kp[f] = 1.0 / (1.0 if sp[f] == 0 else sp[f]) if with_std else 1.0
+    channel_affine(xa, <cnp.ndarray>y, True, N, F, 1, centre, scale, coef, n_threads)
+    if not return_stats:
+        return y
+    return y, mean_v, std_v
+
+
+def min_max_scale_fast(object x, object axis, object feature_range, object data_min, object data_max,
+                       object out, object n_threads, bint return_stats):
+    """Fast path of min_max_scale: a 2-D C-contiguous x along axis 0, a tuple
+    feature_range of two numbers, fitted or given float64 (F,) min and max."""
+    cdef Py_ssize_t N, F, f
+    cdef double lo, hi
+    if (not _fast_features(x, axis, &N, &F) or type(feature_range) is not tuple
+            or len(feature_range) != 2 or (data_min is None) != (data_max is None)):
+        return NotImplemented
+    if not all(type(v) is float or type(v) is int for v in feature_range):
+        return NotImplemented
+    lo, hi = feature_range[0], feature_range[1]
+    if not lo < hi:
+        return NotImplemented
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    cdef cnp.npy_intp nf = F
+    cdef object mn, mx
+    cdef double* a
+    cdef double* b
+    if data_min is None:
+        mn = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+        mx = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+        column_minmax(xa, N, F, mn, mx, n_threads)
+        a = <double*>cnp.PyArray_DATA(<cnp.ndarray>mn)
+        b = <double*>cnp.PyArray_DATA(<cnp.ndarray>mx)
+        for f in range(F):
+            if a[f] > b[f]:  # only NaN in the feature
+                a[f] = NAN
+                b[f] = NAN
+    else:
+        mn = _fast_feature_stat(data_min, F)
+        mx = _fast_feature_stat(data_max, F)
+        if mn is None or mx is None:
+            return NotImplemented
+        a = <double*>cnp.PyArray_DATA(<cnp.ndarray>mn)
+        b = <double*>cnp.PyArray_DATA(<cnp.ndarray>mx)
+    cdef object scale = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+    cdef object shift = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
+    cdef double* kp = <double*>cnp.PyArray_DATA(<cnp.ndarray>scale)
+    cdef double* hp = <double*>cnp.PyArray_DATA(<cnp.ndarray>shift)
+    cdef double span
+    for f in range(F):
+        span = b[f] - a[f]
+        kp[f] = (hi - lo) / (1.0 if span == 0 else span)
+        hp[f] = lo
+    channel_affine(xa, <cnp.ndarray>y, True, N, F, 1, mn, scale, shift, n_threads)
+    if not return_stats:
+        return y
+    return y, mn, mx

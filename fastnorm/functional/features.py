@@ -114,6 +114,10 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
     array([[-1.,  0.],
            [ 1.,  0.]])
     """
+    fast = _dispatch.kernels.standardize_fast(x, axis, ddof, mean, std, with_mean, with_std, out,
+                                              n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
@@ -195,6 +199,10 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
 
     Returns y, or (y, data_min, data_max) with return_stats.
     """
+    fast = _dispatch.kernels.min_max_scale_fast(x, axis, feature_range, data_min, data_max, out,
+                                                n_threads, return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
     try:
         lo, hi = (float(v) for v in feature_range)
