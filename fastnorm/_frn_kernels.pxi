@@ -462,3 +462,79 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
                 dx[r * C + c] = a[n * C + c] * gz - coef[n * C + c] * x[r * C + c]
     free(a)
     return 0
+
+
+# ---------------------------------------------------------------- fast entries
+
+cdef object _fast_frn_param(object p, Py_ssize_t C, int typenum, int ctype, bint required):
+    if p is None:
+        return NotImplemented if required else None
+    return _fast_vec(p, C, typenum, ctype)
+
+
+def frn_fast(object x, object weight, object bias, object tau, object eps, object channel_axis,
+             object out, object n_threads, bint return_stats):
+    """Fast path of filter_response_norm (contiguous x, (C,) parameters)."""
+    cdef Py_ssize_t N, C, S
+    cdef bint cl, dbl
+    cdef double e = 0.0
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum) or not _fast_eps(eps, &e)
+            or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
+        return NotImplemented
+    if cl and storage_of(typenum, &dbl) != ST_NATIVE:
+        return NotImplemented
+    cdef object wa = _fast_frn_param(weight, C, typenum, ctype, True)
+    cdef object ba = _fast_frn_param(bias, C, typenum, ctype, True)
+    cdef object ta = _fast_frn_param(tau, C, typenum, ctype, False)
+    if wa is NotImplemented or ba is NotImplemented or ta is NotImplemented:
+        return NotImplemented
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    cdef cnp.npy_intp[2] dims
+    dims[0] = N
+    dims[1] = C
+    cdef object rstd = cnp.PyArray_EMPTY(2, dims, ctype, 0)
+    frn_forward(xa, <cnp.ndarray>y, cl, N, C, S, wa, ba, ta, e, rstd, n_threads)
+    return (y, rstd) if return_stats else y
+
+
+def frn_backward_fast(object grad_out, object x, object rstd, object weight, object bias, object tau,
+                      object channel_axis, object n_threads):
+    """Fast path of filter_response_norm_backward."""
+    cdef Py_ssize_t N, C, S
+    cdef bint cl, dbl
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum) or not _fast_array(grad_out, typenum)
+            or not _same_dims(<cnp.ndarray>grad_out, xa, 0)
+            or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
+        return NotImplemented
+    if cl and storage_of(typenum, &dbl) != ST_NATIVE:
+        return NotImplemented
+    if (not _fast_array(rstd, ctype) or cnp.PyArray_NDIM(<cnp.ndarray>rstd) != 2
+            or cnp.PyArray_DIMS(<cnp.ndarray>rstd)[0] != N or cnp.PyArray_DIMS(<cnp.ndarray>rstd)[1] != C):
+        return NotImplemented
+    cdef object wa = _fast_frn_param(weight, C, typenum, ctype, True)
+    cdef object ba = _fast_frn_param(bias, C, typenum, ctype, True)
+    cdef object ta = _fast_frn_param(tau, C, typenum, ctype, False)
+    if wa is NotImplemented or ba is NotImplemented or ta is NotImplemented:
+        return NotImplemented
+    cdef object dx = empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)
+    cdef cnp.npy_intp nc = C
+    cdef object gw = cnp.PyArray_EMPTY(1, &nc, cnp.NPY_FLOAT64, 0)
+    cdef object gb = cnp.PyArray_EMPTY(1, &nc, cnp.NPY_FLOAT64, 0)
+    cdef object gt = cnp.PyArray_EMPTY(1, &nc, cnp.NPY_FLOAT64, 0)
+    frn_backward(<cnp.ndarray>grad_out, xa, <cnp.ndarray>dx, cl, N, C, S, wa, ba, ta, rstd, gw, gb, gt,
+                 n_threads)
+    return (dx, _grad_as(weight, <double*>cnp.PyArray_DATA(<cnp.ndarray>gw), C),
+            _grad_as(bias, <double*>cnp.PyArray_DATA(<cnp.ndarray>gb), C),
+            None if tau is None else _grad_as(tau, <double*>cnp.PyArray_DATA(<cnp.ndarray>gt), C))

@@ -325,3 +325,63 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
                                                _part_start(units, nth, p + 1), size, alpha, beta,
                                                scratch + p * per)
     free(scratch)
+
+
+# ---------------------------------------------------------------- fast entries
+
+cdef bint _fast_lrn_scalars(object size, object alpha, object beta, object k, double* a, double* b,
+                            double* kk):
+    if type(size) is not int or not 1 <= size <= (1 << 20):
+        return False
+    for v in (alpha, beta, k):
+        if type(v) is not float and type(v) is not int:
+            return False
+    a[0], b[0], kk[0] = alpha, beta, k
+    return True
+
+
+def lrn_fast(object x, object size, object alpha, object beta, object k, object channel_axis,
+             object out, object n_threads, bint return_stats):
+    """Fast path of local_response_norm (contiguous float32 / float64 x)."""
+    cdef Py_ssize_t N, C, S
+    cdef bint cl
+    cdef double a, b, kk
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    if ((typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _fast_array(x, typenum)
+            or cnp.PyArray_NDIM(xa) < 3 or not _fast_lrn_scalars(size, alpha, beta, k, &a, &b, &kk)
+            or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
+        return NotImplemented
+    if out is x:  # the sliding window reads channels it has passed: in place needs a temporary
+        return NotImplemented
+    cdef object y = _fast_output(xa, out)
+    if y is None:
+        return NotImplemented
+    cdef object scale = (empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)
+                         if return_stats else None)
+    lrn_forward(xa, <cnp.ndarray>y, scale, cl, N, C, S, size, a, b, kk, n_threads)
+    return (y, scale) if return_stats else y
+
+
+def lrn_backward_fast(object grad_out, object x, object scale, object size, object alpha, object beta,
+                      object k, object channel_axis, object n_threads):
+    """Fast path of local_response_norm_backward."""
+    cdef Py_ssize_t N, C, S
+    cdef bint cl
+    cdef double a, b, kk
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    if ((typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _fast_array(x, typenum)
+            or cnp.PyArray_NDIM(xa) < 3 or not _fast_lrn_scalars(size, alpha, beta, k, &a, &b, &kk)
+            or not _fast_array(grad_out, typenum) or not _same_dims(<cnp.ndarray>grad_out, xa, 0)
+            or not _fast_array(scale, typenum) or not _same_dims(<cnp.ndarray>scale, xa, 0)
+            or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
+        return NotImplemented
+    cdef object dx = empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)
+    lrn_backward(<cnp.ndarray>grad_out, xa, <cnp.ndarray>scale, <cnp.ndarray>dx, cl, N, C, S, size, a, b,
+                 n_threads)
+    return dx

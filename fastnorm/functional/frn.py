@@ -49,6 +49,10 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     Returns y, or (y, rstd) with rstd = 1/sqrt(nu2 + eps) of shape (N, C).
     Channels-first and channels-last memory each have their own kernels.
     """
+    fast = _dispatch.kernels.frn_fast(x, weight, bias, tau, eps, channel_axis, out, n_threads,
+                                      return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
@@ -73,6 +77,10 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     to tau where z < tau (half each at ties, as torch.maximum); grad_tau is
     None when tau is None.  Parameter gradients have the parameters' shapes.
     """
+    fast = _dispatch.kernels.frn_backward_fast(grad_out, x, rstd, weight, bias, tau, channel_axis,
+                                               n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     grad_out = same_shape_input(grad_out, "grad_out", x)
     layout = ChannelLayout(x, channel_axis)

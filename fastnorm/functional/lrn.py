@@ -30,6 +30,10 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     `local_response_norm_backward`.  Channels-first and channels-last memory
     both run without a copy of x.
     """
+    fast = _dispatch.kernels.lrn_fast(x, size, alpha, beta, k, channel_axis, out, n_threads,
+                                      return_stats)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = check_lrn_args(x, size, alpha, beta, k)
     layout = ChannelLayout(x, channel_axis)
@@ -47,6 +51,10 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     """Gradient of `local_response_norm` w.r.t. x, given the scale it returned:
     grad_i = g_i scale_i^-beta - 2 alpha beta / size * x_i *
     sum over the channels c whose window holds i of g_c x_c scale_c^(-beta-1)."""
+    fast = _dispatch.kernels.lrn_backward_fast(grad_out, x, scale, size, alpha, beta, k,
+                                               channel_axis, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = check_lrn_args(x, size, alpha, beta, k)
     grad_out = same_shape_input(grad_out, "grad_out", x)
