@@ -308,3 +308,24 @@ def test_fast_entries_agree_with_the_general_path(op, dtype, rng, monkeypatch):
     for k, (a, b) in enumerate(zip(fast, general)):
         assert a.dtype == b.dtype and a.shape == b.shape, (op.name, k)
         assert np.array_equal(a, b, equal_nan=True), (op.name, k)
+
+
+@pytest.mark.parametrize("x_dtype,p_dtype", [(F32, F16), (F32, BF16), (BF16, F16), (BF16, F64), (F16, BF16),
+                                             (F64, F32)], ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_mixed_parameter_dtypes_raise_type_error(op, x_dtype, p_dtype, rng):
+    """A parameter may be in x's dtype, or float32 with 16-bit x (as torch's
+    mixed precision); any other mix is a TypeError naming the parameter,
+    never a silent cast."""
+    call = op.example(rng, x_dtype, op.default_shape)
+    params = [i for i, a in enumerate(call.args) if i > 0 and i not in op.mutates
+              and isinstance(a, np.ndarray) and a.dtype == x_dtype]
+    if op.name.startswith("add_"):
+        params = params[1:]  # the residual is a second input, not a parameter
+    if not params:
+        assert op.name in ("normalize", "standardize", "min_max_scale", "local_response_norm"), op.name
+        return
+    i = params[0]
+    args = call.args[:i] + (call.args[i].astype(p_dtype),) + call.args[i + 1:]
+    with pytest.raises(TypeError, match="dtype"):
+        op.forward(*args, **call.kwargs)
