@@ -627,3 +627,66 @@ def weight_norm_backward_fast(object grad_w, object v, object g, object norm, ob
         fn_narrow(storage, <const float*>ggp, cnp.PyArray_DATA(<cnp.ndarray>out), M)
         grad_g = out
     return grad_v, grad_g
+
+
+def normalize_backward_fast(object grad_out, object x, object norm, object p, object dim, object eps,
+                            object n_threads):
+    """Fast path of normalize_backward along the last dim of C-contiguous x."""
+    cdef cnp.ndarray xa
+    cdef double e = 0.0, pv
+    cdef bint dbl
+    if not cnp.PyArray_CheckExact(x):
+        return NotImplemented
+    xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or nd < 1 or not _fast_array(x, typenum) or not _fast_array(grad_out, typenum)
+            or not _same_dims(<cnp.ndarray>grad_out, xa, 0) or type(dim) is not int
+            or not (dim == -1 or dim == nd - 1) or not _fast_eps(eps, &e)
+            or not _fast_array(norm, ctype) or not _is_lead(norm, xa, 1)):
+        return NotImplemented
+    if type(p) is float or type(p) is int and -1000000 < p < 1000000:
+        pv = <double>p
+    else:
+        return NotImplemented
+    if not pv > 0:
+        return NotImplemented
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(xa)[nd - 1]
+    if n < 1:
+        return NotImplemented
+    cdef Py_ssize_t M = cnp.PyArray_SIZE(xa) // n
+    cdef object dx = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef int storage = storage_of(typenum, &dbl)
+    cdef Py_ssize_t row = n * cnp.PyArray_ITEMSIZE(xa)
+    cdef const char* gb_ = <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_out)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(xa)
+    cdef char* db = <char*>cnp.PyArray_DATA(<cnp.ndarray>dx)
+    cdef void* np_ = cnp.PyArray_DATA(<cnp.ndarray>norm)
+    cdef int c
+    cdef Py_ssize_t r0, r1
+    cdef float* scratch = NULL
+    if M > 0:
+        if nth > M:
+            nth = <int>M
+        scratch = _stage_scratch(storage, nth, 3, n)
+        if storage != ST_NATIVE and scratch == NULL:
+            raise MemoryError("fastnorm: could not allocate the staging rows")
+        if not dbl:
+            with nogil:
+                for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                    r0 = _part_start(M, nth, c)
+                    r1 = _part_start(M, nth, c + 1)
+                    _normalize_backward_rows[float](gb_, row, xb, row, db, row, r0, r1, n, pv, e,
+                                                    <const float*>np_, storage,
+                                                    scratch + c * 3 * n if scratch != NULL else NULL)
+        else:
+            with nogil:
+                for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+                    r0 = _part_start(M, nth, c)
+                    r1 = _part_start(M, nth, c + 1)
+                    _normalize_backward_rows[double](gb_, row, xb, row, db, row, r0, r1, n, pv, e,
+                                                     <const double*>np_, storage, NULL)
+        free(scratch)
+    return dx

@@ -85,6 +85,9 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12, *, n_threads=
     p = inf: the norm's gradient goes to the elements with |x| = N, split
     evenly between ties (as torch).
     """
+    fast = _dispatch.kernels.normalize_backward_fast(grad_out, x, norm, p, dim, eps, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt = as_float_array(x, "x")
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension, got a 0-d array")
