@@ -1350,12 +1350,25 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
         cpg = C // G
         per_sample, batch_stats = True, True
         n_stats = N * G
-    elif op == OP_INSTANCE:
-        if (cnp.PyArray_NDIM(xa) < 3 or S <= 1 or running_mean is not None or running_var is not None
-                or training is not True):
+    elif op == OP_INSTANCE:  # `training` is use_input_stats
+        if (cnp.PyArray_NDIM(xa) < 3 or type(training) is not bool
+                or not (type(momentum) is float or type(momentum) is int)
+                or not _fast_running(running_mean, C) or not _fast_running(running_var, C)):
             return NotImplemented
-        per_sample, batch_stats = True, True
-        n_stats = N * C
+        if running_mean is not None and running_var is not None and _overlap(running_mean, running_var):
+            return NotImplemented
+        m = momentum
+        batch_stats = training
+        if batch_stats:
+            if S <= 1:
+                return NotImplemented
+            per_sample = True
+            n_stats = N * C
+        else:  # the running statistics, one per channel
+            if running_mean is None or running_var is None:
+                return NotImplemented
+            per_sample = False
+            n_stats = C
     else:
         if type(training) is not bool or not (type(momentum) is float or type(momentum) is int):
             return NotImplemented
@@ -1415,14 +1428,54 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
             _blend(running_mean, sm, C, m, 1.0)
         if running_var is not None:
             _blend(running_var, sv, C, m, <double>(N * S) / (N * S - 1))
+    if op == OP_INSTANCE and batch_stats and (running_mean is not None or running_var is not None):
+        _blend_instance(running_mean, running_var, sm, sv, N, C, S, m)
     if not return_stats:
         return y
     cdef cnp.npy_intp[2] dims
     cdef int nd = 1 if op == OP_BATCH else 2
     dims[0] = C if op == OP_BATCH else N
-    dims[1] = n_stats // N
+    dims[1] = C if op != OP_GROUP else n_stats // N
+    if op == OP_INSTANCE and not batch_stats:  # the running statistics, for every sample
+        return (y, _stats_out_tiled(sm, N, C, ctype, e, False), _stats_out_tiled(sv, N, C, ctype, e, True))
     return (y, _stats_out(sm, n_stats, ctype, e, False, nd, dims),
             _stats_out(sv, n_stats, ctype, e, True, nd, dims))
+
+
+cdef void _blend_instance(object running_mean, object running_var, const double* sm, const double* sv,
+                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, double m):
+    """InstanceNorm's running statistics absorb the batch mean of the
+    per-instance mean and unbiased variance, summed over the samples in order
+    and divided by N (the general path's NumPy mean over axis 0)."""
+    cdef double* avg = <double*>malloc(2 * C * sizeof(double) + 8)
+    cdef double unbias = <double>S / <double>(S - 1)
+    if avg == NULL:
+        raise MemoryError()
+    fn_mean_rows(sm, N, C, 1.0, avg)
+    fn_mean_rows(sv, N, C, unbias, avg + C)
+    if running_mean is not None:
+        _blend(running_mean, avg, C, m, 1.0)
+    if running_var is not None:
+        _blend(running_var, avg + C, C, m, 1.0)
+    free(avg)
+
+
+cdef object _stats_out_tiled(const double* v, Py_ssize_t N, Py_ssize_t C, int ctype, double eps,
+                             bint inverse_std):
+    """(N, C) statistics of the compute dtype: the C values v for every sample."""
+    cdef cnp.npy_intp[2] dims
+    dims[0] = N
+    dims[1] = C
+    cdef object a = cnp.PyArray_EMPTY(2, dims, ctype, 0)
+    cdef Py_ssize_t i
+    cdef double t
+    for i in range(N * C):
+        t = 1.0 / sqrt(v[i % C] + eps) if inverse_std else v[i % C]
+        if ctype == cnp.NPY_FLOAT32:
+            (<float*>cnp.PyArray_DATA(<cnp.ndarray>a))[i] = <float>t
+        else:
+            (<double*>cnp.PyArray_DATA(<cnp.ndarray>a))[i] = t
+    return a
 
 
 cdef bint _fast_stats(object a, int nd, Py_ssize_t d0, Py_ssize_t d1, double* dst):

@@ -47,6 +47,7 @@ cdef extern from "simd.h" nogil:
     void fn_narrow(int storage, const float* src, void* dst, Py_ssize_t n)
     void fn_blend_f(float* buf, const double* v, Py_ssize_t n, double m, double factor)
     void fn_blend_d(double* buf, const double* v, Py_ssize_t n, double m, double factor)
+    void fn_mean_rows(const double* v, Py_ssize_t N, Py_ssize_t C, double factor, double* out)
 
     void fastnorm_affine_stream_s(const float* x, float* y, Py_ssize_t n, float hi,
                                   float a, float b)

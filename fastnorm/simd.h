@@ -445,6 +445,20 @@ static void fn_blend_d(double* buf, const double* v, Py_ssize_t n, double m, dou
     }
 }
 
+/* out[c] = sum over n of (v[n * C + c] * factor), in order, divided by N: a
+   NumPy mean over axis 0 of v * factor, rounded the same way (no fused
+   multiply-add) */
+__attribute__((optimize("fp-contract=off")))
+static void fn_mean_rows(const double* v, Py_ssize_t N, Py_ssize_t C, double factor, double* out) {
+    for (Py_ssize_t c = 0; c < C; c++) out[c] = v[c] * factor;
+    for (Py_ssize_t n = 1; n < N; n++)
+        for (Py_ssize_t c = 0; c < C; c++) {
+            double t = v[n * C + c] * factor;
+            out[c] = out[c] + t;
+        }
+    for (Py_ssize_t c = 0; c < C; c++) out[c] = out[c] / (double)N;
+}
+
 /* storage codes shared with the Cython kernels (enum Storage in _kernels.pxi) */
 #define FN_ST_NATIVE 0
 #define FN_ST_F16 1

@@ -329,3 +329,33 @@ def test_mixed_parameter_dtypes_raise_type_error(op, x_dtype, p_dtype, rng):
     args = call.args[:i] + (call.args[i].astype(p_dtype),) + call.args[i + 1:]
     with pytest.raises(TypeError, match="dtype"):
         op.forward(*args, **call.kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channel_axis", [1, -1])
+@pytest.mark.parametrize("name,training", [("batch_norm", True), ("batch_norm", False),
+                                           ("instance_norm", True), ("instance_norm", False)])
+def test_running_statistics_fast_and_general_agree(name, training, channel_axis, dtype, rng, monkeypatch):
+    """Running statistics (float32 and float64 buffers) are updated, and used,
+    identically by the fast entries and the general path."""
+    x = rng.standard_normal((4, 6, 5, 3)).astype(dtype)
+    if channel_axis == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    C = 6
+    w = rng.standard_normal(C).astype(dtype)
+    f = getattr(functional, name)
+
+    def run():
+        out = []
+        for rdt in (np.float32, np.float64):
+            rm = np.linspace(-1, 1, C).astype(rdt)
+            rv = np.linspace(0.5, 2, C).astype(rdt)
+            res = f(x, rm, rv, w, w, training, 0.1, 1e-5, channel_axis=channel_axis, return_stats=True)
+            out += list(res) + [rm, rv]
+        return out
+
+    fast = run()
+    monkeypatch.setattr(_dispatch, "kernels", _NoFastPaths(_dispatch.kernels))
+    general = run()
+    for k, (a, b) in enumerate(zip(fast, general)):
+        assert a.dtype == b.dtype and np.array_equal(a, b), (name, k)

@@ -229,8 +229,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     Returns y, or (y, mean, rstd) with mean/rstd of shape (N, C).
     """
     fast = _dispatch.kernels.channel_norm_fast(2, x, running_mean, running_var, weight, bias,
-                                      True if use_input_stats is True else None, momentum, eps, None,
-                                      channel_axis, out, n_threads, return_stats)
+                                               use_input_stats, momentum, eps, None, channel_axis, out,
+                                               n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
     x, cdt = as_float_array(x, "x")
