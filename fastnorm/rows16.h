@@ -25,9 +25,12 @@
 #define FN_BLOCK 256                           /* = BLOCK */
 #define FN_CANCELLATION 16                     /* = CANCELLATION_LIMIT */
 
-/* values stored one at a time before y + head is aligned for streaming stores */
-static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int stream) {
-    if (!stream) return 0;
+/* values stored one at a time before y + head is aligned for streaming
+   stores; an output that is not even 2-byte aligned (a view of a byte
+   buffer) can never be, and clears *stream (plain stores throughout) */
+static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int* stream) {
+    if (*stream && ((uintptr_t)y & 1u)) *stream = 0;
+    if (!*stream) return 0;
     Py_ssize_t head = (Py_ssize_t)((((uintptr_t)y + FN_VBYTES / 2 - 1) & ~(uintptr_t)(FN_VBYTES / 2 - 1))
                                    - (uintptr_t)y) / 2;
     return head < n ? head : n;
@@ -113,7 +116,7 @@ static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const fl
     rstd = 1.0 / sqrt(m2 / n + eps);                                                           \
     const float hi = (float)mean, r = (float)rstd, off = (float)(-(mean - (double)hi) * rstd); \
     const fn_vf vh = fn_vsplat(hi), vr = fn_vsplat(r), vo = fn_vsplat(off);                   \
-    Py_ssize_t k = 0, head = fn_stream_head(y, n, stream);                                     \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                     \
     for (; k < head; k++)                                                                      \
         y[k] = STORE1(((LOAD1(x[k]) - hi) * r + off) * (w ? w[k] : 1.0f) + (b ? b[k] : 0.0f)); \
     for (; k + FN_W <= n; k += FN_W) {                                                         \
@@ -134,7 +137,7 @@ static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const
     const double rstd = 1.0 / sqrt(fn_sum_squares_##S(x, n) / n + eps);                       \
     const float r = (float)rstd;                                                               \
     const fn_vf vr = fn_vsplat(r);                                                             \
-    Py_ssize_t k = 0, head = fn_stream_head(y, n, stream);                                     \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                     \
     for (; k < head; k++)                                                                      \
         y[k] = STORE1(LOAD1(x[k]) * r * (w ? w[k] : 1.0f));                                    \
     for (; k + FN_W <= n; k += FN_W) {                                                         \
@@ -151,7 +154,7 @@ static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const
 static void fn_block_affine_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, float hi,       \
                                 float a, float b, int stream) {                                \
     const fn_vf vh = fn_vsplat(hi), va = fn_vsplat(a), vb = fn_vsplat(b);                     \
-    Py_ssize_t k = 0, head = fn_stream_head(y, n, stream);                                     \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                     \
     for (; k < head; k++) y[k] = STORE1((LOAD1(x[k]) - hi) * a + b);                           \
     if (hi == 0)                                                                               \
         for (; k + FN_W <= n; k += FN_W) fn_put_h(y + k, PACK(VLOAD(x + k) * va + vb), stream); \
@@ -215,7 +218,7 @@ static void fn_block_backward_##S(const uint16_t* g, const uint16_t* x, uint16_t
     const fn_vf vh = fn_vsplat(hi), va = fn_vsplat(alpha), vb = fn_vsplat(beta);              \
     const fn_vf vg = fn_vsplat(gamma);                                                         \
     const int plain = beta == 0 && gamma == 0;                                                 \
-    Py_ssize_t k = 0, head = fn_stream_head(dx, n, stream);                                    \
+    Py_ssize_t k = 0, head = fn_stream_head(dx, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
         dx[k] = STORE1(plain ? alpha * LOAD1(g[k])                                             \
                              : alpha * LOAD1(g[k]) + (beta * (LOAD1(x[k]) - hi) + gamma));     \

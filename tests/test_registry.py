@@ -359,3 +359,35 @@ def test_running_statistics_fast_and_general_agree(name, training, channel_axis,
     general = run()
     for k, (a, b) in enumerate(zip(fast, general)):
         assert a.dtype == b.dtype and np.array_equal(a, b), (name, k)
+
+
+def _misaligned_copy(a, offset):
+    """a's values in memory `offset` bytes past an allocation's start (not
+    aligned to the item size when offset is odd): a view of a byte buffer."""
+    buf = np.zeros(a.nbytes + 16, np.uint8)
+    v = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape)
+    v[...] = a
+    return v
+
+
+@pytest.mark.parametrize("offset", [1, 2, 6])
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_misaligned_arrays_with_streaming_stores(op, dtype, offset, rng, monkeypatch):
+    """Inputs and out= arrays at any byte offset (views of byte buffers) give
+    the aligned result, streaming stores forced on: no fault, no difference."""
+    call = op.example(rng, dtype, op.default_shape)
+    fresh = lambda: tuple(np.array(a, copy=True) if i in op.mutates else a  # noqa: E731
+                          for i, a in enumerate(call.args))
+    base = op.forward(*fresh(), **call.kwargs)
+    base = base[0] if isinstance(base, tuple) else base
+    previous = _dispatch.kernels.set_stream_threshold(0)
+    try:
+        x = _misaligned_copy(call.args[0], offset)
+        out = _misaligned_copy(np.zeros_like(call.args[0]), offset)
+        y = op.forward(x, *fresh()[1:], **call.kwargs, out=out)
+    finally:
+        _dispatch.kernels.set_stream_threshold(previous)
+    y = y[0] if isinstance(y, tuple) else y
+    assert y is out
+    assert np.array_equal(out, base, equal_nan=True)
