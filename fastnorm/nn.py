@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from ._dtypes import COMPUTE, as_float_array
+from ._dtypes import BF16, COMPUTE, as_float_array
 
 from . import functional as F
 
@@ -22,9 +22,14 @@ __all__ = [
 
 
 def _to_numpy(value):
-    """A state-dict value (NumPy array, torch tensor, array-like) as an ndarray."""
+    """A state-dict value (NumPy array, torch tensor, array-like) as an ndarray
+    (a torch.bfloat16 tensor as an ml_dtypes.bfloat16 array of the same bits)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16" and BF16 is not None:
+            import torch  # only reached with a torch tensor in hand
+            return value.contiguous().view(torch.int16).numpy().view(BF16)
+        value = value.numpy()
     return np.asarray(value)
 
 

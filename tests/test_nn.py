@@ -69,3 +69,26 @@ def test_train_eval_flags():
     assert ln.eval() is ln and not ln.training
     assert ln.train() is ln and ln.training
     assert "LayerNorm((4,)" in repr(ln)
+
+
+def test_bfloat16_torch_state_dict_loads():
+    """A bfloat16 torch module's state dict loads into a bfloat16 layer (same
+    bits) and into a float32 one (converted), and the outputs follow."""
+    import ml_dtypes
+    import torch
+
+    t = torch.nn.LayerNorm(32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        t.weight.copy_(torch.linspace(0.5, 1.5, 32))
+        t.bias.copy_(torch.linspace(-1, 1, 32))
+    layer = nn.LayerNorm(32, dtype=ml_dtypes.bfloat16)
+    layer.load_state_dict(t.state_dict())
+    assert layer.weight.dtype == ml_dtypes.bfloat16
+    assert np.array_equal(layer.weight.view(np.uint16), t.weight.detach().view(torch.int16).numpy().view(np.uint16))
+    wide = nn.LayerNorm(32)
+    wide.load_state_dict(t.state_dict())
+    assert np.array_equal(wide.weight, layer.weight.astype(np.float32))
+    x = np.random.default_rng(0).standard_normal((4, 32)).astype(ml_dtypes.bfloat16)
+    tx = torch.from_numpy(x.view(np.uint16).copy()).view(torch.bfloat16)
+    ty = t(tx).detach().float().numpy()
+    np.testing.assert_allclose(layer(x).astype(np.float32), ty, atol=2 * 2.0 ** -7 * 4)
