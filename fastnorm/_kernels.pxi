@@ -79,6 +79,11 @@ cdef extern from "rows16.h" nogil:
     void fn_block_backward16(int storage, const void* g, const void* x, void* dx, Py_ssize_t n,
                              float hi, float alpha, float beta, float gamma, bint stream)
     float fn_load1_16(int storage, const void* p, Py_ssize_t i)
+    void fn_moments16(int storage, const void* x, Py_ssize_t n, float shift, double* sum_sq,
+                      double* sum_dev)
+    void fn_ln_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
+                           const float* b, float hi, float r, float off)
+    void fn_rms_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w, float r)
 
 # Register-panel and four-row loops written in C with GCC vector extensions
 cdef extern from "_panels.h" nogil:
@@ -717,6 +722,66 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
     rstd_out[0] = rstd
 
 
+cdef void _ln_forward_wide_row16(int storage, const char* x, char* y, Py_ssize_t n, const float* w,
+                                 const float* b, double eps, double* partial, int nth,
+                                 double* mean_out, double* rstd_out) noexcept nogil:
+    """One very wide 16-bit row, each pass split into nth segments (partial:
+    2*nth doubles) combined in segment order: the moments about the row's
+    first value, again about the mean when that one lies far out."""
+    cdef int p, attempt
+    cdef Py_ssize_t lo, hi
+    cdef float shift = fn_load1_16(storage, x, 0), mean_hi
+    cdef double sum_sq = 0.0, sum_dev = 0.0, mean, m2, rstd
+    for attempt in range(2):
+        for p in prange(nth, schedule='static', num_threads=nth):
+            lo = _part_start(n, nth, p)
+            hi = _part_start(n, nth, p + 1)
+            fn_moments16(storage, x + 2 * lo, hi - lo, shift, &partial[2 * p], &partial[2 * p + 1])
+        sum_sq = 0.0
+        sum_dev = 0.0
+        for p in range(nth):
+            sum_sq += partial[2 * p]
+            sum_dev += partial[2 * p + 1]
+        if attempt == 1 or _one_pass_ok(sum_sq, sum_sq / n - (sum_dev / n) * (sum_dev / n), n):
+            break
+        shift = <float>(<double>shift + sum_dev / n)
+    mean = <double>shift + sum_dev / n
+    m2 = sum_sq - sum_dev * sum_dev / n
+    if m2 < 0:
+        m2 = 0
+    rstd = 1.0 / sqrt(m2 / n + eps)
+    mean_hi = <float>mean
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        fn_ln_normalize16(storage, x + 2 * lo, y + 2 * lo, hi - lo, w + lo if w != NULL else NULL,
+                          b + lo if b != NULL else NULL, mean_hi, <float>rstd,
+                          <float>(-(mean - <double>mean_hi) * rstd))
+    mean_out[0] = mean
+    rstd_out[0] = rstd
+
+
+cdef double _rms_forward_wide_row16(int storage, const char* x, char* y, Py_ssize_t n, const float* w,
+                                    double eps, double* partial, int nth) noexcept nogil:
+    """One very wide 16-bit RMSNorm row split into nth segments; returns rstd."""
+    cdef int p
+    cdef Py_ssize_t lo, hi
+    cdef double sum_sq = 0.0, rstd
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        fn_moments16(storage, x + 2 * lo, hi - lo, 0.0, &partial[2 * p], &partial[2 * p + 1])
+    for p in range(nth):
+        sum_sq += partial[2 * p]
+    rstd = 1.0 / sqrt(sum_sq / n + eps)
+    for p in prange(nth, schedule='static', num_threads=nth):
+        lo = _part_start(n, nth, p)
+        hi = _part_start(n, nth, p + 1)
+        fn_rms_normalize16(storage, x + 2 * lo, y + 2 * lo, hi - lo, w + lo if w != NULL else NULL,
+                           <float>rstd)
+    return rstd
+
+
 cdef Py_ssize_t stream_min_bytes = STREAM_MIN_BYTES
 
 
@@ -751,12 +816,16 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef double m, s
     cdef double* partial = NULL
     cdef bint stream = _use_streaming(M, n, sizeof(floating) if storage == ST_NATIVE else 2)
-    if storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW:
+    if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
         partial = <double*>malloc(2 * nth * sizeof(double))
     if partial != NULL:
         for r in range(M):
-            _ln_forward_wide_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
-                                 w, b, eps, partial, nth, &m, &s)
+            if storage == ST_NATIVE:
+                _ln_forward_wide_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n,
+                                     w, b, eps, partial, nth, &m, &s)
+            else:
+                _ln_forward_wide_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w,
+                                       <const float*>b, eps, partial, nth, &m, &s)
             if mean != NULL:
                 mean[r] = <floating>m
             if rstd != NULL:
@@ -806,8 +875,16 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef const floating* x
     cdef floating* y
     cdef bint stream = _use_streaming(M, n, sizeof(floating) if storage == ST_NATIVE else 2)
-    if storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW:
-        partial = <double*>malloc(nth * sizeof(double))
+    if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
+        partial = <double*>malloc(2 * nth * sizeof(double))
+    if partial != NULL and storage != ST_NATIVE:
+        for r in range(M):
+            s = _rms_forward_wide_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w, eps,
+                                        partial, nth)
+            if rstd != NULL:
+                rstd[r] = <floating>s
+        free(partial)
+        return 0
     if partial != NULL:
         for r in range(M):
             x = <const floating*>(xb + r * xs)

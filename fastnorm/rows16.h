@@ -38,6 +38,16 @@ static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int* st
 
 static inline fn_vf fn_vsplat(float a) { return (fn_vf){0} + a; }
 
+/* lanes[j] += the float lanes of acc (FN_NV vectors): a block's float sums
+   widened into the row's double lanes (vectorized: stored once, converted
+   and added as whole vectors) */
+static inline void fn_flush_lanes(const fn_vf* acc, double* lanes) {
+    float f[FN_LANES];
+    __builtin_memcpy(f, acc, sizeof(f));
+    for (int j = 0; j < FN_LANES; j++)
+        lanes[j] += f[j];
+}
+
 static inline double fn_lanes_total(double* lanes) {
     for (int width = FN_LANES / 2; width > 0; width /= 2)
         for (int j = 0; j < width; j++)
@@ -73,11 +83,8 @@ static void fn_moments_##S(const uint16_t* x, Py_ssize_t n, float shift,        
             }                                                                                  \
         float rq = 0, rs = 0;                                                                  \
         for (k = vend; k < end; k++) { float d = LOAD1(x[k]) - shift; rq += d * d; rs += d; }  \
-        for (int v = 0; v < FN_NV; v++)                                                        \
-            for (int j = 0; j < FN_W; j++) {                                                   \
-                lq[v * FN_W + j] += aq[v][j];                                                  \
-                ls[v * FN_W + j] += as[v][j];                                                  \
-            }                                                                                  \
+        fn_flush_lanes(aq, lq);                                                                \
+        fn_flush_lanes(as, ls);                                                                \
         tq += rq;                                                                              \
         ts += rs;                                                                              \
     }                                                                                          \
@@ -108,15 +115,11 @@ static void fn_block_moments_##S(const uint16_t* x, Py_ssize_t n, double* mean_o
 }                                                                                              \
                                                                                                \
 /* LayerNorm of one row; w, b: float32 or NULL */                                              \
-static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,       \
-                          const float* b, double eps, double* mean_out, double* rstd_out,      \
-                          int stream) {                                                        \
-    double mean, m2, rstd;                                                                     \
-    fn_block_moments_##S(x, n, &mean, &m2);                                                    \
-    rstd = 1.0 / sqrt(m2 / n + eps);                                                           \
-    const float hi = (float)mean, r = (float)rstd, off = (float)(-(mean - (double)hi) * rstd); \
-    const fn_vf vh = fn_vsplat(hi), vr = fn_vsplat(r), vo = fn_vsplat(off);                   \
-    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                     \
+/* y = ((x - hi) * r + off) * w + b over a row or a segment of one */                          \
+static void fn_ln_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,  \
+                                const float* b, float hi, float r, float off, int stream) {    \
+    const fn_vf vh = fn_vsplat(hi), vr = fn_vsplat(r), vo = fn_vsplat(off);                    \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
         y[k] = STORE1(((LOAD1(x[k]) - hi) * r + off) * (w ? w[k] : 1.0f) + (b ? b[k] : 0.0f)); \
     for (; k + FN_W <= n; k += FN_W) {                                                         \
@@ -127,17 +130,26 @@ static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const fl
     }                                                                                          \
     for (; k < n; k++)                                                                         \
         y[k] = STORE1(((LOAD1(x[k]) - hi) * r + off) * (w ? w[k] : 1.0f) + (b ? b[k] : 0.0f)); \
+}                                                                                              \
+                                                                                               \
+/* LayerNorm of one row; w, b: float32 or NULL */                                              \
+static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,        \
+                          const float* b, double eps, double* mean_out, double* rstd_out,      \
+                          int stream) {                                                        \
+    double mean, m2, rstd;                                                                     \
+    fn_block_moments_##S(x, n, &mean, &m2);                                                    \
+    rstd = 1.0 / sqrt(m2 / n + eps);                                                           \
+    const float hi = (float)mean;                                                              \
+    fn_ln_normalize_##S(x, y, n, w, b, hi, (float)rstd, (float)(-(mean - (double)hi) * rstd), stream);\
     *mean_out = mean;                                                                          \
     *rstd_out = rstd;                                                                          \
 }                                                                                              \
                                                                                                \
-/* RMSNorm of one row; w: float32 or NULL; returns rstd */                                    \
-static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,    \
-                             double eps, int stream) {                                          \
-    const double rstd = 1.0 / sqrt(fn_sum_squares_##S(x, n) / n + eps);                       \
-    const float r = (float)rstd;                                                               \
+/* y = x * r * w over a row or a segment of one */                                             \
+static void fn_rms_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w, \
+                                 float r, int stream) {                                        \
     const fn_vf vr = fn_vsplat(r);                                                             \
-    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                     \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
         y[k] = STORE1(LOAD1(x[k]) * r * (w ? w[k] : 1.0f));                                    \
     for (; k + FN_W <= n; k += FN_W) {                                                         \
@@ -147,6 +159,13 @@ static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const
     }                                                                                          \
     for (; k < n; k++)                                                                         \
         y[k] = STORE1(LOAD1(x[k]) * r * (w ? w[k] : 1.0f));                                    \
+}                                                                                              \
+                                                                                               \
+/* RMSNorm of one row; w: float32 or NULL; returns rstd */                                     \
+static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,     \
+                             double eps, int stream) {                                         \
+    const double rstd = 1.0 / sqrt(fn_sum_squares_##S(x, n) / n + eps);                        \
+    fn_rms_normalize_##S(x, y, n, w, (float)rstd, stream);                                     \
     return rstd;                                                                               \
 }                                                                                              \
                                                                                                \
@@ -198,12 +217,9 @@ static void fn_block_backward_sums_##S(const uint16_t* g, const uint16_t* x, Py_
             float gk = LOAD1(g[k]), t = (LOAD1(x[k]) - hi) - lo;                               \
             ra += gk; rb += gk * t; rc += t;                                                   \
         }                                                                                      \
-        for (int v = 0; v < FN_NV; v++)                                                        \
-            for (int j = 0; j < FN_W; j++) {                                                   \
-                la[v * FN_W + j] += aa[v][j];                                                  \
-                lb[v * FN_W + j] += ab[v][j];                                                  \
-                lc[v * FN_W + j] += ac[v][j];                                                  \
-            }                                                                                  \
+        fn_flush_lanes(aa, la);                                                                \
+        fn_flush_lanes(ab, lb);                                                                \
+        fn_flush_lanes(ac, lc);                                                                \
         ta += ra; tb += rb; tc += rc;                                                          \
     }                                                                                          \
     *sum_g = ta + fn_lanes_total(la);                                                          \
@@ -275,6 +291,26 @@ static inline void fn_block_backward16(int storage, const void* g, const void* x
                                beta, gamma, stream);
     else fn_block_backward_f16((const uint16_t*)g, (const uint16_t*)x, (uint16_t*)dx, n, hi, alpha,
                                beta, gamma, stream);
+}
+
+/* a segment of a wide row (the rows split across threads): its moments
+   about `shift`, and its normalize passes */
+static inline void fn_moments16(int storage, const void* x, Py_ssize_t n, float shift, double* sum_sq,
+                                double* sum_dev) {
+    if (storage == FN_ST_BF16) fn_moments_bf16((const uint16_t*)x, n, shift, sum_sq, sum_dev);
+    else fn_moments_f16((const uint16_t*)x, n, shift, sum_sq, sum_dev);
+}
+
+static inline void fn_ln_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
+                                     const float* b, float hi, float r, float off) {
+    if (storage == FN_ST_BF16) fn_ln_normalize_bf16((const uint16_t*)x, (uint16_t*)y, n, w, b, hi, r, off, 0);
+    else fn_ln_normalize_f16((const uint16_t*)x, (uint16_t*)y, n, w, b, hi, r, off, 0);
+}
+
+static inline void fn_rms_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
+                                      float r) {
+    if (storage == FN_ST_BF16) fn_rms_normalize_bf16((const uint16_t*)x, (uint16_t*)y, n, w, r, 0);
+    else fn_rms_normalize_f16((const uint16_t*)x, (uint16_t*)y, n, w, r, 0);
 }
 
 /* one 16-bit value widened */

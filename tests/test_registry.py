@@ -391,3 +391,20 @@ def test_misaligned_arrays_with_streaming_stores(op, dtype, offset, rng, monkeyp
     y = y[0] if isinstance(y, tuple) else y
     assert y is out
     assert np.array_equal(out, base, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm"])
+def test_wide_16bit_rows_split_across_threads(name, dtype, rng):
+    """A few rows wider than the split threshold (65536) run in segments on
+    every thread: the result is the one-thread result up to the rounding of
+    the segment sums (within one unit of the dtype), and the float32 one."""
+    f = getattr(functional, name)
+    x = (rng.standard_normal((1, 70001)) * 2 + 3).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(70001)).astype(dtype)
+    one = f(x, 70001, w, n_threads=1).astype(np.float64)
+    two = f(x, 70001, w, n_threads=2).astype(np.float64)
+    wide32 = f(x.astype(np.float32), 70001, w.astype(np.float32), n_threads=2).astype(dtype).astype(np.float64)
+    unit = float(ml_dtypes.finfo(dtype).eps) * max(1.0, float(np.abs(one).max()))
+    assert np.abs(two - one).max() <= unit
+    assert np.abs(two - wide32).max() <= unit
