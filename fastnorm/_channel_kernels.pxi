@@ -1259,10 +1259,9 @@ cdef bint _fast_channel_layout(cnp.ndarray x, object channel_axis, Py_ssize_t* N
 
 
 cdef object _fast_vec(object p, Py_ssize_t n, int typenum, int ctype):
-    """A (C,) parameter for the kernels: None, p itself (compute dtype), p
-    widened to float32 (p in x's 16-bit dtype), or NotImplemented."""
-    cdef cnp.ndarray a, wide
-    cdef bint dbl
+    """A (C,) parameter for the kernels: None, or as _in_compute_dtype
+    returns it."""
+    cdef cnp.ndarray a
     if p is None:
         return None
     if not cnp.PyArray_CheckExact(p):
@@ -1271,13 +1270,7 @@ cdef object _fast_vec(object p, Py_ssize_t n, int typenum, int ctype):
     if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIMS(a)[0] != n or not cnp.PyArray_IS_C_CONTIGUOUS(a)
             or not cnp.PyArray_ISNOTSWAPPED(a)):
         return NotImplemented
-    if cnp.PyArray_TYPE(a) == ctype:
-        return a
-    if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:
-        wide = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
-        fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide), n)
-        return wide
-    return NotImplemented
+    return _in_compute_dtype(a, typenum, ctype)
 
 
 cdef inline bint _fast_running(object a, Py_ssize_t C):
@@ -1292,13 +1285,6 @@ cdef inline bint _fast_running(object a, Py_ssize_t C):
             and (cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT32 or cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT64)
             and cnp.PyArray_IS_C_CONTIGUOUS(b) and cnp.PyArray_ISWRITEABLE(b)
             and cnp.PyArray_ISNOTSWAPPED(b))
-
-
-cdef inline bint _overlap(object a, object b):
-    """Whether two contiguous arrays share bytes."""
-    cdef char* pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
-    cdef char* pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
-    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
 
 
 cdef void _blend(object buf, const double* value, Py_ssize_t C, double momentum, double factor):
@@ -1355,7 +1341,7 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
                 or not (type(momentum) is float or type(momentum) is int)
                 or not _fast_running(running_mean, C) or not _fast_running(running_var, C)):
             return NotImplemented
-        if running_mean is not None and running_var is not None and _overlap(running_mean, running_var):
+        if running_mean is not None and running_var is not None and _bytes_overlap(running_mean, running_var):
             return NotImplemented
         m = momentum
         batch_stats = training
@@ -1374,7 +1360,7 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
             return NotImplemented
         if not _fast_running(running_mean, C) or not _fast_running(running_var, C):
             return NotImplemented
-        if running_mean is not None and running_var is not None and _overlap(running_mean, running_var):
+        if running_mean is not None and running_var is not None and _bytes_overlap(running_mean, running_var):
             return NotImplemented
         m = momentum
         batch_stats = training

@@ -1410,12 +1410,39 @@ cdef int _fast_norm_dims(object normalized_shape, cnp.ndarray x, Py_ssize_t* n):
     return k
 
 
-cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
-    """weight / bias for the kernels: None, p itself (the compute dtype), p
-    widened to float32 (p in x's 16-bit dtype), or NotImplemented."""
-    cdef cnp.ndarray a, wide
-    cdef int t
+cdef object _in_compute_dtype(cnp.ndarray a, int typenum, int ctype):
+    """A parameter (already checked to be a contiguous native array of the
+    right shape) for the kernels: a itself when it is of the compute dtype,
+    a widened to float32 when it is of x's 16-bit dtype `typenum`, else
+    NotImplemented (the general path raises the TypeError).  The one
+    parameter dtype rule of every fast entry."""
+    cdef cnp.ndarray wide
     cdef bint dbl
+    if cnp.PyArray_TYPE(a) == ctype:
+        return a
+    if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:  # 16-bit parameters
+        wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+        fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide),
+                 cnp.PyArray_SIZE(a))
+        return wide
+    return NotImplemented
+
+
+cdef inline bint _bytes_overlap(object a, object b):
+    """Whether two arrays (b may be None) that are contiguous blocks share bytes."""
+    cdef char* pa
+    cdef char* pb
+    if b is None:
+        return False
+    pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
+
+
+cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
+    """weight / bias for the kernels, shaped like x's last k dims: None, or
+    as _in_compute_dtype returns it."""
+    cdef cnp.ndarray a
     if p is None:
         return None
     if not cnp.PyArray_CheckExact(p):
@@ -1425,15 +1452,7 @@ cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
         return NotImplemented
     if not _same_dims(a, x, cnp.PyArray_NDIM(x) - k):
         return NotImplemented
-    t = cnp.PyArray_TYPE(a)
-    if t == ctype:
-        return a
-    if t == cnp.PyArray_TYPE(x) and ctype == cnp.NPY_FLOAT32:  # 16-bit parameters
-        wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
-        fn_widen(storage_of(t, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide),
-                 cnp.PyArray_SIZE(a))
-        return wide
-    return NotImplemented
+    return _in_compute_dtype(a, cnp.PyArray_TYPE(x), ctype)
 
 
 cdef object _fast_output(cnp.ndarray a, object out):
@@ -1744,17 +1763,6 @@ cdef int _add_norm_run(bint rms, int storage, bint dbl, const char* xb, Py_ssize
                                        <double*>mp, <double*>rp, stream, storage, NULL)
     free(scratch)
     return 0
-
-
-cdef inline bint _bytes_overlap(object a, object b):
-    """Whether two arrays (b may be None) that are contiguous blocks share bytes."""
-    cdef char* pa
-    cdef char* pb
-    if b is None:
-        return False
-    pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
-    pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
-    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
 
 
 cdef object _fast_add_output(object target, cnp.ndarray x, object residual, object other,

@@ -466,23 +466,15 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
 cdef object _fast_rowvec(object p, Py_ssize_t M, int typenum, int ctype):
     """g or norm for weight_norm's fast path: an exact contiguous native
     array of M values (shape (M,) or (M, 1, ...)) in the compute dtype, or
-    in x's 16-bit dtype (widened); NotImplemented otherwise."""
-    cdef cnp.ndarray a, wide
-    cdef int k
-    cdef bint dbl
+    in x's 16-bit dtype (widened, _in_compute_dtype); NotImplemented otherwise."""
+    cdef cnp.ndarray a
     if not cnp.PyArray_CheckExact(p):
         return NotImplemented
     a = <cnp.ndarray>p
     if (cnp.PyArray_NDIM(a) < 1 or cnp.PyArray_DIMS(a)[0] != M or cnp.PyArray_SIZE(a) != M
             or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
         return NotImplemented
-    if cnp.PyArray_TYPE(a) == ctype:
-        return a
-    if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:
-        wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
-        fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide), M)
-        return wide
-    return NotImplemented
+    return _in_compute_dtype(a, typenum, ctype)
 
 
 cdef bint _weight_norm_fast_args(object v, object dim, object centered, Py_ssize_t* M,
@@ -622,11 +614,7 @@ def weight_norm_backward_fast(object grad_w, object v, object g, object norm, ob
                                                    _part_start(M, nth, c + 1), n, <const double*>gp,
                                                    cen, <const double*>np_, <double*>ggp, storage, NULL)
     free(scratch)
-    if cnp.PyArray_TYPE(<cnp.ndarray>g) != ctype:  # 16-bit g: its gradient in its dtype
-        out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>g), cnp.PyArray_DIMS(<cnp.ndarray>g), typenum, 0)
-        fn_narrow(storage, <const float*>ggp, cnp.PyArray_DATA(<cnp.ndarray>out), M)
-        grad_g = out
-    return grad_v, grad_g
+    return grad_v, _param_grad(grad_g, g)   # a 16-bit g gets its gradient in its dtype
 
 
 def normalize_backward_fast(object grad_out, object x, object norm, object p, object dim, object eps,
