@@ -153,11 +153,14 @@ extensions = [
     Extension(
         f"fastnorm.{module}",
         sources=[f"fastnorm/{module}.pyx"],
-        depends=["fastnorm/_panels.h", "fastnorm/simd.h", "fastnorm/rows16.h"],  # C included by the kernels (the .pxi are tracked by Cython)
+        # C included by the kernels (the .pxi are tracked by Cython)
+        depends=["fastnorm/_panels.h", "fastnorm/simd.h", "fastnorm/rows16.h", "fastnorm/parallel.h"],
         include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS + OMP_FLAGS + isa_flags,
         extra_link_args=OMP_FLAGS,
+        # parallel.h looks libgomp's GOMP_parallel up with dlsym (libc has it from glibc 2.34)
+        libraries=["dl"] if use_openmp and sys.platform.startswith("linux") else [],
     )
     for module, _, isa_flags in variants
 ] + [

@@ -67,6 +67,7 @@ def get_config():
         "version": __version__,
         "openmp": bool(_build_info.OPENMP and kernels.have_openmp()),
         "openmp_build_note": _build_info.OPENMP_REASON,
+        "serial_fastpath": bool(kernels.serial_fastpath()),
         "max_threads": max_threads(),
         "isa": ISA,
         "isa_flags": flags[ISA] or "(compiler default for the architecture)",
@@ -82,8 +83,9 @@ def show_config(file=None):
     """Print fastnorm's version, OpenMP status and thread count, the SIMD
     instruction set the kernels run with, the compile flags and NumPy's version."""
     c = get_config()
-    openmp = (f"on ({c['max_threads']} threads by default)" if c["openmp"]
-              else f"OFF, single-threaded ({c['openmp_build_note']})")
+    openmp = (f"on ({c['max_threads']} threads by default"
+              + ("; one-thread regions skip the runtime" if c["serial_fastpath"] else "") + ")"
+              if c["openmp"] else f"OFF, single-threaded ({c['openmp_build_note']})")
     lines = [
         f"fastnorm {c['version']}",
         f"  OpenMP:       {openmp}",

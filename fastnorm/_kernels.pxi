@@ -36,9 +36,14 @@ from libc.stdint cimport uint16_t
 
 from fastnorm._buffers cimport empty_array
 from fastnorm._openmp cimport (omp_get_max_threads, omp_get_num_threads, omp_get_thread_num,
-                              FASTNORM_HAVE_OPENMP)
+                              FASTNORM_HAVE_OPENMP, FASTNORM_SERIAL_FASTPATH,
+                              fastnorm_parallel_runtime_found)
 
 cnp.import_array()
+
+if not fastnorm_parallel_runtime_found():
+    raise ImportError("fastnorm: this kernel module was built against libgomp, but libgomp's "
+                      "GOMP_parallel could not be found at run time (see fastnorm/parallel.h)")
 
 
 cdef extern from "simd.h" nogil:
@@ -279,6 +284,35 @@ def max_threads():
 def have_openmp():
     """True when this module was compiled with OpenMP."""
     return bool(FASTNORM_HAVE_OPENMP)
+
+
+def serial_fastpath():
+    """True when one-thread parallel regions bypass libgomp's team set-up
+    (fastnorm/parallel.h)."""
+    return bool(FASTNORM_SERIAL_FASTPATH)
+
+
+cdef void _count_iterations(int* slot, int n, int nth) noexcept nogil:
+    """A one-thread region the way every driver opens one (use_threads_if)."""
+    cdef int i
+    for i in prange(n, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        slot[0] += 1
+
+
+def parallel_self_check(int outer_threads=2, int n=8):
+    """Iterations a one-thread region sees, run from each thread of an
+    enclosing team and then from no team: n each when parallel.h's
+    direct call is taken only outside every OpenMP region."""
+    cdef int counts[65]
+    cdef int t
+    if outer_threads < 1 or outer_threads > 64:
+        raise ValueError("outer_threads must be in 1..64")
+    for t in range(outer_threads + 1):
+        counts[t] = 0
+    for t in prange(outer_threads, schedule='static', num_threads=outer_threads, nogil=True):
+        _count_iterations(&counts[t], n, 1)
+    _count_iterations(&counts[outer_threads], n, 1)
+    return [counts[t] for t in range(outer_threads + 1)]
 
 
 def openmp_team_size(int n_threads):

@@ -1,13 +1,14 @@
 """The build: OpenMP present, kernels per instruction set, show_config, threads."""
 import io
 import os
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import _build_info, _config
+from fastnorm import _build_info, _config, _registry
 
 
 def test_openmp_not_silently_lost():
@@ -72,6 +73,56 @@ def test_concurrent_calls_from_python_threads(rng):
     assert not errors
     for y, e in zip(results, expected):
         np.testing.assert_array_equal(y, e)
+
+
+@pytest.mark.parametrize("isa", _config.available_isas())
+def test_one_thread_regions_inside_an_enclosing_team(isa):
+    """parallel.h runs a one-thread region as a direct call only outside every
+    OpenMP region: called from each thread of an enclosing team, a region
+    still sees its whole iteration range (a direct call there would split it
+    across the enclosing team)."""
+    kernels = _config.load_isa(isa)
+    for outer, n in [(2, 8), (3, 7), (4, 1000)]:
+        assert kernels.parallel_self_check(outer, n) == [n] * (outer + 1)
+
+
+def test_serial_fastpath_is_on_where_it_applies():
+    """gcc's OpenMP on Linux is where one-thread regions skip libgomp's team set-up."""
+    cfg = fastnorm.get_config()
+    import sysconfig
+    gcc = "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or "")
+    if cfg["openmp"] and sys.platform.startswith("linux") and gcc:
+        assert cfg["serial_fastpath"]
+    buf = io.StringIO()
+    fastnorm.show_config(file=buf)
+    assert ("skip the runtime" in buf.getvalue()) == cfg["serial_fastpath"]
+
+
+@pytest.mark.parametrize("op", _registry.OPS, ids=[o.name for o in _registry.OPS])
+def test_concurrent_tiny_calls_match_serial_ones(op):
+    """Tiny calls (one-thread regions, the direct-call path) from several
+    Python threads at once give the results of the same calls made alone."""
+    calls = [op.example(np.random.default_rng(i), np.float32, op.default_shape) for i in range(6)]
+    expected = [op.forward(*c.args, **c.kwargs) for c in calls]
+    got = [None] * len(calls)
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(30):
+                got[i] = op.forward(*calls[i].args, **calls[i].kwargs)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for g, e in zip(got, expected):
+        for a, b in zip(g if isinstance(g, tuple) else (g,), e if isinstance(e, tuple) else (e,)):
+            np.testing.assert_array_equal(a, b)
 
 
 def _rss_bytes():
