@@ -29,7 +29,7 @@ cimport cython
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, NAN
+from libc.math cimport sqrt, fabs, NAN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport uint16_t
@@ -411,18 +411,40 @@ cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shi
     sum_dev[0] = total_s + _lanes_total(lanes_s)
 
 
-cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
-    """Sum of x[i]^2."""
+cdef enum LaneTerm:
+    TERM_SQUARE = 0     # a[i] * a[i]
+    TERM_ABS = 1        # |a[i]|
+    TERM_PRODUCT = 2    # a[i] * b[i]
+    TERM_PRODUCT3 = 3   # a[i] * b[i] * c[i]
+
+
+cdef inline floating _lane_term(const floating* a, const floating* b, const floating* c,
+                                Py_ssize_t i, int term) noexcept nogil:
+    if term == TERM_SQUARE:
+        return a[i] * a[i]
+    if term == TERM_ABS:
+        return fabs(a[i])
+    if term == TERM_PRODUCT:
+        return a[i] * b[i]
+    return a[i] * b[i] * c[i]
+
+
+cdef inline double _lane_sum(const floating* a, const floating* b, const floating* c,
+                             Py_ssize_t n, int term) noexcept nogil:
+    """The blocked-lane sum of one term over a row: LANES `floating`
+    accumulators over blocks of BLOCK elements, each block flushed into double
+    lanes, the lanes reduced once at the end.  `term` is a constant at every
+    call site, so each inlined copy is the loop of that one term."""
     cdef floating acc[LANES]
     cdef double lanes[LANES]
     cdef floating rest
     cdef double total = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
-    if n < LANES:  # the tail loop alone
+    if n < LANES:  # the tail loop alone (the same sum, no lane set-up)
         rest = 0
         for k in range(n):
-            rest += x[k] * x[k]
+            rest += _lane_term(a, b, c, k, term)
         return <double>rest
     for j in range(LANES):
         lanes[j] = 0
@@ -434,15 +456,30 @@ cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
         k = i
         while k < vend:
             for j in range(LANES):
-                acc[j] += x[k + j] * x[k + j]
+                acc[j] += _lane_term(a, b, c, k + j, term)
             k += LANES
         rest = 0
         for k in range(vend, end):
-            rest += x[k] * x[k]
+            rest += _lane_term(a, b, c, k, term)
         _lanes_flush(acc, lanes)
         total += rest
         i = end
     return total + _lanes_total(lanes)
+
+
+cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of x[i]^2."""
+    return _lane_sum(x, x, x, n, TERM_SQUARE)
+
+
+cdef inline double _sum_abs(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of |x[i]|."""
+    return _lane_sum(x, x, x, n, TERM_ABS)
+
+
+cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    """Sum of a[i] * b[i]."""
+    return _lane_sum(a, b, b, n, TERM_PRODUCT)
 
 
 cdef inline void _ln_normalize_segment(const floating* x, floating* y, Py_ssize_t n,
@@ -624,38 +661,10 @@ cdef inline void _ln_backward_segment(const floating* g, const floating* x, cons
 
 cdef inline double _rms_backward_sum(const floating* g, const floating* x, const floating* w,
                                      Py_ssize_t n) noexcept nogil:
-    """Row sum of g*w*x."""
-    cdef floating acc[LANES]
-    cdef double lanes[LANES]
-    cdef floating rest
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
-    for j in range(LANES):
-        lanes[j] = 0
-    while i < n:
-        end = i + BLOCK if i + BLOCK < n else n
-        vend = i + ((end - i) // LANES) * LANES
-        for j in range(LANES):
-            acc[j] = 0
-        k = i
-        if w != NULL:
-            while k < vend:
-                for j in range(LANES):
-                    acc[j] += g[k + j] * w[k + j] * x[k + j]
-                k += LANES
-        else:
-            while k < vend:
-                for j in range(LANES):
-                    acc[j] += g[k + j] * x[k + j]
-                k += LANES
-        rest = 0
-        for k in range(vend, end):
-            rest += (g[k] * w[k] if w != NULL else g[k]) * x[k]
-        _lanes_flush(acc, lanes)
-        total += rest
-        i = end
-    return total + _lanes_total(lanes)
+    """Row sum of g*w*x (g*x without w)."""
+    if w != NULL:
+        return _lane_sum(g, w, x, n, TERM_PRODUCT3)
+    return _lane_sum(g, x, x, n, TERM_PRODUCT)
 
 
 cdef inline void _rms_backward_segment(const floating* g, const floating* x, const floating* w,

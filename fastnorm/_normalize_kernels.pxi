@@ -2,12 +2,13 @@
 # included by _kernels.pxi, so compiled into every instruction-set build.
 #
 # y = x / max(||x||_p, eps) per row.  p = 2 runs the blocked sum of squares
-# and a multiply by the reciprocal (memory speed); p = 1 sums |x|; p = inf
+# and a multiply by the reciprocal (memory speed); p = 1 the same blocked sum
+# of |x| (_lane_sum, as every row sum); p = inf
 # takes max |x|; any other finite p > 0 sums |x|^p with pow (correct,
 # compute-bound).  As torch: a NaN norm is not clamped (the row comes out
 # NaN), an infinite element gives an infinite norm.
 
-from libc.math cimport fabs, pow as c_pow, INFINITY, isinf
+from libc.math cimport pow as c_pow, INFINITY, isinf
 
 
 cdef inline double _row_maxabs(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -27,12 +28,14 @@ cdef inline double _row_pnorm(const floating* x, Py_ssize_t n, double p) noexcep
     cdef double s = 0.0, c = 0.0, plain = 0.0, t, yk
     if p == 2.0:
         return sqrt(_sum_squares(x, n))
+    if p == 1.0:
+        return _sum_abs(x, n)
     if isinf(p):
         return _row_maxabs(x, n)
     # Kahan-compensated: a row of 10^6 |x|^p stays exact to ~eps.  The plain sum
     # runs alongside for inf / NaN, where the compensation itself turns NaN.
     for k in range(n):
-        yk = fabs(<double>x[k]) if p == 1.0 else c_pow(fabs(<double>x[k]), p)
+        yk = c_pow(fabs(<double>x[k]), p)
         plain += yk
         yk = yk - c
         t = s + yk
@@ -40,7 +43,7 @@ cdef inline double _row_pnorm(const floating* x, Py_ssize_t n, double p) noexcep
         s = t
     if not plain < INFINITY:  # inf or NaN
         return plain
-    return s if p == 1.0 else c_pow(s, 1.0 / p)
+    return c_pow(s, 1.0 / p)
 
 
 cdef inline double _clamped(double nrm, double eps) noexcept nogil:
@@ -120,35 +123,6 @@ cdef inline void _normalize_backward_row(const floating* g, const floating* x, f
         for k in range(n):
             dx[k] = g[k] * inv - coef * (<floating>(
                 ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]), p - 1.0)) if x[k] != 0 else 0)
-
-
-cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """sum a*b, blocked like the other row sums."""
-    cdef floating acc[LANES]
-    cdef double lanes[LANES]
-    cdef floating rest
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
-    for j in range(LANES):
-        lanes[j] = 0
-    while i < n:
-        end = i + BLOCK if i + BLOCK < n else n
-        vend = i + ((end - i) // LANES) * LANES
-        for j in range(LANES):
-            acc[j] = 0
-        k = i
-        while k < vend:
-            for j in range(LANES):
-                acc[j] += a[k + j] * b[k + j]
-            k += LANES
-        rest = 0
-        for k in range(vend, end):
-            rest += a[k] * b[k]
-        _lanes_flush(acc, lanes)
-        total += rest
-        i = end
-    return total + _lanes_total(lanes)
 
 
 def normalize_forward(cnp.ndarray x, cnp.ndarray y, double p, double eps, object norms,
