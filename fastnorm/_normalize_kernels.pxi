@@ -437,49 +437,77 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
     free(scratch)
 
 
-cdef object _fast_rowvec(object p, Py_ssize_t M, int typenum, int ctype):
-    """g or norm for weight_norm's fast path: an exact contiguous native
-    array of M values (shape (M,) or (M, 1, ...)) in the compute dtype, or
-    in x's 16-bit dtype (widened, _in_compute_dtype); NotImplemented otherwise."""
+cdef bint _torch_vec_shape(cnp.ndarray a, Py_ssize_t M, int nd_v) noexcept:
+    """g's or the norm's shape as the general path accepts it: 0-d when M is
+    1, (M,), or torch's (M, 1, ...) of v's ndim; nd_v is -1 for dim=None
+    (one norm: 0-d or (1,))."""
+    cdef int nd = cnp.PyArray_NDIM(a), k
+    if nd == 0:
+        return M == 1
+    if cnp.PyArray_DIMS(a)[0] != M:
+        return False
+    if nd == 1:
+        return True
+    if nd != nd_v:
+        return False
+    for k in range(1, nd):
+        if cnp.PyArray_DIMS(a)[k] != 1:
+            return False
+    return True
+
+
+cdef object _fast_rowvec(object p, Py_ssize_t M, int nd_v, int typenum, int ctype):
+    """g for weight_norm's fast path: an exact contiguous native array of M
+    values in a shape the general path takes (_torch_vec_shape), in the
+    compute dtype or in x's 16-bit dtype (widened, _in_compute_dtype);
+    NotImplemented otherwise."""
     cdef cnp.ndarray a
     if not cnp.PyArray_CheckExact(p):
         return NotImplemented
     a = <cnp.ndarray>p
-    if (cnp.PyArray_NDIM(a) < 1 or cnp.PyArray_DIMS(a)[0] != M or cnp.PyArray_SIZE(a) != M
-            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+    if (not _torch_vec_shape(a, M, nd_v) or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
         return NotImplemented
     return _in_compute_dtype(a, typenum, ctype)
 
 
 cdef bint _weight_norm_fast_args(object v, object dim, object centered, Py_ssize_t* M,
-                                 Py_ssize_t* n):
-    """v is an exact C-contiguous ndarray of a kernel dtype normalized along dim 0."""
+                                 Py_ssize_t* n, int* nd_v):
+    """v is an exact C-contiguous ndarray of a kernel dtype normalized along
+    dim 0 (rows: v's first axis) or as a whole (dim=None: one row, nd_v -1)."""
     cdef int nd
     cdef cnp.ndarray va
-    if not cnp.PyArray_CheckExact(v) or type(centered) is not bool or type(dim) is not int:
+    if not cnp.PyArray_CheckExact(v) or type(centered) is not bool or not (dim is None or type(dim) is int):
         return False
     va = <cnp.ndarray>v
     nd = cnp.PyArray_NDIM(va)
-    if (nd < 1 or not (dim == 0 or dim == -nd) or _kernel_typenum(cnp.PyArray_TYPE(va)) < 0
+    if (nd < 1 or not (dim is None or dim == 0 or dim == -nd) or _kernel_typenum(cnp.PyArray_TYPE(va)) < 0
             or not _fast_array(v, cnp.PyArray_TYPE(va))):
         return False
-    M[0] = cnp.PyArray_DIMS(va)[0]
-    n[0] = cnp.PyArray_SIZE(va) // M[0] if M[0] > 0 else 0
+    if dim is None:
+        M[0] = 1
+        n[0] = cnp.PyArray_SIZE(va)
+        nd_v[0] = -1
+    else:
+        M[0] = cnp.PyArray_DIMS(va)[0]
+        n[0] = cnp.PyArray_SIZE(va) // M[0] if M[0] > 0 else 0
+        nd_v[0] = nd
     return M[0] > 0 and n[0] > 0
 
 
 def weight_norm_fast(object v, object g, object dim, object centered, object out, object n_threads,
                      bint return_stats):
-    """Fast path of weight_norm (dim 0); NotImplemented otherwise."""
+    """Fast path of weight_norm (dim 0 or None); NotImplemented otherwise."""
     cdef cnp.ndarray va
     cdef Py_ssize_t M, n, r
     cdef bint dbl
-    if not _weight_norm_fast_args(v, dim, centered, &M, &n):
+    cdef int nd_v
+    if not _weight_norm_fast_args(v, dim, centered, &M, &n, &nd_v):
         return NotImplemented
     va = <cnp.ndarray>v
     cdef int typenum = cnp.PyArray_TYPE(va)
     cdef int ctype = _kernel_typenum(typenum)
-    cdef object ga = _fast_rowvec(g, M, typenum, ctype)
+    cdef object ga = _fast_rowvec(g, M, nd_v, typenum, ctype)
     if ga is NotImplemented:
         return NotImplemented
     # a new w, v itself (each row is read before it is written), or a separate out
@@ -518,9 +546,9 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
     if not return_stats:
         free(buf)
         return w
-    # the norm in torch's shape: v's size along dim 0, 1 elsewhere
+    # the norm in torch's shape: v's size along dim 0, 1 elsewhere (0-d for dim=None)
     cdef cnp.npy_intp[32] dims
-    cdef int k, nd = cnp.PyArray_NDIM(va)
+    cdef int k, nd = cnp.PyArray_NDIM(va) if nd_v >= 0 else 0
     if nd > 32:
         free(buf)
         return NotImplemented
@@ -539,19 +567,21 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
 
 def weight_norm_backward_fast(object grad_w, object v, object g, object norm, object dim,
                               object centered, object n_threads):
-    """Fast path of weight_norm_backward (dim 0); NotImplemented otherwise."""
+    """Fast path of weight_norm_backward (dim 0 or None); NotImplemented otherwise."""
     cdef cnp.ndarray va
     cdef Py_ssize_t M, n
     cdef bint dbl
-    if not _weight_norm_fast_args(v, dim, centered, &M, &n):
+    cdef int nd_v
+    if not _weight_norm_fast_args(v, dim, centered, &M, &n, &nd_v):
         return NotImplemented
     va = <cnp.ndarray>v
     cdef int typenum = cnp.PyArray_TYPE(va)
     cdef int ctype = _kernel_typenum(typenum)
     if not _fast_array(grad_w, typenum) or not _same_dims(<cnp.ndarray>grad_w, va, 0):
         return NotImplemented
-    cdef object ga = _fast_rowvec(g, M, typenum, ctype)
-    if ga is NotImplemented or not _fast_array(norm, ctype) or cnp.PyArray_SIZE(<cnp.ndarray>norm) != M:
+    cdef object ga = _fast_rowvec(g, M, nd_v, typenum, ctype)
+    if (ga is NotImplemented or not _fast_array(norm, ctype)
+            or not _torch_vec_shape(<cnp.ndarray>norm, M, nd_v)):
         return NotImplemented
     if (cnp.PyArray_TYPE(<cnp.ndarray>g) != ctype and cnp.PyArray_TYPE(<cnp.ndarray>g) != typenum):
         return NotImplemented

@@ -11,6 +11,25 @@ def isa(request, monkeypatch):
     return request.param
 
 
+class NoFastPaths:
+    """The kernel module with every *_fast entry declining (NotImplemented),
+    so that each call takes the validating general path."""
+
+    def __init__(self, kernels):
+        self._kernels = kernels
+
+    def __getattr__(self, name):
+        if name.endswith("_fast"):
+            return lambda *args, **kwargs: NotImplemented
+        return getattr(self._kernels, name)
+
+
+@pytest.fixture
+def general_path(monkeypatch):
+    """A function that switches the rest of the test to the general path."""
+    return lambda: monkeypatch.setattr(_dispatch, "kernels", NoFastPaths(_dispatch.kernels))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

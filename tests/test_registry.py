@@ -262,22 +262,9 @@ def test_16bit_kernels_equal_float32_kernels_rounded(name, shape, kwargs, dtype,
     assert np.array_equal(y16.view(np.uint16), y32.astype(dtype).view(np.uint16))
 
 
-class _NoFastPaths:
-    """The kernel module with every *_fast entry declining (NotImplemented),
-    so that each call takes the validating general path."""
-
-    def __init__(self, kernels):
-        self._kernels = kernels
-
-    def __getattr__(self, name):
-        if name.endswith("_fast"):
-            return lambda *args, **kwargs: NotImplemented
-        return getattr(self._kernels, name)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
-def test_fast_entries_agree_with_the_general_path(op, dtype, rng, monkeypatch):
+def test_fast_entries_agree_with_the_general_path(op, dtype, rng, general_path):
     """The C-level fast entries and the Python path are one seam: same
     outputs, statistics, gradients and running-statistic updates, bit for bit."""
     call = op.example(rng, dtype, op.default_shape)
@@ -302,7 +289,7 @@ def test_fast_entries_agree_with_the_general_path(op, dtype, rng, monkeypatch):
         return list(res) if isinstance(res, tuple) else [res]
 
     fast = run() + run_out()
-    monkeypatch.setattr(_dispatch, "kernels", _NoFastPaths(_dispatch.kernels))
+    general_path()
     general = run() + run_out()
     assert len(fast) == len(general)
     for k, (a, b) in enumerate(zip(fast, general)):
@@ -335,7 +322,7 @@ def test_mixed_parameter_dtypes_raise_type_error(op, x_dtype, p_dtype, rng):
 @pytest.mark.parametrize("channel_axis", [1, -1])
 @pytest.mark.parametrize("name,training", [("batch_norm", True), ("batch_norm", False),
                                            ("instance_norm", True), ("instance_norm", False)])
-def test_running_statistics_fast_and_general_agree(name, training, channel_axis, dtype, rng, monkeypatch):
+def test_running_statistics_fast_and_general_agree(name, training, channel_axis, dtype, rng, general_path):
     """Running statistics (float32 and float64 buffers) are updated, and used,
     identically by the fast entries and the general path."""
     x = rng.standard_normal((4, 6, 5, 3)).astype(dtype)
@@ -355,7 +342,7 @@ def test_running_statistics_fast_and_general_agree(name, training, channel_axis,
         return out
 
     fast = run()
-    monkeypatch.setattr(_dispatch, "kernels", _NoFastPaths(_dispatch.kernels))
+    general_path()
     general = run()
     for k, (a, b) in enumerate(zip(fast, general)):
         assert a.dtype == b.dtype and np.array_equal(a, b), (name, k)

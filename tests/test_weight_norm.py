@@ -119,3 +119,28 @@ def test_layer_matches_torch_weight_norm(rng):
     np.testing.assert_allclose(layer.grad_weight_g, lin.weight_g.grad.numpy(), rtol=1e-5, atol=1e-6)
     fresh = nn.WeightNorm(w.copy())
     np.testing.assert_allclose(fresh(), w, rtol=1e-6)  # starts as the weight it was given
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+@pytest.mark.parametrize("dim,g_shape,ok", [
+    (0, (4, 1, 1), True), (0, (4,), True), (0, (4, 1), False), (0, (2, 2), False), (0, (1, 4, 1), False),
+    (None, (), True), (None, (1,), True), (None, (1, 1), False), (None, (2,), False),
+])
+def test_g_and_norm_shapes_are_checked_on_every_path(dim, g_shape, ok, path, general_path):
+    """g (and the saved norm) take torch's shape, (M,), or 0-d for one norm;
+    the C fast entries accept exactly what the general path accepts."""
+    if path == "general":
+        general_path()
+    v = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 3, 2)
+    g = np.full(g_shape, 2.0, np.float32)
+    if not ok:
+        with pytest.raises(ValueError, match="g must have shape"):
+            fastnorm.weight_norm(v, g, dim)
+        return
+    w, norm = fastnorm.weight_norm(v, g, dim, return_stats=True)
+    assert norm.shape == ((4, 1, 1) if dim == 0 else ())
+    grad_v, grad_g = fastnorm.weight_norm_backward(np.ones_like(v), v, g, norm, dim)
+    assert grad_g.shape == g_shape
+    with pytest.raises(ValueError, match="norm must have shape"):
+        fastnorm.weight_norm_backward(np.ones_like(v), v, g, norm.reshape(-1)[:1].reshape(1, 1, 1, 1)
+                                      if dim is None else norm.reshape(2, 2), dim)
