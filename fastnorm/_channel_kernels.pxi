@@ -683,7 +683,9 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
                            bint per_sample, const floating* w, const double* st_mean,
                            const double* st_rstd, bint batch_stats, double* grad_w,
                            double* grad_b, int nth) noexcept nogil:
-    """Gradients of _channel_forward; grad_w / grad_b (length C) may be NULL."""
+    """Gradients of _channel_forward; grad_w / grad_b (length C) may be NULL,
+    and so may dx (CL only: the parameter gradients alone, which feature
+    scaling's backward takes as its column sums)."""
     cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
     cdef Py_ssize_t n_coef = (N if per_sample else 1) * C
     cdef Py_ssize_t i, n, c, s, bl, u, r0, r1, n_units, q, P = N * S
@@ -802,6 +804,11 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
                 grad_w[i] += st_rstd[s] * (ub - delta * ua)
             if grad_b != NULL:
                 grad_b[i] += ua
+    if dx == NULL:
+        free(sums)
+        free(coef)
+        free(scratch_block)
+        return 0
     # 3. coefficients and the elementwise pass
     for i in range(n_coef):
         n = i // C
@@ -1061,164 +1068,6 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
 # Column statistics of a (rows, features) matrix are the channels-last BatchNorm
 # statistics (S = 1); the transforms are the elementwise pass with given
 # centre / scale / shift per feature.
-
-def channel_affine(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                   cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift, object n_threads):
-    """y = (x - centre_c) * scale_c + shift_c per channel c (float64 (C,)
-    coefficients), x - centre taken exactly for x near the centre."""
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    _check_flat(x, typenum, N * C * S, "x")
-    _check_flat(y, typenum, N * C * S, "y")
-    _check_flat(centre, cnp.NPY_FLOAT64, C, "centre")
-    _check_flat(scale, cnp.NPY_FLOAT64, C, "scale")
-    _check_flat(shift, cnp.NPY_FLOAT64, C, "shift")
-    cdef int nth = resolve_threads(n_threads, N * C * S)
-    cdef bint dbl
-    cdef int st = storage_of(typenum, &dbl)
-    if N * C * S == 0:
-        return
-    if not dbl:
-        _affine_given[float](<const char*>cnp.PyArray_DATA(x), <char*>cnp.PyArray_DATA(y), st, cl,
-                             N, C, S, <const double*>cnp.PyArray_DATA(centre),
-                             <const double*>cnp.PyArray_DATA(scale),
-                             <const double*>cnp.PyArray_DATA(shift), nth, 0)
-    else:
-        _affine_given[double](<const char*>cnp.PyArray_DATA(x), <char*>cnp.PyArray_DATA(y), st, cl,
-                              N, C, S, <const double*>cnp.PyArray_DATA(centre),
-                              <const double*>cnp.PyArray_DATA(scale),
-                              <const double*>cnp.PyArray_DATA(shift), nth, 0)
-
-
-cdef int _affine_given(const char* x, char* y, int st, bint cl, Py_ssize_t N, Py_ssize_t C,
-                       Py_ssize_t S, const double* centre, const double* scale, const double* shift,
-                       int nth, floating tag) except -1:
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating) + 8)
-    cdef Py_ssize_t c
-    if coef == NULL:
-        raise MemoryError()
-    for c in range(C):
-        coef[c] = <floating>centre[c]
-        coef[C + c] = <floating>scale[c]
-        coef[2 * C + c] = <floating>(shift[c] - (centre[c] - <double>coef[c]) * scale[c])
-    with nogil:
-        _channel_apply(x, y, st, cl, N, C, S, False, coef, coef + C, coef + 2 * C, nth)
-    free(coef)
-    return 0
-
-
-def channel_moments(cnp.ndarray x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                    cnp.ndarray st_mean, cnp.ndarray st_var, object n_threads):
-    """Per-channel mean and biased variance (BatchNorm's batch statistics)."""
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    _check_flat(x, typenum, N * C * S, "x")
-    _check_flat(st_mean, cnp.NPY_FLOAT64, C, "st_mean")
-    _check_flat(st_var, cnp.NPY_FLOAT64, C, "st_var")
-    cdef int nth = resolve_threads(n_threads, N * C * S)
-    cdef double* count
-    cdef int status
-    cdef Py_ssize_t c
-    if N * C * S == 0:  # no values: NaN statistics (and nothing at all without channels)
-        st_mean.fill(NAN)
-        st_var.fill(NAN)
-        return
-    count = <double*>malloc(2 * C * sizeof(double) + 8)
-    if count == NULL:
-        raise MemoryError()
-    cdef bint dbl
-    cdef int st = storage_of(typenum, &dbl)
-    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
-    cdef double* smp = <double*>cnp.PyArray_DATA(st_mean)
-    if not dbl:
-        with nogil:
-            status = _channel_stats[float](xp, st, cl, N, C, S, 1, False, smp, count + C, count, nth,
-                                           <float>0)
-    else:
-        with nogil:
-            status = _channel_stats[double](xp, st, cl, N, C, S, 1, False, smp, count + C, count, nth,
-                                            <double>0)
-    for c in range(C):
-        (<double*>cnp.PyArray_DATA(st_var))[c] = count[C + c] / count[c] if count[c] > 0 else NAN
-    free(count)
-    if status != 0:
-        raise MemoryError()
-
-
-cdef void _rows_minmax(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                       floating* mn, floating* mx) noexcept nogil:
-    """Per-column min and max over rows r0..r1, NaN ignored (a column of NaN
-    only keeps +inf / -inf, replaced by NaN by the caller)."""
-    cdef Py_ssize_t r, c
-    cdef const floating* row
-    cdef floating v
-    cdef const floating* x = <const floating*>xb
-    for c in range(C):
-        mn[c] = INFINITY
-        mx[c] = -INFINITY
-    if st == ST_BF16:
-        fastnorm_cl_minmax_bf16(<const uint16_t*>xb, r0, r1, C, <float*>mn, <float*>mx)
-        return
-    if st == ST_F16:
-        fastnorm_cl_minmax_f16(<const uint16_t*>xb, r0, r1, C, <float*>mn, <float*>mx)
-        return
-    if _panels(C, sizeof(floating)):
-        if floating is float:
-            fastnorm_cl_minmax_f(x, r0, r1, C, mn, mx)
-        else:
-            fastnorm_cl_minmax_d(x, r0, r1, C, mn, mx)
-        return
-    for r in range(r0, r1):
-        row = x + r * C
-        for c in range(C):
-            v = row[c]
-            mn[c] = v if v < mn[c] else mn[c]
-            mx[c] = v if v > mx[c] else mx[c]
-
-
-def column_minmax(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, cnp.ndarray out_min,
-                  cnp.ndarray out_max, object n_threads):
-    """Per-column min / max (float64 (C,) outputs) of a C-contiguous (N, C) array, NaN ignored."""
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    _check_flat(x, typenum, N * C, "x")
-    _check_flat(out_min, cnp.NPY_FLOAT64, C, "out_min")
-    _check_flat(out_max, cnp.NPY_FLOAT64, C, "out_max")
-    cdef int nth = resolve_threads(n_threads, N * C)
-    if nth > N:
-        nth = <int>N if N > 0 else 1
-    cdef double* mn = <double*>cnp.PyArray_DATA(out_min)
-    cdef double* mx = <double*>cnp.PyArray_DATA(out_max)
-    cdef void* part = malloc(2 * nth * C * 8 + 8)
-    cdef int p
-    cdef Py_ssize_t c
-    if part == NULL:
-        raise MemoryError()
-    cdef bint dbl
-    cdef int st = storage_of(typenum, &dbl)
-    if not dbl:
-        with nogil:
-            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-                _rows_minmax[float](<const char*>cnp.PyArray_DATA(x), st, _part_start(N, nth, p),
-                                    _part_start(N, nth, p + 1), C, <float*>part + 2 * p * C,
-                                    <float*>part + 2 * p * C + C)
-        for c in range(C):
-            mn[c] = INFINITY
-            mx[c] = -INFINITY
-            for p in range(nth):
-                mn[c] = min(mn[c], (<float*>part)[2 * p * C + c])
-                mx[c] = max(mx[c], (<float*>part)[2 * p * C + C + c])
-    else:
-        with nogil:
-            for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-                _rows_minmax[double](<const char*>cnp.PyArray_DATA(x), st, _part_start(N, nth, p),
-                                     _part_start(N, nth, p + 1), C, <double*>part + 2 * p * C,
-                                     <double*>part + 2 * p * C + C)
-        for c in range(C):
-            mn[c] = INFINITY
-            mx[c] = -INFINITY
-            for p in range(nth):
-                mn[c] = min(mn[c], (<double*>part)[2 * p * C + c])
-                mx[c] = max(mx[c], (<double*>part)[2 * p * C + C + c])
-    free(part)
-
 
 # ---------------------------------------------------------------- fast entries
 #
@@ -1584,140 +1433,3 @@ def channel_backward_fast(int op, object grad_out, object x, object mean, object
     cdef object grad_b = _grad_as(bias, gb, C) if bias is not None else None
     free(buf)
     return dx, grad_w, grad_b
-
-
-# ---------------------------------------------------------------- fast entries: feature scaling
-
-cdef object _fast_feature_stat(object a, Py_ssize_t F):
-    """Given statistics: an exact contiguous native float64 array of F values
-    (any shape of that size is the general path's job), or None."""
-    if not cnp.PyArray_CheckExact(a):
-        return None
-    cdef cnp.ndarray b = <cnp.ndarray>a
-    if (cnp.PyArray_TYPE(b) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(b) != 1 or cnp.PyArray_DIMS(b)[0] != F
-            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
-        return None
-    return b
-
-
-cdef bint _fast_features(object x, object axis, Py_ssize_t* N, Py_ssize_t* F):
-    """x is an exact C-contiguous 2-D ndarray of a kernel dtype scaled along axis 0."""
-    cdef cnp.ndarray xa
-    if not cnp.PyArray_CheckExact(x) or type(axis) is not int or axis != 0:
-        return False
-    xa = <cnp.ndarray>x
-    if (cnp.PyArray_NDIM(xa) != 2 or _kernel_typenum(cnp.PyArray_TYPE(xa)) < 0
-            or not _fast_array(x, cnp.PyArray_TYPE(xa))):
-        return False
-    N[0] = cnp.PyArray_DIMS(xa)[0]
-    F[0] = cnp.PyArray_DIMS(xa)[1]
-    return N[0] > 0 and F[0] > 0
-
-
-def standardize_fast(object x, object axis, object ddof, object mean, object std, object with_mean,
-                     object with_std, object out, object n_threads, bint return_stats):
-    """Fast path of standardize: a 2-D C-contiguous x along axis 0, fitted
-    (no NaN / inf in the statistics: else the general path) or with given
-    float64 (F,) statistics."""
-    cdef Py_ssize_t N, F, f
-    if (not _fast_features(x, axis, &N, &F) or type(ddof) is not int or ddof < 0
-            or type(with_mean) is not bool or type(with_std) is not bool or (mean is None) != (std is None)):
-        return NotImplemented
-    cdef cnp.ndarray xa = <cnp.ndarray>x
-    cdef object y = _fast_output(xa, out)
-    if y is None:
-        return NotImplemented
-    cdef cnp.npy_intp nf = F
-    cdef object mean_v, std_v, var_v
-    cdef double* mp
-    cdef double* sp
-    cdef double* vp
-    if mean is None:
-        if N - ddof <= 0:
-            return NotImplemented
-        mean_v = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-        var_v = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-        channel_moments(xa, True, N, F, 1, mean_v, var_v, n_threads)
-        mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean_v)
-        vp = <double*>cnp.PyArray_DATA(<cnp.ndarray>var_v)
-        for f in range(F):
-            if not (isfinite(mp[f]) and isfinite(vp[f])):
-                return NotImplemented  # NaN as a missing value: the general path's NumPy pass
-        std_v = var_v
-        sp = vp
-        for f in range(F):  # the general path's sqrt(var * (count / (count - ddof)))
-            sp[f] = sqrt(vp[f] * (<double>N / <double>(N - ddof)))
-    else:
-        mean_v = _fast_feature_stat(mean, F)
-        std_v = _fast_feature_stat(std, F)
-        if mean_v is None or std_v is None:
-            return NotImplemented
-        mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean_v)
-        sp = <double*>cnp.PyArray_DATA(<cnp.ndarray>std_v)
-    cdef object coef = cnp.PyArray_ZEROS(1, &nf, cnp.NPY_FLOAT64, 0)
-    cdef object centre = cnp.PyArray_ZEROS(1, &nf, cnp.NPY_FLOAT64, 0)
-    cdef object scale = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-    cdef double* cp = <double*>cnp.PyArray_DATA(<cnp.ndarray>centre)
-    cdef double* kp = <double*>cnp.PyArray_DATA(<cnp.ndarray>scale)
-    for f in range(F):
-        if with_mean:
-            cp[f] = mp[f]
-        kp[f] = 1.0 / (1.0 if sp[f] == 0 else sp[f]) if with_std else 1.0
-    channel_affine(xa, <cnp.ndarray>y, True, N, F, 1, centre, scale, coef, n_threads)
-    if not return_stats:
-        return y
-    return y, mean_v, std_v
-
-
-def min_max_scale_fast(object x, object axis, object feature_range, object data_min, object data_max,
-                       object out, object n_threads, bint return_stats):
-    """Fast path of min_max_scale: a 2-D C-contiguous x along axis 0, a tuple
-    feature_range of two numbers, fitted or given float64 (F,) min and max."""
-    cdef Py_ssize_t N, F, f
-    cdef double lo, hi
-    if (not _fast_features(x, axis, &N, &F) or type(feature_range) is not tuple
-            or len(feature_range) != 2 or (data_min is None) != (data_max is None)):
-        return NotImplemented
-    if not all(type(v) is float or type(v) is int for v in feature_range):
-        return NotImplemented
-    lo, hi = feature_range[0], feature_range[1]
-    if not lo < hi:
-        return NotImplemented
-    cdef cnp.ndarray xa = <cnp.ndarray>x
-    cdef object y = _fast_output(xa, out)
-    if y is None:
-        return NotImplemented
-    cdef cnp.npy_intp nf = F
-    cdef object mn, mx
-    cdef double* a
-    cdef double* b
-    if data_min is None:
-        mn = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-        mx = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-        column_minmax(xa, N, F, mn, mx, n_threads)
-        a = <double*>cnp.PyArray_DATA(<cnp.ndarray>mn)
-        b = <double*>cnp.PyArray_DATA(<cnp.ndarray>mx)
-        for f in range(F):
-            if a[f] > b[f]:  # only NaN in the feature
-                a[f] = NAN
-                b[f] = NAN
-    else:
-        mn = _fast_feature_stat(data_min, F)
-        mx = _fast_feature_stat(data_max, F)
-        if mn is None or mx is None:
-            return NotImplemented
-        a = <double*>cnp.PyArray_DATA(<cnp.ndarray>mn)
-        b = <double*>cnp.PyArray_DATA(<cnp.ndarray>mx)
-    cdef object scale = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-    cdef object shift = cnp.PyArray_EMPTY(1, &nf, cnp.NPY_FLOAT64, 0)
-    cdef double* kp = <double*>cnp.PyArray_DATA(<cnp.ndarray>scale)
-    cdef double* hp = <double*>cnp.PyArray_DATA(<cnp.ndarray>shift)
-    cdef double span
-    for f in range(F):
-        span = b[f] - a[f]
-        kp[f] = (hi - lo) / (1.0 if span == 0 else span)
-        hp[f] = lo
-    channel_affine(xa, <cnp.ndarray>y, True, N, F, 1, mn, scale, shift, n_threads)
-    if not return_stats:
-        return y
-    return y, mn, mx

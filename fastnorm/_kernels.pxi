@@ -1701,6 +1701,7 @@ def layer_norm_backward_fast(object grad_out, object x, object mean, object rstd
 def rms_norm_backward_fast(object grad_out, object x, object rstd, object weight, object n_threads):
     return _backward_fast(True, grad_out, x, None, rstd, weight, None, n_threads)
 include "_channel_kernels.pxi"
+include "_feature_kernels.pxi"
 include "_normalize_kernels.pxi"
 
 

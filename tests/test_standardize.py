@@ -222,3 +222,28 @@ def test_min_max_widths_as_scikit_learn(isa, rng, F, dtype):
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(y, mm.transform(X), rtol=1e-5 if dtype == np.float32 else 1e-12,
                                    atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_min_max_backward_ties_nan_and_threads(rng, dtype):
+    """The min / max terms go to each feature's first minimum / maximum (NaN
+    ignored), whatever the number of threads that searched the rows."""
+    N = 30001
+    x = rng.integers(-3, 4, size=(N, 4)).astype(dtype)  # many tied minima and maxima per feature
+    x[:5, 1] = np.nan
+    x[N // 2 + 1:, 2] = -3.0   # the first minimum is in the first half, copies in the second
+    x[:N // 2 + 7, 3] = 0.0
+    x[N - 3, 3] = 9.0          # the maximum only in the last part
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y, mn, mx = fastnorm.min_max_scale(x, return_stats=True)
+    expected = ref.min_max_scale_backward(g, x, mn, mx)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    results = [fastnorm.min_max_scale_backward(g, x, mn, mx, n_threads=t) for t in (1, 2, 3)]
+    for r in results:
+        # feature 1 holds NaN: its loss is NaN, and so are its min / max terms
+        # (fastnorm puts them at the first non-NaN extremes, the twin at the first NaN)
+        np.testing.assert_allclose(r[:, [0, 2, 3]], expected[:, [0, 2, 3]], **tol)
+        first_min = np.nanargmin(x[:, 1])
+        assert np.isnan(r[first_min, 1]) and np.isfinite(np.delete(r[:, 1], [first_min, np.nanargmax(x[:, 1])])).all()
+        # the column sums' order depends on the thread count, the positions do not
+        np.testing.assert_allclose(r, results[0], **tol)

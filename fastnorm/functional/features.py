@@ -1,7 +1,9 @@
 """Feature scaling of a data matrix: standardize (z-score) and min_max_scale.
 
-The column statistics and transforms are the channel engine's channels-last
-passes with S = 1 (``_channel_kernels.pxi``)."""
+Every path brings x to a C-contiguous (samples, features) matrix in its
+storage dtype and calls the feature kernels (``_feature_kernels.pxi``: the
+channel engine's channels-last passes with S = 1); the common calls reach
+the same kernels through their C fast entries."""
 import math
 import numpy as np
 
@@ -36,6 +38,29 @@ def _feature_rows(x, axis, name="x"):
         r = r if axis == 0 else np.moveaxis(r, 0, axis)
         return cast(r, x.dtype)
     return x, cdt, data, restore, stats_shape, N, F
+
+
+def _feature_grad(grad_out, x, axis, N, F):
+    """grad_out (x's shape and dtype) as the (samples, features) matrix of x."""
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    moved = np.moveaxis(grad_out, check_dim(axis, x.ndim, "axis"), 0)
+    return np.ascontiguousarray(moved).reshape(N, F)
+
+
+def _check_ddof(ddof):
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
+    return int(ddof)
+
+
+def _check_range(feature_range):
+    try:
+        lo, hi = (float(v) for v in feature_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"feature_range must be a pair of numbers, got {feature_range!r}") from None
+    if not lo < hi:
+        raise ValueError(f"feature_range must be (min, max) with min < max, got {feature_range!r}")
+    return lo, hi
 
 
 def _feature_stat(v, name, shape):
@@ -119,8 +144,7 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
     if fast is not NotImplemented:
         return fast
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
-    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
-        raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
+    ddof = _check_ddof(ddof)
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together (or neither)")
     if mean is None:
@@ -128,7 +152,7 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
             raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
         mean_v = np.empty(F, np.float64)
         var_v = np.empty(F, np.float64)
-        _dispatch.kernels.channel_moments(data, True, N, F, 1, mean_v, var_v, n_threads)
+        _dispatch.kernels.feature_moments(data, N, F, mean_v, var_v, n_threads)
         count = np.full(F, float(N))
         _nan_ignoring_moments(data, mean_v, var_v, count)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -140,8 +164,8 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
     centre = mean_v if with_mean else np.zeros(F)
     scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
     y_k, direct = _feature_output(x, data, axis, cdt, out)
-    _dispatch.kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(centre),
-                            np.ascontiguousarray(scale), np.zeros(F), n_threads)
+    _dispatch.kernels.feature_affine(data, y_k, N, F, np.ascontiguousarray(centre),
+                                     np.ascontiguousarray(scale), np.zeros(F), n_threads)
     z = _finish_features(x, y_k, restore, out, direct)
     if not return_stats:
         return z
@@ -158,34 +182,19 @@ def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=Tr
     gets NaN (its statistics depend on the NaN entries' z).  fitted=False (mean
     and std were given): they are constants and grad = g / std.
     """
+    fast = _dispatch.kernels.standardize_backward_fast(grad_out, x, mean, std, axis, ddof, with_mean,
+                                                       with_std, fitted, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
-    data = cast(data, cdt)  # the backward runs in the compute dtype
-    grad_out = same_shape_input(grad_out, "grad_out", x)
-    g = np.ascontiguousarray(np.moveaxis(grad_out, check_dim(axis, x.ndim, "axis"), 0),
-                             dtype=cdt).reshape(N, F)
+    g = _feature_grad(grad_out, x, axis, N, F)
+    ddof = _check_ddof(ddof)
     mean_v = _feature_stat(mean, "mean", sshape)
     std_v = _feature_stat(std, "std", sshape)
-    scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
-    if not fitted:
-        return restore(g * scale.astype(cdt))
-    if not with_std:  # z = x - mean (or x): the mean's gradient only
-        return restore(g - g.mean(axis=0) if with_mean else g)
-    if not with_mean:  # z = x / std, std still taken about the mean
-        xc = data - mean_v
-        dot = (g * data).sum(axis=0)
-        grad = g * scale - xc * (dot * scale ** 3 / max(N - ddof, 1))
-        grad[:, std_v == 0] = g[:, std_v == 0]
-        return restore(grad.astype(cdt))
-    # The BatchNorm backward with rstd' = c / std and weight 1 / c, c = sqrt(N / (N - ddof)),
-    # is exactly this gradient (and g - mean(g) for std 0, where rstd' = c).
-    if N - ddof <= 0:
+    if fitted and with_mean and with_std and N - ddof <= 0:
         raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
-    c = np.sqrt(N / (N - ddof))
-    dx = np.empty((N, F), cdt)
-    _dispatch.kernels.channel_backward(g, data, dx, True, N, F, 1, 1, False, np.full(F, 1.0 / c, cdt),
-                              np.ascontiguousarray(mean_v), np.ascontiguousarray(c * scale), True,
-                              None, None, n_threads)
-    return restore(dx)
+    return restore(_dispatch.kernels.standardize_grad(g, data, mean_v, std_v, ddof, bool(with_mean),
+                                                      bool(with_std), bool(fitted), n_threads))
 
 
 def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_max=None,
@@ -204,12 +213,7 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
     if fast is not NotImplemented:
         return fast
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
-    try:
-        lo, hi = (float(v) for v in feature_range)
-    except (TypeError, ValueError):
-        raise TypeError(f"feature_range must be a pair of numbers, got {feature_range!r}") from None
-    if not lo < hi:
-        raise ValueError(f"feature_range must be (min, max) with min < max, got {feature_range!r}")
+    lo, hi = _check_range(feature_range)
     if (data_min is None) != (data_max is None):
         raise ValueError("data_min and data_max must be given together (or neither)")
     if data_min is None:
@@ -217,18 +221,15 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
             raise ValueError("need at least one sample along axis to find min and max")
         mn = np.empty(F, np.float64)
         mx = np.empty(F, np.float64)
-        _dispatch.kernels.column_minmax(data, N, F, mn, mx, n_threads)
-        all_nan = mn > mx  # only NaN in the feature
-        mn[all_nan] = np.nan
-        mx[all_nan] = np.nan
+        _dispatch.kernels.feature_minmax(data, N, F, mn, mx, n_threads)  # NaN for a feature of NaN only
     else:
         mn = _feature_stat(data_min, "data_min", sshape)
         mx = _feature_stat(data_max, "data_max", sshape)
     span = mx - mn
     scale = (hi - lo) / np.where(span == 0, 1.0, span)
     y_k, direct = _feature_output(x, data, axis, cdt, out)
-    _dispatch.kernels.channel_affine(data, y_k, True, N, F, 1, np.ascontiguousarray(mn),
-                            np.ascontiguousarray(scale), np.full(F, lo), n_threads)
+    _dispatch.kernels.feature_affine(data, y_k, N, F, np.ascontiguousarray(mn),
+                                     np.ascontiguousarray(scale), np.full(F, lo), n_threads)
     y = _finish_features(x, y_k, restore, out, direct)
     if not return_stats:
         return y
@@ -246,36 +247,13 @@ def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_rang
     treated as scaled by the constant hi - lo; a feature holding NaN gets NaN
     there, as the loss is NaN.
     """
+    fast = _dispatch.kernels.min_max_scale_backward_fast(grad_out, x, data_min, data_max, axis,
+                                                         feature_range, fitted, n_threads)
+    if fast is not NotImplemented:
+        return fast
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
-    data = cast(data, cdt)  # the backward runs in the compute dtype
-    grad_out = same_shape_input(grad_out, "grad_out", x)
-    d = check_dim(axis, x.ndim, "axis")
-    g = np.ascontiguousarray(np.moveaxis(grad_out, d, 0), dtype=cdt).reshape(N, F)
-    lo, hi = (float(v) for v in feature_range)
+    g = _feature_grad(grad_out, x, axis, N, F)
+    lo, hi = _check_range(feature_range)
     mn = _feature_stat(data_min, "data_min", sshape)
     mx = _feature_stat(data_max, "data_max", sshape)
-    span = mx - mn
-    scale = (hi - lo) / np.where(span == 0, 1.0, span)
-    grad = np.empty((N, F), cdt)
-    _dispatch.kernels.channel_affine(g, grad, True, N, F, 1, np.zeros(F), np.ascontiguousarray(scale),
-                            np.zeros(F), n_threads)
-    if fitted and N > 0:
-        # per feature: sum g and sum g * (x - min), from the channel backward's sums
-        sum_g = np.empty(F)
-        sum_gx = np.empty(F)
-        scratch = np.empty((N, F), cdt)
-        _dispatch.kernels.channel_backward(g, data, scratch, True, N, F, 1, 1, False, None,
-                                  np.ascontiguousarray(np.nan_to_num(mn)), np.ones(F), False,
-                                  sum_gx, sum_g, n_threads)
-        varying = (span != 0) & np.isfinite(span)
-        ratio = np.where(varying, scale / np.where(span == 0, 1.0, span), 0.0)
-        d_min = np.where(varying, sum_gx * ratio - scale * sum_g, 0.0)   # dL/dmin
-        d_max = np.where(varying, -sum_gx * ratio, 0.0)                   # dL/dmax
-        cols = np.arange(F)
-        with np.errstate(invalid="ignore"):
-            finite = np.isfinite(mn)
-            arg_min = np.nanargmin(np.where(np.isnan(data), np.inf, data), axis=0)
-            arg_max = np.nanargmax(np.where(np.isnan(data), -np.inf, data), axis=0)
-        grad[arg_min[finite], cols[finite]] += d_min[finite].astype(cdt)
-        grad[arg_max[finite], cols[finite]] += d_max[finite].astype(cdt)
-    return restore(grad)
+    return restore(_dispatch.kernels.min_max_scale_grad(g, data, mn, mx, lo, hi, bool(fitted), n_threads))
