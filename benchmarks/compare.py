@@ -302,7 +302,7 @@ def main(argv=None):
     p.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead table")
     p.add_argument("--overhead-only", action="store_true", help="print only the per-call overhead table")
     p.add_argument("--overhead-repeats", type=int, default=None,
-                   help="timed rounds per overhead call, the minimum is shown (default 5; --quick 3)")
+                   help="timed rounds per overhead call, the minimum is shown (default 15; --quick 3)")
     p.add_argument("--overhead-min-time", type=float, default=None,
                    help="seconds per timed loop of an overhead call (default 0.005; --quick 0.002)")
     p.add_argument("--no-check", action="store_true",
@@ -321,7 +321,7 @@ def main(argv=None):
             p.error(f"--dtypes {d}: ml_dtypes is not installed")
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 9)
     min_time = args.min_time if args.min_time is not None else (0.005 if args.quick else 0.02)
-    oh_repeats = args.overhead_repeats if args.overhead_repeats is not None else (3 if args.quick else 5)
+    oh_repeats = args.overhead_repeats if args.overhead_repeats is not None else (3 if args.quick else 15)
     oh_min_time = (args.overhead_min_time if args.overhead_min_time is not None
                    else (0.002 if args.quick else 0.005))
     shapes = None if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes]

@@ -1226,11 +1226,27 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
     cdef object y = _fast_output(xa, out)
     if y is None:
         return NotImplemented
-    cdef cnp.npy_intp ns = n_stats
-    cdef object st_mean = cnp.PyArray_EMPTY(1, &ns, cnp.NPY_FLOAT64, 0)
-    cdef object st_var = cnp.PyArray_EMPTY(1, &ns, cnp.NPY_FLOAT64, 0)
-    cdef double* sm = <double*>cnp.PyArray_DATA(<cnp.ndarray>st_mean)
-    cdef double* sv = <double*>cnp.PyArray_DATA(<cnp.ndarray>st_var)
+    cdef double* sm = <double*>malloc(2 * n_stats * sizeof(double) + 8)
+    if sm == NULL:
+        raise MemoryError()
+    try:
+        return _channel_norm_run(op, xa, y, running_mean, running_var, wa, ba, batch_stats, per_sample,
+                                 m, e, N, C, S, cpg, cl, n_stats, ctype, typenum, n_threads,
+                                 return_stats, sm, sm + n_stats)
+    finally:
+        free(sm)
+
+
+cdef object _channel_norm_run(int op, cnp.ndarray xa, object y, object running_mean,
+                              object running_var, object wa, object ba, bint batch_stats,
+                              bint per_sample, double m, double e, Py_ssize_t N, Py_ssize_t C,
+                              Py_ssize_t S, Py_ssize_t cpg, bint cl, Py_ssize_t n_stats, int ctype,
+                              int typenum, object n_threads, bint return_stats, double* sm,
+                              double* sv):
+    """channel_norm_fast once its arguments are checked; sm, sv: n_stats
+    doubles of scratch for the statistics."""
+    cdef Py_ssize_t c
+    cdef bint dbl
     cdef cnp.ndarray rm, rv
     if not batch_stats:
         rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
