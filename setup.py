@@ -8,8 +8,9 @@ What it decides, and why:
   reports the outcome (recorded in ``fastnorm/_build_info.py``).
 * The kernels are compiled once per instruction set and the best one the CPU
   supports is chosen at import (as NumPy's runtime dispatch does): on x86-64 a
-  baseline (SSE2) ``_core``, an AVX2+FMA ``_core_avx2`` (x86-64-v3) and an
-  AVX-512 ``_core_avx512`` (x86-64-v4).  All three come from the same source,
+  baseline (SSE2) ``_core``, an AVX2+FMA ``_core_avx2`` (x86-64-v3), an
+  AVX-512 ``_core_avx512`` (x86-64-v4) and ``_core_avx512bf16`` (x86-64-v4
+  plus AVX-512 BF16, whose conversion instruction narrows bfloat16).  All three come from the same source,
   ``fastnorm/_kernels.pxi``.  ``FASTNORM_NATIVE=1`` instead builds a single
   ``_core`` with ``-march=native`` for the build machine only.
 * ``-O3`` lets gcc vectorize the hot loops (and a larger runtime alias-check
@@ -118,6 +119,9 @@ elif machine in ("x86_64", "amd64"):
         ("_core", "baseline", []),
         ("_core_avx2", "avx2", ["-march=x86-64-v3"]),
         ("_core_avx512", "avx512", ["-march=x86-64-v4", "-mprefer-vector-width=512"]),
+        # the AVX-512 kernels again, bfloat16 narrowed by vcvtneps2bf16 (simd.h)
+        ("_core_avx512bf16", "avx512bf16",
+         ["-march=x86-64-v4", "-mavx512bf16", "-mprefer-vector-width=512"]),
     ]
     # Drop an instruction-set variant the compiler does not know (old gcc).
     variants = [v for v in variants if not v[2] or _try_compile("int main(void){return 0;}\n", v[2])]
@@ -154,7 +158,8 @@ extensions = [
         f"fastnorm.{module}",
         sources=[f"fastnorm/{module}.pyx"],
         # C included by the kernels (the .pxi are tracked by Cython)
-        depends=["fastnorm/_panels.h", "fastnorm/simd.h", "fastnorm/rows16.h", "fastnorm/parallel.h"],
+        depends=["fastnorm/_panels.h", "fastnorm/simd.h", "fastnorm/rows16.h", "fastnorm/parallel.h",
+                 "fastnorm/cpu.h"],
         include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS + OMP_FLAGS + isa_flags,

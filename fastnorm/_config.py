@@ -10,13 +10,13 @@ from . import _core
 __all__ = ["show_config", "get_config", "kernels", "max_threads"]
 
 # Instruction-set builds, best first: (module, ISA name, minimum CPU level).
-_ISA_LEVEL = {"avx512": 4, "avx2": 3, "baseline": 0, "native": 0}
+_ISA_LEVEL = {"avx512bf16": 5, "avx512": 4, "avx2": 3, "baseline": 0, "native": 0}
 
 
 def _select_kernels():
     """Import the best kernel build this CPU runs.
 
-    FASTNORM_ISA=baseline|avx2|avx512 forces a build (an error if it was not
+    FASTNORM_ISA=baseline|avx2|avx512|avx512bf16 forces a build (an error if it was not
     built or the CPU lacks it)."""
     built = {isa: module for module, isa, _ in _build_info.VARIANTS}
     level = _core.cpu_isa_level()

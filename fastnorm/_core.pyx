@@ -5,23 +5,11 @@
 # its architecture.
 include "_kernels.pxi"
 
-cdef extern from *:
-    """
-    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-    static int fastnorm_cpu_level(void) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("x86-64-v4")) return 4;
-        if (__builtin_cpu_supports("x86-64-v3")) return 3;
-        return 1;
-    }
-    #else
-    static int fastnorm_cpu_level(void) { return 0; }
-    #endif
-    """
+cdef extern from "cpu.h":
     int fastnorm_cpu_level() noexcept nogil
 
 
 def cpu_isa_level():
-    """x86-64 micro-architecture level of this CPU (4 = AVX-512, 3 = AVX2+FMA,
-    1 = baseline), or 0 when not an x86 CPU."""
+    """x86-64 micro-architecture level of this CPU (5 = AVX-512 with AVX-512
+    BF16, 4 = AVX-512, 3 = AVX2+FMA, 1 = baseline), or 0 when not an x86 CPU."""
     return fastnorm_cpu_level()

@@ -258,10 +258,11 @@ static void fastnorm_affine_stream_v(const float* x, float* y, Py_ssize_t n, con
  *
  * float16 uses F16C (vcvtph2ps / vcvtps2ph, in the AVX2 and AVX-512 builds);
  * the baseline build and the tails use the portable scalar routines below,
- * which give the same bits.  bfloat16 uses integer rounding, which gcc
- * vectorizes on every build.  AVX-512 BF16's vcvtneps2bf16 is deliberately
- * not used: it flushes subnormal inputs and outputs to zero, PyTorch's and
- * ml_dtypes' conversions do not. */
+ * which give the same bits.  bfloat16 uses integer rounding in vector
+ * registers on every build; the AVX-512 BF16 build (CPUs that have it)
+ * narrows with vcvtneps2bf16, which gives the same bits except that it
+ * flushes subnormals to zero (PyTorch's and ml_dtypes' conversions do not),
+ * so a vector holding a subnormal takes the integer rounding. */
 
 static inline float fn_bits_to_float(uint32_t u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
 static inline uint32_t fn_float_to_bits(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); return u; }
@@ -337,10 +338,6 @@ static void fn_widen_bf16(const uint16_t* src, float* dst, Py_ssize_t n) {
         dst[i] = fn_bf16_to_float(src[i]);
 }
 
-static void fn_narrow_bf16(const float* src, uint16_t* dst, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++)
-        dst[i] = fn_float_to_bf16(src[i]);
-}
 
 /* ---- vector loads of FN_VBYTES / 4 16-bit values widened to a float
  * vector (fn_vf), and packing a float vector to 16 bits (fn_vh) ---- */
@@ -362,6 +359,13 @@ static inline fn_vf fn_vload_bf16(const uint16_t* p) {
 }
 
 static inline fn_vh fn_pack_bf16(fn_vf v) {
+#if defined(__AVX512BF16__)
+    /* vcvtneps2bf16 rounds to nearest even and quiets NaN as the integer
+       rounding below does, but flushes subnormal inputs to zero: a vector
+       holding one (rare in normalized data) takes the integer rounding */
+    if (__builtin_expect(_mm512_fpclass_ps_mask((__m512)v, 0x20) == 0, 1))
+        return (fn_vh)_mm512_cvtneps_pbh((__m512)v);
+#endif
 #if defined(__AVX512F__)
     const __m512i x = _mm512_castps_si512((__m512)v);
     const __m512i hi = _mm512_srli_epi32(x, 16);
@@ -384,6 +388,18 @@ static inline fn_vh fn_pack_bf16(fn_vf v) {
     return __builtin_convertvector(r, fn_vh);
 #endif
 #endif
+}
+
+/* the vector pack over whole vectors (the kernels' own store path), the
+   scalar rounding for the tail: the same bits */
+static void fn_narrow_bf16(const float* src, uint16_t* dst, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; i + FN_W <= n; i += FN_W) {
+        fn_vh h = fn_pack_bf16(FN_LOAD(fn_vfu, src + i));
+        __builtin_memcpy(dst + i, &h, sizeof(h));
+    }
+    for (; i < n; i++)
+        dst[i] = fn_float_to_bf16(src[i]);
 }
 
 static inline fn_vf fn_vload_f16(const uint16_t* p) {

@@ -395,3 +395,46 @@ def test_wide_16bit_rows_split_across_threads(name, dtype, rng):
     unit = float(ml_dtypes.finfo(dtype).eps) * max(1.0, float(np.abs(one).max()))
     assert np.abs(two - one).max() <= unit
     assert np.abs(two - wide32).max() <= unit
+
+
+def _conversion_floats(rng):
+    """float32 bit patterns that stress a 16-bit rounding: every high half
+    with low halves at, just below and just above the rounding tie, random
+    bits, subnormals (alone and among normal values in one vector), NaN
+    payloads, infinities and the largest finite values."""
+    high = np.arange(65536, dtype=np.uint32) << 16
+    lows = np.array([0x0000, 0x7fff, 0x8000, 0x8001, 0xffff], np.uint32)
+    bits = [(high[:, None] | lows[None, :]).ravel(), rng.integers(0, 2**32, 400_000, dtype=np.uint32)]
+    sub = rng.integers(1, 0x00800000, 4096, dtype=np.uint32) | (rng.integers(0, 2, 4096, dtype=np.uint32) << 31)
+    mixed = rng.integers(0x3f800000, 0x40000000, 4096, dtype=np.uint32)
+    mixed[::37] = sub[::37]  # one subnormal in some vectors of normal values
+    bits += [sub, mixed, np.array([0x7f800000, 0xff800000, 0x7f7fffff, 0x7f7f8000, 0x7fc00001, 0xffa00000],
+                                  np.uint32)]
+    return np.concatenate(bits).view(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+def test_conversions_are_bit_exact_on_every_build(dtype, rng, isa):
+    """Widening every 16-bit pattern and narrowing ~0.75M float32 patterns
+    give NumPy's / ml_dtypes' bits (round to nearest even, subnormals kept,
+    NaN quiet), on every instruction-set build: the kernels' vector paths
+    (widen_narrow narrows whole vectors with the kernels' pack)."""
+    every = np.arange(65536, dtype=np.uint16).view(dtype)
+    wide = _dispatch.kernels.widen_narrow(every, np.empty(65536, np.float32))
+    expected = every.astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(wide), nan)
+    assert np.array_equal(wide.view(np.uint32)[~nan], expected.view(np.uint32)[~nan])
+    f = _conversion_floats(rng)
+    for offset in (0, 1, 7):  # whole vectors and tails at every alignment
+        src = f[offset:]
+        got = _dispatch.kernels.widen_narrow(src, np.empty(src.size, dtype)).view(np.uint16)
+        with np.errstate(invalid="ignore"):  # NumPy warns on NaN -> float16
+            want = src.astype(dtype).view(np.uint16)
+        finite = ~np.isnan(src)
+        assert np.array_equal(got[finite], want[finite]), dtype
+        # NaN stays NaN (quiet), with its sign
+        g = got[~finite]
+        exp_mask = 0x7c00 if dtype == F16 else 0x7f80
+        assert ((g & exp_mask) == exp_mask).all() and ((g & ~np.uint16(0x8000 | exp_mask)) != 0).all()
+        assert np.array_equal(g >> 15, (src[~finite].view(np.uint32) >> 31).astype(np.uint16))
