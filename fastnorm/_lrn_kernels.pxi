@@ -16,6 +16,8 @@
 # Work is split into units: channels-first, (sample, chunk of positions);
 # channels-last, LRN_CL_ROWS positions, transposed into a channels-first tile
 # in cache, run by the same code, and transposed back (no whole-array copy).
+# float16 / bfloat16 storage always takes tiles, widened on the way in and
+# narrowed on the way out (the float32 code in between).
 
 from libc.math cimport exp, log, sqrtf, fabs, INFINITY
 
@@ -250,27 +252,152 @@ cdef void _lrn_backward_part(const floating* g, const floating* x, const floatin
         _transpose(dt, dx + s0 * C, C, L)
 
 
-cdef inline Py_ssize_t _lrn_units(bint cl, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
-    return (N * S + LRN_CL_ROWS - 1) // LRN_CL_ROWS if cl else N * ((S + LRN_CHUNK - 1) // LRN_CHUNK)
+# ---------------------------------------------------------------- 16-bit storage
+# float16 / bfloat16 x (and grad) in either layout: a unit is LRN_CL_ROWS
+# positions of one sample (channels-first) or LRN_CL_ROWS rows (channels-last),
+# gathered into a channels-first float32 tile in cache (widened), run by the
+# float32 unit, and scattered back (narrowed).  The scale (a saved statistic)
+# is float32, in x's layout.
+
+cdef void _tile_gather16(const char* x, int st, bint cl, Py_ssize_t C, Py_ssize_t S,
+                         Py_ssize_t base, Py_ssize_t s0, Py_ssize_t L, float* t,
+                         uint16_t* t16) noexcept nogil:
+    """t (C, L) = the widened values at positions s0..s0+L (channels-first:
+    of the sample starting at value `base`; channels-last: rows s0..)."""
+    cdef Py_ssize_t c, i
+    cdef const uint16_t* h = <const uint16_t*>x
+    if not cl:
+        for c in range(C):
+            fn_widen(st, h + base + c * S + s0, t + c * L, L)
+        return
+    for i in range(L):
+        for c in range(C):
+            t16[c * L + i] = h[(s0 + i) * C + c]
+    fn_widen(st, t16, t, C * L)
+
+
+cdef void _tile_scatter16(const float* t, int st, bint cl, Py_ssize_t C, Py_ssize_t S,
+                          Py_ssize_t base, Py_ssize_t s0, Py_ssize_t L, char* y,
+                          uint16_t* t16) noexcept nogil:
+    """The inverse of _tile_gather16: t narrowed into y."""
+    cdef Py_ssize_t c, i
+    cdef uint16_t* h = <uint16_t*>y
+    if not cl:
+        for c in range(C):
+            fn_narrow(st, t + c * L, h + base + c * S + s0, L)
+        return
+    fn_narrow(st, t, t16, C * L)
+    for i in range(L):
+        for c in range(C):
+            h[(s0 + i) * C + c] = t16[c * L + i]
+
+
+cdef inline void _tile_floats(const float* src, float* dst, bint cl, bint to_tile, Py_ssize_t C,
+                              Py_ssize_t S, Py_ssize_t base, Py_ssize_t s0, Py_ssize_t L) noexcept nogil:
+    """The float32 scale between its array (x's layout) and a (C, L) tile."""
+    cdef Py_ssize_t c
+    if cl:
+        if to_tile:
+            _transpose(src + s0 * C, dst, L, C)
+        else:
+            _transpose(src, dst + s0 * C, C, L)
+        return
+    for c in range(C):
+        if to_tile:
+            memcpy(dst + c * L, src + base + c * S + s0, L * sizeof(float))
+        else:
+            memcpy(dst + base + c * S + s0, src + c * L, L * sizeof(float))
+
+
+cdef inline void _unit16(bint cl, Py_ssize_t N, Py_ssize_t S, Py_ssize_t u, Py_ssize_t C,
+                         Py_ssize_t* base, Py_ssize_t* s0, Py_ssize_t* L) noexcept nogil:
+    """Where unit u of a 16-bit LRN lies (see _lrn_units16)."""
+    cdef Py_ssize_t chunks = (S + LRN_CL_ROWS - 1) // LRN_CL_ROWS
+    if cl:
+        base[0] = 0
+        s0[0] = u * LRN_CL_ROWS
+        L[0] = LRN_CL_ROWS if s0[0] + LRN_CL_ROWS <= N * S else N * S - s0[0]
+    else:
+        base[0] = (u // chunks) * C * S
+        s0[0] = (u % chunks) * LRN_CL_ROWS
+        L[0] = LRN_CL_ROWS if s0[0] + LRN_CL_ROWS <= S else S - s0[0]
+
+
+cdef void _lrn_forward_part16(const char* x, char* y, float* sc, int st, bint cl, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t S, Py_ssize_t u0, Py_ssize_t u1,
+                              Py_ssize_t size, double alpha, double beta, double k,
+                              double* scratch) noexcept nogil:
+    """Units u0..u1 of a 16-bit forward.  scratch: _lrn_scratch16 doubles."""
+    cdef Py_ssize_t u, base, s0, L
+    cdef double* acc = scratch
+    cdef float* plane = <float*>(scratch + 2 * LRN_CHUNK)
+    cdef float* xt = <float*>(scratch + 3 * LRN_CHUNK)
+    cdef float* yt = xt + C * LRN_CL_ROWS
+    cdef float* stile = yt + C * LRN_CL_ROWS
+    cdef uint16_t* t16 = <uint16_t*>(stile + C * LRN_CL_ROWS)
+    for u in range(u0, u1):
+        _unit16(cl, N, S, u, C, &base, &s0, &L)
+        _tile_gather16(x, st, cl, C, S, base, s0, L, xt, t16)
+        _lrn_unit(<const float*>xt, yt, stile if sc != NULL else NULL, C, L, 0, L, size, alpha, beta,
+                  k, acc, plane)
+        _tile_scatter16(yt, st, cl, C, S, base, s0, L, y, t16)
+        if sc != NULL:
+            _tile_floats(stile, sc, cl, False, C, S, base, s0, L)
+
+
+cdef void _lrn_backward_part16(const char* g, const char* x, const float* sc, char* dx, int st,
+                               bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t u0,
+                               Py_ssize_t u1, Py_ssize_t size, double alpha, double beta,
+                               double* scratch) noexcept nogil:
+    """Units u0..u1 of a 16-bit backward, as _lrn_forward_part16."""
+    cdef Py_ssize_t u, base, s0, L
+    cdef double* acc = scratch
+    cdef double* ring = scratch + 2 * LRN_CHUNK
+    cdef float* rring = <float*>(scratch + (size + 2) * LRN_CHUNK)
+    cdef float* gt = <float*>(scratch + (2 * size + 2) * LRN_CHUNK)
+    cdef float* xt = gt + C * LRN_CL_ROWS
+    cdef float* stile = xt + C * LRN_CL_ROWS
+    cdef float* dt = stile + C * LRN_CL_ROWS
+    cdef uint16_t* t16 = <uint16_t*>(dt + C * LRN_CL_ROWS)
+    for u in range(u0, u1):
+        _unit16(cl, N, S, u, C, &base, &s0, &L)
+        _tile_gather16(g, st, cl, C, S, base, s0, L, gt, t16)
+        _tile_gather16(x, st, cl, C, S, base, s0, L, xt, t16)
+        _tile_floats(sc, stile, cl, True, C, S, base, s0, L)
+        _lrn_backward_unit(<const float*>gt, <const float*>xt, <const float*>stile, dt, C, L, 0, L,
+                           size, alpha, beta, acc, ring, rring)
+        _tile_scatter16(dt, st, cl, C, S, base, s0, L, dx, t16)
+
+
+cdef inline Py_ssize_t _lrn_units(bint cl, bint half, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+    """Units of work: channels-last, LRN_CL_ROWS rows; channels-first, chunks
+    of LRN_CHUNK positions of a sample (LRN_CL_ROWS for 16-bit storage)."""
+    if cl:
+        return (N * S + LRN_CL_ROWS - 1) // LRN_CL_ROWS
+    return N * ((S + LRN_CL_ROWS - 1) // LRN_CL_ROWS if half else (S + LRN_CHUNK - 1) // LRN_CHUNK)
 
 
 def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t N, Py_ssize_t C,
                 Py_ssize_t S, Py_ssize_t size, double alpha, double beta, double k, object n_threads):
-    """x, y, scale: C-contiguous (N, C, S), or (N, S, C) when cl, of one dtype;
-    scale None: not wanted."""
+    """x, y: C-contiguous (N, C, S), or (N, S, C) when cl, of one storage
+    dtype; scale: the same layout in the compute dtype, or None (not wanted)."""
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef int ctype = _kernel_typenum(typenum)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
     if scale is not None:
-        _check_flat(scale, typenum, N * C * S, "scale")
+        _check_flat(scale, ctype, N * C * S, "scale")
     cdef int nth = resolve_threads(n_threads, N * C * S * size)
-    cdef Py_ssize_t units = _lrn_units(cl, N, S)
+    cdef Py_ssize_t units = _lrn_units(cl, st != ST_NATIVE, N, S)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* yp = cnp.PyArray_DATA(y)
     cdef void* sp = cnp.PyArray_DATA(scale) if scale is not None else NULL
     # per thread: LRN_CHUNK window sums and as many bounds, a plane of LRN_CHUNK
-    # values, and (channels-last) three tiles of C x LRN_CL_ROWS values
-    cdef Py_ssize_t per = 3 * LRN_CHUNK + (3 * C * LRN_CL_ROWS if cl else 0)
+    # values, and (channels-last, 16-bit) three tiles of C x LRN_CL_ROWS values
+    # (16-bit: and one of C x LRN_CL_ROWS 16-bit values)
+    cdef Py_ssize_t per = 3 * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl or st != ST_NATIVE else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:
@@ -278,7 +405,11 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
     if N * C * S > 0:
         with nogil:
             for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-                if typenum == cnp.NPY_FLOAT32:
+                if st != ST_NATIVE:
+                    _lrn_forward_part16(<const char*>xp, <char*>yp, <float*>sp, st, cl, N, C, S,
+                                        _part_start(units, nth, p), _part_start(units, nth, p + 1),
+                                        size, alpha, beta, k, scratch + p * per)
+                elif not dbl:
                     _lrn_forward_part[float](<const float*>xp, <float*>yp, <float*>sp, cl, N, C, S,
                                              _part_start(units, nth, p), _part_start(units, nth, p + 1),
                                              size, alpha, beta, k, scratch + p * per)
@@ -292,21 +423,25 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
 def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx, bint cl,
                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t size, double alpha,
                  double beta, object n_threads):
-    """g, x, scale, dx in one layout, as lrn_forward."""
+    """g, x, dx in one layout and storage dtype, scale in its compute dtype,
+    as lrn_forward."""
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(g, typenum, N * C * S, "grad_out")
-    _check_flat(scale, typenum, N * C * S, "scale")
+    _check_flat(scale, _kernel_typenum(typenum), N * C * S, "scale")
     _check_flat(dx, typenum, N * C * S, "grad_x")
     cdef int nth = resolve_threads(n_threads, N * C * S * size)
-    cdef Py_ssize_t units = _lrn_units(cl, N, S)
+    cdef Py_ssize_t units = _lrn_units(cl, st != ST_NATIVE, N, S)
     cdef void* gp = cnp.PyArray_DATA(g)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* sp = cnp.PyArray_DATA(scale)
     cdef void* dp = cnp.PyArray_DATA(dx)
     # per thread: the sliding sums and their bounds, a ring of size double planes, a
-    # ring of size value planes, and (channels-last) four tiles of C x LRN_CL_ROWS values
-    cdef Py_ssize_t per = (2 * size + 2) * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl else 0)
+    # ring of size value planes, and (channels-last, 16-bit) four tiles of
+    # C x LRN_CL_ROWS values (16-bit: and one of 16-bit values)
+    cdef Py_ssize_t per = (2 * size + 2) * LRN_CHUNK + (5 * C * LRN_CL_ROWS if cl or st != ST_NATIVE else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:
@@ -314,7 +449,12 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     if N * C * S > 0:
         with nogil:
             for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-                if typenum == cnp.NPY_FLOAT32:
+                if st != ST_NATIVE:
+                    _lrn_backward_part16(<const char*>gp, <const char*>xp, <const float*>sp, <char*>dp,
+                                         st, cl, N, C, S, _part_start(units, nth, p),
+                                         _part_start(units, nth, p + 1), size, alpha, beta,
+                                         scratch + p * per)
+                elif not dbl:
                     _lrn_backward_part[float](<const float*>gp, <const float*>xp, <const float*>sp,
                                               <float*>dp, cl, N, C, S, _part_start(units, nth, p),
                                               _part_start(units, nth, p + 1), size, alpha, beta,
@@ -342,7 +482,7 @@ cdef bint _fast_lrn_scalars(object size, object alpha, object beta, object k, do
 
 def lrn_fast(object x, object size, object alpha, object beta, object k, object channel_axis,
              object out, object n_threads, bint return_stats):
-    """Fast path of local_response_norm (contiguous float32 / float64 x)."""
+    """Fast path of local_response_norm (a contiguous x of a kernel dtype)."""
     cdef Py_ssize_t N, C, S
     cdef bint cl
     cdef double a, b, kk
@@ -350,7 +490,8 @@ def lrn_fast(object x, object size, object alpha, object beta, object k, object 
         return NotImplemented
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int typenum = cnp.PyArray_TYPE(xa)
-    if ((typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _fast_array(x, typenum)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum)
             or cnp.PyArray_NDIM(xa) < 3 or not _fast_lrn_scalars(size, alpha, beta, k, &a, &b, &kk)
             or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
         return NotImplemented
@@ -359,7 +500,7 @@ def lrn_fast(object x, object size, object alpha, object beta, object k, object 
     cdef object y = _fast_output(xa, out)
     if y is None:
         return NotImplemented
-    cdef object scale = (empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)
+    cdef object scale = (empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), ctype)
                          if return_stats else None)
     lrn_forward(xa, <cnp.ndarray>y, scale, cl, N, C, S, size, a, b, kk, n_threads)
     return (y, scale) if return_stats else y
@@ -367,7 +508,7 @@ def lrn_fast(object x, object size, object alpha, object beta, object k, object 
 
 def lrn_backward_fast(object grad_out, object x, object scale, object size, object alpha, object beta,
                       object k, object channel_axis, object n_threads):
-    """Fast path of local_response_norm_backward."""
+    """Fast path of local_response_norm_backward (scale in the compute dtype)."""
     cdef Py_ssize_t N, C, S
     cdef bint cl
     cdef double a, b, kk
@@ -375,10 +516,11 @@ def lrn_backward_fast(object grad_out, object x, object scale, object size, obje
         return NotImplemented
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int typenum = cnp.PyArray_TYPE(xa)
-    if ((typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _fast_array(x, typenum)
+    cdef int ctype = _kernel_typenum(typenum)
+    if (ctype < 0 or not _fast_array(x, typenum)
             or cnp.PyArray_NDIM(xa) < 3 or not _fast_lrn_scalars(size, alpha, beta, k, &a, &b, &kk)
             or not _fast_array(grad_out, typenum) or not _same_dims(<cnp.ndarray>grad_out, xa, 0)
-            or not _fast_array(scale, typenum) or not _same_dims(<cnp.ndarray>scale, xa, 0)
+            or not _fast_array(scale, ctype) or not _same_dims(<cnp.ndarray>scale, xa, 0)
             or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
         return NotImplemented
     cdef object dx = empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)

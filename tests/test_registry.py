@@ -240,6 +240,8 @@ def test_unsupported_dtypes_raise_type_error(op, rng):
     ("instance_norm", (3, 8, 5, 7), {}), ("standardize", (33, 20), {}),
     ("filter_response_norm", (3, 8, 5, 7), {}), ("filter_response_norm", (2, 4, 70), {}),
     ("weight_norm", (9, 40), {}), ("normalize", (7, 37), {}),
+    ("local_response_norm", (3, 8, 5, 7), {}), ("local_response_norm", (2, 6, 3, 16), {"channel_axis": -1}),
+    ("local_response_norm", (2, 5, 1200), {}),
 ])
 def test_16bit_kernels_equal_float32_kernels_rounded(name, shape, kwargs, dtype, rng, isa):
     """A 16-bit input is widened in registers and computed by the float32

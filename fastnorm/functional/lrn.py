@@ -37,9 +37,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = check_lrn_args(x, size, alpha, beta, k)
     layout = ChannelLayout(x, channel_axis)
-    data = layout.data_as(cdt)
-    y_k, direct = channel_output(x, layout, data, cdt, out)
-    scale = np.empty(data.shape, cdt) if return_stats else None
+    data = layout.data  # the kernels read the storage dtype (16-bit: widened in cache tiles)
+    y_k, direct = channel_output(x, layout, data, x.dtype, out)
+    scale = np.empty(data.shape, cdt) if return_stats else None  # a statistic: the compute dtype
     _dispatch.kernels.lrn_forward(data, y_k, scale, layout.cl, layout.N, layout.C, layout.S, size, alpha,
                          beta, k, n_threads)
     y = out if direct else restored_output(x, layout.restore(y_k), cdt, out)
@@ -64,9 +64,8 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     if scale.shape != x.shape:
         raise ValueError(f"scale must have the shape of x {x.shape}, got {scale.shape}")
     layout = ChannelLayout(x, channel_axis)
-    data = layout.data_as(cdt)
-    dx = _empty(data.shape, cdt)
-    _dispatch.kernels.lrn_backward(cast(to_kernel_layout(grad_out, layout), cdt), data,
-                          cast(to_kernel_layout(scale, layout), cdt), dx, layout.cl,
-                          layout.N, layout.C, layout.S, size, alpha, beta, n_threads)
-    return cast(layout.restore(dx), x.dtype)
+    dx = _empty(layout.data.shape, x.dtype)
+    _dispatch.kernels.lrn_backward(to_kernel_layout(grad_out, layout), layout.data,
+                                   cast(to_kernel_layout(scale, layout), cdt), dx, layout.cl,
+                                   layout.N, layout.C, layout.S, size, alpha, beta, n_threads)
+    return layout.restore(dx)
