@@ -119,14 +119,12 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
                 object n_threads):
     """x, y: C-contiguous (N, C, S), or (N, S, C) when cl; weight, bias, tau:
     contiguous (C,) of the compute dtype (tau may be None); rstd: (N*C,) output of
-    the compute dtype.  16-bit x: channels-first only (blocks staged through
-    float32 scratch)."""
+    the compute dtype.  16-bit x: blocks (channels-first) or rows
+    (channels-last) staged through float32 scratch."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     cdef int ctype = _kernel_typenum(typenum)
     cdef bint dbl
     cdef int storage = storage_of(typenum, &dbl)
-    if storage != ST_NATIVE and cl:
-        raise ValueError("internal: 16-bit channels-last FRN is computed in float32")
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(y, typenum, N * C * S, "y")
     _check_flat(weight, ctype, C, "weight")
@@ -150,12 +148,12 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
         return
     if cl:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
-                status = _frn_cl_forward[float](<const float*>xp, <float*>yp, N, C, S, eps,
+            if not dbl:  # float32, or 16-bit storage computed in float32
+                status = _frn_cl_forward[float](<const char*>xp, <char*>yp, storage, N, C, S, eps,
                                                 <const float*>wp, <const float*>bp,
                                                 <const float*>tp, <float*>rp, nth)
             else:
-                status = _frn_cl_forward[double](<const double*>xp, <double*>yp, N, C, S, eps,
+                status = _frn_cl_forward[double](<const char*>xp, <char*>yp, storage, N, C, S, eps,
                                                  <const double*>wp, <const double*>bp,
                                                  <const double*>tp, <double*>rp, nth)
         if status != 0:
@@ -205,8 +203,6 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
     cdef int ctype = _kernel_typenum(typenum)
     cdef bint dbl
     cdef int storage = storage_of(typenum, &dbl)
-    if storage != ST_NATIVE and cl:
-        raise ValueError("internal: 16-bit channels-last FRN is computed in float32")
     _check_flat(x, typenum, N * C * S, "x")
     _check_flat(g, typenum, N * C * S, "grad_out")
     _check_flat(dx, typenum, N * C * S, "grad_x")
@@ -233,13 +229,13 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
                 gt[c] = 0
             return
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
-                status = _frn_cl_backward[float](<const float*>gp, <const float*>xp, <float*>dp, N, C, S,
-                                                 <const float*>wp, <const float*>bp, <const float*>tp,
-                                                 <const float*>rp, gw, gb, gt, nth)
+            if not dbl:  # float32, or 16-bit storage computed in float32
+                status = _frn_cl_backward[float](<const char*>gp, <const char*>xp, <char*>dp, storage,
+                                                 N, C, S, <const float*>wp, <const float*>bp,
+                                                 <const float*>tp, <const float*>rp, gw, gb, gt, nth)
             else:
-                status = _frn_cl_backward[double](<const double*>gp, <const double*>xp, <double*>dp, N, C,
-                                                  S, <const double*>wp, <const double*>bp,
+                status = _frn_cl_backward[double](<const char*>gp, <const char*>xp, <char*>dp, storage,
+                                                  N, C, S, <const double*>wp, <const double*>bp,
                                                   <const double*>tp, <const double*>rp, gw, gb, gt, nth)
         if status != 0:
             raise MemoryError()
@@ -317,9 +313,9 @@ cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_s
                        Py_ssize_t C, const floating* a, const floating* b, const floating* tau,
                        floating* acc, double* sums) noexcept nogil:
     """Per channel over rows r0..r1: sums of gz, gz * x and gtau (_tlu_grad_z /
-    _tlu_grad_tau; gz = g without tau); sums: 3 * C doubles.  Rows are summed
-    in `floating` per channel (acc: 3 * C scratch) over blocks of
-    CL_FLUSH_ROWS * 4 rows, then flushed into the double sums (the row loop
+    _tlu_grad_tau; gz = g without tau), added to sums (3 * C doubles).  Rows
+    are summed in `floating` per channel (acc: 3 * C scratch) over blocks of
+    FRN_CL_ROWS rows from r0, then flushed into the double sums (the row loop
     over channels vectorizes)."""
     cdef Py_ssize_t r, c, rb, re
     cdef const floating* gp
@@ -328,14 +324,12 @@ cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_s
     cdef floating* fa
     cdef floating* fx
     cdef floating* ft
-    for c in range(3 * C):
-        sums[c] = 0
     fa = acc
     fx = acc + C
     ft = acc + 2 * C
     rb = r0
     while rb < r1:
-        re = rb + 4 * CL_FLUSH_ROWS if rb + 4 * CL_FLUSH_ROWS < r1 else r1
+        re = rb + FRN_CL_ROWS if rb + FRN_CL_ROWS < r1 else r1
         for c in range(3 * C):
             acc[c] = 0
         for r in range(rb, re):
@@ -359,15 +353,44 @@ cdef void _frn_cl_sums(const floating* g, const floating* x, Py_ssize_t r0, Py_s
         rb = re
 
 
-cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+cdef enum:
+    FRN_CL_ROWS = 64    # rows per float block of the sums; 16-bit rows are staged this many at a time
+
+
+cdef void _frn_cl_apply_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
+                             Py_ssize_t row_base, Py_ssize_t C, Py_ssize_t S, const floating* a,
+                             const floating* b, const floating* tau) noexcept nogil:
+    """y = tlu(x * a + b) over rows r0..r1 of x and y (row r of the array is
+    row r - row_base of these pointers)."""
+    cdef Py_ssize_t r, c, n
+    cdef const floating* xr
+    cdef floating* yr
+    for r in range(r0, r1):
+        n = r // S
+        xr = x + (r - row_base) * C
+        yr = y + (r - row_base) * C
+        if tau != NULL:
+            for c in range(C):
+                yr[c] = _tlu(xr[c] * a[n * C + c] + b[c], tau[c])
+        else:
+            for c in range(C):
+                yr[c] = xr[c] * a[n * C + c] + b[c]
+
+
+cdef int _frn_cl_forward(const char* xb, char* yb, int st, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                          double eps, const floating* w, const floating* b, const floating* tau,
                          floating* rstd, int nth) noexcept nogil:
-    cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1
+    """Channels-last FRN; 16-bit x (floating float) is widened in the moments'
+    register panels and staged FRN_CL_ROWS rows at a time for the output."""
+    cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1, q
     cdef Py_ssize_t work_len = 3 * _tile_stride(C)
+    cdef Py_ssize_t stage_len = 2 * FRN_CL_ROWS * C if st != ST_NATIVE else 0
     cdef double* sq = <double*>malloc(2 * units * C * sizeof(double) + 8)
-    cdef floating* zero = <floating*>malloc((C + N * C) * sizeof(floating) + (nth * work_len + 16) * sizeof(floating) + 64)
+    cdef floating* zero = <floating*>malloc((C + N * C) * sizeof(floating)
+                                            + (nth * (work_len + stage_len) + 16) * sizeof(floating) + 64)
     cdef floating* a
     cdef floating* scratch
+    cdef floating* stage
     cdef double s2, rs
     cdef int p
     if sq == NULL or zero == NULL:
@@ -382,7 +405,7 @@ cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
         n = u // parts
         r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
         r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
-        _rows_moments(<const char*>x, ST_NATIVE, r0, r1, C, zero, scratch + omp_get_thread_num() * work_len,
+        _rows_moments(xb, st, r0, r1, C, zero, scratch + omp_get_thread_num() * (work_len + stage_len),
                       sq + units * C + u * C, sq + u * C)
     for n in range(N):
         for c in range(C):
@@ -394,30 +417,55 @@ cdef int _frn_cl_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
             a[n * C + c] = <floating>(w[c] * rs)
     free(sq)
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        for r in range(_part_start(N * S, nth, p), _part_start(N * S, nth, p + 1)):
-            n = r // S
-            if tau != NULL:
-                for c in range(C):
-                    y[r * C + c] = _tlu(x[r * C + c] * a[n * C + c] + b[c], tau[c])
-            else:
-                for c in range(C):
-                    y[r * C + c] = x[r * C + c] * a[n * C + c] + b[c]
+        r0 = _part_start(N * S, nth, p)
+        r1 = _part_start(N * S, nth, p + 1)
+        if st == ST_NATIVE:
+            _frn_cl_apply_rows(<const floating*>xb, <floating*>yb, r0, r1, 0, C, S, a, b, tau)
+        else:
+            stage = scratch + omp_get_thread_num() * (work_len + stage_len) + work_len
+            r = r0
+            while r < r1:
+                q = r + FRN_CL_ROWS if r + FRN_CL_ROWS < r1 else r1
+                fn_widen(st, xb + 2 * r * C, <float*>stage, (q - r) * C)
+                _frn_cl_apply_rows(stage, stage + FRN_CL_ROWS * C, r, q, r, C, S, a, b, tau)
+                fn_narrow(st, <float*>(stage + FRN_CL_ROWS * C), yb + 2 * r * C, (q - r) * C)
+                r = q
     free(zero)
     return 0
 
 
-cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
+cdef void _frn_cl_grad_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
+                            Py_ssize_t r1, Py_ssize_t row_base, Py_ssize_t C, Py_ssize_t S,
+                            const floating* a, const floating* b, const floating* tau,
+                            const floating* coef) noexcept nogil:
+    """dx = a * gz - coef * x over rows r0..r1 (pointers start at row_base)."""
+    cdef Py_ssize_t r, c, n, k
+    cdef floating gz
+    for r in range(r0, r1):
+        n = r // S
+        k = (r - row_base) * C
+        for c in range(C):
+            gz = (_tlu_grad_z(x[k + c] * a[n * C + c] + b[c], tau[c], g[k + c])
+                  if tau != NULL else g[k + c])
+            dx[k + c] = a[n * C + c] * gz - coef[n * C + c] * x[k + c]
+
+
+cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_ssize_t N,
                           Py_ssize_t C, Py_ssize_t S, const floating* w, const floating* b,
                           const floating* tau, const floating* rstd, double* gw, double* gb,
                           double* gt, int nth) noexcept nogil:
-    cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1
+    """Channels-last FRN backward; 16-bit g and x (floating float) are staged
+    FRN_CL_ROWS rows at a time, on the sums' own block boundaries (so the
+    sums are the float32 kernel's), and dx narrowed from float32 rows."""
+    cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1, q
+    cdef Py_ssize_t stage_len = 3 * FRN_CL_ROWS * C if st != ST_NATIVE else 0
     cdef double* sums = <double*>malloc(3 * units * C * sizeof(double) + 8)
-    # a and coef per (sample, channel), then 3 * C float sums per thread
-    cdef floating* a = <floating*>malloc((2 * N * C + 3 * C * nth) * sizeof(floating) + 8)
+    # a and coef per (sample, channel), then per thread 3 * C float sums and the staged rows
+    cdef floating* a = <floating*>malloc((2 * N * C + (3 * C + stage_len) * nth) * sizeof(floating) + 8)
     cdef floating* coef
     cdef floating* acc
-    cdef double sa, sx, st, rs
-    cdef floating gz
+    cdef floating* stage
+    cdef double sa, sx, sg, rs
     cdef int p
     if sums == NULL or a == NULL:
         free(sums)
@@ -428,12 +476,25 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
     for n in range(N):
         for c in range(C):
             a[n * C + c] = w[c] * rstd[n * C + c]
+    for c in range(3 * units * C):
+        sums[c] = 0
     for u in prange(units, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         n = u // parts
         r0 = n * S + _part_start(S, <int>parts, <int>(u % parts))
         r1 = n * S + _part_start(S, <int>parts, <int>(u % parts) + 1)
-        _frn_cl_sums(g, x, r0, r1, C, a + n * C, b, tau, acc + 3 * C * omp_get_thread_num(),
-                     sums + 3 * u * C)
+        if st == ST_NATIVE:
+            _frn_cl_sums(<const floating*>gb_, <const floating*>xb, r0, r1, C, a + n * C, b, tau,
+                         acc + (3 * C + stage_len) * omp_get_thread_num(), sums + 3 * u * C)
+        else:
+            stage = acc + (3 * C + stage_len) * omp_get_thread_num() + 3 * C
+            r = r0
+            while r < r1:
+                q = r + FRN_CL_ROWS if r + FRN_CL_ROWS < r1 else r1
+                fn_widen(st, gb_ + 2 * r * C, <float*>stage, (q - r) * C)
+                fn_widen(st, xb + 2 * r * C, <float*>(stage + FRN_CL_ROWS * C), (q - r) * C)
+                _frn_cl_sums(stage, stage + FRN_CL_ROWS * C, 0, q - r, C, a + n * C, b, tau,
+                             stage - 3 * C, sums + 3 * u * C)
+                r = q
     for c in range(C):
         gw[c] = 0
         gb[c] = 0
@@ -442,24 +503,34 @@ cdef int _frn_cl_backward(const floating* g, const floating* x, floating* dx, Py
         for c in range(C):
             sa = 0
             sx = 0
-            st = 0
+            sg = 0
             for u in range(n * parts, (n + 1) * parts):
                 sa += sums[3 * u * C + c]
                 sx += sums[3 * u * C + C + c]
-                st += sums[3 * u * C + 2 * C + c]
+                sg += sums[3 * u * C + 2 * C + c]
             rs = rstd[n * C + c]
             coef[n * C + c] = <floating>(<double>w[c] * rs * rs * rs * sx / S)
             gb[c] += sa
             gw[c] += sx * rs
-            gt[c] += st
+            gt[c] += sg
     free(sums)
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        for r in range(_part_start(N * S, nth, p), _part_start(N * S, nth, p + 1)):
-            n = r // S
-            for c in range(C):
-                gz = (_tlu_grad_z(x[r * C + c] * a[n * C + c] + b[c], tau[c], g[r * C + c])
-                      if tau != NULL else g[r * C + c])
-                dx[r * C + c] = a[n * C + c] * gz - coef[n * C + c] * x[r * C + c]
+        r0 = _part_start(N * S, nth, p)
+        r1 = _part_start(N * S, nth, p + 1)
+        if st == ST_NATIVE:
+            _frn_cl_grad_rows(<const floating*>gb_, <const floating*>xb, <floating*>db, r0, r1, 0, C, S,
+                              a, b, tau, coef)
+        else:
+            stage = acc + (3 * C + stage_len) * omp_get_thread_num() + 3 * C
+            r = r0
+            while r < r1:
+                q = r + FRN_CL_ROWS if r + FRN_CL_ROWS < r1 else r1
+                fn_widen(st, gb_ + 2 * r * C, <float*>stage, (q - r) * C)
+                fn_widen(st, xb + 2 * r * C, <float*>(stage + FRN_CL_ROWS * C), (q - r) * C)
+                _frn_cl_grad_rows(stage, stage + FRN_CL_ROWS * C, stage + 2 * FRN_CL_ROWS * C, r, q, r,
+                                  C, S, a, b, tau, coef)
+                fn_narrow(st, <float*>(stage + 2 * FRN_CL_ROWS * C), db + 2 * r * C, (q - r) * C)
+                r = q
     free(a)
     return 0
 
@@ -486,8 +557,6 @@ def frn_fast(object x, object weight, object bias, object tau, object eps, objec
     if (ctype < 0 or not _fast_array(x, typenum) or not _fast_eps(eps, &e)
             or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
         return NotImplemented
-    if cl and storage_of(typenum, &dbl) != ST_NATIVE:
-        return NotImplemented
     cdef object wa = _fast_frn_param(weight, C, typenum, ctype, True)
     cdef object ba = _fast_frn_param(bias, C, typenum, ctype, True)
     cdef object ta = _fast_frn_param(tau, C, typenum, ctype, False)
@@ -508,7 +577,7 @@ def frn_backward_fast(object grad_out, object x, object rstd, object weight, obj
                       object channel_axis, object n_threads):
     """Fast path of filter_response_norm_backward."""
     cdef Py_ssize_t N, C, S
-    cdef bint cl, dbl
+    cdef bint cl
     if not cnp.PyArray_CheckExact(x):
         return NotImplemented
     cdef cnp.ndarray xa = <cnp.ndarray>x
@@ -517,8 +586,6 @@ def frn_backward_fast(object grad_out, object x, object rstd, object weight, obj
     if (ctype < 0 or not _fast_array(x, typenum) or not _fast_array(grad_out, typenum)
             or not _same_dims(<cnp.ndarray>grad_out, xa, 0)
             or not _fast_channel_layout(xa, channel_axis, &N, &C, &S, &cl) or N * C * S == 0):
-        return NotImplemented
-    if cl and storage_of(typenum, &dbl) != ST_NATIVE:
         return NotImplemented
     if (not _fast_array(rstd, ctype) or cnp.PyArray_NDIM(<cnp.ndarray>rstd) != 2
             or cnp.PyArray_DIMS(<cnp.ndarray>rstd)[0] != N or cnp.PyArray_DIMS(<cnp.ndarray>rstd)[1] != C):

@@ -239,6 +239,8 @@ def test_unsupported_dtypes_raise_type_error(op, rng):
     ("group_norm", (3, 8, 5, 7), {}), ("group_norm", (2, 5, 3, 16), {"channel_axis": -1}),
     ("instance_norm", (3, 8, 5, 7), {}), ("standardize", (33, 20), {}),
     ("filter_response_norm", (3, 8, 5, 7), {}), ("filter_response_norm", (2, 4, 70), {}),
+    ("filter_response_norm", (3, 8, 5, 7), {"channel_axis": -1}),
+    ("filter_response_norm", (1, 6, 150, 3), {"channel_axis": -1}),
     ("weight_norm", (9, 40), {}), ("normalize", (7, 37), {}),
     ("local_response_norm", (3, 8, 5, 7), {}), ("local_response_norm", (2, 6, 3, 16), {"channel_axis": -1}),
     ("local_response_norm", (2, 5, 1200), {}),
@@ -440,3 +442,41 @@ def test_conversions_are_bit_exact_on_every_build(dtype, rng, isa):
         exp_mask = 0x7c00 if dtype == F16 else 0x7f80
         assert ((g & exp_mask) == exp_mask).all() and ((g & ~np.uint16(0x8000 | exp_mask)) != 0).all()
         assert np.array_equal(g >> 15, (src[~finite].view(np.uint32) >> 31).astype(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+@pytest.mark.parametrize("name,shape,kwargs", [
+    ("filter_response_norm", (3, 8, 5, 7), {}), ("filter_response_norm", (2, 5, 140, 3), {"channel_axis": -1}),
+    ("local_response_norm", (3, 8, 5, 7), {}), ("local_response_norm", (2, 6, 3, 16), {"channel_axis": -1}),
+    ("standardize", (70, 9), {}), ("min_max_scale", (70, 9), {}), ("batch_norm", (3, 8, 5, 7), {}),
+])
+def test_16bit_backward_equals_float32_backward_rounded(name, shape, kwargs, dtype, isa):
+    """The backward over 16-bit storage is the float32 backward on the widened
+    inputs: grad_x rounded once, float32 parameter gradients equal, bit for bit."""
+    op = _registry.by_name(name)
+    call = op.example(np.random.default_rng(7), F32, shape)
+    for a in call.args:  # values the 16-bit dtype holds exactly (in place: the backward closure sees them)
+        if isinstance(a, np.ndarray) and a.dtype == F32:
+            a[...] = a.astype(dtype).astype(np.float32)
+    x32 = call.args[0]
+    if kwargs.get("channel_axis") == -1:
+        x32 = np.ascontiguousarray(np.moveaxis(x32, 1, -1))
+
+    def grads(x):
+        args = (x,) + tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in call.args[1:])
+        res = op.forward(*args, **call.kwargs, **kwargs, return_stats=True)
+        outputs, stats = res[:call.n_outputs], res[call.n_outputs:]
+        g = np.linspace(-1, 1, x.size).reshape(x.shape).astype(dtype).astype(x.dtype)
+        bargs, bkwargs = call.backward(outputs, stats, [g])
+        bargs = tuple(x if a is call.args[0] else a for a in bargs)
+        out = op.backward(*bargs, **bkwargs, **kwargs)
+        return out if isinstance(out, tuple) else (out,)
+
+    g16 = grads(x32.astype(dtype))
+    g32 = grads(x32)
+    assert g16[0].dtype == dtype
+    assert np.array_equal(g16[0].view(np.uint16), g32[0].astype(dtype).view(np.uint16))
+    for a, b in zip(g16[1:], g32[1:]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert np.array_equal(a, b)

@@ -4,7 +4,7 @@ import numpy as np
 from .. import _dispatch
 from .._buffers import empty as _empty
 from .._args import check_eps
-from .._dtypes import HALF, cast, check_param_dtype
+from .._dtypes import cast, check_param_dtype
 from .._validation import (
     ChannelLayout,
     as_float_array,
@@ -30,13 +30,6 @@ def _frn_param(p, name, C, dtype, cdt, required=True):
     return cast(np.ascontiguousarray(p), cdt).reshape(C)
 
 
-def _kernel_dtype(x, layout, cdt):
-    """The dtype the FRN kernels read and write: x's own, except 16-bit
-    channels-last data, which is computed from a float32 copy (the
-    channels-last kernels have no 16-bit variant yet)."""
-    return cdt if (x.dtype in HALF and layout.cl) else x.dtype
-
-
 def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1, out=None,
                          n_threads=None, return_stats=False):
     """Filter Response Normalization with a Thresholded Linear Unit
@@ -60,9 +53,8 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     eps = check_eps(eps)
-    kdt = _kernel_dtype(x, layout, cdt)
-    data = layout.data_as(kdt)
-    y_k, direct = channel_output(x, layout, data, kdt, out)
+    data = layout.data  # the kernels read the storage dtype (16-bit: staged through float32)
+    y_k, direct = channel_output(x, layout, data, x.dtype, out)
     rstd = np.empty(N * C, cdt)
     _dispatch.kernels.frn_forward(data, y_k, layout.cl, N, C, S, w, b, t, eps, rstd, n_threads)
     y = out if direct else restored_output(x, layout.restore(y_k), cdt, out)
@@ -85,17 +77,16 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     grad_out = same_shape_input(grad_out, "grad_out", x)
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
-    kdt = _kernel_dtype(x, layout, cdt)
-    g = cast(to_kernel_layout(grad_out, layout), kdt)
+    g = to_kernel_layout(grad_out, layout)
     w = _frn_param(weight, "weight", C, x.dtype, cdt)
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
     rstd = channel_stats_input(rstd, "rstd", (N, C), cdt).astype(cdt)
-    data = layout.data_as(kdt)
-    dx = _empty(data.shape, kdt)
+    data = layout.data
+    dx = _empty(data.shape, x.dtype)
     gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)
     _dispatch.kernels.frn_backward(g, data, dx, layout.cl, N, C, S, w, b, t, rstd, gw, gb, gt, n_threads)
-    grad_x = cast(layout.restore(dx), x.dtype)
+    grad_x = layout.restore(dx)
     return (grad_x,
             gw.reshape(np.shape(weight)).astype(np.asarray(weight).dtype),
             gb.reshape(np.shape(bias)).astype(np.asarray(bias).dtype),
