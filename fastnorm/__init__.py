@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - depends on how fastnorm was ins
 
 from ._buffers import output_cache_info, set_output_cache
 from ._config import get_config, max_threads, show_config
+from ._dtypes import register_if_loaded as _register_if_loaded
 from .functional import (
     add_layer_norm, add_rms_norm, batch_norm, filter_response_norm, filter_response_norm_backward, batch_norm_backward, group_norm, group_norm_backward, instance_norm,
     instance_norm_backward, layer_norm, local_response_norm, local_response_norm_backward, layer_norm_backward, normalize, normalize_backward,
@@ -29,6 +30,8 @@ from .functional import (
     weight_norm_backward,
 )
 from . import functional, nn, reference
+
+_register_if_loaded()   # bfloat16, when ml_dtypes is already imported (see _dtypes)
 
 __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",

@@ -39,6 +39,22 @@ def _select_kernels():
 ISA, kernels = _select_kernels()
 
 
+def _kernel_modules():
+    return [m for name, m in list(sys.modules.items())
+            if name.startswith("fastnorm._core") and hasattr(m, "set_bfloat16_typenum")]
+
+
+_BF16_NUM = None
+
+
+def register_bfloat16(typenum):
+    """Tell every kernel module (and those loaded later) bfloat16's type number."""
+    global _BF16_NUM
+    _BF16_NUM = typenum
+    for m in _kernel_modules():
+        m.set_bfloat16_typenum(typenum)
+
+
 def available_isas():
     """The instruction-set builds this CPU can run, best first."""
     level = _core.cpu_isa_level()
@@ -50,7 +66,10 @@ def load_isa(isa):
     """The kernel module of one instruction-set build (for tests and benchmarks)."""
     for module, name, _ in _build_info.VARIANTS:
         if name == isa:
-            return __import__(f"fastnorm.{module}", fromlist=["_"])
+            m = __import__(f"fastnorm.{module}", fromlist=["_"])
+            if _BF16_NUM is not None:
+                m.set_bfloat16_typenum(_BF16_NUM)
+            return m
     raise ValueError(f"isa {isa!r} was not built; built: {[v[1] for v in _build_info.VARIANTS]}")
 
 

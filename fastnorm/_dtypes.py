@@ -5,29 +5,82 @@
 | float32  | float32 | native                                               |
 | float64  | float64 | native                                               |
 | float16  | float32 | row kernels stage rows through float32 in cache      |
-| bfloat16 | float32 | (``ml_dtypes.bfloat16``), as float16                 |
+| bfloat16 | float32 | (``ml_dtypes.bfloat16``, registered lazily), as float16 |
 
 Saved statistics are in the compute dtype.  Parameters (weight, bias, ...)
 are in x's dtype, or float32 when x is a 16-bit storage type (PyTorch's
 mixed-precision LayerNorm / GroupNorm take float32 parameters with bfloat16
 input); their gradients come back in the parameter's dtype.
 """
-import numpy as np
+import sys
 
-try:
-    import ml_dtypes as _ml_dtypes
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    _ml_dtypes = None
+import numpy as np
 
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
 F16 = np.dtype(np.float16)
-BF16 = np.dtype(_ml_dtypes.bfloat16) if _ml_dtypes is not None else None
 
 COMPUTE = {F32: F32, F64: F64, F16: F32}
-if BF16 is not None:
-    COMPUTE[BF16] = F32
-HALF = frozenset(d for d in (F16, BF16) if d is not None)   # staged through float32
+HALF = {F16}   # staged through float32; bfloat16 joins when registered
+
+# bfloat16 is ml_dtypes' dtype, whose import costs ~0.8 s (it registers its
+# casts with NumPy): fastnorm does not import it.  A program holding bfloat16
+# arrays has imported ml_dtypes already, so the dtype is registered at
+# fastnorm's import when ml_dtypes is loaded, or else the first time such an
+# array reaches fastnorm (compute_dtype).  `BF16` (the module attribute)
+# imports ml_dtypes on first use.
+_bf16 = None
+
+
+def _register_bfloat16(dtype):
+    """Adopt ml_dtypes.bfloat16: the dtype tables here and every kernel module."""
+    global _bf16
+    if _bf16 is None:
+        _bf16 = dtype
+        COMPUTE[dtype] = F32
+        HALF.add(dtype)
+        from . import _config
+        _config.register_bfloat16(dtype.num)
+    return _bf16
+
+
+def _is_bfloat16(dtype):
+    ml = sys.modules.get("ml_dtypes")
+    return ml is not None and dtype.name == "bfloat16" and dtype == np.dtype(ml.bfloat16)
+
+
+def compute_dtype(dtype):
+    """The compute dtype of a storage dtype, or None when fastnorm takes no such data."""
+    cdt = COMPUTE.get(dtype)
+    if cdt is None and _bf16 is None and _is_bfloat16(dtype):
+        _register_bfloat16(dtype)
+        cdt = F32
+    return cdt
+
+
+def bfloat16():
+    """ml_dtypes.bfloat16 as a NumPy dtype (importing ml_dtypes), or None
+    without ml_dtypes."""
+    if _bf16 is None:
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+            return None
+        _register_bfloat16(np.dtype(ml_dtypes.bfloat16))
+    return _bf16
+
+
+def __getattr__(name):
+    if name == "BF16":
+        return bfloat16()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register_if_loaded():
+    """At import: adopt bfloat16 when ml_dtypes is already loaded."""
+    ml = sys.modules.get("ml_dtypes")
+    if ml is not None:
+        _register_bfloat16(np.dtype(ml.bfloat16))
 
 
 _NAMES = "float32, float64, float16 or bfloat16 (ml_dtypes.bfloat16)"
@@ -36,7 +89,7 @@ _NAMES = "float32, float64, float16 or bfloat16 (ml_dtypes.bfloat16)"
 def machine_eps(dtype):
     """The machine epsilon of the dtype x is computed in (torch's rms_norm
     eps=None: float32's for float16 / bfloat16 input, as its opmath type)."""
-    return float(np.finfo(COMPUTE[np.dtype(dtype)]).eps)
+    return float(np.finfo(compute_dtype(np.dtype(dtype))).eps)
 
 
 def as_float_array(x, name):
@@ -49,7 +102,7 @@ def as_float_array(x, name):
         if x is None:
             raise TypeError(f"{name} must be an array of floats, got None")
         x = np.asarray(x)
-    cdt = COMPUTE.get(x.dtype)
+    cdt = compute_dtype(x.dtype)
     if cdt is None:
         if x.dtype.kind == "f" and x.dtype.byteorder not in "=|":
             native = x.dtype.newbyteorder("=")

@@ -166,13 +166,14 @@ cdef enum Storage:
     ST_F16 = 1
     ST_BF16 = 2
 
-cdef int bf16_typenum = -1
-try:
-    import ml_dtypes as _ml_dtypes
-    import numpy as _np
-    bf16_typenum = _np.dtype(_ml_dtypes.bfloat16).num
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    pass
+cdef int bf16_typenum = -1   # ml_dtypes.bfloat16's type number, once fastnorm._dtypes registers it
+
+
+def set_bfloat16_typenum(int typenum):
+    """The type number of ml_dtypes.bfloat16 (fastnorm._dtypes registers it
+    lazily: importing ml_dtypes is slow)."""
+    global bf16_typenum
+    bf16_typenum = typenum
 
 
 cdef inline int storage_of(int typenum, bint* is_double) except -1:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._args import check_eps  # noqa: F401 (re-exported)
 from ._buffers import empty as _empty
-from ._dtypes import COMPUTE, as_float_array, cast, check_param_dtype  # noqa: F401 (re-exported)
+from ._dtypes import as_float_array, cast, check_param_dtype, compute_dtype  # noqa: F401 (re-exported)
 
 
 def normalized_dims(x, normalized_shape, name="normalized_shape"):
@@ -250,7 +250,7 @@ class ChannelLayout:
         p = np.asarray(p)
         if p.shape != (self.C,):
             raise ValueError(f"{name} must have shape ({self.C},) (the channels), got {p.shape}")
-        check_param_dtype(p, name, dtype, COMPUTE[dtype])
+        check_param_dtype(p, name, dtype, compute_dtype(dtype))
         return np.ascontiguousarray(p) if cdt is None else cast(np.ascontiguousarray(p), cdt)
 
 

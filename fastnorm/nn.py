@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from ._dtypes import BF16, COMPUTE, as_float_array
+from ._dtypes import as_float_array, bfloat16, compute_dtype
 
 from . import functional as F
 
@@ -26,9 +26,9 @@ def _to_numpy(value):
     (a torch.bfloat16 tensor as an ml_dtypes.bfloat16 array of the same bits)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
         value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16" and BF16 is not None:
+        if str(value.dtype) == "torch.bfloat16" and bfloat16() is not None:
             import torch  # only reached with a torch tensor in hand
-            return value.contiguous().view(torch.int16).numpy().view(BF16)
+            return value.contiguous().view(torch.int16).numpy().view(bfloat16())
         value = value.numpy()
     return np.asarray(value)
 
@@ -209,8 +209,8 @@ class _BatchNorm(Module):
         if track_running_stats:
             # in the compute dtype: float32 for float16 / bfloat16 layers (the
             # statistics of a 16-bit layer are kept at float32 precision)
-            self.running_mean = np.zeros(num_features, COMPUTE[dtype])
-            self.running_var = np.ones(num_features, COMPUTE[dtype])
+            self.running_mean = np.zeros(num_features, compute_dtype(dtype))
+            self.running_var = np.ones(num_features, compute_dtype(dtype))
             self.num_batches_tracked = np.array(0, dtype=np.int64)
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None

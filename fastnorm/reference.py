@@ -6,7 +6,7 @@ the slow ground truth the fast kernels are tested against.
 """
 import numpy as np
 
-from ._dtypes import COMPUTE, machine_eps
+from ._dtypes import compute_dtype, machine_eps
 
 __all__ = [
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
@@ -72,7 +72,7 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *, return_stats=Fa
     (eps=None: the machine epsilon of x's dtype, as torch)."""
     x_in = np.asarray(x)
     if eps is None:
-        eps = machine_eps(x_in.dtype) if x_in.dtype in COMPUTE else float(np.finfo(np.float64).eps)
+        eps = machine_eps(x_in.dtype) if compute_dtype(x_in.dtype) is not None else float(np.finfo(np.float64).eps)
     x = x_in.astype(np.float64)
     axes = _axes(x, normalized_shape)
     rstd = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)

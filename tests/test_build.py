@@ -146,3 +146,35 @@ def test_memory_does_not_grow_over_many_calls(rng):
         fastnorm.layer_norm_backward(x[:1], x[:1], m[:1], r[:1], w, w, n_threads=2)  # wide-row path
         fastnorm.rms_norm_backward(x, x, r, w, n_threads=2)
     assert _rss_bytes() - before < 64 * 2**20
+
+
+def _run_python(code):
+    import subprocess
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+def test_import_does_not_load_ml_dtypes():
+    """ml_dtypes' import costs most of a second; fastnorm leaves it to programs
+    that hold bfloat16 arrays."""
+    assert _run_python("import sys, fastnorm; print('ml_dtypes' in sys.modules)") == ["False"]
+
+
+@pytest.mark.parametrize("order", ["ml_dtypes first", "fastnorm first"])
+def test_bfloat16_works_whenever_ml_dtypes_is_imported(order):
+    """bfloat16 arrays are taken whether ml_dtypes was imported before or
+    after fastnorm, and after the first call they take the C fast entries."""
+    imports = "import ml_dtypes, fastnorm" if order == "ml_dtypes first" else "import fastnorm, ml_dtypes"
+    out = _run_python(
+        f"{imports}\n"
+        "import numpy as np\n"
+        "from fastnorm import _dispatch, _config\n"
+        "x = np.linspace(-1, 1, 64).reshape(4, 16).astype(ml_dtypes.bfloat16)\n"
+        "y = fastnorm.layer_norm(x, 16)\n"
+        "ref = fastnorm.layer_norm(x.astype(np.float32), 16).astype(ml_dtypes.bfloat16)\n"
+        "fast = _dispatch.kernels.layer_norm_fast(x, 16, None, None, 1e-5, None, None, False)\n"
+        "late = _config.load_isa('baseline').layer_norm_fast(x, 16, None, None, 1e-5, None, None, False)\n"
+        "print(y.dtype, np.array_equal(y.view(np.uint16), ref.view(np.uint16)),\n"
+        "      fast is not NotImplemented, late is not NotImplemented)\n")
+    assert out == ["bfloat16", "True", "True", "True"]

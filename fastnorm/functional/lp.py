@@ -165,13 +165,12 @@ def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return
         raise ValueError("v must have at least 1 dimension, got a 0-d array")
     vm, M, n, restore, d = _weight_rows(v, dim)
     gv = _g_vector(g, v, d, M, cdt)
-    rows = as_rows(vm, M, n, cdt)
-    w_rows = _empty((M, n), cdt)
+    rows = as_rows(vm, M, n, v.dtype)  # the kernels stage 16-bit rows through float32
+    w_rows = _empty((M, n), v.dtype)
     norms = np.empty(M, np.float64)
     means = np.empty(M, np.float64)
     _dispatch.kernels.weight_norm_forward(rows, w_rows, gv, bool(centered), norms, means, n_threads)
     w = restore(w_rows)
-    w = cast(w, v.dtype)
     if out is not None:
         check_out(out, v, v.dtype, "out")
         np.copyto(out, w)
