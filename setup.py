@@ -172,7 +172,8 @@ extensions = [
     Extension(
         "fastnorm._buffers",
         sources=["fastnorm/_buffers.pyx"],
-        include_dirs=[np.get_include()],
+        depends=["fastnorm/pages.h"],
+        include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS,
     )

@@ -21,21 +21,7 @@ from cpython.ref cimport Py_INCREF
 
 cnp.import_array()
 
-cdef extern from *:
-    """
-    #include <stdlib.h>
-    #if defined(__linux__)
-    #include <sys/mman.h>
-    #endif
-    static void* fastnorm_alloc_pages(size_t nbytes) {
-        void* p = NULL;
-        if (posix_memalign(&p, 4096, nbytes) != 0) return NULL;
-    #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        madvise(p, nbytes, MADV_HUGEPAGE);  /* fewer page faults; a hint only */
-    #endif
-        return p;
-    }
-    """
+cdef extern from "pages.h":
     void* fastnorm_alloc_pages(size_t nbytes) nogil
 
 cdef enum:
