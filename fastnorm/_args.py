@@ -55,8 +55,8 @@ def check_lrn_args(x, size, alpha, beta, k):
         raise ValueError(f"x must have 3 or more dimensions (N, C, *spatial), got shape {x.shape}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be an int, got {size!r}")
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    if not 1 <= size <= 2**63 - 1:
+        raise ValueError(f"size must be in [1, 2**63 - 1], got {size}")
     for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name} must be a real number, got {v!r}")

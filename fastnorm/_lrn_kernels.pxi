@@ -136,6 +136,13 @@ cdef void _lrn_add_channel(const floating* g, const floating* x, const floating*
         peak[s] += fabs(t[s])
 
 
+cdef inline Py_ssize_t _ring_planes(Py_ssize_t size, Py_ssize_t C) noexcept nogil:
+    """Planes of the backward's rings: a ring holds the channels of a window
+    clipped to [0, C), at most min(size, C) of them, and channel c sits in
+    plane c % size (< min(size, C)): a huge `size` needs no more memory."""
+    return size if size < C else (C if C > 0 else 1)
+
+
 cdef void _lrn_backward_unit(const floating* g, const floating* x, const floating* scale,
                              floating* dx, Py_ssize_t C, Py_ssize_t S, Py_ssize_t s0, Py_ssize_t s1,
                              Py_ssize_t size, double alpha, double beta, double* acc,
@@ -228,10 +235,11 @@ cdef void _lrn_backward_part(const floating* g, const floating* x, const floatin
                              double* scratch) noexcept nogil:
     """Units u0..u1 of the backward, as _lrn_forward_part."""
     cdef Py_ssize_t chunks = (S + LRN_CHUNK - 1) // LRN_CHUNK, u, n, s0, s1, L, P = N * S
+    cdef Py_ssize_t planes = _ring_planes(size, C)
     cdef double* acc = scratch  # window sums and their magnitude bounds: 2 * LRN_CHUNK
     cdef double* ring = scratch + 2 * LRN_CHUNK
-    cdef floating* rring = <floating*>(scratch + (size + 2) * LRN_CHUNK)
-    cdef floating* gt = <floating*>(scratch + (2 * size + 2) * LRN_CHUNK)
+    cdef floating* rring = <floating*>(scratch + (planes + 2) * LRN_CHUNK)
+    cdef floating* gt = <floating*>(scratch + (2 * planes + 2) * LRN_CHUNK)
     cdef floating* xt = gt + C * LRN_CL_ROWS
     cdef floating* st = xt + C * LRN_CL_ROWS
     cdef floating* dt = st + C * LRN_CL_ROWS
@@ -351,10 +359,11 @@ cdef void _lrn_backward_part16(const char* g, const char* x, const float* sc, ch
                                double* scratch) noexcept nogil:
     """Units u0..u1 of a 16-bit backward, as _lrn_forward_part16."""
     cdef Py_ssize_t u, base, s0, L
+    cdef Py_ssize_t planes = _ring_planes(size, C)
     cdef double* acc = scratch
     cdef double* ring = scratch + 2 * LRN_CHUNK
-    cdef float* rring = <float*>(scratch + (size + 2) * LRN_CHUNK)
-    cdef float* gt = <float*>(scratch + (2 * size + 2) * LRN_CHUNK)
+    cdef float* rring = <float*>(scratch + (planes + 2) * LRN_CHUNK)
+    cdef float* gt = <float*>(scratch + (2 * planes + 2) * LRN_CHUNK)
     cdef float* xt = gt + C * LRN_CL_ROWS
     cdef float* stile = xt + C * LRN_CL_ROWS
     cdef float* dt = stile + C * LRN_CL_ROWS
@@ -389,7 +398,7 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
     _check_flat(y, typenum, N * C * S, "y")
     if scale is not None:
         _check_flat(scale, ctype, N * C * S, "scale")
-    cdef int nth = resolve_threads(n_threads, N * C * S * size)
+    cdef int nth = resolve_threads(n_threads, N * C * S * _ring_planes(size, C))
     cdef Py_ssize_t units = _lrn_units(cl, st != ST_NATIVE, N, S)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* yp = cnp.PyArray_DATA(y)
@@ -432,7 +441,8 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     _check_flat(g, typenum, N * C * S, "grad_out")
     _check_flat(scale, _kernel_typenum(typenum), N * C * S, "scale")
     _check_flat(dx, typenum, N * C * S, "grad_x")
-    cdef int nth = resolve_threads(n_threads, N * C * S * size)
+    cdef Py_ssize_t planes = _ring_planes(size, C)
+    cdef int nth = resolve_threads(n_threads, N * C * S * planes)
     cdef Py_ssize_t units = _lrn_units(cl, st != ST_NATIVE, N, S)
     cdef void* gp = cnp.PyArray_DATA(g)
     cdef void* xp = cnp.PyArray_DATA(x)
@@ -441,7 +451,7 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     # per thread: the sliding sums and their bounds, a ring of size double planes, a
     # ring of size value planes, and (channels-last, 16-bit) four tiles of
     # C x LRN_CL_ROWS values (16-bit: and one of 16-bit values)
-    cdef Py_ssize_t per = (2 * size + 2) * LRN_CHUNK + (5 * C * LRN_CL_ROWS if cl or st != ST_NATIVE else 0)
+    cdef Py_ssize_t per = (2 * planes + 2) * LRN_CHUNK + (5 * C * LRN_CL_ROWS if cl or st != ST_NATIVE else 0)
     cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:

@@ -381,19 +381,20 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
 
 # ---------------------------------------------------------------- Local Response Normalization
 
-def _lrn_windows(sq, size):
-    """Zero-padded window sums over axis 1 of sq (N, C, S): channels [c - size//2, c + (size-1)//2]."""
+def _lrn_windows(sq, before, after):
+    """Window sums over axis 1 of sq (N, C, S): for each channel c, the sum of
+    channels [c - before, c + after] clipped to [0, C) (zero padding)."""
     C = sq.shape[1]
-    lo, hi = size // 2, (size - 1) // 2
-    padded = np.concatenate([np.zeros((sq.shape[0], lo, sq.shape[2])), sq,
-                             np.zeros((sq.shape[0], hi, sq.shape[2]))], axis=1)
-    return sum(padded[:, j:j + C] for j in range(size))
+    out = np.empty_like(sq)
+    for c in range(C):
+        out[:, c] = sq[:, max(0, c - before):min(C, c + after + 1)].sum(axis=1)
+    return out
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1, return_stats=False):
     """x * (k + alpha/size * window sum of x^2)^-beta over channels, float64."""
     v, back = _to_ncs(x, channel_axis)
-    scale = k + alpha / size * _lrn_windows(v * v, size)
+    scale = k + alpha / size * _lrn_windows(v * v, size // 2, (size - 1) // 2)
     y = v * scale ** -beta
     return (back(y), back(scale)) if return_stats else back(y)
 
@@ -406,11 +407,7 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     s, _ = _to_ncs(scale, channel_axis)
     t = g * v * s ** (-beta - 1)
     # channels c whose window holds i: c in [i - (size-1)//2, i + size//2] (the mirrored window)
-    C = v.shape[1]
-    lo, hi = size // 2, (size - 1) // 2
-    padded = np.concatenate([np.zeros((t.shape[0], hi, t.shape[2])), t,
-                             np.zeros((t.shape[0], lo, t.shape[2]))], axis=1)
-    back_sum = sum(padded[:, j:j + C] for j in range(size))
+    back_sum = _lrn_windows(t, (size - 1) // 2, size // 2)
     return back(g * s ** -beta - 2 * alpha * beta / size * v * back_sum)
 
 

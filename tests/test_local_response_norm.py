@@ -64,12 +64,39 @@ def test_finite_differences_float64(rng):
     np.testing.assert_allclose(gx, numeric_gradient(loss, dict(xx=x), "xx"), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("size", [7, 2**20 + 1, 2**54, 2**63 - 1])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_windows_wider_than_the_channels(size, dtype, channel_axis, rng):
+    """A window wider than the channels covers them all; its memory is that
+    of C channels whatever `size` (a size of 2**54 once overflowed the
+    backward's scratch size), and the results match the twin."""
+    x = rng.standard_normal((2, 5, 3, 4)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    xk = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channel_axis == -1 else x
+    gk = np.ascontiguousarray(np.moveaxis(g, 1, -1)) if channel_axis == -1 else g
+    y, scale = fastnorm.local_response_norm(xk, size, 0.5, 0.75, 1.0, channel_axis=channel_axis,
+                                            return_stats=True)
+    gx = fastnorm.local_response_norm_backward(gk, xk, scale, size, 0.5, 0.75, 1.0, channel_axis=channel_axis)
+    if channel_axis == -1:
+        y, gx = np.moveaxis(y, -1, 1), np.moveaxis(gx, -1, 1)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    y_ref, s_ref = ref.local_response_norm(x64, size, 0.5, 0.75, 1.0, return_stats=True)
+    tol = {np.float32: 1e-5, np.float64: 1e-12, np.float16: 2e-3}[dtype]
+    np.testing.assert_allclose(y.astype(np.float64), y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gx.astype(np.float64),
+                               ref.local_response_norm_backward(g64, x64, s_ref, size, 0.5, 0.75, 1.0),
+                               rtol=tol * 10, atol=tol * 10)
+
+
 class TestErrors:
     x = np.ones((2, 4, 3), np.float32)
 
     def test_bad_arguments(self):
-        with pytest.raises(ValueError, match="size must be >= 1"):
+        with pytest.raises(ValueError, match=r"size must be in \[1, 2\*\*63 - 1\]"):
             fastnorm.local_response_norm(self.x, 0)
+        with pytest.raises(ValueError, match="size must be in"):
+            fastnorm.local_response_norm(self.x, 2**64)
         with pytest.raises(TypeError, match="size must be an int"):
             fastnorm.local_response_norm(self.x, 2.5)
         with pytest.raises(ValueError, match="3 or more dimensions"):
