@@ -184,11 +184,8 @@ cdef void _rows_moments(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py
     cdef floating d
     cdef int pending = 0
     cdef const floating* x = <const floating*>xb
-    if st == ST_BF16:  # 16-bit rows always take the panels (widened in registers)
-        fastnorm_cl_moments_bf16(<const uint16_t*>xb, r0, r1, C, <const float*>shift, sum_dev, sum_sq)
-        return
-    if st == ST_F16:
-        fastnorm_cl_moments_f16(<const uint16_t*>xb, r0, r1, C, <const float*>shift, sum_dev, sum_sq)
+    if st != ST_NATIVE:  # 16-bit rows always take the panels (widened in registers)
+        fastnorm_cl_moments16(st, xb, r0, r1, C, <const float*>shift, sum_dev, sum_sq)
         return
     if _panels(C, sizeof(floating)):
         if floating is float:
@@ -249,13 +246,8 @@ cdef void _rows_backward_sums(const char* gb_, const char* xb, int st, Py_ssize_
     cdef int pending = 0
     cdef const floating* g = <const floating*>gb_
     cdef const floating* x = <const floating*>xb
-    if st == ST_BF16:
-        fastnorm_cl_backward_sums_bf16(<const uint16_t*>gb_, <const uint16_t*>xb, r0, r1, C,
-                                       <const float*>hi, sums)
-        return
-    if st == ST_F16:
-        fastnorm_cl_backward_sums_f16(<const uint16_t*>gb_, <const uint16_t*>xb, r0, r1, C,
-                                      <const float*>hi, sums)
+    if st != ST_NATIVE:
+        fastnorm_cl_backward_sums16(st, gb_, xb, r0, r1, C, <const float*>hi, sums)
         return
     if _panels(C, sizeof(floating)):
         if floating is float:
@@ -312,12 +304,8 @@ cdef void _rows_affine(const char* xb, char* yb, int st, Py_ssize_t r0, Py_ssize
     cdef floating* y = <floating*>yb
     if st != ST_NATIVE:
         stream = stream and fastnorm_cl_stream_ok(yb + 2 * r0 * C, C, 2)
-        if st == ST_BF16:
-            fastnorm_cl_affine_bf16(<const uint16_t*>xb, <uint16_t*>yb, r0, r1, C, <const float*>hi,
-                                    <const float*>a, <const float*>b, stream)
-        else:
-            fastnorm_cl_affine_f16(<const uint16_t*>xb, <uint16_t*>yb, r0, r1, C, <const float*>hi,
-                                   <const float*>a, <const float*>b, stream)
+        fastnorm_cl_affine16(st, xb, yb, r0, r1, C, <const float*>hi, <const float*>a,
+                             <const float*>b, stream)
         return
     if _panels(C, sizeof(floating)) and (not stream or fastnorm_cl_stream_ok(y + r0 * C, C, sizeof(floating))):
         if floating is float:
@@ -376,14 +364,8 @@ cdef void _rows_backward(const char* gb_, const char* xb, char* db, int st, Py_s
             centred = True
     if st != ST_NATIVE:
         stream = stream and fastnorm_cl_stream_ok(db + 2 * r0 * C, C, 2)
-        if st == ST_BF16:
-            fastnorm_cl_backward_bf16(<const uint16_t*>gb_, <const uint16_t*>xb, <uint16_t*>db, r0, r1,
-                                      C, <const float*>hi, <const float*>alpha, <const float*>beta,
-                                      <const float*>gamma, centred, stream)
-        else:
-            fastnorm_cl_backward_f16(<const uint16_t*>gb_, <const uint16_t*>xb, <uint16_t*>db, r0, r1,
-                                     C, <const float*>hi, <const float*>alpha, <const float*>beta,
-                                     <const float*>gamma, centred, stream)
+        fastnorm_cl_backward16(st, gb_, xb, db, r0, r1, C, <const float*>hi, <const float*>alpha,
+                               <const float*>beta, <const float*>gamma, centred, stream)
         return
     if _panels(C, sizeof(floating)) and (not stream or fastnorm_cl_stream_ok(dx + r0 * C, C, sizeof(floating))):
         if floating is float:

@@ -88,11 +88,8 @@ cdef void _rows_minmax(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py_
     for c in range(C):
         mn[c] = INFINITY
         mx[c] = -INFINITY
-    if st == ST_BF16:
-        fastnorm_cl_minmax_bf16(<const uint16_t*>xb, r0, r1, C, <float*>mn, <float*>mx)
-        return
-    if st == ST_F16:
-        fastnorm_cl_minmax_f16(<const uint16_t*>xb, r0, r1, C, <float*>mn, <float*>mx)
+    if st != ST_NATIVE:
+        fastnorm_cl_minmax16(st, xb, r0, r1, C, <float*>mn, <float*>mx)
         return
     if _panels(C, sizeof(floating)):
         if floating is float:

@@ -92,16 +92,17 @@ cdef extern from "rows16.h" nogil:
 
 # Register-panel and four-row loops written in C with GCC vector extensions
 cdef extern from "_panels.h" nogil:
-    void fastnorm_cl_moments_bf16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* shift, double* sd, double* sq)
-    void fastnorm_cl_moments_f16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* shift, double* sd, double* sq)
-    void fastnorm_cl_backward_sums_bf16(const uint16_t* g, const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, double* sums)
-    void fastnorm_cl_backward_sums_f16(const uint16_t* g, const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, double* sums)
-    void fastnorm_cl_minmax_bf16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, float* mn, float* mx)
-    void fastnorm_cl_minmax_f16(const uint16_t* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, float* mn, float* mx)
-    void fastnorm_cl_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* a, const float* b, bint stream)
-    void fastnorm_cl_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* a, const float* b, bint stream)
-    void fastnorm_cl_backward_bf16(const uint16_t* g, const uint16_t* x, uint16_t* dx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al, const float* be, const float* ga, bint centred, bint stream)
-    void fastnorm_cl_backward_f16(const uint16_t* g, const uint16_t* x, uint16_t* dx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al, const float* be, const float* ga, bint centred, bint stream)
+    void fastnorm_cl_moments16(int st, const void* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                               const float* shift, double* sd, double* sq)
+    void fastnorm_cl_backward_sums16(int st, const void* g, const void* x, Py_ssize_t r0, Py_ssize_t r1,
+                                     Py_ssize_t C, const float* hi, double* sums)
+    void fastnorm_cl_minmax16(int st, const void* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              float* mn, float* mx)
+    void fastnorm_cl_affine16(int st, const void* x, void* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              const float* hi, const float* a, const float* b, bint stream)
+    void fastnorm_cl_backward16(int st, const void* g, const void* x, void* dx, Py_ssize_t r0,
+                                Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al,
+                                const float* be, const float* ga, bint centred, bint stream)
     void fastnorm_cl_moments_f(const float* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
                                const float* shift, double* sd, double* sq)
     void fastnorm_cl_moments_d(const double* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,

@@ -308,6 +308,43 @@ FN_CL_KERNELS(bf16, uint16_t, float, fn_vf, fn_vfu, fn_vfi, fn_vload_bf16, fn_bf
 FN_CL_KERNELS(f16, uint16_t, float, fn_vf, fn_vfu, fn_vfi, fn_vload_f16, fn_half_to_float,
               FN_PUTV_f16, fn_float_to_half)
 
+/* the 16-bit instances by storage code (FN_ST_BF16 / FN_ST_F16): the drivers
+   make one call whatever the 16-bit type, and a new storage type is one more
+   instance and one more case here */
+static inline void fastnorm_cl_moments16(int st, const void* x, Py_ssize_t r0, Py_ssize_t r1,
+                                         Py_ssize_t C, const float* shift, double* sd, double* sq) {
+    if (st == FN_ST_BF16) fastnorm_cl_moments_bf16((const uint16_t*)x, r0, r1, C, shift, sd, sq);
+    else fastnorm_cl_moments_f16((const uint16_t*)x, r0, r1, C, shift, sd, sq);
+}
+static inline void fastnorm_cl_backward_sums16(int st, const void* g, const void* x, Py_ssize_t r0,
+                                               Py_ssize_t r1, Py_ssize_t C, const float* hi,
+                                               double* sums) {
+    if (st == FN_ST_BF16)
+        fastnorm_cl_backward_sums_bf16((const uint16_t*)g, (const uint16_t*)x, r0, r1, C, hi, sums);
+    else fastnorm_cl_backward_sums_f16((const uint16_t*)g, (const uint16_t*)x, r0, r1, C, hi, sums);
+}
+static inline void fastnorm_cl_minmax16(int st, const void* x, Py_ssize_t r0, Py_ssize_t r1,
+                                        Py_ssize_t C, float* mn, float* mx) {
+    if (st == FN_ST_BF16) fastnorm_cl_minmax_bf16((const uint16_t*)x, r0, r1, C, mn, mx);
+    else fastnorm_cl_minmax_f16((const uint16_t*)x, r0, r1, C, mn, mx);
+}
+static inline void fastnorm_cl_affine16(int st, const void* x, void* y, Py_ssize_t r0, Py_ssize_t r1,
+                                        Py_ssize_t C, const float* hi, const float* a, const float* b,
+                                        int stream) {
+    if (st == FN_ST_BF16)
+        fastnorm_cl_affine_bf16((const uint16_t*)x, (uint16_t*)y, r0, r1, C, hi, a, b, stream);
+    else fastnorm_cl_affine_f16((const uint16_t*)x, (uint16_t*)y, r0, r1, C, hi, a, b, stream);
+}
+static inline void fastnorm_cl_backward16(int st, const void* g, const void* x, void* dx, Py_ssize_t r0,
+                                          Py_ssize_t r1, Py_ssize_t C, const float* hi, const float* al,
+                                          const float* be, const float* ga, int centred, int stream) {
+    if (st == FN_ST_BF16)
+        fastnorm_cl_backward_bf16((const uint16_t*)g, (const uint16_t*)x, (uint16_t*)dx, r0, r1, C, hi,
+                                  al, be, ga, centred, stream);
+    else fastnorm_cl_backward_f16((const uint16_t*)g, (const uint16_t*)x, (uint16_t*)dx, r0, r1, C, hi,
+                                  al, be, ga, centred, stream);
+}
+
 
 /* ---- Row-norm backward, four rows at a time ----
  * LayerNorm / RMSNorm gradients of four rows of n values, with the partial
