@@ -1206,7 +1206,7 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     cdef object y = _fast_output(xa, out)
-    if y is None:
+    if y is None or not _out_clear(out, wa, ba, running_mean, running_var):
         return NotImplemented
     cdef double* sm = <double*>malloc(2 * n_stats * sizeof(double) + 8)
     if sm == NULL:

@@ -113,13 +113,24 @@ def as_float_array(x, name):
     return x, cdt
 
 
+def native_order(a):
+    """`a` in native byte order (a copy only when it is byte-swapped)."""
+    if a.dtype.byteorder not in "=|" and a.dtype.kind == "f":
+        return a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
 def check_param_dtype(p, name, data_dtype, cdt):
-    """A parameter may be in x's dtype, or in float32 when x is 16-bit."""
+    """A parameter may be in x's dtype, or in float32 when x is 16-bit;
+    returns it in native byte order (every array argument goes through this
+    or as_float_array: one mechanism for byte-swapped data)."""
+    p = native_order(p)
     if p.dtype != data_dtype and not (data_dtype in HALF and p.dtype == cdt):
         allowed = f"the dtype of x ({data_dtype})"
         if data_dtype in HALF:
             allowed += " or float32"
         raise TypeError(f"{name} must have {allowed}, got {p.dtype}")
+    return p
 
 
 def cast(a, dtype):

@@ -609,7 +609,7 @@ def standardize_fast(object x, object axis, object ddof, object mean, object std
     else:
         mean_v = _fast_feature_stat(mean, F)
         std_v = _fast_feature_stat(std, F)
-        if mean_v is None or std_v is None:
+        if mean_v is None or std_v is None or not _out_clear(out, mean_v, std_v):
             return NotImplemented
         mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean_v)
         sp = <double*>cnp.PyArray_DATA(<cnp.ndarray>std_v)
@@ -684,7 +684,7 @@ def min_max_scale_fast(object x, object axis, object feature_range, object data_
     else:
         mn = _fast_feature_stat(data_min, F)
         mx = _fast_feature_stat(data_max, F)
-        if mn is None or mx is None:
+        if mn is None or mx is None or not _out_clear(out, mn, mx):
             return NotImplemented
         a = <double*>cnp.PyArray_DATA(<cnp.ndarray>mn)
         b = <double*>cnp.PyArray_DATA(<cnp.ndarray>mx)

@@ -563,7 +563,7 @@ def frn_fast(object x, object weight, object bias, object tau, object eps, objec
     if wa is NotImplemented or ba is NotImplemented or ta is NotImplemented:
         return NotImplemented
     cdef object y = _fast_output(xa, out)
-    if y is None:
+    if y is None or not _out_clear(out, wa, ba, ta):
         return NotImplemented
     cdef cnp.npy_intp[2] dims
     dims[0] = N

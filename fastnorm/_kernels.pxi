@@ -1484,6 +1484,18 @@ cdef inline bint _bytes_overlap(object a, object b):
     return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
 
 
+cdef bint _out_clear(object out, object a0, object a1=None, object a2=None, object a3=None):
+    """The fast entries' half of the aliasing rule: `out` (None, or a
+    contiguous array checked by _fast_output) shares no byte with the arrays
+    the kernel reads or updates besides x (None skipped).  When it does, the
+    general path computes first and writes out after (or refuses aliased
+    running statistics: fastnorm._validation.out_aliases)."""
+    if out is None:
+        return True
+    return not (_bytes_overlap(out, a0) or _bytes_overlap(out, a1) or _bytes_overlap(out, a2)
+                or _bytes_overlap(out, a3))
+
+
 cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
     """weight / bias for the kernels, shaped like x's last k dims: None, or
     as _in_compute_dtype returns it."""
@@ -1561,7 +1573,7 @@ def layer_norm_fast(object x, object normalized_shape, object weight, object bia
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     cdef object y = _fast_output(xa, out)
-    if y is None:
+    if y is None or not _out_clear(out, wa, ba):
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // n
     cdef int nth = resolve_threads(n_threads, M * n)
@@ -1600,7 +1612,7 @@ def rms_norm_fast(object x, object normalized_shape, object weight, object eps,
     if wa is NotImplemented:
         return NotImplemented
     cdef object y = _fast_output(xa, out)
-    if y is None:
+    if y is None or not _out_clear(out, wa):
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // n
     cdef int nth = resolve_threads(n_threads, M * n)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._args import check_eps  # noqa: F401 (re-exported)
 from ._buffers import empty as _empty
-from ._dtypes import as_float_array, cast, check_param_dtype, compute_dtype  # noqa: F401 (re-exported)
+from ._dtypes import as_float_array, cast, check_param_dtype, compute_dtype, native_order  # noqa: F401 (re-exported)
 
 
 def normalized_dims(x, normalized_shape, name="normalized_shape"):
@@ -78,7 +78,7 @@ def vector_param(p, name, shape, D, data_dtype, cdt):
         p = np.asarray(p)
     if p.shape != shape:
         raise ValueError(f"{name} must have shape {shape} (the normalized shape), got {p.shape}")
-    check_param_dtype(p, name, data_dtype, cdt)
+    p = check_param_dtype(p, name, data_dtype, cdt)
     return cast(p, cdt).reshape(D)
 
 
@@ -109,9 +109,35 @@ def same_shape_input(a, name, x, x_name="x"):
         a = np.asarray(a)
     if a.shape != x.shape:
         raise ValueError(f"{name} must have the shape of {x_name} {x.shape}, got {a.shape}")
+    a = native_order(a)  # x is native already (as_float_array)
     if a.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of {x_name} ({x.dtype}), got {a.dtype}")
     return a
+
+
+def out_aliases(out, reads=(), writes=()):
+    """The one aliasing rule for `out=` beside x (x itself may always be out:
+    in place), for every op: an array argument the op only reads (weight,
+    bias, tau, given statistics) may share memory with out -- the result is
+    computed first and copied into out after (True: the caller recomputes with
+    out=None and calls into_out); one the op also updates (running
+    statistics: `writes`, (name, array) pairs) may not, as either write would
+    destroy the other: a ValueError naming it."""
+    if out is None:
+        return False
+    for name, a in writes:
+        if type(a) is np.ndarray and np.may_share_memory(out, a):
+            raise ValueError(f"out must not share memory with {name}: the op writes both")
+    return any(type(a) is np.ndarray and np.may_share_memory(out, a) for a in reads)
+
+
+def into_out(out, result):
+    """Copy an op's output (the first element of a result tuple) into `out`
+    and return the result with `out` in its place (see out_aliases)."""
+    y = result[0] if isinstance(result, tuple) else result
+    check_out(out, y, y.dtype)
+    np.copyto(out, y)
+    return (out,) + result[1:] if isinstance(result, tuple) else out
 
 
 def check_out(out, x, data_dtype, name="out"):
@@ -250,7 +276,7 @@ class ChannelLayout:
         p = np.asarray(p)
         if p.shape != (self.C,):
             raise ValueError(f"{name} must have shape ({self.C},) (the channels), got {p.shape}")
-        check_param_dtype(p, name, dtype, compute_dtype(dtype))
+        p = check_param_dtype(p, name, dtype, compute_dtype(dtype))
         return np.ascontiguousarray(p) if cdt is None else cast(np.ascontiguousarray(p), cdt)
 
 

@@ -480,3 +480,98 @@ def test_16bit_backward_equals_float32_backward_rounded(name, shape, kwargs, dty
         assert (a is None) == (b is None)
         if a is not None:
             assert np.array_equal(a, b)
+
+
+def _aliased(a, size, dtype):
+    """(out buffer of `size` values, a copy of `a` living in that buffer's first bytes)."""
+    buf = np.zeros(max(size, a.size), dtype)
+    alias = buf[:a.size].reshape(a.shape)
+    alias[...] = a
+    return buf[:size], alias
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_out_sharing_memory_with_an_argument(op, dtype, rng):
+    """The one aliasing rule, for every op and every array argument besides x:
+    an argument the op only reads may share memory with out (the result is
+    the one computed without the overlap); one it also updates (running
+    statistics) may not: a ValueError naming it, with nothing written."""
+    call = op.example(rng, dtype, op.default_shape)
+    x = call.args[0]
+    checked = 0
+    for i, a in enumerate(call.args):
+        if i == 0 or not isinstance(a, np.ndarray) or a.dtype != x.dtype:
+            continue  # out has x's dtype: only such arrays can be its memory
+        base = tuple(np.array(b, copy=True) if isinstance(b, np.ndarray) else b for b in call.args)
+        expected = op.forward(*base, **call.kwargs)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        flat, alias = _aliased(a, x.size, x.dtype)
+        out = flat.reshape(x.shape)
+        args = tuple(alias if j == i else (np.array(b, copy=True) if isinstance(b, np.ndarray) else b)
+                     for j, b in enumerate(call.args))
+        if i in op.mutates:
+            before = [np.array(b, copy=True) for b in args if isinstance(b, np.ndarray)]
+            with pytest.raises(ValueError, match="out must not share memory"):
+                op.forward(*args, **call.kwargs, out=out)
+            after = [b for b in args if isinstance(b, np.ndarray)]
+            assert all(np.array_equal(p, q, equal_nan=True) for p, q in zip(before, after))
+        else:
+            y = op.forward(*args, **call.kwargs, out=out)
+            y = y[0] if isinstance(y, tuple) else y
+            assert y is out
+            assert np.array_equal(out, expected, equal_nan=True), (op.name, i)
+        checked += 1
+    # ops whose only array argument besides x is 16-bit-incompatible have nothing to alias
+    assert checked or op.name in ("normalize", "local_response_norm", "standardize", "min_max_scale",
+                                  "add_layer_norm", "add_rms_norm") or dtype == BF16 and op.mutates
+
+
+@pytest.mark.parametrize("op", [o for o in _registry.OPS if o.mutates], ids=lambda o: o.name)
+def test_read_only_running_statistics_change_nothing(op, rng):
+    """Every argument is checked before anything is written: a read-only
+    running statistic is a ValueError, and the other one is left as it was."""
+    call = op.example(rng, F32, op.default_shape)
+    for i in op.mutates:
+        args = [np.array(b, copy=True) if isinstance(b, np.ndarray) else b for b in call.args]
+        args[i].flags.writeable = False
+        before = [np.array(args[j], copy=True) for j in op.mutates]
+        with pytest.raises(ValueError, match="read-only"):
+            op.forward(*args, **call.kwargs)
+        assert all(np.array_equal(args[j], b) for j, b in zip(op.mutates, before))
+
+
+def _swapped(a):
+    """a as a byte-swapped (non-native order) array of the same values."""
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        return a.astype(a.dtype.newbyteorder("S"))
+    return a
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_byte_swapped_arguments_give_the_native_result(op, dtype, rng):
+    """Every array argument, forward and backward, may be in non-native byte
+    order: the values are the native call's, bit for bit (one mechanism:
+    as_float_array / check_param_dtype / same_shape_input bring them to
+    native order)."""
+    call = op.example(rng, dtype, op.default_shape)
+
+    def run(convert):
+        args = tuple(convert(np.array(a, copy=True)) if isinstance(a, np.ndarray) else a for a in call.args)
+        res = op.forward(*args, **call.kwargs, return_stats=True)
+        outputs, stats = res[:call.n_outputs], res[call.n_outputs:]
+        g = np.linspace(-1, 1, outputs[0].size).reshape(outputs[0].shape).astype(dtype)
+        bargs, bkwargs = call.backward(tuple(np.asarray(o) for o in outputs),
+                                       tuple(np.asarray(s) for s in stats), [g])
+        grads = op.backward(*(convert(a) if isinstance(a, np.ndarray) else a for a in bargs), **bkwargs)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        return [np.asarray(r, dtype=np.asarray(r).dtype.newbyteorder("=")) for r in res] + \
+            [np.asarray(args[i], dtype=args[i].dtype.newbyteorder("=")) for i in op.mutates] + \
+            [gr for gr in grads if gr is not None]
+
+    native = run(lambda a: a)
+    swapped = run(_swapped)
+    assert len(native) == len(swapped)
+    for k, (a, b) in enumerate(zip(native, swapped)):
+        assert np.array_equal(a, b, equal_nan=True), (op.name, k)

@@ -11,6 +11,8 @@ from .._validation import (
     as_float_array,
     channel_stats_input,
     check_out,
+    into_out,
+    out_aliases,
     same_shape_input,
     to_kernel_layout,
 )
@@ -18,8 +20,10 @@ from .._validation import (
 __all__ = ["batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward"]
 
 
-def _running_buffer(a, name, C):
-    """A running statistic updated in place: None, or a float (C,) ndarray."""
+def _running_buffer(a, name, C, updated):
+    """A running statistic: None, or a float (C,) ndarray, writeable when the
+    call updates it (checked here, before anything is written: a failed call
+    leaves every buffer as it was)."""
     if a is None:
         return None
     if not isinstance(a, np.ndarray):
@@ -28,6 +32,8 @@ def _running_buffer(a, name, C):
         raise ValueError(f"{name} must have shape ({C},), got {a.shape}")
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    if updated and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only, but this call updates it in place")
     return a
 
 
@@ -100,13 +106,18 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                                       momentum, eps, None, channel_axis, out, n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (weight, bias) + (() if training else (running_mean, running_var)),
+                   (("running_mean", running_mean), ("running_var", running_var)) if training else ()):
+        return into_out(out, batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                        channel_axis=channel_axis, n_threads=n_threads,
+                                        return_stats=return_stats))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     C = layout.C
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
-    running_mean = _running_buffer(running_mean, "running_mean", C)
-    running_var = _running_buffer(running_var, "running_var", C)
+    running_mean = _running_buffer(running_mean, "running_mean", C, training)
+    running_var = _running_buffer(running_var, "running_var", C, training)
     st_mean = np.empty(C, np.float64)
     st_var = np.empty(C, np.float64)
     if training:
@@ -184,6 +195,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
                                       channel_axis, out, n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (weight, bias)):
+        return into_out(out, group_norm(x, num_groups, weight, bias, eps, channel_axis=channel_axis,
+                                        n_threads=n_threads, return_stats=return_stats))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     cpg = check_groups(num_groups, layout.C)
@@ -233,6 +247,11 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
                                                n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (weight, bias) + (() if use_input_stats else (running_mean, running_var)),
+                   (("running_mean", running_mean), ("running_var", running_var)) if use_input_stats else ()):
+        return into_out(out, instance_norm(x, running_mean, running_var, weight, bias, use_input_stats,
+                                           momentum, eps, channel_axis=channel_axis, n_threads=n_threads,
+                                           return_stats=return_stats))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S
@@ -240,8 +259,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         raise ValueError(f"x must have at least 3 dimensions (N, C, *spatial), got shape {x.shape}")
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
-    running_mean = _running_buffer(running_mean, "running_mean", C)
-    running_var = _running_buffer(running_var, "running_var", C)
+    running_mean = _running_buffer(running_mean, "running_mean", C, use_input_stats)
+    running_var = _running_buffer(running_var, "running_var", C, use_input_stats)
     if use_input_stats:
         if S <= 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")

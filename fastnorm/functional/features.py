@@ -14,6 +14,8 @@ from .._dtypes import cast
 from .._validation import (
     as_float_array,
     check_out,
+    into_out,
+    out_aliases,
     same_shape_input,
 )
 
@@ -143,6 +145,9 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
                                               n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (mean, std)):
+        return into_out(out, standardize(x, axis, ddof, mean=mean, std=std, with_mean=with_mean,
+                                         with_std=with_std, n_threads=n_threads, return_stats=return_stats))
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
     ddof = _check_ddof(ddof)
     if (mean is None) != (std is None):
@@ -212,6 +217,9 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
                                                 n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (data_min, data_max)):
+        return into_out(out, min_max_scale(x, axis, feature_range, data_min=data_min, data_max=data_max,
+                                           n_threads=n_threads, return_stats=return_stats))
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
     lo, hi = _check_range(feature_range)
     if (data_min is None) != (data_max is None):

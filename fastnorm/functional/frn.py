@@ -10,6 +10,8 @@ from .._validation import (
     as_float_array,
     channel_output,
     channel_stats_input,
+    into_out,
+    out_aliases,
     restored_output,
     same_shape_input,
     to_kernel_layout,
@@ -26,7 +28,7 @@ def _frn_param(p, name, C, dtype, cdt, required=True):
     p = np.asarray(p)
     if p.size != C or (p.ndim > 1 and sorted(d for d in p.shape if d != 1) != ([C] if C != 1 else [])):
         raise ValueError(f"{name} must have {C} values (shape ({C},) or (1, {C}, 1, ...)), got shape {p.shape}")
-    check_param_dtype(p, name, dtype, cdt)
+    p = check_param_dtype(p, name, dtype, cdt)
     return cast(np.ascontiguousarray(p), cdt).reshape(C)
 
 
@@ -46,6 +48,9 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, channel_axis=1,
                                       return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (weight, bias, tau)):
+        return into_out(out, filter_response_norm(x, weight, bias, tau, eps, channel_axis=channel_axis,
+                                                  n_threads=n_threads, return_stats=return_stats))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     N, C, S = layout.N, layout.C, layout.S

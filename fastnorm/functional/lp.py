@@ -8,6 +8,8 @@ from .._buffers import empty as _empty
 from .._args import check_eps, check_p, check_dim
 from .._dtypes import cast, check_param_dtype
 from .._validation import (
+    into_out,
+    out_aliases,
     Output,
     as_float_array,
     as_rows,
@@ -135,7 +137,7 @@ def _g_vector(g, v, d, M, cdt):
     if g is None:
         raise TypeError("g must be an array, got None")
     g = np.asarray(g)
-    check_param_dtype(g, "g", v.dtype, cdt)
+    g = check_param_dtype(g, "g", v.dtype, cdt)
     if g.size != M or (g.ndim > 1 and g.shape != _g_shape(v, d)):
         raise ValueError(f"g must have shape {_g_shape(v, d)} (or ({M},)), got {g.shape}")
     return cast(np.ascontiguousarray(g), cdt).reshape(M)
@@ -160,6 +162,9 @@ def weight_norm(v, g, dim=0, *, centered=False, out=None, n_threads=None, return
     fast = _dispatch.kernels.weight_norm_fast(v, g, dim, centered, out, n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (g,)):
+        return into_out(out, weight_norm(v, g, dim, centered=centered, n_threads=n_threads,
+                                         return_stats=return_stats))
     v, cdt = as_float_array(v, "v")
     if v.ndim == 0:
         raise ValueError("v must have at least 1 dimension, got a 0-d array")

@@ -9,6 +9,8 @@ from .. import _dispatch
 from .._args import check_eps
 from .._dtypes import cast, machine_eps
 from .._validation import (
+    into_out,
+    out_aliases,
     Output,
     as_float_array,
     as_rows,
@@ -56,6 +58,9 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5, *,
     fast = _dispatch.kernels.layer_norm_fast(x, normalized_shape, weight, bias, eps, out, n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (weight, bias)):
+        return into_out(out, layer_norm(x, normalized_shape, weight, bias, eps, n_threads=n_threads,
+                                        return_stats=return_stats))
     x, cdt = as_float_array(x, "x")
     shape, D = normalized_dims(x, normalized_shape)
     lead, M = lead_dims(x, len(shape))
@@ -139,6 +144,9 @@ def rms_norm(x, normalized_shape=None, weight=None, eps=None, *,
     fast = _dispatch.kernels.rms_norm_fast(x, normalized_shape, weight, eps, out, n_threads, return_stats)
     if fast is not NotImplemented:
         return fast
+    if out_aliases(out, (weight,)):
+        return into_out(out, rms_norm(x, normalized_shape, weight, eps, n_threads=n_threads,
+                                      return_stats=return_stats))
     x, cdt = as_float_array(x, "x")
     shape, D = normalized_dims(x, normalized_shape)
     lead, M = lead_dims(x, len(shape))
