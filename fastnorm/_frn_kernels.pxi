@@ -450,6 +450,16 @@ cdef void _frn_cl_grad_rows(const floating* g, const floating* x, floating* dx, 
             dx[k + c] = a[n * C + c] * gz - coef[n * C + c] * x[k + c]
 
 
+cdef inline Py_ssize_t _frn_stage_rows(const char* g, const char* x, int st, Py_ssize_t r,
+                                      Py_ssize_t r1, Py_ssize_t C, floating* stage) noexcept nogil:
+    """Widen up to FRN_CL_ROWS 16-bit rows of g and x from row r into the
+    stage (g's rows, then x's at FRN_CL_ROWS * C); returns the row after them."""
+    cdef Py_ssize_t q = r + FRN_CL_ROWS if r + FRN_CL_ROWS < r1 else r1
+    fn_widen(st, g + 2 * r * C, <float*>stage, (q - r) * C)
+    fn_widen(st, x + 2 * r * C, <float*>(stage + FRN_CL_ROWS * C), (q - r) * C)
+    return q
+
+
 cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_ssize_t N,
                           Py_ssize_t C, Py_ssize_t S, const floating* w, const floating* b,
                           const floating* tau, const floating* rstd, double* gw, double* gb,
@@ -489,9 +499,7 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
             stage = acc + (3 * C + stage_len) * omp_get_thread_num() + 3 * C
             r = r0
             while r < r1:
-                q = r + FRN_CL_ROWS if r + FRN_CL_ROWS < r1 else r1
-                fn_widen(st, gb_ + 2 * r * C, <float*>stage, (q - r) * C)
-                fn_widen(st, xb + 2 * r * C, <float*>(stage + FRN_CL_ROWS * C), (q - r) * C)
+                q = _frn_stage_rows(gb_, xb, st, r, r1, C, stage)
                 _frn_cl_sums(stage, stage + FRN_CL_ROWS * C, 0, q - r, C, a + n * C, b, tau,
                              stage - 3 * C, sums + 3 * u * C)
                 r = q
@@ -524,9 +532,7 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
             stage = acc + (3 * C + stage_len) * omp_get_thread_num() + 3 * C
             r = r0
             while r < r1:
-                q = r + FRN_CL_ROWS if r + FRN_CL_ROWS < r1 else r1
-                fn_widen(st, gb_ + 2 * r * C, <float*>stage, (q - r) * C)
-                fn_widen(st, xb + 2 * r * C, <float*>(stage + FRN_CL_ROWS * C), (q - r) * C)
+                q = _frn_stage_rows(gb_, xb, st, r, r1, C, stage)
                 _frn_cl_grad_rows(stage, stage + FRN_CL_ROWS * C, stage + 2 * FRN_CL_ROWS * C, r, q, r,
                                   C, S, a, b, tau, coef)
                 fn_narrow(st, <float*>(stage + 2 * FRN_CL_ROWS * C), db + 2 * r * C, (q - r) * C)
