@@ -5,7 +5,28 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_eps", "check_momentum", "check_p", "check_dim", "check_groups", "check_lrn_args"]
+__all__ = ["check_eps", "check_momentum", "check_p", "check_dim", "check_groups", "check_lrn_args",
+           "check_count"]
+
+
+def _as_float(v, name):
+    """A real number as a Python float; a ValueError naming the argument when
+    it does not fit a float64 (an int like 10**400), not the conversion's
+    OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{name} must fit a float64, got {v!r}") from None
+
+
+def check_count(v, name, minimum=1):
+    """A count (channels, groups, features, a dimension): an int >= minimum,
+    not a bool, a float or a string."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
+    return int(v)
 
 
 def check_eps(eps, name="eps"):
@@ -13,7 +34,7 @@ def check_eps(eps, name="eps"):
         return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {eps!r}")
-    eps = float(eps)
+    eps = _as_float(eps, name)
     if not eps >= 0.0:
         raise ValueError(f"{name} must be >= 0, got {eps!r}")
     return eps
@@ -22,13 +43,13 @@ def check_eps(eps, name="eps"):
 def check_momentum(momentum):
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
         raise TypeError(f"momentum must be a number, got {momentum!r}")
-    return float(momentum)
+    return _as_float(momentum, "momentum")
 
 
 def check_p(p):
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"p must be a real number, got {p!r}")
-    p = float(p)
+    p = _as_float(p, "p")
     if not p > 0:  # also NaN
         raise ValueError(f"p must be > 0 (or inf), got {p!r}")
     return p
@@ -60,4 +81,4 @@ def check_lrn_args(x, size, alpha, beta, k):
     for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name} must be a real number, got {v!r}")
-    return int(size), float(alpha), float(beta), float(k)
+    return int(size), _as_float(alpha, "alpha"), _as_float(beta, "beta"), _as_float(k, "k")

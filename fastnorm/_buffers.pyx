@@ -146,7 +146,7 @@ def set_output_cache(max_bytes):
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
         raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
     previous = limit
-    limit = max_bytes
+    limit = min(max_bytes, <size_t>-1)  # more than the address space: no limit
     for i in range(MAX_SLOTS):  # drop what no longer fits
         if slot_ptr[i] != NULL and cached_bytes > limit:
             free(slot_ptr[i])

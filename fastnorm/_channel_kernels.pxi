@@ -1169,12 +1169,11 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
         n_stats = N * G
     elif op == OP_INSTANCE:  # `training` is use_input_stats
         if (cnp.PyArray_NDIM(xa) < 3 or type(training) is not bool
-                or not (type(momentum) is float or type(momentum) is int)
+                or not _fast_real(momentum, &m)
                 or not _fast_running(running_mean, C) or not _fast_running(running_var, C)):
             return NotImplemented
         if running_mean is not None and running_var is not None and _bytes_overlap(running_mean, running_var):
             return NotImplemented
-        m = momentum
         batch_stats = training
         if batch_stats:
             if S <= 1:
@@ -1187,13 +1186,12 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
             per_sample = False
             n_stats = C
     else:
-        if type(training) is not bool or not (type(momentum) is float or type(momentum) is int):
+        if type(training) is not bool or not _fast_real(momentum, &m):
             return NotImplemented
         if not _fast_running(running_mean, C) or not _fast_running(running_var, C):
             return NotImplemented
         if running_mean is not None and running_var is not None and _bytes_overlap(running_mean, running_var):
             return NotImplemented
-        m = momentum
         batch_stats = training
         per_sample = False
         n_stats = C

@@ -562,11 +562,7 @@ cdef bint _fast_range(object feature_range, double* lo, double* hi):
     if type(feature_range) is not tuple or len(feature_range) != 2:
         return False
     a, b = feature_range
-    if not ((type(a) is float or type(a) is int) and (type(b) is float or type(b) is int)):
-        return False
-    lo[0] = a
-    hi[0] = b
-    return lo[0] < hi[0]
+    return _fast_real(a, lo) and _fast_real(b, hi) and lo[0] < hi[0]
 
 
 def standardize_fast(object x, object axis, object ddof, object mean, object std, object with_mean,

@@ -268,9 +268,9 @@ cdef int resolve_threads(object n_threads, Py_ssize_t work) except -1:
     else:
         if isinstance(n_threads, bool) or not isinstance(n_threads, int):
             raise TypeError(f"n_threads must be a positive int or None, got {n_threads!r}")
-        requested = n_threads
-        if requested < 1:
+        if n_threads < 1:
             raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
+        requested = n_threads if n_threads <= 1024 else 1024   # compared as Python ints: no overflow
     if not FASTNORM_HAVE_OPENMP or work < MIN_PARALLEL_WORK:
         return 1
     if requested > 1024:
@@ -1536,6 +1536,19 @@ cdef object _fast_output(cnp.ndarray a, object out):
     if xs == os_ or (os_ + nbytes > xs and xs + nbytes > os_):
         return None
     return out
+
+
+cdef inline bint _fast_real(object v, double* out):
+    """v as a double when it is a Python float, or an int a double holds
+    exactly; False otherwise (then the general path converts it, and names
+    the argument if it does not fit a float64)."""
+    if type(v) is float:
+        out[0] = <double>v
+        return True
+    if type(v) is int and -(1 << 53) <= v <= (1 << 53):
+        out[0] = <double><long long>v
+        return True
+    return False
 
 
 cdef inline bint _fast_eps(object eps, double* e):

@@ -483,11 +483,7 @@ cdef bint _fast_lrn_scalars(object size, object alpha, object beta, object k, do
                             double* kk):
     if type(size) is not int or not 1 <= size <= (1 << 20):
         return False
-    for v in (alpha, beta, k):
-        if type(v) is not float and type(v) is not int:
-            return False
-    a[0], b[0], kk[0] = alpha, beta, k
-    return True
+    return _fast_real(alpha, a) and _fast_real(beta, b) and _fast_real(k, kk)
 
 
 def lrn_fast(object x, object size, object alpha, object beta, object k, object channel_axis,

@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from ._args import check_count, check_dim
+
 from ._dtypes import as_float_array, bfloat16, compute_dtype
 
 from . import functional as F
@@ -34,9 +36,13 @@ def _to_numpy(value):
 
 
 def _shape_tuple(normalized_shape):
-    if isinstance(normalized_shape, (numbers.Integral, np.integer)):
-        return (int(normalized_shape),)
-    return tuple(int(d) for d in normalized_shape)
+    """normalized_shape as a tuple of ints >= 1 (an int, or a sequence of
+    ints: never a string, whose characters would pass for dims)."""
+    if isinstance(normalized_shape, (numbers.Integral, np.integer)) and not isinstance(normalized_shape, bool):
+        return (check_count(normalized_shape, "normalized_shape"),)
+    if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+    return tuple(check_count(d, "normalized_shape's dims") for d in normalized_shape)
 
 
 class Module:
@@ -198,7 +204,7 @@ class _BatchNorm(Module):
                  track_running_stats=True, dtype=np.float32, *, channel_axis=1):
         super().__init__()
         dtype = np.dtype(dtype)
-        self.num_features = int(num_features)
+        self.num_features = check_count(num_features, "num_features")
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
@@ -273,10 +279,12 @@ class GroupNorm(Module):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *,
                  channel_axis=1):
         super().__init__()
+        num_groups = check_count(num_groups, "num_groups")
+        num_channels = check_count(num_channels, "num_channels")
         if num_channels % num_groups:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
-        self.num_groups = int(num_groups)
-        self.num_channels = int(num_channels)
+        self.num_groups = num_groups
+        self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
         self.channel_axis = channel_axis
@@ -363,13 +371,15 @@ class WeightNorm(Module):
     def __init__(self, weight, dim=0, centered=False):
         super().__init__()
         weight = np.array(as_float_array(weight, "weight")[0], copy=True)
+        if weight.ndim == 0:
+            raise ValueError("weight must have at least 1 dimension, got a 0-d array")
         self.dim = dim
         self.centered = centered
         self.weight_v = weight
         if dim is None:
             g = np.ones((), weight.dtype)
         else:
-            d = dim % weight.ndim
+            d = check_dim(dim, weight.ndim)
             g = np.ones(tuple(weight.shape[i] if i == d else 1 for i in range(weight.ndim)), weight.dtype)
         _, norm = F.weight_norm(weight, g, dim, centered=centered, return_stats=True)
         self.weight_g = norm.astype(weight.dtype)
@@ -409,7 +419,7 @@ class FilterResponseNorm(Module):
     def __init__(self, num_features, eps=1e-6, learnable_tau=True, dtype=np.float32, *, channel_axis=1):
         super().__init__()
         dtype = np.dtype(dtype)
-        self.num_features = int(num_features)
+        self.num_features = check_count(num_features, "num_features")
         self.eps = eps
         self.channel_axis = channel_axis
         self.weight = np.ones(num_features, dtype)

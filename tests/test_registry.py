@@ -575,3 +575,43 @@ def test_byte_swapped_arguments_give_the_native_result(op, dtype, rng):
     assert len(native) == len(swapped)
     for k, (a, b) in enumerate(zip(native, swapped)):
         assert np.array_equal(a, b, equal_nan=True), (op.name, k)
+
+
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_huge_scalar_arguments_are_named_errors(op, rng):
+    """A scalar that fits no C type (an int like 10**400 for eps, momentum,
+    p, alpha, ...) is a ValueError or TypeError naming the argument, never the
+    conversion's OverflowError; a thread count beyond the machine's is capped."""
+    call = op.example(rng, F32, op.default_shape)
+    slots = [("arg", i) for i, a in enumerate(call.args) if type(a) is float]
+    slots += [("kw", k) for k, v in call.kwargs.items() if type(v) is float]
+    for kind, key in slots:
+        args, kwargs = list(call.args), dict(call.kwargs)
+        if kind == "arg":
+            args[key] = 10**400
+        else:
+            kwargs[key] = 10**400
+        with pytest.raises((ValueError, TypeError)) as info:
+            op.forward(*args, **kwargs)
+        assert not isinstance(info.value, OverflowError), (op.name, key)
+    copies = lambda: [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in call.args]  # noqa: E731
+    expected = op.forward(*copies(), **call.kwargs)
+    got = op.forward(*copies(), **call.kwargs, n_threads=10**30)
+    for a, b in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastnorm.nn.GroupNorm(0, 6), lambda: fastnorm.nn.GroupNorm(2.0, 6), lambda: fastnorm.nn.LayerNorm("16"),
+    lambda: fastnorm.nn.LayerNorm(-3), lambda: fastnorm.nn.RMSNorm((4, 0)), lambda: fastnorm.nn.BatchNorm2d(2.5),
+    lambda: fastnorm.nn.InstanceNorm2d(0), lambda: fastnorm.nn.WeightNorm(np.array(2.0)),
+    lambda: fastnorm.set_output_cache(-1),
+], ids=["groups0", "groups_float", "shape_str", "shape_neg", "shape_zero", "features_float", "features0",
+        "weightnorm_0d", "cache_neg"])
+def test_layer_constructor_arguments_are_checked(make):
+    """Counts in layer constructors are ints >= 1 (a string is not a shape);
+    bad ones are a ValueError / TypeError naming them, not a ZeroDivisionError
+    or a silently wrong layer."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        make()
+    assert type(info.value) in (ValueError, TypeError)

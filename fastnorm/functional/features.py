@@ -58,6 +58,8 @@ def _check_ddof(ddof):
 def _check_range(feature_range):
     try:
         lo, hi = (float(v) for v in feature_range)
+    except OverflowError:
+        raise ValueError(f"feature_range must fit a float64, got {feature_range!r}") from None
     except (TypeError, ValueError):
         raise TypeError(f"feature_range must be a pair of numbers, got {feature_range!r}") from None
     if not lo < hi:
