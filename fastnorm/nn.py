@@ -82,6 +82,8 @@ class Module:
 
         As torch: with strict=True missing or unexpected keys raise; a value
         of the wrong shape always raises."""
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
         expected = [n for n in self._parameter_names + self._buffer_names if getattr(self, n) is not None]
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
@@ -224,23 +226,31 @@ class _BatchNorm(Module):
         self.grad_bias = None
 
     def _check_input(self, x):
-        if np.ndim(x) not in self._input_ndims:
+        shape = np.shape(x)
+        if len(shape) not in self._input_ndims:
             raise ValueError(f"{type(self).__name__} expects {' or '.join(map(str, self._input_ndims))}-D "
-                             f"input, got shape {np.shape(x)}")
+                             f"input, got shape {shape}")
+        channels = shape[self.channel_axis]
+        # as torch: the channel count matters when there are per-channel
+        # parameters or running statistics (else any count normalizes)
+        if channels != self.num_features and (self.weight is not None or self.running_mean is not None):
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects {self.num_features} channels "
+                             f"along axis {self.channel_axis}, got {channels} (input shape {shape})")
 
     def forward(self, x, *, n_threads=None):
         self._check_input(x)
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+        tracking = self.training and self.track_running_stats
+        if tracking and self.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(self.num_batches_tracked + 1)
         batch_stats = self.training or not self.track_running_stats
         y, mean, invstd = F.batch_norm(
             x, self.running_mean if not batch_stats or self.training else None,
             self.running_var if not batch_stats or self.training else None,
             self.weight, self.bias, batch_stats, factor, self.eps,
             channel_axis=self.channel_axis, n_threads=n_threads, return_stats=True)
+        if tracking:  # counted once the call has succeeded
+            self.num_batches_tracked += 1
         self._saved = (np.asarray(x), mean, invstd, batch_stats)
         return y
 

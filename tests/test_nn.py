@@ -92,3 +92,26 @@ def test_bfloat16_torch_state_dict_loads():
     tx = torch.from_numpy(x.view(np.uint16).copy()).view(torch.bfloat16)
     ty = t(tx).detach().float().numpy()
     np.testing.assert_allclose(layer(x).astype(np.float32), ty, atol=2 * 2.0 ** -7 * 4)
+
+
+@pytest.mark.parametrize("cls,shape", [("BatchNorm1d", (4, 8)), ("BatchNorm2d", (4, 8, 3, 3)), ("BatchNorm3d", (2, 8, 2, 2, 2)),
+                                       ("InstanceNorm2d", (2, 8, 3, 3))])
+def test_channel_count_mismatch_names_the_layer_and_changes_nothing(cls, shape):
+    """A layer of 16 channels fed 8 says so (not a running_mean shape error),
+    before any state changes; without per-channel state (InstanceNorm's
+    default, as torch) any channel count normalizes."""
+    kwargs = {"affine": True} if cls.startswith("Instance") else {}
+    layer = getattr(fastnorm.nn, cls)(16, **kwargs)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    tracked = None if layer.num_batches_tracked is None else int(layer.num_batches_tracked)
+    with pytest.raises(ValueError, match=rf"{cls}\(16\) expects 16 channels along axis 1, got 8"):
+        layer(x)
+    if tracked is not None:
+        assert int(layer.num_batches_tracked) == tracked
+    if cls.startswith("Instance"):
+        assert getattr(fastnorm.nn, cls)(16)(x).shape == shape
+
+
+def test_load_state_dict_takes_a_mapping():
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        fastnorm.nn.LayerNorm(4).load_state_dict(None)
