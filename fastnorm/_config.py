@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 
-from . import _buffers, _build_info
+from . import _buffers, _build_info, _dtypes
 from . import _core
 
 __all__ = ["show_config", "get_config", "kernels", "max_threads"]
@@ -44,13 +44,9 @@ def _kernel_modules():
             if name.startswith("fastnorm._core") and hasattr(m, "set_bfloat16_typenum")]
 
 
-_BF16_NUM = None
-
-
 def register_bfloat16(typenum):
-    """Tell every kernel module (and those loaded later) bfloat16's type number."""
-    global _BF16_NUM
-    _BF16_NUM = typenum
+    """Tell every loaded kernel module bfloat16's type number (load_isa tells
+    those loaded later, from fastnorm._dtypes' registered dtype)."""
     for m in _kernel_modules():
         m.set_bfloat16_typenum(typenum)
 
@@ -67,8 +63,8 @@ def load_isa(isa):
     for module, name, _ in _build_info.VARIANTS:
         if name == isa:
             m = __import__(f"fastnorm.{module}", fromlist=["_"])
-            if _BF16_NUM is not None:
-                m.set_bfloat16_typenum(_BF16_NUM)
+            if _dtypes._bf16 is not None:
+                m.set_bfloat16_typenum(_dtypes._bf16.num)
             return m
     raise ValueError(f"isa {isa!r} was not built; built: {[v[1] for v in _build_info.VARIANTS]}")
 

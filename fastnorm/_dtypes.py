@@ -104,11 +104,10 @@ def as_float_array(x, name):
         x = np.asarray(x)
     cdt = compute_dtype(x.dtype)
     if cdt is None:
-        if x.dtype.kind == "f" and x.dtype.byteorder not in "=|":
-            native = x.dtype.newbyteorder("=")
-            if native in COMPUTE:
-                x = x.astype(native)
-                return x, COMPUTE[native]
+        native = native_order(x)
+        cdt = compute_dtype(native.dtype) if native is not x else None
+        if cdt is not None:
+            return native, cdt
         raise TypeError(f"{name} must be a floating-point array ({_NAMES}), got dtype {x.dtype}")
     return x, cdt
 

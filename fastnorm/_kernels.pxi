@@ -1552,14 +1552,8 @@ cdef inline bint _fast_real(object v, double* out):
 
 
 cdef inline bint _fast_eps(object eps, double* e):
-    """eps as a double when it is a float >= 0 (or a small int)."""
-    if type(eps) is float:
-        e[0] = <double>eps
-        return e[0] >= 0.0
-    if type(eps) is int and 0 <= eps <= 1:
-        e[0] = <double><long>eps
-        return True
-    return False
+    """eps as a double when it is a Python number (_fast_real) >= 0."""
+    return _fast_real(eps, e) and e[0] >= 0.0
 
 
 cdef object _stats_like_lead(cnp.ndarray x, int k, int ctype):

@@ -181,11 +181,7 @@ def normalize_fast(object x, object p, object dim, object eps, object out, objec
     if (ctype < 0 or nd < 1 or not _fast_array(x, typenum) or type(dim) is not int
             or not (dim == -1 or dim == nd - 1) or not _fast_eps(eps, &e)):
         return NotImplemented
-    if type(p) is float or type(p) is int and -1000000 < p < 1000000:
-        pv = <double>p
-    else:
-        return NotImplemented
-    if not pv > 0:
+    if not _fast_real(p, &pv) or not pv > 0:
         return NotImplemented
     cdef Py_ssize_t n = cnp.PyArray_DIMS(xa)[nd - 1]
     if n < 1:
@@ -638,11 +634,7 @@ def normalize_backward_fast(object grad_out, object x, object norm, object p, ob
             or not (dim == -1 or dim == nd - 1) or not _fast_eps(eps, &e)
             or not _fast_array(norm, ctype) or not _is_lead(norm, xa, 1)):
         return NotImplemented
-    if type(p) is float or type(p) is int and -1000000 < p < 1000000:
-        pv = <double>p
-    else:
-        return NotImplemented
-    if not pv > 0:
+    if not _fast_real(p, &pv) or not pv > 0:
         return NotImplemented
     cdef Py_ssize_t n = cnp.PyArray_DIMS(xa)[nd - 1]
     if n < 1:
