@@ -249,10 +249,6 @@ class ChannelLayout:
     def empty(self, dtype):
         return _empty(self.data.shape, dtype)
 
-    def data_as(self, dtype):
-        """`data` in the compute dtype (a copy only when it differs)."""
-        return cast(self.data, dtype)
-
     def to_kernel(self, a):
         """A view of `a` (shaped like x) in the kernel layout, or None when
         a's memory does not have that layout (then a copy is needed)."""
