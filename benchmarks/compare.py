@@ -61,22 +61,33 @@ def calibrate(fn, min_time):
 
 def time_case(impls, repeats, min_time, reduce=statistics.median):
     """{name: median (or `reduce`) seconds per call} with interleaved rounds."""
-    loops = {}
-    for name, fn in impls.items():
-        fn()  # warm up (allocations, thread pools, ORT graph)
-        loops[name] = calibrate(fn, min_time)
-    samples = {name: [] for name in impls}
-    for _ in range(repeats):
+    return time_rounds([impls], repeats, min_time, reduce)[0]
+
+
+def time_rounds(groups, repeats, min_time, reduce=statistics.median):
+    """time_case for many cases at once: each round times every case's
+    implementations in turn, so a case's rounds are spread over the whole
+    run and a slow spell of a shared machine hits one round of many cases,
+    not every round of one.  Returns one {name: seconds} per group."""
+    loops = []
+    for impls in groups:
+        loops.append({})
         for name, fn in impls.items():
-            # let the previous implementation's spinning OpenMP workers (torch's
-            # or fastnorm's) go idle, so that they do not steal this one's cores
-            time.sleep(0.005)
-            n = loops[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
-    return {name: reduce(s) for name, s in samples.items()}
+            fn()  # warm up (allocations, thread pools, ORT graph)
+            loops[-1][name] = calibrate(fn, min_time)
+    samples = [{name: [] for name in impls} for impls in groups]
+    for _ in range(repeats):
+        for impls, n_of, got in zip(groups, loops, samples):
+            for name, fn in impls.items():
+                # let the previous implementation's spinning OpenMP workers (torch's
+                # or fastnorm's) go idle, so that they do not steal this one's cores
+                time.sleep(0.005)
+                n = n_of[name]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                got[name].append((time.perf_counter() - t0) / n)
+    return [{name: reduce(s) for name, s in got.items()} for got in samples]
 
 
 def first_array(result):
@@ -344,7 +355,7 @@ def main(argv=None):
         del lines[:]
     if not args.no_overhead:
         overhead.run(args.threads, oh_repeats, oh_min_time, emit, ops=args.ops, dtypes=dtypes,
-                     check=not args.no_check, timer=time_case)
+                     check=not args.no_check, timer=time_rounds)
         sections.append("\n".join(lines))
     body = "\n\n".join(["\n".join(env)] + [s for s in sections if s]) + "\n"
     if args.save:

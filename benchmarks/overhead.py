@@ -19,10 +19,11 @@ Before a row is timed, fastnorm's first output is checked against the peer's
 call): max |difference| within 1e-3 (bfloat16: 5e-2) of max(1, max |peer|).
 A row that disagrees prints MISMATCH and is not timed.  A bfloat16 row whose
 fastnorm call raises TypeError (a fastnorm without bfloat16) prints
-"unsupported".  Timer: compare.py's auto-scaled loops, interleaved rounds,
-the minimum of the rounds.  Threads: torch.set_num_threads(n) and the OpenMP
-limit (threadpoolctl) for fastnorm, which also runs inputs this small on one
-thread.
+"unsupported".  Timer: compare.py's auto-scaled loops in rounds that each
+go over the whole table (compare.time_rounds: a slow spell of the machine
+costs a row one round, not all of them), the minimum of the rounds.
+Threads: torch.set_num_threads(n) and the OpenMP limit (threadpoolctl) for
+fastnorm, which also runs inputs this small on one thread.
 """
 import os
 import sys
@@ -481,12 +482,26 @@ def _peer_kind(family, note):
 
 
 def _timer():
-    import compare  # calibrate / time_case; imported late: compare imports this module
-    return compare.time_case
+    import compare  # time_rounds; imported late: compare imports this module
+    return compare.time_rounds
 
 
 def run_one(op, family, direction, dtype, code, peer, note, repeats, min_time, check=True, timer=None):
-    """One row: a dict with the cells' values.  timer: compare.time_case."""
+    """One row, timed on its own: a dict with the cells' values.  timer:
+    compare.time_rounds."""
+    row, impls = prepare_one(op, family, direction, dtype, code, peer, note, check=check)
+    if impls:
+        _store_times(row, (timer or _timer())([impls], repeats, min_time, reduce=min)[0])
+    return row
+
+
+def _store_times(row, t):
+    row["ours"], row["theirs"] = t.get("fastnorm"), t.get("peer")
+
+
+def prepare_one(op, family, direction, dtype, code, peer, note, check=True):
+    """One row's cells before timing, and its calls to time: (row, {"fastnorm":
+    call, "peer": call}); the calls are empty when the row is not timed."""
     backward = direction == "fwd+bwd"
     row = dict(op=f"{op} {direction}", dtype=dtype, code=code, peer_code=peer, note=note,
                kind=_peer_kind(family, note), status="ok", ours=None, theirs=None, detail="")
@@ -496,12 +511,12 @@ def run_one(op, family, direction, dtype, code, peer, note, repeats, min_time, c
     except TypeError as exc:
         if dtype == "float32":
             row.update(status="error", detail=f"TypeError: {exc}")
-            return row
+            return row, {}
         row.update(status="unsupported", detail=str(exc))
         ours = None
     except Exception as exc:  # a fastnorm that fails a call is reported, not timed
         row.update(status="error", detail=f"{type(exc).__name__}: {exc}")
-        return row
+        return row, {}
     theirs = None
     if peer is not None:
         pns = peer_namespace(family, dtype, backward)
@@ -527,16 +542,13 @@ def run_one(op, family, direction, dtype, code, peer, note, repeats, min_time, c
                 row["checked"] = "fastnorm.reference"
         if why is not None:
             row.update(status="MISMATCH", detail=why)
-            return row
+            return row, {}
     impls = {}
     if ours is not None:
         impls["fastnorm"] = ours
     if theirs is not None:
         impls["peer"] = theirs
-    if impls:
-        t = (timer or _timer())(impls, repeats, min_time, reduce=min)
-        row["ours"], row["theirs"] = t.get("fastnorm"), t.get("peer")
-    return row
+    return row, impls
 
 
 def format_row(row):
@@ -581,7 +593,8 @@ def run(threads, repeats, min_time, emit, ops=None, dtypes=("float32",), check=T
     emit("- each row times the literal call in the spelling column, compiled from that text; the "
          "PyTorch column runs its translation to torch (forwards under torch.no_grad(); fwd+bwd: "
          "autograd forward + torch.autograd.grad); scikit-learn's scalers where torch has no op. "
-         "Times in microseconds per call, the minimum over rounds of auto-scaled loops; ratio = "
+         "Times in microseconds per call, the minimum over rounds of auto-scaled loops, each round "
+         "going over the whole table; ratio = "
          "peer / fastnorm (above 1: fastnorm is faster).")
     emit(f"- threads: {threads} for both (torch.set_num_threads; fastnorm through the OpenMP "
          "limit, and its inputs under 32K elements run on one thread anyway)")
@@ -592,16 +605,23 @@ def run(threads, repeats, min_time, emit, ops=None, dtypes=("float32",), check=T
     emit("")
     emit("| op | dtype | spelling | fastnorm us | PyTorch call | PyTorch us | ratio |")
     emit("|---|---|---|---:|---|---:|---:|")
-    rows = []
+    rows, timed = [], []
     limits = threadpool_limits(limits=threads, user_api="openmp") if threadpool_limits else None
     try:
         for spec in todo:
-            row = run_one(*spec, repeats=repeats, min_time=min_time, check=check, timer=timer)
+            row, impls = prepare_one(*spec, check=check)
             rows.append(row)
-            emit(format_row(row))
+            if impls:
+                timed.append((row, impls))
+        # the rounds go over the whole table (see compare.time_rounds)
+        times = timer([impls for _, impls in timed], repeats, min_time, reduce=min)
+        for (row, _), t in zip(timed, times):
+            _store_times(row, t)
     finally:
         if limits is not None:
             limits.restore_original_limits()
+    for row in rows:
+        emit(format_row(row))
     ratios = {}
     for r in rows:
         if r["status"] == "ok" and r["ours"] and r["theirs"] and r["kind"] == "PyTorch":

@@ -72,6 +72,9 @@ cdef extern from "simd.h" nogil:
 
 # LayerNorm / RMSNorm forward rows over float16 / bfloat16, widened in registers
 cdef extern from "rows16.h" nogil:
+    void fn_ln_rows16(int storage, const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, const float* w, const float* b,
+                      double eps, float* mean, float* rstd, int stream)
     void fn_ln_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
                      const float* b, double eps, double* mean, double* rstd, bint stream)
     double fn_rms_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
@@ -709,17 +712,17 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
     """Rows r0..r1; 16-bit rows go through rows16.h (widened in registers)."""
     cdef Py_ssize_t r
     cdef double m, s
-    for r in range(r0, r1):
-        if storage == ST_NATIVE:
+    if storage != ST_NATIVE:
+        fn_ln_rows16(storage, xb, xs, yb, ys, r0, r1, n, <const float*>w, <const float*>b, eps,
+                     <float*>mean, <float*>rstd, stream)
+    else:
+        for r in range(r0, r1):
             _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n, w, b, eps,
                             &m, &s, stream)
-        else:
-            fn_ln_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w, <const float*>b,
-                        eps, &m, &s, stream)
-        if mean != NULL:
-            mean[r] = <floating>m
-        if rstd != NULL:
-            rstd[r] = <floating>s
+            if mean != NULL:
+                mean[r] = <floating>m
+            if rstd != NULL:
+                rstd[r] = <floating>s
     if stream:
         fastnorm_stream_fence()
 

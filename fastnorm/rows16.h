@@ -24,6 +24,7 @@
 #define FN_NV (FN_LANES / FN_W)                /* accumulator vectors */
 #define FN_BLOCK 256                           /* = BLOCK */
 #define FN_CANCELLATION 16                     /* = CANCELLATION_LIMIT */
+#define FN_GROUP 4                             /* rows normalized together */
 
 /* values stored one at a time before y + head is aligned for streaming
    stores; an output that is not even 2-byte aligned (a view of a byte
@@ -37,6 +38,17 @@ static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int* st
 }
 
 static inline fn_vf fn_vsplat(float a) { return (fn_vf){0} + a; }
+
+/* one LayerNorm output value before narrowing: ((x - hi) * r + off) * w + b
+   (w, b: float32 or NULL), written once so that the row and the group
+   kernels round alike (one contraction of * w + b into a fused multiply-add) */
+static inline float fn_ln_value(float x, float hi, float r, float off, const float* w,
+                                const float* b, Py_ssize_t k) {
+    const float u = (x - hi) * r + off;
+    if (w && b) return u * w[k] + b[k];
+    if (w) return u * w[k];
+    return b ? u + b[k] : u;
+}
 
 /* lanes[j] += the float lanes of acc (FN_NV vectors): a block's float sums
    widened into the row's double lanes (vectorized: stored once, converted
@@ -121,15 +133,44 @@ static void fn_ln_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, co
     const fn_vf vh = fn_vsplat(hi), vr = fn_vsplat(r), vo = fn_vsplat(off);                    \
     Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
-        y[k] = STORE1(((LOAD1(x[k]) - hi) * r + off) * (w ? w[k] : 1.0f) + (b ? b[k] : 0.0f)); \
+        y[k] = STORE1(fn_ln_value(LOAD1(x[k]), hi, r, off, w, b, k));                          \
     for (; k + FN_W <= n; k += FN_W) {                                                         \
         fn_vf t = (VLOAD(x + k) - vh) * vr + vo;                                               \
-        if (w) t *= FN_LOAD(fn_vfu, w + k);                                                    \
-        if (b) t += FN_LOAD(fn_vfu, b + k);                                                    \
+        if (w && b) t = t * FN_LOAD(fn_vfu, w + k) + FN_LOAD(fn_vfu, b + k);                   \
+        else if (w) t *= FN_LOAD(fn_vfu, w + k);                                               \
+        else if (b) t += FN_LOAD(fn_vfu, b + k);                                               \
         fn_put_h(y + k, PACK(t), stream);                                                      \
     }                                                                                          \
     for (; k < n; k++)                                                                         \
-        y[k] = STORE1(((LOAD1(x[k]) - hi) * r + off) * (w ? w[k] : 1.0f) + (b ? b[k] : 0.0f)); \
+        y[k] = STORE1(fn_ln_value(LOAD1(x[k]), hi, r, off, w, b, k));                          \
+}                                                                                              \
+                                                                                               \
+/* FN_GROUP rows at once (row i at x + i * xs, y + i * ys; strides in     \
+   elements): each w, b vector loaded once for the group, not once per row   \
+   (a float32 w and b of a 4096-wide row fill a 32 KiB L1 by themselves);    \
+   w and b both given (not NULL);                                            \
+   the rows' heads must agree (ys * 2 a multiple of the vector, or no stream) */\
+static void fn_ln_normalize_group_##S(const uint16_t* x, Py_ssize_t xs, uint16_t* y,          \
+                                      Py_ssize_t ys, Py_ssize_t n, const float* w,              \
+                                      const float* b, const float* hi, const float* r,         \
+                                      const float* off, int stream) {                          \
+    fn_vf vh[FN_GROUP], vr[FN_GROUP], vo[FN_GROUP];                                            \
+    for (int i = 0; i < FN_GROUP; i++) {                                                       \
+        vh[i] = fn_vsplat(hi[i]); vr[i] = fn_vsplat(r[i]); vo[i] = fn_vsplat(off[i]);          \
+    }                                                                                          \
+    Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
+    for (; k < head; k++)                                                                      \
+        for (int i = 0; i < FN_GROUP; i++)                                                     \
+            y[i * ys + k] = STORE1(fn_ln_value(LOAD1(x[i * xs + k]), hi[i], r[i], off[i], w, b, k)); \
+    for (; k + FN_W <= n; k += FN_W) {                                                         \
+        const fn_vf wv = FN_LOAD(fn_vfu, w + k), bv = FN_LOAD(fn_vfu, b + k);                  \
+        for (int i = 0; i < FN_GROUP; i++)                                                     \
+            fn_put_h(y + i * ys + k, PACK(((VLOAD(x + i * xs + k) - vh[i]) * vr[i] + vo[i]) * wv + bv), \
+                     stream);                                                                  \
+    }                                                                                          \
+    for (; k < n; k++)                                                                         \
+        for (int i = 0; i < FN_GROUP; i++)                                                     \
+            y[i * ys + k] = STORE1(fn_ln_value(LOAD1(x[i * xs + k]), hi[i], r[i], off[i], w, b, k)); \
 }                                                                                              \
                                                                                                \
 /* LayerNorm of one row; w, b: float32 or NULL */                                              \
@@ -268,6 +309,44 @@ static inline void fn_block_moments16(int storage, const void* x, Py_ssize_t n, 
                                       double* m2) {
     if (storage == FN_ST_BF16) fn_block_moments_bf16((const uint16_t*)x, n, mean, m2);
     else fn_block_moments_f16((const uint16_t*)x, n, mean, m2);
+}
+
+/* LayerNorm rows r0..r1 (strides in bytes); mean, rstd: float32 per row or
+   NULL.  With w and b, rows go FN_GROUP at a time: the moments of each, then
+   one normalize pass over the group (fn_ln_normalize_group_*), while the
+   group's rows fit in L2 (FN_GROUP * n * 2 bytes <= 256 KiB). */
+static inline void fn_ln_rows16(int storage, const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
+                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, const float* w,
+                                const float* b, double eps, float* mean, float* rstd, int stream) {
+    const int group = w && b && n * 2 * FN_GROUP <= 256 * 1024 && (xs % 2) == 0 && (ys % 2) == 0
+                      && (!stream || ys % (FN_VBYTES / 2) == 0);
+    Py_ssize_t r = r0;
+    if (group)
+        for (; r + FN_GROUP <= r1; r += FN_GROUP) {
+            float hi[FN_GROUP], rf[FN_GROUP], off[FN_GROUP];
+            for (int i = 0; i < FN_GROUP; i++) {
+                double m, m2;
+                fn_block_moments16(storage, xb + (r + i) * xs, n, &m, &m2);
+                const double s = 1.0 / sqrt(m2 / n + eps);
+                hi[i] = (float)m;
+                rf[i] = (float)s;
+                off[i] = (float)(-(m - (double)hi[i]) * s);
+                if (mean) mean[r + i] = (float)m;
+                if (rstd) rstd[r + i] = (float)s;
+            }
+            if (storage == FN_ST_BF16)
+                fn_ln_normalize_group_bf16((const uint16_t*)(xb + r * xs), xs / 2, (uint16_t*)(yb + r * ys),
+                                           ys / 2, n, w, b, hi, rf, off, stream);
+            else
+                fn_ln_normalize_group_f16((const uint16_t*)(xb + r * xs), xs / 2, (uint16_t*)(yb + r * ys),
+                                          ys / 2, n, w, b, hi, rf, off, stream);
+        }
+    for (; r < r1; r++) {
+        double m, s;
+        fn_ln_row16(storage, xb + r * xs, yb + r * ys, n, w, b, eps, &m, &s, stream);
+        if (mean) mean[r] = (float)m;
+        if (rstd) rstd[r] = (float)s;
+    }
 }
 
 static inline void fn_block_affine16(int storage, const void* x, void* y, Py_ssize_t n, float hi,

@@ -307,3 +307,33 @@ def test_streaming_path_gives_identical_results(isa, rng, op, affine):
     finally:
         _dispatch.kernels.set_stream_threshold(previous)
     np.testing.assert_array_equal(plain, streamed)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("affine", ["wb", "w", "b", "none"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_16bit_rows_grouped_match_rows_alone(isa, rng, dtype, affine, stream):
+    """16-bit rows with weight and bias are normalized a few at a time (one
+    pass of w, b over a group of rows): every row of a matrix must be bitwise
+    the row normalized on its own, whatever the row count, the row stride
+    (rows off any vector boundary) and the store path."""
+    from fastnorm._dtypes import BF16, F16
+    dt = BF16 if dtype == "bfloat16" else F16
+    n = 203
+    w = (rng.standard_normal(n) + 1).astype(dt) if "w" in affine else None
+    b = rng.standard_normal(n).astype(dt) if "b" in affine else None
+    previous = _dispatch.kernels.set_stream_threshold(0 if stream else 1 << 60)
+    try:
+        for M in (1, 3, 4, 5, 9, 13):
+            base = (rng.standard_normal((M, n + 3)) * 3 + 1).astype(dt)
+            x = base[:, 1:n + 1]  # odd row stride, rows start anywhere
+            out = np.empty((M, n + 5), dt)[:, 3:n + 3]
+            y, mean, rstd = fastnorm.layer_norm(x, n, w, b, 1e-5, return_stats=True, out=out)
+            for r in range(M):
+                yr, mr, sr = fastnorm.layer_norm(np.ascontiguousarray(x[r:r + 1]), n, w, b, 1e-5,
+                                                 return_stats=True)
+                np.testing.assert_array_equal(y[r:r + 1].view(np.uint16), yr.view(np.uint16))
+                np.testing.assert_array_equal(mean[r:r + 1], mr)
+                np.testing.assert_array_equal(rstd[r:r + 1], sr)
+    finally:
+        _dispatch.kernels.set_stream_threshold(previous)
