@@ -316,6 +316,10 @@ def main(argv=None):
                    help="timed rounds per overhead call, the minimum is shown (default 15; --quick 3)")
     p.add_argument("--overhead-min-time", type=float, default=None,
                    help="seconds per timed loop of an overhead call (default 0.005; --quick 0.002)")
+    p.add_argument("--no-torch-bridge", action="store_true", help="skip the fastnorm.torch vs torch table")
+    p.add_argument("--torch-bridge-only", action="store_true", help="print only the fastnorm.torch vs torch table")
+    p.add_argument("--no-models", action="store_true", help="skip the real-model table")
+    p.add_argument("--models-only", action="store_true", help="print only the real-model table")
     p.add_argument("--no-check", action="store_true",
                    help="skip the check that every peer's output agrees with fastnorm's")
     p.add_argument("--save", metavar="FILE", help="also write the table, machine and versions to FILE")
@@ -324,6 +328,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.no_overhead and args.overhead_only:
         p.error("--no-overhead and --overhead-only exclude each other")
+    if args.torch_bridge_only or args.models_only:
+        args.overhead_only, args.no_overhead = True, True
+    if args.models_only:
+        args.torch_bridge_only, args.no_torch_bridge = False, True
+    if args.torch_bridge_only:
+        args.no_models = True
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dtypes:
         if d not in ("float32", "bfloat16"):
@@ -356,6 +366,16 @@ def main(argv=None):
     if not args.no_overhead:
         overhead.run(args.threads, oh_repeats, oh_min_time, emit, ops=args.ops, dtypes=dtypes,
                      check=not args.no_check, timer=time_rounds)
+        sections.append("\n".join(lines))
+        del lines[:]
+    if (args.torch_bridge_only or not args.no_torch_bridge) and peers.torch is not None:
+        import torch_bridge
+        torch_bridge.run(args.threads, min(repeats, 5), min_time, emit, dtypes=dtypes, timer=time_case)
+        sections.append("\n".join(lines))
+        del lines[:]
+    if not args.no_models and peers.torch is not None:
+        import models
+        models.run(args.threads, min(repeats, 5), min_time, emit, dtypes=dtypes, timer=time_case)
         sections.append("\n".join(lines))
     body = "\n\n".join(["\n".join(env)] + [s for s in sections if s]) + "\n"
     if args.save:

@@ -21,6 +21,10 @@ from cpython.ref cimport Py_INCREF
 
 cnp.import_array()
 
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_NewFromDescr(void* subtype, cnp.dtype descr, int nd, cnp.npy_intp* dims,
+                                cnp.npy_intp* strides, void* data, int flags, void* obj)
+
 cdef extern from "pages.h":
     void* fastnorm_alloc_pages(size_t nbytes) nogil
 
@@ -162,3 +166,21 @@ def output_cache_info():
         if slot_ptr[i] != NULL:
             count += 1
     return cached_bytes, limit, count
+
+
+def array_over(object owner, Py_ssize_t address, tuple shape, cnp.dtype dtype):
+    """A C-contiguous, writeable ndarray of `shape` and `dtype` over the memory
+    at `address`, kept alive by `owner` (its base): fastnorm.torch's view of
+    a contiguous CPU tensor, without the cost of Tensor.numpy()."""
+    cdef int nd = len(shape)
+    cdef cnp.npy_intp dims[32]
+    cdef int i
+    if nd > 32:
+        raise ValueError("array_over: more than 32 dimensions")
+    for i in range(nd):
+        dims[i] = shape[i]
+    Py_INCREF(dtype)  # PyArray_NewFromDescr steals it
+    cdef cnp.ndarray a = PyArray_NewFromDescr(<void*>cnp.ndarray, dtype, nd, dims, NULL, <void*>address,
+                                              cnp.NPY_ARRAY_CARRAY, NULL)
+    cnp.set_array_base(a, owner)
+    return a

@@ -68,23 +68,33 @@ def test_module_matches_torch_over_steps(name):
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("route", ["autograd.Function", "custom op"])
 @pytest.mark.parametrize("name,layout", [(n, lay) for n in sorted(OPS) for lay in
                                          (("contiguous", "channels_last") if OPS[n][3] else ("contiguous",))])
-def test_eager_path_equals_the_custom_op(name, layout):
-    """Under no_grad the functions run the kernels directly; with autograd
-    they go through the custom op: the same values, bit for bit, and the
-    same running statistics."""
+def test_three_routes_agree(name, layout, route, monkeypatch):
+    """Under no_grad the functions run the kernels directly; with autograd,
+    eagerly, a torch.autograd.Function over the same implementations; the
+    custom op (its registered autograd formula) otherwise.  The same values
+    and gradients, bit for bit, and the same running statistics."""
     a, ours, _, diff = _case(name, torch.float32, layout)
-    direct, op = _leaves(a, ()), _leaves(a, diff)
+    direct, first, second = _leaves(a, ()), _leaves(a, diff), _leaves(a, diff)
     with torch.no_grad():
         yd = _outs(ours(fnt, direct))
-    yo = _outs(ours(fnt, op))
-    for p, q in zip(yd, yo):
-        assert torch.equal(p, q.detach())
-        assert p.stride() == q.stride()
+    yf = _outs(ours(fnt, first))
+    if route == "custom op":
+        monkeypatch.setattr(fnt._bridge, "eager", lambda args: False)
+    yo = _outs(ours(fnt, second))
+    for p, q, r in zip(yd, yf, yo):
+        assert torch.equal(p, q.detach()) and torch.equal(p, r.detach())
+        assert p.stride() == q.stride() == r.stride()
+    gs = [torch.randn_like(y) for y in yf]
+    torch.autograd.backward(yf, gs)
+    torch.autograd.backward(yo, gs)
+    for k in diff:
+        assert torch.equal(first[k].grad, second[k].grad), k
     for k in ("rm", "rv"):
         if k in a:
-            assert torch.equal(direct[k], op[k])
+            assert torch.equal(direct[k], first[k]) and torch.equal(direct[k], second[k])
 
 
 def test_bad_tensors_are_named():

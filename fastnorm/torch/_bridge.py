@@ -8,7 +8,10 @@ through their 16-bit pattern (torch.int16) to ml_dtypes.bfloat16 arrays.
 import numpy as np
 import torch
 
-from .. import _dtypes
+from .. import _buffers, _dtypes
+
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+          torch.float16: np.dtype(np.float16)}
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -25,7 +28,13 @@ def check_tensor(t, name):
 
 
 def array(t):
-    """The ndarray over t's memory (t: a CPU tensor)."""
+    """The ndarray over t's memory (t: a CPU tensor); a contiguous one is
+    wrapped directly (_buffers.array_over: a third of Tensor.numpy()'s cost)."""
+    dtype = _NUMPY.get(t.dtype)
+    if dtype is None and t.dtype == torch.bfloat16:
+        dtype = _NUMPY[torch.bfloat16] = np.dtype(_dtypes.bfloat16())
+    if t.is_contiguous() and dtype is not None:
+        return _buffers.array_over(t, t.data_ptr(), tuple(t.shape), dtype)
     if t.requires_grad:
         t = t.detach()
     if t.dtype == torch.bfloat16:
@@ -48,6 +57,19 @@ def param_array(t):
     a = array(t)
     t._fastnorm_view = (key, a)
     return a
+
+
+def eager(args):
+    """True when an op's autograd may run eagerly (torch.autograd.Function
+    over the implementations): every tensor among args a plain CPU tensor
+    of a float dtype, not inside tracing."""
+    if torch.compiler.is_compiling():
+        return False
+    for t in args:
+        if isinstance(t, torch.Tensor) and (type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter
+                                            or not t.is_cpu or t.dtype not in _FLOATS):
+            return False
+    return True
 
 
 def plain(*tensors):

@@ -20,7 +20,48 @@ from torch import Tensor
 from .. import functional as _fn
 from . import _bridge as B
 
-custom_op = torch.library.custom_op
+_IMPL = {}   # custom op -> its implementation (a plain function)
+_EAGER = {}  # forward custom op -> the torch.autograd.Function of eager autograd
+
+
+def _op(name):
+    """Register fn as the custom op fastnorm::name (its schema from fn's annotations)."""
+    def wrap(fn):
+        op = torch.library.custom_op(f"fastnorm::{name}", fn, mutates_args=())
+        _IMPL[op] = fn
+        return op
+    return wrap
+
+
+def _call(ctx, op, *args):
+    """A backward op called from an autograd formula: the implementation
+    itself in eager autograd (ctx.direct), the custom op when traced."""
+    return _IMPL[op](*args) if getattr(ctx, "direct", False) else op(*args)
+
+
+def _autograd(op, grad, setup):
+    """The autograd formula of a forward op, twice: registered on the custom
+    op (torch.compile, torch.export, tensor subclasses) and as a
+    torch.autograd.Function over the implementations for eager autograd,
+    where the custom-op dispatcher would cost ~100 us per forward+backward."""
+    op.register_autograd(grad, setup_context=setup)
+    impl = _IMPL[op]
+
+    def forward(ctx, *args):  # forward(ctx, ...): apply() then binds no signature
+        output = impl(*args)
+        ctx.direct = True
+        setup(ctx, args, output)
+        return output
+    _EAGER[op] = type(f"Eager_{op._name.replace('::', '_')}", (torch.autograd.Function,),
+                      {"forward": staticmethod(forward), "backward": staticmethod(grad)})
+
+
+def _run(op, *args):
+    """A forward op with autograd: eagerly through its autograd.Function when
+    every tensor is a plain CPU tensor outside tracing, else the custom op."""
+    if B.eager(args):
+        return _EAGER[op].apply(*args)
+    return op(*args)
 
 
 def _none_grad(x):
@@ -71,7 +112,7 @@ def _layer_norm(x, normalized_shape, weight, bias, eps, n_threads, stats):
     return _tensors(r, stats)
 
 
-@custom_op("fastnorm::layer_norm", mutates_args=())
+@_op("layer_norm")
 def layer_norm_op(x: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
                   bias: Optional[Tensor], eps: float, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     return _layer_norm(x, normalized_shape, weight, bias, eps, n_threads, True)
@@ -85,7 +126,7 @@ def _(x, normalized_shape, weight, bias, eps, n_threads):
             x.new_empty(lead, dtype=sd))
 
 
-@custom_op("fastnorm::layer_norm_backward", mutates_args=())
+@_op("layer_norm_backward")
 def layer_norm_backward_op(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                            bias: Optional[Tensor], n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     dx, dw, db = _fn.layer_norm_backward(B.array(grad.contiguous()), B.array(x.contiguous()), B.array(mean),
@@ -108,11 +149,11 @@ def _layer_norm_setup(ctx, inputs, output):
 
 def _layer_norm_grad(ctx, gy, _gmean, _grstd):
     x, w, b, mean, rstd = ctx.saved_tensors
-    dx, dw, db = layer_norm_backward_op(gy, x, mean, rstd, w, b, ctx.n_threads)
+    dx, dw, db = _call(ctx, layer_norm_backward_op, gy, x, mean, rstd, w, b, ctx.n_threads)
     return dx, None, _keep(w, dw), _keep(b, db), None, None
 
 
-layer_norm_op.register_autograd(_layer_norm_grad, setup_context=_layer_norm_setup)
+_autograd(layer_norm_op, _layer_norm_grad, _layer_norm_setup)
 
 
 # ---------------------------------------------------------------- RMSNorm
@@ -123,7 +164,7 @@ def _rms_norm(x, normalized_shape, weight, eps, n_threads, stats):
     return _tensors(r, stats)
 
 
-@custom_op("fastnorm::rms_norm", mutates_args=())
+@_op("rms_norm")
 def rms_norm_op(x: Tensor, normalized_shape: List[int], weight: Optional[Tensor], eps: Optional[float],
                 n_threads: int) -> Tuple[Tensor, Tensor]:
     return _rms_norm(x, normalized_shape, weight, eps, n_threads, True)
@@ -136,7 +177,7 @@ def _(x, normalized_shape, weight, eps, n_threads):
             x.new_empty(lead, dtype=B.stat_dtype(x.dtype)))
 
 
-@custom_op("fastnorm::rms_norm_backward", mutates_args=())
+@_op("rms_norm_backward")
 def rms_norm_backward_op(grad: Tensor, x: Tensor, rstd: Tensor, weight: Optional[Tensor],
                          n_threads: int) -> Tuple[Tensor, Tensor]:
     dx, dw = _fn.rms_norm_backward(B.array(grad.contiguous()), B.array(x.contiguous()), B.array(rstd),
@@ -157,11 +198,11 @@ def _rms_norm_setup(ctx, inputs, output):
 
 def _rms_norm_grad(ctx, gy, _grstd):
     x, w, rstd = ctx.saved_tensors
-    dx, dw = rms_norm_backward_op(gy, x, rstd, w, ctx.n_threads)
+    dx, dw = _call(ctx, rms_norm_backward_op, gy, x, rstd, w, ctx.n_threads)
     return dx, None, _keep(w, dw), None, None
 
 
-rms_norm_op.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
+_autograd(rms_norm_op, _rms_norm_grad, _rms_norm_setup)
 
 
 # ---------------------------------------------------------------- fused residual add + norm
@@ -173,7 +214,7 @@ def _add_layer_norm(x, residual, normalized_shape, weight, bias, eps, n_threads,
     return tuple(B.tensor(a) for a in r)
 
 
-@custom_op("fastnorm::add_layer_norm", mutates_args=())
+@_op("add_layer_norm")
 def add_layer_norm_op(x: Tensor, residual: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
                       bias: Optional[Tensor], eps: float, n_threads: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return _add_layer_norm(x, residual, normalized_shape, weight, bias, eps, n_threads, True)
@@ -196,12 +237,12 @@ def _add_layer_norm_setup(ctx, inputs, output):
 
 def _add_layer_norm_grad(ctx, gy, gh, _gmean, _grstd):
     h, w, b, mean, rstd = ctx.saved_tensors
-    dx, dw, db = layer_norm_backward_op(gy, h, mean, rstd, w, b, ctx.n_threads)
+    dx, dw, db = _call(ctx, layer_norm_backward_op, gy, h, mean, rstd, w, b, ctx.n_threads)
     dx = dx + gh  # h = x + residual feeds both the norm and the caller
     return dx, dx, None, _keep(w, dw), _keep(b, db), None, None
 
 
-add_layer_norm_op.register_autograd(_add_layer_norm_grad, setup_context=_add_layer_norm_setup)
+_autograd(add_layer_norm_op, _add_layer_norm_grad, _add_layer_norm_setup)
 
 
 def _add_rms_norm(x, residual, normalized_shape, weight, eps, n_threads, stats):
@@ -210,7 +251,7 @@ def _add_rms_norm(x, residual, normalized_shape, weight, eps, n_threads, stats):
     return tuple(B.tensor(a) for a in r)
 
 
-@custom_op("fastnorm::add_rms_norm", mutates_args=())
+@_op("add_rms_norm")
 def add_rms_norm_op(x: Tensor, residual: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
                     eps: Optional[float], n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     return _add_rms_norm(x, residual, normalized_shape, weight, eps, n_threads, True)
@@ -232,12 +273,12 @@ def _add_rms_norm_setup(ctx, inputs, output):
 
 def _add_rms_norm_grad(ctx, gy, gh, _grstd):
     h, w, rstd = ctx.saved_tensors
-    dx, dw = rms_norm_backward_op(gy, h, rstd, w, ctx.n_threads)
+    dx, dw = _call(ctx, rms_norm_backward_op, gy, h, rstd, w, ctx.n_threads)
     dx = dx + gh
     return dx, dx, None, _keep(w, dw), None, None
 
 
-add_rms_norm_op.register_autograd(_add_rms_norm_grad, setup_context=_add_rms_norm_setup)
+_autograd(add_rms_norm_op, _add_rms_norm_grad, _add_rms_norm_setup)
 
 
 # ---------------------------------------------------------------- the channel ops
@@ -277,7 +318,7 @@ def _batch_norm(x, rm, rv, weight, bias, training, momentum, eps, n_threads, sta
     return _tensors(r, stats, axis)
 
 
-@custom_op("fastnorm::batch_norm", mutates_args=())
+@_op("batch_norm")
 def batch_norm_op(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   weight: Optional[Tensor], bias: Optional[Tensor], training: bool, momentum: float,
                   eps: float, n_threads: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -294,7 +335,7 @@ def _(x, running_mean, running_var, weight, bias, training, momentum, eps, n_thr
             _fake_stats(running_mean, x), _fake_stats(running_var, x))
 
 
-@custom_op("fastnorm::batch_norm_backward", mutates_args=())
+@_op("batch_norm_backward")
 def batch_norm_backward_op(grad: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, weight: Optional[Tensor],
                            bias: Optional[Tensor], training: bool, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     x, xa, axis = B.channel_input(x)
@@ -317,11 +358,11 @@ def _batch_norm_setup(ctx, inputs, output):
 
 def _batch_norm_grad(ctx, gy, _gmean, _ginvstd, _grm, _grv):
     x, w, b, mean, invstd = ctx.saved_tensors
-    dx, dw, db = batch_norm_backward_op(gy, x, mean, invstd, w, b, ctx.training, ctx.n_threads)
+    dx, dw, db = _call(ctx, batch_norm_backward_op, gy, x, mean, invstd, w, b, ctx.training, ctx.n_threads)
     return dx, None, None, _keep(w, dw), _keep(b, db), None, None, None, None
 
 
-batch_norm_op.register_autograd(_batch_norm_grad, setup_context=_batch_norm_setup)
+_autograd(batch_norm_op, _batch_norm_grad, _batch_norm_setup)
 
 
 def _group_norm(x, num_groups, weight, bias, eps, n_threads, stats):
@@ -331,7 +372,7 @@ def _group_norm(x, num_groups, weight, bias, eps, n_threads, stats):
     return _tensors(r, stats, axis)
 
 
-@custom_op("fastnorm::group_norm", mutates_args=())
+@_op("group_norm")
 def group_norm_op(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                   n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
     return _group_norm(x, num_groups, weight, bias, eps, n_threads, True)
@@ -344,7 +385,7 @@ def _(x, num_groups, weight, bias, eps, n_threads):
     return _layout_like(x), x.new_empty(shape, dtype=sd), x.new_empty(shape, dtype=sd)
 
 
-@custom_op("fastnorm::group_norm_backward", mutates_args=())
+@_op("group_norm_backward")
 def group_norm_backward_op(grad: Tensor, x: Tensor, num_groups: int, mean: Tensor, rstd: Tensor,
                            weight: Optional[Tensor], bias: Optional[Tensor],
                            n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -368,11 +409,11 @@ def _group_norm_setup(ctx, inputs, output):
 
 def _group_norm_grad(ctx, gy, _gmean, _grstd):
     x, w, b, mean, rstd = ctx.saved_tensors
-    dx, dw, db = group_norm_backward_op(gy, x, ctx.num_groups, mean, rstd, w, b, ctx.n_threads)
+    dx, dw, db = _call(ctx, group_norm_backward_op, gy, x, ctx.num_groups, mean, rstd, w, b, ctx.n_threads)
     return dx, None, _keep(w, dw), _keep(b, db), None, None
 
 
-group_norm_op.register_autograd(_group_norm_grad, setup_context=_group_norm_setup)
+_autograd(group_norm_op, _group_norm_grad, _group_norm_setup)
 
 
 def _instance_norm(x, rm, rv, weight, bias, use_input_stats, momentum, eps, n_threads, stats):
@@ -382,7 +423,7 @@ def _instance_norm(x, rm, rv, weight, bias, use_input_stats, momentum, eps, n_th
     return _tensors(r, stats, axis)
 
 
-@custom_op("fastnorm::instance_norm", mutates_args=())
+@_op("instance_norm")
 def instance_norm_op(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                      weight: Optional[Tensor], bias: Optional[Tensor], use_input_stats: bool, momentum: float,
                      eps: float, n_threads: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -401,7 +442,7 @@ def _(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
             _fake_stats(running_mean, x), _fake_stats(running_var, x))
 
 
-@custom_op("fastnorm::instance_norm_backward", mutates_args=())
+@_op("instance_norm_backward")
 def instance_norm_backward_op(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                               bias: Optional[Tensor], use_input_stats: bool,
                               n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -425,11 +466,12 @@ def _instance_norm_setup(ctx, inputs, output):
 
 def _instance_norm_grad(ctx, gy, _gmean, _grstd, _grm, _grv):
     x, w, b, mean, rstd = ctx.saved_tensors
-    dx, dw, db = instance_norm_backward_op(gy, x, mean, rstd, w, b, ctx.use_input_stats, ctx.n_threads)
+    dx, dw, db = _call(ctx, instance_norm_backward_op, gy, x, mean, rstd, w, b, ctx.use_input_stats,
+                       ctx.n_threads)
     return dx, None, None, _keep(w, dw), _keep(b, db), None, None, None, None
 
 
-instance_norm_op.register_autograd(_instance_norm_grad, setup_context=_instance_norm_setup)
+_autograd(instance_norm_op, _instance_norm_grad, _instance_norm_setup)
 
 
 def _local_response_norm(x, size, alpha, beta, k, n_threads, stats):
@@ -441,7 +483,7 @@ def _local_response_norm(x, size, alpha, beta, k, n_threads, stats):
     return _from_channel_array(r[0], axis), _from_channel_array(r[1], axis)
 
 
-@custom_op("fastnorm::local_response_norm", mutates_args=())
+@_op("local_response_norm")
 def local_response_norm_op(x: Tensor, size: int, alpha: float, beta: float, k: float,
                            n_threads: int) -> Tuple[Tensor, Tensor]:
     return _local_response_norm(x, size, alpha, beta, k, n_threads, True)
@@ -453,7 +495,7 @@ def _(x, size, alpha, beta, k, n_threads):
     return y, torch.empty_like(y, dtype=B.stat_dtype(x.dtype))
 
 
-@custom_op("fastnorm::local_response_norm_backward", mutates_args=())
+@_op("local_response_norm_backward")
 def local_response_norm_backward_op(grad: Tensor, x: Tensor, scale: Tensor, size: int, alpha: float,
                                     beta: float, k: float, n_threads: int) -> Tensor:
     x, xa, axis = B.channel_input(x)
@@ -476,10 +518,10 @@ def _lrn_setup(ctx, inputs, output):
 
 def _lrn_grad(ctx, gy, _gscale):
     x, scale = ctx.saved_tensors
-    return (local_response_norm_backward_op(gy, x, scale, *ctx.args),) + (None,) * 5
+    return (_call(ctx, local_response_norm_backward_op, gy, x, scale, *ctx.args),) + (None,) * 5
 
 
-local_response_norm_op.register_autograd(_lrn_grad, setup_context=_lrn_setup)
+_autograd(local_response_norm_op, _lrn_grad, _lrn_setup)
 
 
 def _filter_response_norm(x, weight, bias, tau, eps, n_threads, stats):
@@ -489,7 +531,7 @@ def _filter_response_norm(x, weight, bias, tau, eps, n_threads, stats):
     return _tensors(r, stats, axis)
 
 
-@custom_op("fastnorm::filter_response_norm", mutates_args=())
+@_op("filter_response_norm")
 def filter_response_norm_op(x: Tensor, weight: Tensor, bias: Tensor, tau: Optional[Tensor], eps: float,
                             n_threads: int) -> Tuple[Tensor, Tensor]:
     return _filter_response_norm(x, weight, bias, tau, eps, n_threads, True)
@@ -500,7 +542,7 @@ def _(x, weight, bias, tau, eps, n_threads):
     return _layout_like(x), x.new_empty((x.shape[0], x.shape[1]), dtype=B.stat_dtype(x.dtype))
 
 
-@custom_op("fastnorm::filter_response_norm_backward", mutates_args=())
+@_op("filter_response_norm_backward")
 def filter_response_norm_backward_op(grad: Tensor, x: Tensor, rstd: Tensor, weight: Tensor, bias: Tensor,
                                      tau: Optional[Tensor],
                                      n_threads: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -527,11 +569,11 @@ def _frn_setup(ctx, inputs, output):
 
 def _frn_grad(ctx, gy, _grstd):
     x, w, b, tau, rstd = ctx.saved_tensors
-    dx, dw, db, dtau = filter_response_norm_backward_op(gy, x, rstd, w, b, tau, ctx.n_threads)
+    dx, dw, db, dtau = _call(ctx, filter_response_norm_backward_op, gy, x, rstd, w, b, tau, ctx.n_threads)
     return dx, dw, db, _keep(tau, dtau), None, None
 
 
-filter_response_norm_op.register_autograd(_frn_grad, setup_context=_frn_setup)
+_autograd(filter_response_norm_op, _frn_grad, _frn_setup)
 
 
 # ---------------------------------------------------------------- Lp normalize
@@ -541,7 +583,7 @@ def _normalize(x, p, dim, eps, n_threads, stats):
     return _tensors(r, stats)
 
 
-@custom_op("fastnorm::normalize", mutates_args=())
+@_op("normalize")
 def normalize_op(x: Tensor, p: float, dim: int, eps: float, n_threads: int) -> Tuple[Tensor, Tensor]:
     return _normalize(x, p, dim, eps, n_threads, True)
 
@@ -554,7 +596,7 @@ def _(x, p, dim, eps, n_threads):
             x.new_empty(shape, dtype=B.stat_dtype(x.dtype)))
 
 
-@custom_op("fastnorm::normalize_backward", mutates_args=())
+@_op("normalize_backward")
 def normalize_backward_op(grad: Tensor, x: Tensor, norm: Tensor, p: float, dim: int, eps: float,
                           n_threads: int) -> Tensor:
     return B.tensor(_fn.normalize_backward(B.array(grad.contiguous()), B.array(x.contiguous()), B.array(norm),
@@ -574,10 +616,10 @@ def _normalize_setup(ctx, inputs, output):
 
 def _normalize_grad(ctx, gy, _gnorm):
     x, norm = ctx.saved_tensors
-    return (normalize_backward_op(gy, x, norm, *ctx.args),) + (None,) * 4
+    return (_call(ctx, normalize_backward_op, gy, x, norm, *ctx.args),) + (None,) * 4
 
 
-normalize_op.register_autograd(_normalize_grad, setup_context=_normalize_setup)
+_autograd(normalize_op, _normalize_grad, _normalize_setup)
 
 
 # ---------------------------------------------------------------- torch.nn.functional spellings
@@ -614,7 +656,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, n_threa
     if B.plain(x, weight, bias):
         return _layer_norm(x, ns, weight, bias, eps, nt, False)
     _check(x=x, weight=weight, bias=bias)
-    return layer_norm_op(x, ns, weight, bias, eps, nt)[0]
+    return _run(layer_norm_op, x, ns, weight, bias, eps, nt)[0]
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, n_threads=None):
@@ -623,7 +665,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, n_threads=None):
     if B.plain(x, weight):
         return _rms_norm(x, ns, weight, eps, nt, False)
     _check(x=x, weight=weight)
-    return rms_norm_op(x, ns, weight, eps, nt)[0]
+    return _run(rms_norm_op, x, ns, weight, eps, nt)[0]
 
 
 def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, n_threads=None):
@@ -632,7 +674,7 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e
     if B.plain(x, residual, weight, bias):
         return _add_layer_norm(x, residual, ns, weight, bias, eps, nt, False)
     _check(x=x, residual=residual, weight=weight, bias=bias)
-    return add_layer_norm_op(x, residual, ns, weight, bias, eps, nt)[:2]
+    return _run(add_layer_norm_op, x, residual, ns, weight, bias, eps, nt)[:2]
 
 
 def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, n_threads=None):
@@ -641,21 +683,31 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, n_thre
     if B.plain(x, residual, weight):
         return _add_rms_norm(x, residual, ns, weight, eps, nt, False)
     _check(x=x, residual=residual, weight=weight)
-    return add_rms_norm_op(x, residual, ns, weight, eps, nt)[:2]
+    return _run(add_rms_norm_op, x, residual, ns, weight, eps, nt)[:2]
 
 
-def _direct_stats(*stats):
-    """The arrays of running statistics the kernels may update in place
-    (float32 / float64, contiguous), or None when one is not."""
-    arrays = []
+def _direct_stats(update, *stats):
+    """Arrays of the running statistics for the eager path, and the
+    write-backs to run after the kernel: float32 / float64 buffers are
+    viewed and updated in place; others (a bfloat16 module's) go through a
+    float32 copy, written back only when the op updates them."""
+    arrays, back = [], []
     for t in stats:
         if t is None:
             arrays.append(None)
-        elif type(t) is torch.Tensor and t.dtype in (torch.float32, torch.float64) and t.is_contiguous():
+        elif t.dtype in (torch.float32, torch.float64) and t.is_contiguous():
             arrays.append(B.array(t))
         else:
-            return None
-    return arrays
+            work = t.float()
+            arrays.append(B.array(work))
+            if update:
+                back.append((t, work))
+    return arrays, back
+
+
+def _write_back(back):
+    for t, work in back:
+        t.copy_(work)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
@@ -664,12 +716,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     _no_grad_for(running_mean=running_mean, running_var=running_var)
     training, momentum = bool(training), 0.0 if momentum is None else float(momentum)
     eps, nt = float(eps), _threads_arg(n_threads)
-    if B.plain(x, weight, bias):
-        direct = _direct_stats(running_mean, running_var)
-        if direct is not None:
-            return _batch_norm(x, direct[0], direct[1], weight, bias, training, momentum, eps, nt, False)
+    if B.plain(x, weight, bias, running_mean, running_var):
+        (rm, rv), back = _direct_stats(training, running_mean, running_var)
+        y = _batch_norm(x, rm, rv, weight, bias, training, momentum, eps, nt, False)
+        _write_back(back)
+        return y
     _check(x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    y, _, _, rm, rv = batch_norm_op(x, running_mean, running_var, weight, bias, training, momentum, eps, nt)
+    y, _, _, rm, rv = _run(batch_norm_op, x, running_mean, running_var, weight, bias, training, momentum, eps, nt)
     if training:
         _store(running_mean, rm)
         _store(running_var, rv)
@@ -682,7 +735,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, n_threads=Non
     if B.plain(x, weight, bias):
         return _group_norm(x, num_groups, weight, bias, eps, nt, False)
     _check(x=x, weight=weight, bias=bias)
-    return group_norm_op(x, num_groups, weight, bias, eps, nt)[0]
+    return _run(group_norm_op, x, num_groups, weight, bias, eps, nt)[0]
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -691,13 +744,13 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     _no_grad_for(running_mean=running_mean, running_var=running_var)
     use_input_stats, momentum = bool(use_input_stats), 0.0 if momentum is None else float(momentum)
     eps, nt = float(eps), _threads_arg(n_threads)
-    if B.plain(x, weight, bias):
-        direct = _direct_stats(running_mean, running_var)
-        if direct is not None:
-            return _instance_norm(x, direct[0], direct[1], weight, bias, use_input_stats, momentum, eps, nt,
-                                  False)
+    if B.plain(x, weight, bias, running_mean, running_var):
+        (rm, rv), back = _direct_stats(use_input_stats, running_mean, running_var)
+        y = _instance_norm(x, rm, rv, weight, bias, use_input_stats, momentum, eps, nt, False)
+        _write_back(back)
+        return y
     _check(x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    y, _, _, rm, rv = instance_norm_op(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+    y, _, _, rm, rv = _run(instance_norm_op, x, running_mean, running_var, weight, bias, use_input_stats, momentum,
                                        eps, nt)
     if use_input_stats:
         _store(running_mean, rm)
@@ -711,7 +764,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, n_threads=None
     if B.plain(x):
         return _local_response_norm(x, *args, False)
     _check(x=x)
-    return local_response_norm_op(x, *args)[0]
+    return _run(local_response_norm_op, x, *args)[0]
 
 
 def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, n_threads=None):
@@ -720,7 +773,7 @@ def filter_response_norm(x, weight, bias, tau=None, eps=1e-6, *, n_threads=None)
     if B.plain(x, weight, bias, tau):
         return _filter_response_norm(x, weight, bias, tau, eps, nt, False)
     _check(x=x, weight=weight, bias=bias, tau=tau)
-    return filter_response_norm_op(x, weight, bias, tau, eps, nt)[0]
+    return _run(filter_response_norm_op, x, weight, bias, tau, eps, nt)[0]
 
 
 def normalize(x, p=2.0, dim=1, eps=1e-12, *, n_threads=None):
@@ -729,4 +782,4 @@ def normalize(x, p=2.0, dim=1, eps=1e-12, *, n_threads=None):
     if B.plain(x):
         return _normalize(x, *args, False)
     _check(x=x)
-    return normalize_op(x, *args)[0]
+    return _run(normalize_op, x, *args)[0]
