@@ -260,3 +260,26 @@ def test_export_has_fastnorm_ops():
             "fastnorm.rms_norm.default"} <= names, names
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), net(x))
+
+
+def test_parameter_views_follow_the_parameter_and_free_with_it():
+    """The array view kept on a Parameter sees in-place updates (an
+    optimizer step), is rebuilt for a new .data, and does not keep the
+    module alive (no reference cycle: freed without the garbage collector)."""
+    import gc
+    import weakref
+    m = fnt.LayerNorm(8)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        m(x)
+        m.weight.mul_(2.0)  # in place: the cached view sees it
+        torch.testing.assert_close(m(x), torch.nn.functional.layer_norm(x, (8,), m.weight, m.bias))
+        m.weight.data = torch.randn(8)  # new memory: a new view
+        torch.testing.assert_close(m(x), torch.nn.functional.layer_norm(x, (8,), m.weight, m.bias))
+    gc.disable()
+    try:
+        ref = weakref.ref(m.weight)
+        del m
+        assert ref() is None
+    finally:
+        gc.enable()

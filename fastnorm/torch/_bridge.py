@@ -50,11 +50,11 @@ def param_array(t):
         return None
     if not isinstance(t, torch.nn.Parameter) or not t.is_contiguous():
         return array(t.contiguous())
-    key = t.data_ptr()  # a new .data (another dtype or shape) is new memory
+    key = (t.data_ptr(), t.dtype, t.shape)
     cached = getattr(t, "_fastnorm_view", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    a = array(t)
+    a = array(t.detach())  # its base the detached tensor: no reference cycle through the Parameter
     t._fastnorm_view = (key, a)
     return a
 
