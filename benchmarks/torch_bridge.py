@@ -71,13 +71,19 @@ def _callable(call, module, a, diff, backward):
         return run
     leaves = {k: (v.detach().clone(memory_format=torch.preserve_format).requires_grad_(k in diff)
                   if isinstance(v, torch.Tensor) else v) for k, v in a.items()}
-    torch.manual_seed(1)  # the same upstream gradient for both implementations (outputs: x's shape)
-    grad = torch.randn(a["x"].shape, dtype=a["x"].dtype)
+    torch.manual_seed(1)  # the same upstream gradient for both (outputs: x's shape and memory format)
+    grad = torch.randn(a["x"].shape).to(a["x"].dtype).contiguous(memory_format=_format(a["x"]))
     inputs = tuple(leaves[k] for k in diff)
 
     def run_bwd():
         return torch.autograd.grad(call(module, leaves), inputs, grad)
     return run_bwd
+
+
+def _format(x):
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _first(r):

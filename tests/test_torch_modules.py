@@ -105,6 +105,10 @@ def test_bad_tensors_are_named():
         fnt.batch_norm(torch.randn(4, 3), torch.zeros(3, requires_grad=True), torch.ones(3), training=True)
     with pytest.raises(TypeError, match="torch.Tensor"):
         fnt.layer_norm(x.numpy(), 8)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="n_threads"):
+            fnt.layer_norm(x, 8, n_threads=bad)
+    torch.testing.assert_close(fnt.layer_norm(x, 8, n_threads=1), fnt.layer_norm(x, [8], n_threads=2))
 
 
 def test_bfloat16_module_running_stats_and_threads():

@@ -121,5 +121,5 @@ def channel_array(t, axis):
 
 
 def threads(n_threads):
-    """The kernels' thread count: torch's unless given."""
-    return n_threads if n_threads and n_threads > 0 else torch.get_num_threads()
+    """The kernels' thread count: torch's unless given (> 0)."""
+    return n_threads if n_threads > 0 else torch.get_num_threads()

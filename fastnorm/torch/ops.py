@@ -102,12 +102,12 @@ def _tensors(r, stats, axis=1):
     """A kernel's result (an array, or a tuple of arrays with return_stats)
     as tensors; the first is the output, in the layout of channel_axis."""
     if not stats:
-        return _from_channel_array(r, axis)
+        return B.tensor(r) if axis == 1 else _from_channel_array(r, axis)
     return (_from_channel_array(r[0], axis),) + tuple(B.tensor(a) for a in r[1:])
 
 
 def _layer_norm(x, normalized_shape, weight, bias, eps, n_threads, stats):
-    r = _fn.layer_norm(B.array(x.contiguous()), tuple(normalized_shape), B.param_array(weight),
+    r = _fn.layer_norm(B.array(x.contiguous()), normalized_shape, B.param_array(weight),
                        B.param_array(bias), eps, n_threads=B.threads(n_threads), return_stats=stats)
     return _tensors(r, stats)
 
@@ -159,7 +159,7 @@ _autograd(layer_norm_op, _layer_norm_grad, _layer_norm_setup)
 # ---------------------------------------------------------------- RMSNorm
 
 def _rms_norm(x, normalized_shape, weight, eps, n_threads, stats):
-    r = _fn.rms_norm(B.array(x.contiguous()), tuple(normalized_shape), B.param_array(weight), eps,
+    r = _fn.rms_norm(B.array(x.contiguous()), normalized_shape, B.param_array(weight), eps,
                      n_threads=B.threads(n_threads), return_stats=stats)
     return _tensors(r, stats)
 
@@ -631,7 +631,12 @@ def _shape(normalized_shape):
 
 
 def _threads_arg(n_threads):
-    return 0 if n_threads is None else int(n_threads)
+    """The ops' thread argument: 0 follows torch.get_num_threads()."""
+    if n_threads is None:
+        return 0
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"fastnorm.torch: n_threads must be a positive int or None, got {n_threads!r}")
+    return n_threads
 
 
 def _check(**tensors):
@@ -652,18 +657,18 @@ def _no_grad_for(**tensors):
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, n_threads=None):
     """torch.nn.functional.layer_norm."""
+    if B.plain(x, weight, bias):  # the kernels take every spelling of normalized_shape
+        return _layer_norm(x, normalized_shape, weight, bias, eps, _threads_arg(n_threads), False)
     ns, eps, nt = _shape(normalized_shape), float(eps), _threads_arg(n_threads)
-    if B.plain(x, weight, bias):
-        return _layer_norm(x, ns, weight, bias, eps, nt, False)
     _check(x=x, weight=weight, bias=bias)
     return _run(layer_norm_op, x, ns, weight, bias, eps, nt)[0]
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, n_threads=None):
     """torch.nn.functional.rms_norm (eps None: the dtype's machine epsilon)."""
-    ns, eps, nt = _shape(normalized_shape), None if eps is None else float(eps), _threads_arg(n_threads)
     if B.plain(x, weight):
-        return _rms_norm(x, ns, weight, eps, nt, False)
+        return _rms_norm(x, normalized_shape, weight, eps, _threads_arg(n_threads), False)
+    ns, eps, nt = _shape(normalized_shape), None if eps is None else float(eps), _threads_arg(n_threads)
     _check(x=x, weight=weight)
     return _run(rms_norm_op, x, ns, weight, eps, nt)[0]
 
