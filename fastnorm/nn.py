@@ -7,6 +7,7 @@ weights as they are.  ``forward(x)`` (or calling the layer) saves what
 parameter gradients as ``grad_weight`` / ``grad_bias``.
 """
 import numbers
+from collections import namedtuple
 
 import numpy as np
 
@@ -19,8 +20,20 @@ from . import functional as F
 __all__ = [
     "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
-    "LocalResponseNorm",
+    "LocalResponseNorm", "IncompatibleKeys", "StateDictError",
 ]
+
+
+# what load_state_dict returns, as torch's Module.load_state_dict
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class StateDictError(RuntimeError, KeyError):
+    """load_state_dict(strict=True) with missing or unexpected keys: a
+    RuntimeError as torch raises (and a KeyError, as fastnorm raised before)."""
+
+    def __str__(self):
+        return RuntimeError.__str__(self)
 
 
 def _to_numpy(value):
@@ -68,42 +81,53 @@ class Module:
     def parameters(self):
         return [getattr(self, n) for n in self._parameter_names if getattr(self, n) is not None]
 
-    def state_dict(self):
-        """Parameters and buffers under torch's keys (copies)."""
+    def state_dict(self, *, prefix=""):
+        """Parameters and buffers under torch's keys (copies), each key
+        preceded by `prefix` (as torch's ``state_dict(prefix=...)``)."""
         state = {}
         for name in self._parameter_names + self._buffer_names:
             value = getattr(self, name)
             if value is not None:
-                state[name] = np.array(value, copy=True)
+                state[prefix + name] = np.array(value, copy=True)
         return state
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict=True, *, prefix=""):
         """Load parameters and buffers; torch tensors are accepted as they are.
 
-        As torch: with strict=True missing or unexpected keys raise; a value
-        of the wrong shape always raises."""
+        As torch: the layer's keys are looked up as ``prefix + name`` (keys
+        of state_dict outside the prefix are ignored); with strict=True
+        missing or unexpected keys raise StateDictError (a RuntimeError) and
+        nothing is loaded; a value of the wrong shape always raises
+        ValueError, before anything is loaded.  Returns
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``."""
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         expected = [n for n in self._parameter_names + self._buffer_names if getattr(self, n) is not None]
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
+        missing = [prefix + k for k in expected if prefix + k not in state_dict]
+        unexpected = [k for k in state_dict
+                      if isinstance(k, str) and k.startswith(prefix) and k[len(prefix):] not in expected]
         if strict and (missing or unexpected):
-            raise KeyError(
+            raise StateDictError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
+        values = {}
         for key in expected:
-            if key not in state_dict:
+            if prefix + key not in state_dict:
                 continue
             current = getattr(self, key)
-            value = _to_numpy(state_dict[key])
+            value = _to_numpy(state_dict[prefix + key])
             if value.shape != current.shape:
                 raise ValueError(
-                    f"size mismatch for {key}: copying a param with shape {value.shape}, "
+                    f"size mismatch for {prefix + key}: copying a param with shape {value.shape}, "
                     f"the shape in the current model is {current.shape}"
                 )
-            current[...] = value  # in place, keeping dtype (as torch's copy_)
-        return self
+            values[key] = value
+        for key, value in values.items():
+            getattr(self, key)[...] = value  # in place, keeping dtype (as torch's copy_)
+        return IncompatibleKeys(missing, unexpected)
 
     def _saved_or_raise(self):
         if self._saved is None:

@@ -57,10 +57,37 @@ def test_state_dict_round_trip_and_errors():
         b.load_state_dict({"weight": np.ones(6)})
     with pytest.raises(KeyError, match="unexpected keys"):
         b.load_state_dict({"weight": np.ones(6), "bias": np.ones(6), "extra": 1})
-    b.load_state_dict({"weight": np.full(6, 2.0)}, strict=False)
+    report = b.load_state_dict({"weight": np.full(6, 2.0)}, strict=False)
     np.testing.assert_array_equal(b.weight, 2)
+    assert report == nn.IncompatibleKeys(missing_keys=["bias"], unexpected_keys=[])
     with pytest.raises(ValueError, match="size mismatch for weight"):
         b.load_state_dict({"weight": np.ones(5), "bias": np.ones(6)})
+
+
+def test_state_dict_prefix_strict_and_report_as_torch():
+    """prefix= on both sides, the IncompatibleKeys report, RuntimeError for
+    strict failures, and nothing loaded when any check fails."""
+    torch = pytest.importorskip("torch")
+    t = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.LayerNorm(6))
+    with torch.no_grad():
+        t[1].weight.uniform_()
+    layer = nn.LayerNorm(6)
+    report = layer.load_state_dict(t.state_dict(), prefix="1.")
+    assert report.missing_keys == [] and report.unexpected_keys == []
+    np.testing.assert_array_equal(layer.weight, t[1].weight.detach().numpy())
+    assert set(layer.state_dict(prefix="1.")) == {"1.weight", "1.bias"}
+    theirs = torch.nn.LayerNorm(6)
+    theirs.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in layer.state_dict(prefix="1.").items()})
+    np.testing.assert_array_equal(theirs.weight.detach().numpy(), layer.weight)
+    extra = dict(t.state_dict(), **{"1.running": torch.ones(1)})
+    with pytest.raises(RuntimeError, match=r"unexpected keys \['1.running'\]"):
+        layer.load_state_dict(extra, prefix="1.")
+    before = layer.weight.copy()
+    with pytest.raises(ValueError, match="size mismatch for 1.bias"):
+        layer.load_state_dict({"1.weight": np.zeros(6), "1.bias": np.zeros(5)}, prefix="1.")
+    np.testing.assert_array_equal(layer.weight, before)  # the valid weight was not loaded either
+    report = layer.load_state_dict({"1.weight": np.zeros(6), "0.x": 1}, strict=False, prefix="1.")
+    assert report == (["1.bias"], [])
 
 
 def test_train_eval_flags():
