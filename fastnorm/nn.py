@@ -36,6 +36,14 @@ class StateDictError(RuntimeError, KeyError):
         return RuntimeError.__str__(self)
 
 
+class _Deferred:
+    """An eval-mode forward's call and input, for a backward that may follow."""
+    __slots__ = ("call", "x", "extra")
+
+    def __init__(self, call, x, extra):
+        self.call, self.x, self.extra = call, x, extra
+
+
 def _to_numpy(value):
     """A state-dict value (NumPy array, torch tensor, array-like) as an ndarray
     (a torch.bfloat16 tensor as an ml_dtypes.bfloat16 array of the same bits)."""
@@ -77,6 +85,21 @@ class Module:
 
     def __call__(self, x, **kwargs):
         return self.forward(x, **kwargs)
+
+    def _forward(self, call, x, *extra):
+        """Run call(return_stats), the layer's functional op.  In training
+        mode with the statistics, saved with x (and `extra`) for backward; in
+        eval mode the output alone, so that an eval forward costs what the
+        functional call does, and backward (if it comes) recomputes the
+        statistics from the saved input.  Eval mode never updates running
+        statistics, so the recomputation changes nothing."""
+        if self.training:
+            r = call(True)
+            self._saved = (np.asarray(x),) + tuple(r[1:]) + extra
+            return r[0]
+        y = call(False)
+        self._saved = _Deferred(call, x, extra)
+        return y
 
     def parameters(self):
         return [getattr(self, n) for n in self._parameter_names if getattr(self, n) is not None]
@@ -132,6 +155,9 @@ class Module:
     def _saved_or_raise(self):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        if isinstance(self._saved, _Deferred):  # an eval forward: its statistics now
+            d = self._saved
+            self._saved = (np.asarray(d.x),) + tuple(d.call(True)[1:]) + d.extra
         return self._saved
 
     def extra_repr(self):
@@ -168,10 +194,8 @@ class LayerNorm(Module):
         self.grad_bias = None
 
     def forward(self, x, *, n_threads=None):
-        y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
-                                     n_threads=n_threads, return_stats=True)
-        self._saved = (np.asarray(x), mean, rstd)
-        return y
+        return self._forward(lambda stats: F.layer_norm(x, self.normalized_shape, self.weight, self.bias,
+                                                        self.eps, n_threads=n_threads, return_stats=stats), x)
 
     def backward(self, grad_out, *, n_threads=None):
         x, mean, rstd = self._saved_or_raise()
@@ -205,10 +229,8 @@ class RMSNorm(Module):
         self.grad_weight = None
 
     def forward(self, x, *, n_threads=None):
-        y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
-                             n_threads=n_threads, return_stats=True)
-        self._saved = (np.asarray(x), rstd)
-        return y
+        return self._forward(lambda stats: F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
+                                                      n_threads=n_threads, return_stats=stats), x)
 
     def backward(self, grad_out, *, n_threads=None):
         x, rstd = self._saved_or_raise()
@@ -268,14 +290,13 @@ class _BatchNorm(Module):
         if tracking and self.momentum is None:  # cumulative moving average
             factor = 1.0 / float(self.num_batches_tracked + 1)
         batch_stats = self.training or not self.track_running_stats
-        y, mean, invstd = F.batch_norm(
+        y = self._forward(lambda stats: F.batch_norm(
             x, self.running_mean if not batch_stats or self.training else None,
             self.running_var if not batch_stats or self.training else None,
             self.weight, self.bias, batch_stats, factor, self.eps,
-            channel_axis=self.channel_axis, n_threads=n_threads, return_stats=True)
+            channel_axis=self.channel_axis, n_threads=n_threads, return_stats=stats), x, batch_stats)
         if tracking:  # counted once the call has succeeded
             self.num_batches_tracked += 1
-        self._saved = (np.asarray(x), mean, invstd, batch_stats)
         return y
 
     def backward(self, grad_out, *, n_threads=None):
@@ -328,11 +349,9 @@ class GroupNorm(Module):
         self.grad_bias = None
 
     def forward(self, x, *, n_threads=None):
-        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
-                                     channel_axis=self.channel_axis, n_threads=n_threads,
-                                     return_stats=True)
-        self._saved = (np.asarray(x), mean, rstd)
-        return y
+        return self._forward(lambda stats: F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                                        channel_axis=self.channel_axis, n_threads=n_threads,
+                                                        return_stats=stats), x)
 
     def backward(self, grad_out, *, n_threads=None):
         x, mean, rstd = self._saved_or_raise()
@@ -360,11 +379,10 @@ class _InstanceNorm(_BatchNorm):
         # momentum=None means a factor of 0 (no cumulative average)
         factor = 0.0 if self.momentum is None else self.momentum
         use_input_stats = self.training or not self.track_running_stats
-        y, mean, rstd = F.instance_norm(
+        return self._forward(lambda stats: F.instance_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
-            factor, self.eps, channel_axis=self.channel_axis, n_threads=n_threads, return_stats=True)
-        self._saved = (np.asarray(x), mean, rstd, use_input_stats)
-        return y
+            factor, self.eps, channel_axis=self.channel_axis, n_threads=n_threads, return_stats=stats),
+            x, use_input_stats)
 
     def backward(self, grad_out, *, n_threads=None):
         x, mean, rstd, use_input_stats = self._saved_or_raise()
@@ -462,11 +480,9 @@ class FilterResponseNorm(Module):
         self.grad_weight = self.grad_bias = self.grad_tau = None
 
     def forward(self, x, *, n_threads=None):
-        y, rstd = F.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps,
-                                         channel_axis=self.channel_axis, n_threads=n_threads,
-                                         return_stats=True)
-        self._saved = (np.asarray(x), rstd)
-        return y
+        return self._forward(lambda stats: F.filter_response_norm(
+            x, self.weight, self.bias, self.tau, self.eps, channel_axis=self.channel_axis,
+            n_threads=n_threads, return_stats=stats), x)
 
     def backward(self, grad_out, *, n_threads=None):
         x, rstd = self._saved_or_raise()
@@ -488,11 +504,9 @@ class LocalResponseNorm(Module):
         self.channel_axis = channel_axis
 
     def forward(self, x, *, n_threads=None):
-        y, scale = F.local_response_norm(x, self.size, self.alpha, self.beta, self.k,
-                                         channel_axis=self.channel_axis, n_threads=n_threads,
-                                         return_stats=True)
-        self._saved = (np.asarray(x), scale)
-        return y
+        return self._forward(lambda stats: F.local_response_norm(
+            x, self.size, self.alpha, self.beta, self.k, channel_axis=self.channel_axis,
+            n_threads=n_threads, return_stats=stats), x)
 
     def backward(self, grad_out, *, n_threads=None):
         x, scale = self._saved_or_raise()

@@ -615,3 +615,44 @@ def test_layer_constructor_arguments_are_checked(make):
     with pytest.raises((ValueError, TypeError)) as info:
         make()
     assert type(info.value) in (ValueError, TypeError)
+
+
+@pytest.mark.parametrize("op", [op for op in _registry.OPS if op.make_layer is not None and op.name != "weight_norm"],
+                         ids=lambda op: op.name)
+def test_eval_forward_skips_statistics_and_backward_recomputes_them(op, rng, monkeypatch):
+    """An eval-mode layer calls its op without return_stats (the cost of the
+    functional call), and a backward after it still gets the gradients of an
+    eval forward: the layer recomputes the statistics from the saved input.
+    Nothing is updated twice (running statistics, num_batches_tracked)."""
+    x = op.example(rng, F32, op.default_shape).args[0]
+    layer, args = op.make_layer(x, F32)
+    layer.eval()
+    flags = []
+    real = getattr(functional, op.name)
+
+    def spy(*a, **k):
+        flags.append(k.get("return_stats", False))
+        return real(*a, **k)
+    import fastnorm.nn as fnn
+    monkeypatch.setattr(fnn.F, op.name, spy)
+    state = {k: v.copy() for k, v in layer.state_dict().items()}
+    y = layer(*args)
+    assert flags == [False], (op.name, flags)
+    g = np.linspace(-1, 1, y.size).reshape(y.shape).astype(F32)
+    gx = layer.backward(g)
+    assert flags == [False, True]
+    for k, v in layer.state_dict().items():
+        assert np.array_equal(v, state[k], equal_nan=True), (op.name, k)
+    twin, twin_args = op.make_layer(x, F32)  # the same layer, eval forward with statistics saved
+    twin.load_state_dict(state)
+    twin.eval()
+    monkeypatch.setattr(fnn.F, op.name, real)
+    twin._forward = lambda call, x_, *extra: _forward_with_stats(twin, call, x_, extra)
+    assert np.array_equal(twin(*twin_args), y, equal_nan=True)
+    np.testing.assert_array_equal(twin.backward(g), gx)
+
+
+def _forward_with_stats(layer, call, x, extra):
+    r = call(True)
+    layer._saved = (np.asarray(x),) + tuple(r[1:]) + extra
+    return r[0]
