@@ -90,6 +90,17 @@ def _layout_like(x):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _channel_grads(backward, grad, x, weight, bias, n_threads, *args):
+    """A channel op's backward over the kernels: backward(grad, x, *args,
+    weight, bias, channel_axis=, n_threads=) -> (dx, dw, db), x's layout
+    kept; tensors among args (the statistics) as arrays."""
+    x, xa, axis = B.channel_input(x)
+    arrays = [B.array(a) if isinstance(a, torch.Tensor) else a for a in args]
+    dx, dw, db = backward(B.channel_array(grad, axis), xa, *arrays, weight=B.param_array(weight),
+                          bias=B.param_array(bias), channel_axis=axis, n_threads=B.threads(n_threads))
+    return _from_channel_array(dx, axis), _param_grad(dw, weight, x), _param_grad(db, bias, x)
+
+
 def _from_channel_array(a, axis):
     """A kernel's own channel output (in the layout of `axis`) as an (N, C, ...) tensor."""
     t = B.tensor(a)
@@ -338,11 +349,8 @@ def _(x, running_mean, running_var, weight, bias, training, momentum, eps, n_thr
 @_op("batch_norm_backward")
 def batch_norm_backward_op(grad: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, weight: Optional[Tensor],
                            bias: Optional[Tensor], training: bool, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
-    x, xa, axis = B.channel_input(x)
-    dx, dw, db = _fn.batch_norm_backward(B.channel_array(grad, axis), xa, B.array(mean), B.array(invstd),
-                                         B.param_array(weight), B.param_array(bias), training,
-                                         channel_axis=axis, n_threads=B.threads(n_threads))
-    return _from_channel_array(dx, axis), _param_grad(dw, weight, x), _param_grad(db, bias, x)
+    return _channel_grads(lambda g, x_, m, s, **kw: _fn.batch_norm_backward(g, x_, m, s, training=training, **kw),
+                          grad, x, weight, bias, n_threads, mean, invstd)
 
 
 @batch_norm_backward_op.register_fake
@@ -389,11 +397,7 @@ def _(x, num_groups, weight, bias, eps, n_threads):
 def group_norm_backward_op(grad: Tensor, x: Tensor, num_groups: int, mean: Tensor, rstd: Tensor,
                            weight: Optional[Tensor], bias: Optional[Tensor],
                            n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
-    x, xa, axis = B.channel_input(x)
-    dx, dw, db = _fn.group_norm_backward(B.channel_array(grad, axis), xa, num_groups, B.array(mean),
-                                         B.array(rstd), B.param_array(weight), B.param_array(bias),
-                                         channel_axis=axis, n_threads=B.threads(n_threads))
-    return _from_channel_array(dx, axis), _param_grad(dw, weight, x), _param_grad(db, bias, x)
+    return _channel_grads(_fn.group_norm_backward, grad, x, weight, bias, n_threads, num_groups, mean, rstd)
 
 
 @group_norm_backward_op.register_fake
@@ -446,11 +450,8 @@ def _(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
 def instance_norm_backward_op(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                               bias: Optional[Tensor], use_input_stats: bool,
                               n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
-    x, xa, axis = B.channel_input(x)
-    dx, dw, db = _fn.instance_norm_backward(B.channel_array(grad, axis), xa, B.array(mean), B.array(rstd),
-                                            B.param_array(weight), B.param_array(bias), use_input_stats,
-                                            channel_axis=axis, n_threads=B.threads(n_threads))
-    return _from_channel_array(dx, axis), _param_grad(dw, weight, x), _param_grad(db, bias, x)
+    return _channel_grads(lambda g, x_, m, s, **kw: _fn.instance_norm_backward(
+        g, x_, m, s, use_input_stats=use_input_stats, **kw), grad, x, weight, bias, n_threads, mean, rstd)
 
 
 @instance_norm_backward_op.register_fake
