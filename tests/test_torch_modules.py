@@ -111,6 +111,13 @@ def test_bad_tensors_are_named():
     torch.testing.assert_close(fnt.layer_norm(x, 8, n_threads=1), fnt.layer_norm(x, [8], n_threads=2))
 
 
+def test_second_backward_is_refused_clearly():
+    x = torch.randn(3, 8, requires_grad=True)
+    g, = torch.autograd.grad(fnt.layer_norm(x, 8).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
 def test_bfloat16_module_running_stats_and_threads():
     """A bfloat16 BatchNorm (bfloat16 buffers) updates its statistics like
     torch's; n_threads defaults to torch's count."""

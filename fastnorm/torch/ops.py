@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .. import functional as _fn
 from . import _bridge as B
@@ -53,7 +54,10 @@ def _autograd(op, grad, setup):
         setup(ctx, args, output)
         return output
     _EAGER[op] = type(f"Eager_{op._name.replace('::', '_')}", (torch.autograd.Function,),
-                      {"forward": staticmethod(forward), "backward": staticmethod(grad)})
+                      {"forward": staticmethod(forward),
+                       # the kernels' backward is not itself differentiable: a second
+                       # backward says so instead of failing on a missing grad_fn
+                       "backward": staticmethod(once_differentiable(grad))})
 
 
 def _run(op, *args):
