@@ -109,6 +109,12 @@ if _try_compile("int main(void){return 0;}\n", ALIAS_CHECKS):
 if os.environ.get("FASTNORM_VEC_REPORT") == "1":
     BASE_FLAGS.append("-fopt-info-vec-optimized")
 OMP_FLAGS = ["-fopenmp"] if use_openmp else []
+# FASTNORM_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer build (.ci/sanitize)
+SANITIZE = os.environ.get("FASTNORM_SANITIZE", "") == "1"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+if SANITIZE:  # at -O3 too: the tests' bitwise checks rely on the release build's fma contractions
+    BASE_FLAGS = BASE_FLAGS + SANITIZE_FLAGS
+LINK_FLAGS = SANITIZE_FLAGS[:1] if SANITIZE else []
 
 native = os.environ.get("FASTNORM_NATIVE", "") == "1"
 machine = platform.machine().lower()
@@ -163,7 +169,7 @@ extensions = [
         include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS + OMP_FLAGS + isa_flags,
-        extra_link_args=OMP_FLAGS,
+        extra_link_args=OMP_FLAGS + LINK_FLAGS,
         # parallel.h looks libgomp's GOMP_parallel up with dlsym (libc has it from glibc 2.34)
         libraries=["dl"] if use_openmp and sys.platform.startswith("linux") else [],
     )
@@ -176,6 +182,7 @@ extensions = [
         include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS,
+        extra_link_args=LINK_FLAGS,
     )
 ]
 

@@ -839,7 +839,7 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
 
 cdef inline int _check_flat(cnp.ndarray a, int typenum, Py_ssize_t size, str name) except -1:
     if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_SIZE(a) != size
-            or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+            or not _c_aligned(a)):
         raise ValueError(f"internal: {name} must be a C-contiguous array of {size} elements of one dtype")
     return 0
 
@@ -1098,7 +1098,7 @@ cdef object _fast_vec(object p, Py_ssize_t n, int typenum, int ctype):
     if not cnp.PyArray_CheckExact(p):
         return NotImplemented
     a = <cnp.ndarray>p
-    if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIMS(a)[0] != n or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+    if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIMS(a)[0] != n or not _c_aligned(a)
             or not cnp.PyArray_ISNOTSWAPPED(a)):
         return NotImplemented
     return _in_compute_dtype(a, typenum, ctype)
@@ -1114,7 +1114,7 @@ cdef inline bint _fast_running(object a, Py_ssize_t C):
     b = <cnp.ndarray>a
     return (cnp.PyArray_NDIM(b) == 1 and cnp.PyArray_DIMS(b)[0] == C
             and (cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT32 or cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT64)
-            and cnp.PyArray_IS_C_CONTIGUOUS(b) and cnp.PyArray_ISWRITEABLE(b)
+            and _c_aligned(b) and cnp.PyArray_ISWRITEABLE(b)
             and cnp.PyArray_ISNOTSWAPPED(b))
 
 
@@ -1319,7 +1319,7 @@ cdef bint _fast_stats(object a, int nd, Py_ssize_t d0, Py_ssize_t d1, double* ds
     b = <cnp.ndarray>a
     if (cnp.PyArray_NDIM(b) != nd or cnp.PyArray_DIMS(b)[0] != d0
             or (nd == 2 and cnp.PyArray_DIMS(b)[1] != d1)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
+            or not _c_aligned(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
         return False
     if cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT32:
         for i in range(n):

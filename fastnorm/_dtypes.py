@@ -109,13 +109,18 @@ def as_float_array(x, name):
         if cdt is not None:
             return native, cdt
         raise TypeError(f"{name} must be a floating-point array ({_NAMES}), got dtype {x.dtype}")
-    return x, cdt
+    return (x if x.flags.aligned else x.copy()), cdt
 
 
 def native_order(a):
-    """`a` in native byte order (a copy only when it is byte-swapped)."""
+    """`a` in native byte order and aligned to its itemsize: a copy only when
+    it is byte-swapped, or a view at an address the kernels may not load
+    from (a float32 view of a byte buffer at an odd offset).  Every array
+    argument passes here (as_float_array, check_param_dtype)."""
     if a.dtype.byteorder not in "=|" and a.dtype.kind == "f":
         return a.astype(a.dtype.newbyteorder("="))
+    if not a.flags.aligned:
+        return a.copy()
     return a
 
 

@@ -529,7 +529,7 @@ cdef object _fast_feature_stat(object a, Py_ssize_t F):
         return None
     cdef cnp.ndarray b = <cnp.ndarray>a
     if (cnp.PyArray_TYPE(b) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(b) != 1 or cnp.PyArray_DIMS(b)[0] != F
-            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
+            or not _c_aligned(b) or not cnp.PyArray_ISNOTSWAPPED(b)):
         return None
     return b
 

@@ -1406,13 +1406,20 @@ cdef inline int _kernel_typenum(int typenum) noexcept:
     return -1
 
 
+cdef inline bint _c_aligned(cnp.ndarray a):
+    """C-contiguous and aligned to its itemsize: what the fast entries hand
+    the kernels (a view of a byte buffer at an odd address is neither UB-free
+    nor fast to load; the general path copies it once, fastnorm._dtypes)."""
+    return cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+
+
 cdef inline bint _fast_array(object a, int typenum):
     """a is an exact, C-contiguous, native-order ndarray of `typenum`."""
     cdef cnp.ndarray b
     if not cnp.PyArray_CheckExact(a):
         return False
     b = <cnp.ndarray>a
-    return (cnp.PyArray_TYPE(b) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(b)
+    return (cnp.PyArray_TYPE(b) == typenum and _c_aligned(b)
             and cnp.PyArray_ISNOTSWAPPED(b))
 
 
@@ -1508,7 +1515,7 @@ cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
     if not cnp.PyArray_CheckExact(p):
         return NotImplemented
     a = <cnp.ndarray>p
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a):
+    if not _c_aligned(a) or not cnp.PyArray_ISNOTSWAPPED(a):
         return NotImplemented
     if not _same_dims(a, x, cnp.PyArray_NDIM(x) - k):
         return NotImplemented

@@ -461,7 +461,7 @@ cdef object _fast_rowvec(object p, Py_ssize_t M, int nd_v, int typenum, int ctyp
     if not cnp.PyArray_CheckExact(p):
         return NotImplemented
     a = <cnp.ndarray>p
-    if (not _torch_vec_shape(a, M, nd_v) or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+    if (not _torch_vec_shape(a, M, nd_v) or not _c_aligned(a)
             or not cnp.PyArray_ISNOTSWAPPED(a)):
         return NotImplemented
     return _in_compute_dtype(a, typenum, ctype)

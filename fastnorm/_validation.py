@@ -72,7 +72,7 @@ def vector_param(p, name, shape, D, data_dtype, cdt):
     """A weight or bias: None, or a contiguous array of `shape` flattened to (D,)."""
     if p is None:
         return None
-    if type(p) is np.ndarray and p.dtype is cdt and p.shape == shape and p.flags.c_contiguous:
+    if type(p) is np.ndarray and p.dtype is cdt and p.shape == shape and p.flags.c_contiguous and p.flags.aligned:
         return p if p.ndim == 1 else p.reshape(D)  # fast path
     if type(p) is not np.ndarray:
         p = np.asarray(p)
@@ -128,6 +128,8 @@ def out_aliases(out, reads=(), writes=()):
     for name, a in writes:
         if type(a) is np.ndarray and np.may_share_memory(out, a):
             raise ValueError(f"out must not share memory with {name}: the op writes both")
+    if type(out) is np.ndarray and not out.flags.aligned:
+        return True  # the kernels do not store to misaligned memory: computed, then copied in
     return any(type(a) is np.ndarray and np.may_share_memory(out, a) for a in reads)
 
 
@@ -176,7 +178,7 @@ class Output:
             return
         check_out(out, x, data_dtype, name)
         self.result = out
-        direct = out.dtype == cdt
+        direct = out.dtype == cdt and out.flags.aligned  # misaligned: a temporary, copied in
         if direct:
             try:
                 rows = np.reshape(out, (M, D), copy=False)  # raises instead of copying
@@ -254,7 +256,7 @@ class ChannelLayout:
         a's memory does not have that layout (then a copy is needed)."""
         if self.moved:
             a = np.moveaxis(a, self.axis, -1 if self.cl else 1)
-        if a.shape != self.data.shape or not a.flags.c_contiguous:
+        if a.shape != self.data.shape or not a.flags.c_contiguous or not a.flags.aligned:
             return None
         return a
 
