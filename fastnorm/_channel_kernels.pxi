@@ -957,6 +957,9 @@ cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for s in range(_part_start(n_stats, nth, p), _part_start(n_stats, nth, p + 1)):
             base = s * len_s
+            # assigned in the body, so that Cython makes m2 thread-private: written only
+            # through &m2 it was shared by the threads (a data race the sanitizer run hit)
+            m2 = 0.0
             _blk_moments(st, x + base * isz, len_s, &st_mean[s], &m2, <floating>0)
             st_var[s] = m2 / len_s
             rstd = 1.0 / sqrt(st_var[s] + eps)
