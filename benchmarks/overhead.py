@@ -486,15 +486,6 @@ def _timer():
     return compare.time_rounds
 
 
-def run_one(op, family, direction, dtype, code, peer, note, repeats, min_time, check=True, timer=None):
-    """One row, timed on its own: a dict with the cells' values.  timer:
-    compare.time_rounds."""
-    row, impls = prepare_one(op, family, direction, dtype, code, peer, note, check=check)
-    if impls:
-        _store_times(row, (timer or _timer())([impls], repeats, min_time, reduce=min)[0])
-    return row
-
-
 def _store_times(row, t):
     row["ours"], row["theirs"] = t.get("fastnorm"), t.get("peer")
 

@@ -39,6 +39,18 @@ static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int* st
 
 static inline fn_vf fn_vsplat(float a) { return (fn_vf){0} + a; }
 
+/* a LayerNorm row's scalars from its mean and sum of squared deviations:
+   rstd (returned) and the normalize pass's hi, r, off (the mean split as
+   hi + off / r, so that x - hi is exact near the mean) */
+static inline double fn_ln_scalars(double mean, double m2, Py_ssize_t n, double eps, float* hi,
+                                   float* r, float* off) {
+    const double rstd = 1.0 / sqrt(m2 / n + eps);
+    *hi = (float)mean;
+    *r = (float)rstd;
+    *off = (float)(-(mean - (double)*hi) * rstd);
+    return rstd;
+}
+
 /* one LayerNorm output value before narrowing: ((x - hi) * r + off) * w + b
    (w, b: float32 or NULL), written once so that the row and the group
    kernels round alike (one contraction of * w + b into a fused multiply-add) */
@@ -177,13 +189,12 @@ static void fn_ln_normalize_group_##S(const uint16_t* x, Py_ssize_t xs, uint16_t
 static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,        \
                           const float* b, double eps, double* mean_out, double* rstd_out,      \
                           int stream) {                                                        \
-    double mean, m2, rstd;                                                                     \
+    double mean, m2;                                                                           \
+    float hi, r, off;                                                                          \
     fn_block_moments_##S(x, n, &mean, &m2);                                                    \
-    rstd = 1.0 / sqrt(m2 / n + eps);                                                           \
-    const float hi = (float)mean;                                                              \
-    fn_ln_normalize_##S(x, y, n, w, b, hi, (float)rstd, (float)(-(mean - (double)hi) * rstd), stream);\
+    *rstd_out = fn_ln_scalars(mean, m2, n, eps, &hi, &r, &off);                                \
+    fn_ln_normalize_##S(x, y, n, w, b, hi, r, off, stream);                                    \
     *mean_out = mean;                                                                          \
-    *rstd_out = rstd;                                                                          \
 }                                                                                              \
                                                                                                \
 /* y = x * r * w over a row or a segment of one */                                             \
@@ -327,10 +338,7 @@ static inline void fn_ln_rows16(int storage, const char* xb, Py_ssize_t xs, char
             for (int i = 0; i < FN_GROUP; i++) {
                 double m, m2;
                 fn_block_moments16(storage, xb + (r + i) * xs, n, &m, &m2);
-                const double s = 1.0 / sqrt(m2 / n + eps);
-                hi[i] = (float)m;
-                rf[i] = (float)s;
-                off[i] = (float)(-(m - (double)hi[i]) * s);
+                const double s = fn_ln_scalars(m, m2, n, eps, &hi[i], &rf[i], &off[i]);
                 if (mean) mean[r + i] = (float)m;
                 if (rstd) rstd[r + i] = (float)s;
             }

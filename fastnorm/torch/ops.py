@@ -362,19 +362,25 @@ def _(grad, x, mean, invstd, weight, bias, training, n_threads):
     return _layout_like(x), _fake_param_grad(weight, x), _fake_param_grad(bias, x)
 
 
-def _batch_norm_setup(ctx, inputs, output):
-    x, _, _, w, b, training, _, _, nt = inputs
+def _running_setup(ctx, inputs, output):
+    """BatchNorm's and InstanceNorm's autograd context: the two ops take
+    (x, running_mean, running_var, weight, bias, flag, momentum, eps,
+    n_threads), flag being training / use_input_stats."""
+    x, _, _, w, b, flag, _, _, nt = inputs
     ctx.save_for_backward(x, w, b, output[1], output[2])
-    ctx.training, ctx.n_threads = training, nt
+    ctx.flag, ctx.n_threads = flag, nt
 
 
-def _batch_norm_grad(ctx, gy, _gmean, _ginvstd, _grm, _grv):
-    x, w, b, mean, invstd = ctx.saved_tensors
-    dx, dw, db = _call(ctx, batch_norm_backward_op, gy, x, mean, invstd, w, b, ctx.training, ctx.n_threads)
-    return dx, None, None, _keep(w, dw), _keep(b, db), None, None, None, None
+def _running_grad(backward_op):
+    """The autograd formula of BatchNorm / InstanceNorm over its backward op."""
+    def grad(ctx, gy, _gmean, _gstd, _grm, _grv):
+        x, w, b, mean, std = ctx.saved_tensors
+        dx, dw, db = _call(ctx, backward_op, gy, x, mean, std, w, b, ctx.flag, ctx.n_threads)
+        return dx, None, None, _keep(w, dw), _keep(b, db), None, None, None, None
+    return grad
 
 
-_autograd(batch_norm_op, _batch_norm_grad, _batch_norm_setup)
+_autograd(batch_norm_op, _running_grad(batch_norm_backward_op), _running_setup)
 
 
 def _group_norm(x, num_groups, weight, bias, eps, n_threads, stats):
@@ -463,20 +469,7 @@ def _(grad, x, mean, rstd, weight, bias, use_input_stats, n_threads):
     return _layout_like(x), _fake_param_grad(weight, x), _fake_param_grad(bias, x)
 
 
-def _instance_norm_setup(ctx, inputs, output):
-    x, _, _, w, b, use_input_stats, _, _, nt = inputs
-    ctx.save_for_backward(x, w, b, output[1], output[2])
-    ctx.use_input_stats, ctx.n_threads = use_input_stats, nt
-
-
-def _instance_norm_grad(ctx, gy, _gmean, _grstd, _grm, _grv):
-    x, w, b, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _call(ctx, instance_norm_backward_op, gy, x, mean, rstd, w, b, ctx.use_input_stats,
-                       ctx.n_threads)
-    return dx, None, None, _keep(w, dw), _keep(b, db), None, None, None, None
-
-
-_autograd(instance_norm_op, _instance_norm_grad, _instance_norm_setup)
+_autograd(instance_norm_op, _running_grad(instance_norm_backward_op), _running_setup)
 
 
 def _local_response_norm(x, size, alpha, beta, k, n_threads, stats):
