@@ -844,6 +844,38 @@ cdef inline int _check_flat(cnp.ndarray a, int typenum, Py_ssize_t size, str nam
     return 0
 
 
+def channel_moments(cnp.ndarray x, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                    cnp.ndarray mean, cnp.ndarray m2, cnp.ndarray count, object n_threads):
+    """BatchNorm's per-channel statistics of one C-contiguous (N, C, S) (or,
+    with cl, (N, S, C)) array, without the normalization: mean, sum of
+    squared deviations and count (float64 (C,) outputs), for merging with
+    other parts' (fastnorm.dask)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    _check_flat(x, typenum, N * C * S, "x")
+    for a, name in ((mean, "mean"), (m2, "m2"), (count, "count")):
+        _check_flat(a, cnp.NPY_FLOAT64, C, name)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef int nth = resolve_threads(n_threads, N * C * S)
+    cdef int status = 0
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef double* a1 = <double*>cnp.PyArray_DATA(mean)
+    cdef double* a2 = <double*>cnp.PyArray_DATA(m2)
+    cdef double* a3 = <double*>cnp.PyArray_DATA(count)
+    if N * C * S == 0:
+        mean.fill(NAN)
+        m2.fill(NAN)
+        count.fill(0)
+        return
+    with nogil:
+        if dbl:
+            status = _channel_stats[double](xp, st, cl, N, C, S, 1, False, a1, a2, a3, nth, 0)
+        else:
+            status = _channel_stats[float](xp, st, cl, N, C, S, 1, False, a1, a2, a3, nth, 0)
+    if status != 0:
+        raise MemoryError("fastnorm: out of memory in channel_moments")
+
+
 def channel_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                     Py_ssize_t cpg, bint per_sample, object weight, object bias, double eps,
                     bint batch_stats, cnp.ndarray st_mean, cnp.ndarray st_var, object n_threads):

@@ -520,6 +520,67 @@ def min_max_scale_grad(cnp.ndarray g, cnp.ndarray x, cnp.ndarray data_min, cnp.n
                                <const double*>cnp.PyArray_DATA(data_max), lo, hi, fitted, n_threads)
 
 
+def feature_column_sums(cnp.ndarray g, cnp.ndarray x, Py_ssize_t N, Py_ssize_t F,
+                        cnp.ndarray centre, cnp.ndarray sum_gt, cnp.ndarray sum_g, object n_threads):
+    """Per feature of a C-contiguous (N, F) matrix x and its gradient g:
+    sum_gt = sum g * (x - centre), sum_g = sum g (float64 (F,) outputs): the
+    backward's column sums of one part of the data (fastnorm.dask merges
+    them across chunks)."""
+    cdef bint dbl
+    cdef int st = _matrix_storage(x, N, F, &dbl)
+    _check_flat(g, cnp.PyArray_TYPE(x), N * F, "grad_out")
+    for a, name in ((centre, "centre"), (sum_gt, "sum_gt"), (sum_g, "sum_g")):
+        _check_flat(a, cnp.NPY_FLOAT64, F, name)
+    cdef int nth = resolve_threads(n_threads, N * F)
+    cdef int status = 0
+    cdef const char* gp = <const char*>cnp.PyArray_DATA(g)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef const double* cp = <const double*>cnp.PyArray_DATA(centre)
+    cdef double* a1 = <double*>cnp.PyArray_DATA(sum_gt)
+    cdef double* a2 = <double*>cnp.PyArray_DATA(sum_g)
+    if N * F == 0:
+        sum_gt.fill(0)
+        sum_g.fill(0)
+        return
+    with nogil:
+        if dbl:
+            status = _column_sums[double](gp, xp, st, N, F, cp, a1, a2, nth, 0)
+        else:
+            status = _column_sums[float](gp, xp, st, N, F, cp, a1, a2, nth, 0)
+    _raise_status(status)
+
+
+def feature_grad_apply(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t F,
+                       cnp.ndarray hi, cnp.ndarray alpha, cnp.ndarray beta, cnp.ndarray gamma,
+                       object n_threads):
+    """dx = alpha_f * g + beta_f * (x - hi_f) + gamma_f over a C-contiguous
+    (N, F) matrix (float64 (F,) coefficients): the elementwise pass of the
+    feature backwards, given sums computed elsewhere."""
+    cdef bint dbl
+    cdef int st = _matrix_storage(x, N, F, &dbl)
+    _check_flat(g, cnp.PyArray_TYPE(x), N * F, "grad_out")
+    _check_flat(dx, cnp.PyArray_TYPE(x), N * F, "dx")
+    for a, name in ((hi, "hi"), (alpha, "alpha"), (beta, "beta"), (gamma, "gamma")):
+        _check_flat(a, cnp.NPY_FLOAT64, F, name)
+    cdef int nth = resolve_threads(n_threads, N * F)
+    cdef int status = 0
+    cdef const char* gp = <const char*>cnp.PyArray_DATA(g)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef char* dp = <char*>cnp.PyArray_DATA(dx)
+    cdef const double* h = <const double*>cnp.PyArray_DATA(hi)
+    cdef const double* a1 = <const double*>cnp.PyArray_DATA(alpha)
+    cdef const double* b1 = <const double*>cnp.PyArray_DATA(beta)
+    cdef const double* c1 = <const double*>cnp.PyArray_DATA(gamma)
+    if N * F == 0:
+        return
+    with nogil:
+        if dbl:
+            status = _grad_apply[double](gp, xp, dp, st, N, F, h, a1, b1, c1, nth, 0)
+        else:
+            status = _grad_apply[float](gp, xp, dp, st, N, F, h, a1, b1, c1, nth, 0)
+    _raise_status(status)
+
+
 # ---------------------------------------------------------------- fast entries
 
 cdef object _fast_feature_stat(object a, Py_ssize_t F):

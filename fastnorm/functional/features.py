@@ -120,6 +120,89 @@ def _nan_ignoring_moments(data, mean_v, var_v, count):
     count[cols] = n
 
 
+def _matrix_moments(data, n_threads):
+    """(count, mean, biased variance) in float64 of every feature of a
+    C-contiguous (N, F) matrix: NaN left out (count is the non-NaN samples);
+    mean and variance NaN where count is 0."""
+    N, F = data.shape
+    mean_v = np.empty(F, np.float64)
+    var_v = np.empty(F, np.float64)
+    _dispatch.kernels.feature_moments(data, N, F, mean_v, var_v, n_threads)
+    count = np.full(F, float(N))
+    _nan_ignoring_moments(data, mean_v, var_v, count)
+    return count, mean_v, var_v
+
+
+def _matrix_minmax(data, n_threads):
+    """NaN-ignoring per-feature min and max (float64) of a (N, F) matrix;
+    NaN for a feature of NaN only."""
+    N, F = data.shape
+    mn = np.empty(F, np.float64)
+    mx = np.empty(F, np.float64)
+    _dispatch.kernels.feature_minmax(data, N, F, mn, mx, n_threads)
+    return mn, mx
+
+
+def _apply_affine(x, data, axis, restore, centre, scale, shift, out, n_threads):
+    """(x - centre) * scale + shift per feature, into `out` when given."""
+    y_k, direct = _feature_output(x, data, axis, None, out)
+    _dispatch.kernels.feature_affine(data, y_k, *data.shape, np.ascontiguousarray(centre, np.float64),
+                                     np.ascontiguousarray(scale, np.float64),
+                                     np.ascontiguousarray(shift, np.float64), n_threads)
+    return _finish_features(x, y_k, restore, out, direct)
+
+
+def feature_moments(x, axis=0, *, n_threads=None):
+    """Per-feature (count, mean, m2) of x's samples along `axis`, in float64:
+    count the samples that are not NaN, m2 the sum of squared deviations from
+    the mean (variance = m2 / (count - ddof)).  The pieces that
+    `merge_moments` combines: the fit of `standardize` over data that arrives
+    in parts (scikit-learn's partial_fit, Dask chunks).  Each has x's shape
+    without `axis`."""
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    count, mean_v, var_v = _matrix_moments(data, n_threads)
+    return tuple(v.reshape(sshape) for v in (count, mean_v, var_v * count))
+
+
+def merge_moments(a, b):
+    """Chan, Golub and LeVeque's pairwise merge of two (count, mean, m2)
+    triples (float64 arrays of one shape) into the triple of the union.
+
+    A side with count 0 contributes nothing (its mean and m2 are not read).
+    The update works on means, not sums, so it does not overflow where the
+    sum of the samples would."""
+    na, ma, m2a = (np.asarray(v, np.float64) for v in a)
+    nb, mb, m2b = (np.asarray(v, np.float64) for v in b)
+    n = na + nb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wb = np.where(n > 0, nb / n, 0.0)
+        ma = np.where(na > 0, ma, 0.0)
+        delta = np.where(nb > 0, mb - ma, 0.0)
+        mean = ma + delta * wb
+        m2 = (np.where(na > 0, m2a, 0.0) + np.where(nb > 0, m2b, 0.0)
+              + np.where((na > 0) & (nb > 0), delta * delta * na * wb, 0.0))
+    empty = n == 0
+    return n, np.where(empty, np.nan, mean), np.where(empty, np.nan, m2)
+
+
+def feature_minmax(x, axis=0, *, n_threads=None):
+    """Per-feature (min, max) of x's samples along `axis` in float64, NaN
+    ignored (NaN for a feature of NaN only); each has x's shape without `axis`."""
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    return tuple(v.reshape(sshape) for v in _matrix_minmax(data, n_threads))
+
+
+def feature_affine(x, centre, scale, shift=0.0, axis=0, *, out=None, n_threads=None):
+    """y = (x - centre) * scale + shift per feature (centre, scale, shift: x's
+    shape without `axis`, or scalars), in one pass in x's dtype, into `out`
+    when given: the transform half of the scalers, with their statistics
+    already turned into coefficients."""
+    x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
+    coef = [np.broadcast_to(np.asarray(v, np.float64), sshape).reshape(F)
+            for v in (centre, scale, shift)]
+    return _apply_affine(x, data, axis, restore, *coef, out, n_threads)
+
+
 def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_std=True,
                 out=None, n_threads=None, return_stats=False):
     """Z-score every feature: z = (x - mean) / std over the samples along `axis`.
@@ -157,11 +240,7 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
     if mean is None:
         if N - ddof <= 0:
             raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
-        mean_v = np.empty(F, np.float64)
-        var_v = np.empty(F, np.float64)
-        _dispatch.kernels.feature_moments(data, N, F, mean_v, var_v, n_threads)
-        count = np.full(F, float(N))
-        _nan_ignoring_moments(data, mean_v, var_v, count)
+        count, mean_v, var_v = _matrix_moments(data, n_threads)
         with np.errstate(invalid="ignore", divide="ignore"):
             std_v = np.sqrt(var_v * (count / (count - ddof)))
         std_v[count - ddof <= 0] = np.nan
@@ -170,10 +249,7 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
         std_v = _feature_stat(std, "std", sshape)
     centre = mean_v if with_mean else np.zeros(F)
     scale = 1.0 / np.where(std_v == 0, 1.0, std_v) if with_std else np.ones(F)
-    y_k, direct = _feature_output(x, data, axis, cdt, out)
-    _dispatch.kernels.feature_affine(data, y_k, N, F, np.ascontiguousarray(centre),
-                                     np.ascontiguousarray(scale), np.zeros(F), n_threads)
-    z = _finish_features(x, y_k, restore, out, direct)
+    z = _apply_affine(x, data, axis, restore, centre, scale, np.zeros(F), out, n_threads)
     if not return_stats:
         return z
     return z, mean_v.reshape(sshape), std_v.reshape(sshape)
@@ -229,18 +305,13 @@ def min_max_scale(x, axis=0, feature_range=(0.0, 1.0), *, data_min=None, data_ma
     if data_min is None:
         if N == 0:
             raise ValueError("need at least one sample along axis to find min and max")
-        mn = np.empty(F, np.float64)
-        mx = np.empty(F, np.float64)
-        _dispatch.kernels.feature_minmax(data, N, F, mn, mx, n_threads)  # NaN for a feature of NaN only
+        mn, mx = _matrix_minmax(data, n_threads)
     else:
         mn = _feature_stat(data_min, "data_min", sshape)
         mx = _feature_stat(data_max, "data_max", sshape)
     span = mx - mn
     scale = (hi - lo) / np.where(span == 0, 1.0, span)
-    y_k, direct = _feature_output(x, data, axis, cdt, out)
-    _dispatch.kernels.feature_affine(data, y_k, N, F, np.ascontiguousarray(mn),
-                                     np.ascontiguousarray(scale), np.full(F, lo), n_threads)
-    y = _finish_features(x, y_k, restore, out, direct)
+    y = _apply_affine(x, data, axis, restore, mn, scale, np.full(F, lo), out, n_threads)
     if not return_stats:
         return y
     return y, mn.reshape(sshape), mx.reshape(sshape)
