@@ -58,6 +58,12 @@ __all__ = [
     "group_norm", "instance_norm", "filter_response_norm", "local_response_norm",
 ]
 
+# Registry ops without a Dask form, and why (tests/test_dask.py checks that
+# every other registry op has one).
+NOT_DISTRIBUTED = {
+    "weight_norm": "reparametrizes a weight tensor: a parameter, not data split into chunks",
+}
+
 
 # ---------------------------------------------------------------- plumbing
 

@@ -248,6 +248,18 @@ def test_blockwise_equals_in_memory(name, dask_call, np_call, shape, split):
         np.testing.assert_array_equal(got.compute(), want)
 
 
+def test_every_registry_op_has_a_dask_form():
+    from fastnorm._registry import OPS
+    for op in OPS:
+        if op.name in fd.NOT_DISTRIBUTED:
+            assert fd.NOT_DISTRIBUTED[op.name]
+            continue
+        assert op.name in fd.__all__, op.name
+        assert callable(getattr(fd, op.name))
+        if op.name == "batch_norm" or op.family == "features":
+            assert op.backward_name in fd.__all__  # the backwards whose sums span chunks
+
+
 def test_blockwise_keeps_the_free_axes_chunked():
     X = da.zeros((1000, 64), chunks=(100, 16), dtype=np.float32)
     y = fd.layer_norm(X, 64)
