@@ -13,3 +13,5 @@ def test_readme_examples_run():
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["z"].shape == (128, 768) and namespace["w_n"].shape == (16, 8)
+    assert namespace["scaled"].compute().shape == (100_000, 32)
+    assert list(namespace["frame"].columns) == [f"x{i}" for i in range(8)]
