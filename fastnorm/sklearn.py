@@ -10,20 +10,31 @@ work is done:
   feature's first value, NaN left out) instead of scikit-learn's five passes
   with temporaries; ``transform`` is one pass (x - centre) * scale + shift
   into a new array (``copy=True``) or into X itself (``copy=False``).
-* ``partial_fit`` merges the batch's (count, mean, m2) into the running ones
-  with Chan, Golub and LeVeque's pairwise formula on means, so it neither
-  loses float32 precision nor overflows where the running *sum* would
-  (scikit-learn's incremental update carries ``mean * n``).
+* ``partial_fit`` merges the batch's (count, mean, variance) into the running
+  ones with Chan, Golub and LeVeque's pairwise formula on means and
+  variances, so it neither loses float32 precision nor overflows where the
+  running *sum* (scikit-learn's incremental update carries ``mean * n``) or
+  the sum of squared deviations (``var * n``) would.  A feature whose kernel
+  moments overflow (values beyond about 1e154) is redone in NumPy, scaled.
 * Given a Dask array, ``fit`` / ``partial_fit`` reduce it through
   ``fastnorm.dask`` (the statistics are computed; the array is read once) and
   ``transform`` returns a lazy Dask array.
 
-Deliberate differences from scikit-learn, each the documented NaN-as-missing
-rule applied through: ``MinMaxScaler.partial_fit`` merges minima and maxima
+Deliberate differences from scikit-learn.  The documented NaN-as-missing rule
+is applied through: ``MinMaxScaler.partial_fit`` merges minima and maxima
 ignoring NaN (scikit-learn keeps a feature NaN forever once one batch had only
-NaN in it).  Sparse input raises a TypeError that says so (use ``.toarray()``
-or scikit-learn's own scaler).  ``sample_weight`` goes through a NumPy float64
-pass (fastnorm has no weighted-moment kernel).
+NaN in it), and ``StandardScaler.partial_fit`` merges every feature's moments
+over its non-NaN samples whatever the batches (scikit-learn keeps ``mean_``
+NaN for good when the first batches of a feature held only NaN, and ``var_``
+NaN for good after any later batch of only NaN in it).  ``n_samples_seen_`` is
+the sum of the sample weights whenever ``sample_weight`` is given
+(scikit-learn's documented meaning; with ``with_mean=with_std=False``
+scikit-learn counts samples instead, and an unweighted ``partial_fit`` after a
+weighted one truncates its weight sums to integers), kept in float64 between
+weighted ``partial_fit`` calls (scikit-learn rounds the running sums to X's
+dtype, float32 or float16).  Sparse input raises a TypeError that says so
+(use ``.toarray()`` or scikit-learn's own scaler).  ``sample_weight`` goes
+through a NumPy float64 pass (fastnorm has no weighted-moment kernel).
 """
 import functools
 
@@ -36,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("fastnorm.sklearn needs scikit-learn >= 1.6 (pip install 'scikit-learn>=1.6')") from exc
 
-from .functional.features import feature_affine, feature_minmax, feature_moments, merge_moments
+from .functional.features import feature_affine, feature_minmax, feature_moments
 from .functional.lp import normalize as _normalize
 
 __all__ = ["StandardScaler", "MinMaxScaler", "Normalizer"]
@@ -55,31 +66,115 @@ def _dask():
     return fdask
 
 
-def _dask_fitted_features(est, X, reset):
-    """n_features_in_ for a Dask array (validate_data does not take one)."""
+def _dask_affine(X, centre, scale, shift, n_threads):
+    """(X - centre) * scale + shift per feature of a 2-D Dask array, lazily:
+    one kernel pass per block.  Its keys are named from a hash of the inputs
+    (``fastnorm.dask.feature_affine`` names every output "fastnorm-affine",
+    so two of them in one graph, say a transform and its inverse_transform,
+    collide and compute wrong values)."""
+    import dask.array as da
+    F = X.shape[1]
+    coef = [da.from_array(np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float64), (F,)))[None, :],
+                          chunks=((1,), X.chunks[1])) for v in (centre, scale, shift)]
+    return da.map_blocks(_affine_block, X, *coef, n_threads=n_threads, dtype=X.dtype,
+                         meta=np.empty((0, 0), X.dtype), token="fastnorm-affine")
+
+
+def _affine_block(b, c, s, t, n_threads=None):
+    return feature_affine(b, c[0], s[0], t[0], n_threads=n_threads)
+
+
+def _check_dask(est, X):
     if X.ndim != 2:
         raise ValueError(f"Expected a 2-D Dask array, got {X.ndim} dimensions")
     if X.dtype.kind != "f":
         raise TypeError(f"{type(est).__name__} takes a floating-point Dask array, got dtype {X.dtype}")
+
+
+def _dask_fitted_features(est, X, reset):
+    """n_features_in_ for a Dask array (validate_data does not take one)."""
+    _check_dask(est, X)
     if reset:
         est.n_features_in_ = X.shape[1]
+        est.__dict__.pop("feature_names_in_", None)  # a Dask array has no column names
     elif X.shape[1] != est.n_features_in_:
         raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
                          f"{est.n_features_in_} features as input.")
 
 
-def _weighted_moments(X, w):
-    """(count, mean, m2) of the columns of X with sample weights w, NaN left
-    out, in float64 (a NumPy two-pass: the weighted case has no kernel)."""
-    w = np.asarray(w, np.float64)
+def _numpy_moments(X, w=None):
+    """(count, mean, variance) of the columns of X, NaN left out, with sample
+    weights w (None: 1), in float64: a NumPy corrected two-pass (the weighted
+    case has no kernel).  Nothing overflows that the result does not: the
+    mean is a convex combination of the samples and the variance is taken of
+    the deviations scaled by their largest magnitude."""
+    X = np.asarray(X, np.float64)
     nan = np.isnan(X)
-    present = (~nan).astype(np.float64)
-    count = w @ present
-    X64 = np.where(nan, 0.0, X.astype(np.float64))
+    w = np.ones(X.shape[0]) if w is None else np.asarray(w, np.float64)
+    W = np.where(nan, 0.0, w[:, None])
+    count = W.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        p = W / count                                # each column's weights, summing to 1
+        X0 = np.where(nan, 0.0, X)
+        mean = (p * X0).sum(axis=0)
+        dev = np.where(W > 0, X0 - mean, 0.0)
+        # s: the power of two just above the largest deviation (an exact scaling)
+        s = np.ldexp(1.0, np.frexp(np.abs(dev).max(axis=0, initial=0.0))[1])
+        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+        d = dev / s
+        corr = (p * d).sum(axis=0)                   # the mean's rounding error, in units of s
+        q = np.maximum((p * d * d).sum(axis=0) - corr * corr, 0.0)
+        mean = mean + s * corr
+        var = q * s * s                              # (q * s) <= s: overflows only if var does
+    return count, mean, var
+
+
+def _kernel_moments(X, n_threads):
+    """(count, mean, variance) of the columns of X from fastnorm's kernel, NaN
+    left out; the features whose kernel moments came out non-finite with
+    samples present (values so large that the kernel's squares overflow;
+    X holds no inf) are redone by `_numpy_moments`."""
+    count, mean, m2 = feature_moments(X, 0, n_threads=n_threads)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (w @ X64) / count
-        dev = np.where(nan, 0.0, X64 - mean)
-    return count, mean, w @ (dev * dev)
+        var = m2 / count
+    redo = np.flatnonzero((count > 0) & ~(np.isfinite(mean) & np.isfinite(var)))
+    if redo.size:
+        count[redo], mean[redo], var[redo] = _numpy_moments(X[:, redo])
+    return count, mean, var
+
+
+def _merge_moments(a, b):
+    """Chan, Golub and LeVeque's pairwise merge of two (count, mean, variance)
+    triples, on means and variances (not sums, nor sums of squares, which
+    overflow first); a side with count 0 contributes nothing."""
+    na, ma, va = (np.asarray(v, np.float64) for v in a)
+    nb, mb, vb = (np.asarray(v, np.float64) for v in b)
+    n = na + nb
+    has_a, has_b = na > 0, nb > 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        wa = np.where(n > 0, na / n, 0.0)
+        wb = np.where(n > 0, nb / n, 0.0)
+        both = has_a & has_b
+        delta = np.where(both, mb - ma, 0.0)
+        mean = np.where(has_a, ma + delta * wb, mb)
+        var = (np.where(has_a, wa * va, 0.0) + np.where(has_b, wb * vb, 0.0)
+               + np.where(both, np.square(delta * np.sqrt(wa * wb)), 0.0))
+    empty = n == 0
+    return n, np.where(empty, np.nan, mean), np.where(empty, np.nan, var)
+
+
+@functools.lru_cache(maxsize=None)
+def _sklearn_count_dtype():
+    """The dtype of scikit-learn's unweighted StandardScaler.n_samples_seen_
+    when it updates moments: int64 in older releases, float64 where its
+    incremental update casts the counts to float64 (1.9).  Asked of that
+    update itself, once, on a 1x1 array."""
+    try:
+        from sklearn.utils.extmath import _incremental_mean_and_var
+        out = _incremental_mean_and_var(np.zeros((1, 1)), 0.0, 0.0, np.zeros(1, np.int64))
+        return np.asarray(out[2]).dtype
+    except Exception:  # pragma: no cover - a scikit-learn without that helper
+        return np.dtype(np.float64)
 
 
 def _zero_scale_to_one(scale, constant):
@@ -123,7 +218,9 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if sample_weight is not None:
                 raise TypeError("sample_weight is not supported with a Dask array")
             _dask_fitted_features(self, X, first)
-            batch = _dask().compute_moments(X, n_threads=self.n_threads)
+            count, mean, m2 = _dask().compute_moments(X, n_threads=self.n_threads)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                batch = (count, mean, m2 / count)
             weighted = False
         else:
             X = validate_data(self, X, accept_sparse=False, dtype=_FLOATS,
@@ -131,9 +228,9 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             weighted = sample_weight is not None
             if weighted:
                 w = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-                batch = _weighted_moments(X, w)
+                batch = _numpy_moments(X, w)
             else:
-                batch = feature_moments(X, 0, n_threads=self.n_threads)
+                batch = _kernel_moments(X, self.n_threads)
         F = self.n_features_in_
         if first:
             seen = (np.zeros(F), np.full(F, np.nan), np.full(F, np.nan))
@@ -141,15 +238,17 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             n0 = np.broadcast_to(np.asarray(self.n_samples_seen_, np.float64), (F,))
             m0 = self.mean_ if self.mean_ is not None else np.zeros(F)
             v0 = self.var_ if self.var_ is not None else np.zeros(F)
-            seen = (n0, np.asarray(m0, np.float64), np.asarray(v0, np.float64) * n0)
-        count, mean, m2 = merge_moments(seen, batch)
-        count_dtype = X.dtype if weighted else np.int64
-        if not first and np.asarray(self.n_samples_seen_).dtype.kind == "f":
-            count_dtype = np.asarray(self.n_samples_seen_).dtype
+            seen = (n0, np.asarray(m0, np.float64), np.asarray(v0, np.float64))
+        count, mean, var = _merge_moments(seen, batch)
+        if self.with_mean or self.with_std:
+            # as scikit-learn's incremental update leaves them (weight sums: float64)
+            count_dtype = np.float64 if weighted else _sklearn_count_dtype()
+        else:
+            count_dtype = X.dtype if weighted else np.int64
+            if not first and np.asarray(self.n_samples_seen_).dtype.kind == "f":
+                count_dtype = np.asarray(self.n_samples_seen_).dtype
         n_seen = count.astype(count_dtype)
         self.n_samples_seen_ = n_seen[0] if n_seen.size and n_seen.max() == n_seen.min() else n_seen
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = m2 / count
         if self.with_mean or self.with_std:
             self.mean_ = mean
             self.var_ = var if self.with_std else None
@@ -178,7 +277,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         centre, scale = self._coefficients()
         if _is_dask(X):
             _dask_fitted_features(self, X, False)
-            return _dask().feature_affine(X, centre, scale, n_threads=self.n_threads)
+            return _dask_affine(X, centre, scale, 0.0, self.n_threads)
         copy = self.copy if copy is None else copy
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS,
                           ensure_all_finite="allow-nan", copy=False, force_writeable=not copy)
@@ -191,7 +290,8 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         scale = self.scale_ if self.with_std else np.ones(F)
         shift = self.mean_ if self.with_mean else np.zeros(F)
         if _is_dask(X):
-            return _dask().feature_affine(X, 0.0, scale, shift, n_threads=self.n_threads)
+            _dask_fitted_features(self, X, False)
+            return _dask_affine(X, 0.0, scale, shift, self.n_threads)
         copy = self.copy if copy is None else copy
         X = check_array(X, accept_sparse=False, dtype=_FLOATS, ensure_all_finite="allow-nan",
                         copy=False, force_writeable=not copy)
@@ -273,7 +373,7 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         lo, hi = self.feature_range
         if _is_dask(X):
             _dask_fitted_features(self, X, False)
-            y = _dask().feature_affine(X, 0.0, self.scale_, self.min_, n_threads=self.n_threads)
+            y = _dask_affine(X, 0.0, self.scale_, self.min_, self.n_threads)
             return y.clip(lo, hi) if self.clip else y
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS,
                           ensure_all_finite="allow-nan", copy=False, force_writeable=not self.copy)
@@ -287,7 +387,8 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """(X - min_) / scale_."""
         check_is_fitted(self)
         if _is_dask(X):
-            return _dask().feature_affine(X, self.min_, 1.0 / self.scale_, n_threads=self.n_threads)
+            _dask_fitted_features(self, X, False)
+            return _dask_affine(X, self.min_, 1.0 / self.scale_, 0.0, self.n_threads)
         X = check_array(X, accept_sparse=False, dtype=_FLOATS, ensure_all_finite="allow-nan",
                         copy=False, force_writeable=not self.copy)
         return feature_affine(X, self.min_, 1.0 / self.scale_, out=None if self.copy else X,
@@ -297,6 +398,7 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         tags.input_tags.sparse = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
 
@@ -332,8 +434,15 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         p = _NORMS[self.norm]
         if _is_dask(X):
-            fn = functools.partial(_normalize_block, p, self.n_threads)
-            return _dask()._blockwise(X, [1], fn)
+            import dask.array as da
+            if hasattr(self, "n_features_in_"):
+                _dask_fitted_features(self, X, False)
+            else:
+                _check_dask(self, X)
+            rows = X if len(X.chunks[1]) == 1 else X.rechunk({1: -1})   # whole rows in a block
+            # keys named from a hash (fastnorm.dask's blockwise ops name theirs by the op alone)
+            return da.map_blocks(_normalize_block, rows, p=p, n_threads=self.n_threads, dtype=X.dtype,
+                                 meta=np.empty((0, 0), X.dtype), token="fastnorm-normalizer")
         copy = self.copy if copy is None else copy
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS, copy=False,
                           force_writeable=not copy)
@@ -343,22 +452,30 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
         tags.requires_fit = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
 
-def _normalize_block(p, n_threads, X):
+def _normalize_block(X, p, n_threads):
     return sklearn_normalize_rows(X, p, None, n_threads)
 
 
 def sklearn_normalize_rows(X, p, out, n_threads):
     """Rows of a 2-D X to unit Lp norm with scikit-learn's rule for tiny norms:
-    a row with norm < 10 * eps(dtype) is divided by 1.  One kernel pass
-    (x / max(||x||, tiny)); the rare tiny rows are then scaled back by their
-    norm."""
+    a row with norm < 10 * eps(dtype) is divided by 1 (left exactly as it is).
+
+    One kernel pass, y = x / max(||x||, e) with e the power of two just above
+    10 * eps: a row with norm under e comes out as x * 2**k exactly (also in
+    place, and also where its squares underflow and the norm reads 0), so it
+    is scaled back to x exactly; those of them with norm >= 10 * eps are then
+    divided by their norm."""
     floor = 10 * np.finfo(X.dtype).eps
-    y, norms = _normalize(X, p=p, dim=1, eps=float(np.finfo(X.dtype).tiny), out=out,
-                          n_threads=n_threads, return_stats=True)
-    small = np.flatnonzero(norms < floor)
-    if small.size:
-        y[small] = X[small] if out is None else y[small] * norms[small, None].astype(y.dtype)
+    e = float(2.0 ** np.ceil(np.log2(floor)))
+    y, norms = _normalize(X, p=p, dim=1, eps=e, out=out, n_threads=n_threads, return_stats=True)
+    low = np.flatnonzero(norms < e)
+    if low.size:
+        rows = y[low] * y.dtype.type(e)              # the rows of X, exactly
+        divide = np.flatnonzero(norms[low] >= floor)
+        rows[divide] /= norms[low][divide, None].astype(y.dtype)
+        y[low] = rows
     return y
