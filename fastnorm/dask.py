@@ -7,9 +7,10 @@ Two kinds of op:
   statistics come from fastnorm's kernels (per-feature count, mean and sum of
   squared deviations about each feature's first value, NaN left out; or min
   and max), and are merged up a ``dask.array.reduction`` tree with Chan,
-  Golub and LeVeque's pairwise formula in float64.  The merge works on means,
-  so it is accurate for data with a large offset and cannot overflow where a
-  running sum would.  The graph has a task per chunk and a tree over them: its
+  Golub and LeVeque's pairwise formula in float64.  The merge works on means
+  and variances, so it is accurate for data with a large offset and
+  overflows nowhere the result does not (a running sum, or sum of squares,
+  would).  The graph has a task per chunk and a tree over them: its
   size grows with the number of chunks, not with their sizes.
 * **Blockwise ops** (``layer_norm``, ``rms_norm``, ``normalize``, the fused
   add + norm ops, ``group_norm``, ``instance_norm``, ``filter_response_norm``,
@@ -140,7 +141,7 @@ def _merge_tree(x, axis, k, chunk_fn, merge_fn, split_every):
 
 
 def _fold_moments(parts):
-    """(m, 3, ...) stacked (count, mean, m2) triples -> their (3, ...) merge."""
+    """(m, 3, ...) stacked (count, mean, var) triples -> their (3, ...) merge."""
     acc = tuple(parts[0])
     for p in parts[1:]:
         acc = _feat.merge_moments(acc, tuple(p))
@@ -166,8 +167,8 @@ def _minmax_chunk(n_threads, b, axis):
 
 
 def feature_moments(x, axis=0, *, split_every=None, n_threads=1):
-    """Lazy per-feature (count, mean, m2) of x's samples along `axis`, float64,
-    NaN left out: `fastnorm.functional.features.feature_moments` of the whole
+    """Lazy per-feature (count, mean, var) of x's samples along `axis`, float64
+    (var the biased variance), NaN left out: `fastnorm.functional.features.feature_moments` of the whole
     array, from per-chunk moments merged up a tree (Chan's formula)."""
     x = _as_dask(x)
     _check_float(x)
@@ -214,7 +215,7 @@ def feature_affine(x, centre, scale, shift=0.0, axis=0, *, n_threads=1):
     axis = _sample_axis(x, axis)
     coef = [_stat_blocks(v, x, axis) for v in (centre, scale, shift)]
     return da.map_blocks(functools.partial(_affine_block, axis, n_threads), x, *coef, dtype=x.dtype,
-                         name="fastnorm-affine", meta=np.empty((0,) * x.ndim, x.dtype))
+                         token="fastnorm-affine", meta=np.empty((0,) * x.ndim, x.dtype))
 
 
 # ---------------------------------------------------------------- standardize / min_max_scale
@@ -241,9 +242,8 @@ def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_
         N = x.shape[axis]
         if N - ddof <= 0:
             raise ValueError(f"need more than ddof={ddof} samples along axis, got {N}")
-        count, mean, m2 = feature_moments(x, axis, split_every=split_every, n_threads=n_threads)
-        std = da.where(count - ddof > 0, da.sqrt(da.maximum(m2, 0) / da.maximum(count - ddof, 1)),
-                       np.nan)
+        count, mean, var = feature_moments(x, axis, split_every=split_every, n_threads=n_threads)
+        std = da.where(count - ddof > 0, da.sqrt(var * (count / da.maximum(count - ddof, 1))), np.nan)
     else:
         mean, std = (_given_stat(v, name, sshape) for v, name in ((mean, "mean"), (std, "std")))
     z = feature_affine(x, mean if with_mean else 0.0, _std_scale(std, with_std), 0.0, axis,
@@ -276,7 +276,7 @@ def _grad_sums(g, x, centre, axis, split_every, n_threads):
     parts = da.map_blocks(functools.partial(_grad_sums_block, axis, n_threads), g, x, c,
                           dtype=np.float64, chunks=tuple((2,) * len(ch) if i == axis else ch
                                                          for i, ch in enumerate(x.chunks)),
-                          name="fastnorm-grad-sums", meta=np.empty((0,) * x.ndim, np.float64))
+                          token="fastnorm-grad-sums", meta=np.empty((0,) * x.ndim, np.float64))
     res = _merge_tree(parts, axis, 2, _identity_chunk, _fold_sums, split_every)
     return _take(res, 0, axis), _take(res, 1, axis)
 
@@ -298,7 +298,7 @@ def _apply_block(axis, n_threads, g, x, hi, alpha, beta, gamma):
 def _grad_apply(g, x, axis, hi, alpha, beta, gamma, n_threads):
     coef = [_stat_blocks(v, x, axis) for v in (hi, alpha, beta, gamma)]
     return da.map_blocks(functools.partial(_apply_block, axis, n_threads), g, x, *coef, dtype=x.dtype,
-                         name="fastnorm-grad-apply", meta=np.empty((0,) * x.ndim, x.dtype))
+                         token="fastnorm-grad-apply", meta=np.empty((0,) * x.ndim, x.dtype))
 
 
 def _grad_operands(grad_out, x, axis):
@@ -432,7 +432,7 @@ def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_rang
     s_gx, s_g = _grad_sums(g, x, centre, axis, split_every, n_threads)
     parts = da.map_blocks(functools.partial(_arg_extremes_block, axis), x, dtype=np.float64,
                           chunks=tuple((4,) * len(ch) if i == axis else ch for i, ch in enumerate(x.chunks)),
-                          name="fastnorm-arg-extremes", meta=np.empty((0,) * x.ndim, np.float64))
+                          token="fastnorm-arg-extremes", meta=np.empty((0,) * x.ndim, np.float64))
     ext = _merge_tree(parts, axis, 4, _identity_chunk, _fold_arg_extremes, split_every)
     amin, amax = _take(ext, 1, axis), _take(ext, 3, axis)
     ok = (span != 0) & da.isfinite(span)
@@ -443,7 +443,7 @@ def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_rang
     # where one row holds both the min and the max, both terms land on it
     args = [_stat_blocks(v, x, axis) for v in (amin, amax, dmin, dmax)]
     return da.map_blocks(functools.partial(_min_max_fix_block, axis), dx, *args, dtype=x.dtype,
-                         name="fastnorm-min-max-fix", meta=np.empty((0,) * x.ndim, x.dtype))
+                         token="fastnorm-min-max-fix", meta=np.empty((0,) * x.ndim, x.dtype))
 
 
 # ---------------------------------------------------------------- BatchNorm
@@ -469,7 +469,8 @@ def _bn_moments_block(cax, n_threads, b):
     C = lay.C
     mean, m2, count = np.empty(C), np.empty(C), np.empty(C)
     _dispatch.kernels.channel_moments(lay.data, lay.cl, lay.N, C, lay.S, mean, m2, count, n_threads)
-    return np.stack([count, mean, m2])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([count, mean, m2 / count])  # (count, mean, var), as the feature moments
 
 
 def _channel_parts(x, cax, fn, k):
@@ -477,7 +478,7 @@ def _channel_parts(x, cax, fn, k):
     chunks = ((k,) * len(x.chunks[0]), x.chunks[cax])
     drop = [a for a in range(1, x.ndim) if a != cax]
     return da.map_blocks(fn, x, dtype=np.float64, chunks=chunks, drop_axis=drop,
-                         meta=np.empty((0, 0), np.float64), name="fastnorm-bn-parts")
+                         meta=np.empty((0, 0), np.float64), token="fastnorm-bn-parts")
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -506,7 +507,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         parts = _channel_parts(x, cax, functools.partial(_bn_moments_block, cax, n_threads), 3)
         res = _merge_tree(parts, 0, 3, _identity_chunk, _fold_moments, split_every).compute()
-        mean, var = res[1], res[2] / res[0]
+        mean, var = res[1], res[2]
         momentum = _fn_check_momentum(momentum)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
@@ -558,7 +559,7 @@ def _bn_apply(x, cax, mean, var, weight, bias, eps, n_threads):
     args = [_channel_slices(mean, x, cax, stat), _channel_slices(var, x, cax, stat)]
     extra = [_channel_slices(v, x, cax, x.dtype) for v in (weight, bias) if v is not None]
     fn = functools.partial(_bn_apply_block, cax, eps, n_threads, weight is not None, bias is not None)
-    return da.map_blocks(fn, x, *args, *extra, dtype=x.dtype, name="fastnorm-batch-norm",
+    return da.map_blocks(fn, x, *args, *extra, dtype=x.dtype, token="fastnorm-batch-norm",
                          meta=np.empty((0,) * x.ndim, x.dtype))
 
 
@@ -601,7 +602,7 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, train
                           _channel_slices(mean, x, cax, cdt), _channel_slices(invstd, x, cax, cdt),
                           dtype=np.float64, chunks=((2,) * len(x.chunks[0]), x.chunks[cax]),
                           drop_axis=[a for a in range(1, x.ndim) if a != cax],
-                          meta=np.empty((0, 0), np.float64), name="fastnorm-bn-grad-sums")
+                          meta=np.empty((0, 0), np.float64), token="fastnorm-bn-grad-sums")
     sums = _merge_tree(parts, 0, 2, _identity_chunk, _fold_sums, split_every)
     s_gxhat, s_g = sums[0], sums[1]
     k = invstd * w
@@ -620,7 +621,7 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, train
         return v.rechunk(tuple(x.chunks[cax] if i == cax else (1,) for i in range(x.ndim)))
 
     dx = da.map_blocks(functools.partial(_bn_grad_block, cax), g, x, bc(k), bc(mean), bc(b), bc(c),
-                       dtype=x.dtype, name="fastnorm-bn-grad", meta=np.empty((0,) * x.ndim, x.dtype))
+                       dtype=x.dtype, token="fastnorm-bn-grad", meta=np.empty((0,) * x.ndim, x.dtype))
     gw = (s_gxhat.astype(cdt) if weight is not None else None)
     gb = (s_g.astype(cdt) if bias is not None else None)
     return dx, gw, gb
@@ -636,7 +637,7 @@ def _blockwise(x, whole_axes, fn, *others):
     x = _whole(x, whole_axes)
     others = [_as_dask(o, "residual").rechunk(x.chunks) for o in others]
     return da.map_blocks(fn, x, *others, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype),
-                         name="fastnorm-" + getattr(fn, "__name__", "op"))
+                         token="fastnorm-" + getattr(fn, "__name__", "op"))
 
 
 def _row_axes(x, normalized_shape):
@@ -736,7 +737,7 @@ def _per_channel(op, name, x, channel_axis, params, whole_channels, **kw):
     blocks = [_channel_slices(v, x, cax, x.dtype if np.asarray(v).dtype.kind == "f" else np.float32)
               for v in given.values()]
     fn = functools.partial(_channel_op_block, op, cax, kw, tuple(given))
-    return da.map_blocks(_named(fn, name), x, *blocks, dtype=x.dtype, name="fastnorm-" + name,
+    return da.map_blocks(_named(fn, name), x, *blocks, dtype=x.dtype, token="fastnorm-" + name,
                          meta=np.empty((0,) * x.ndim, x.dtype))
 
 

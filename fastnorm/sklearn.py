@@ -15,7 +15,8 @@ work is done:
   variances, so it neither loses float32 precision nor overflows where the
   running *sum* (scikit-learn's incremental update carries ``mean * n``) or
   the sum of squared deviations (``var * n``) would.  A feature whose kernel
-  moments overflow (values beyond about 1e154) is redone in NumPy, scaled.
+  moments overflow (values beyond about 1e154) is redone in NumPy, scaled
+  (``fastnorm.functional.features.robust_moments``).
 * Given a Dask array, ``fit`` / ``partial_fit`` reduce it through
   ``fastnorm.dask`` (the statistics are computed; the array is read once) and
   ``transform`` returns a lazy Dask array.
@@ -47,7 +48,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("fastnorm.sklearn needs scikit-learn >= 1.6 (pip install 'scikit-learn>=1.6')") from exc
 
-from .functional.features import feature_affine, feature_minmax, feature_moments
+from .functional.features import feature_affine, feature_minmax, feature_moments, merge_moments, robust_moments
 from .functional.lp import normalize as _normalize
 
 __all__ = ["StandardScaler", "MinMaxScaler", "Normalizer"]
@@ -66,24 +67,6 @@ def _dask():
     return fdask
 
 
-def _dask_affine(X, centre, scale, shift, n_threads):
-    """(X - centre) * scale + shift per feature of a 2-D Dask array, lazily:
-    one kernel pass per block.  Its keys are named from a hash of the inputs
-    (``fastnorm.dask.feature_affine`` names every output "fastnorm-affine",
-    so two of them in one graph, say a transform and its inverse_transform,
-    collide and compute wrong values)."""
-    import dask.array as da
-    F = X.shape[1]
-    coef = [da.from_array(np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float64), (F,)))[None, :],
-                          chunks=((1,), X.chunks[1])) for v in (centre, scale, shift)]
-    return da.map_blocks(_affine_block, X, *coef, n_threads=n_threads, dtype=X.dtype,
-                         meta=np.empty((0, 0), X.dtype), token="fastnorm-affine")
-
-
-def _affine_block(b, c, s, t, n_threads=None):
-    return feature_affine(b, c[0], s[0], t[0], n_threads=n_threads)
-
-
 def _check_dask(est, X):
     if X.ndim != 2:
         raise ValueError(f"Expected a 2-D Dask array, got {X.ndim} dimensions")
@@ -100,67 +83,6 @@ def _dask_fitted_features(est, X, reset):
     elif X.shape[1] != est.n_features_in_:
         raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
                          f"{est.n_features_in_} features as input.")
-
-
-def _numpy_moments(X, w=None):
-    """(count, mean, variance) of the columns of X, NaN left out, with sample
-    weights w (None: 1), in float64: a NumPy corrected two-pass (the weighted
-    case has no kernel).  Nothing overflows that the result does not: the
-    mean is a convex combination of the samples and the variance is taken of
-    the deviations scaled by their largest magnitude."""
-    X = np.asarray(X, np.float64)
-    nan = np.isnan(X)
-    w = np.ones(X.shape[0]) if w is None else np.asarray(w, np.float64)
-    W = np.where(nan, 0.0, w[:, None])
-    count = W.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        p = W / count                                # each column's weights, summing to 1
-        X0 = np.where(nan, 0.0, X)
-        mean = (p * X0).sum(axis=0)
-        dev = np.where(W > 0, X0 - mean, 0.0)
-        # s: the power of two just above the largest deviation (an exact scaling)
-        s = np.ldexp(1.0, np.frexp(np.abs(dev).max(axis=0, initial=0.0))[1])
-        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
-        d = dev / s
-        corr = (p * d).sum(axis=0)                   # the mean's rounding error, in units of s
-        q = np.maximum((p * d * d).sum(axis=0) - corr * corr, 0.0)
-        mean = mean + s * corr
-        var = q * s * s                              # (q * s) <= s: overflows only if var does
-    return count, mean, var
-
-
-def _kernel_moments(X, n_threads):
-    """(count, mean, variance) of the columns of X from fastnorm's kernel, NaN
-    left out; the features whose kernel moments came out non-finite with
-    samples present (values so large that the kernel's squares overflow;
-    X holds no inf) are redone by `_numpy_moments`."""
-    count, mean, m2 = feature_moments(X, 0, n_threads=n_threads)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = m2 / count
-    redo = np.flatnonzero((count > 0) & ~(np.isfinite(mean) & np.isfinite(var)))
-    if redo.size:
-        count[redo], mean[redo], var[redo] = _numpy_moments(X[:, redo])
-    return count, mean, var
-
-
-def _merge_moments(a, b):
-    """Chan, Golub and LeVeque's pairwise merge of two (count, mean, variance)
-    triples, on means and variances (not sums, nor sums of squares, which
-    overflow first); a side with count 0 contributes nothing."""
-    na, ma, va = (np.asarray(v, np.float64) for v in a)
-    nb, mb, vb = (np.asarray(v, np.float64) for v in b)
-    n = na + nb
-    has_a, has_b = na > 0, nb > 0
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        wa = np.where(n > 0, na / n, 0.0)
-        wb = np.where(n > 0, nb / n, 0.0)
-        both = has_a & has_b
-        delta = np.where(both, mb - ma, 0.0)
-        mean = np.where(has_a, ma + delta * wb, mb)
-        var = (np.where(has_a, wa * va, 0.0) + np.where(has_b, wb * vb, 0.0)
-               + np.where(both, np.square(delta * np.sqrt(wa * wb)), 0.0))
-    empty = n == 0
-    return n, np.where(empty, np.nan, mean), np.where(empty, np.nan, var)
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,9 +140,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if sample_weight is not None:
                 raise TypeError("sample_weight is not supported with a Dask array")
             _dask_fitted_features(self, X, first)
-            count, mean, m2 = _dask().compute_moments(X, n_threads=self.n_threads)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                batch = (count, mean, m2 / count)
+            batch = _dask().compute_moments(X, n_threads=self.n_threads)
             weighted = False
         else:
             X = validate_data(self, X, accept_sparse=False, dtype=_FLOATS,
@@ -228,9 +148,9 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             weighted = sample_weight is not None
             if weighted:
                 w = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-                batch = _numpy_moments(X, w)
+                batch = robust_moments(X, w)
             else:
-                batch = _kernel_moments(X, self.n_threads)
+                batch = feature_moments(X, 0, n_threads=self.n_threads)
         F = self.n_features_in_
         if first:
             seen = (np.zeros(F), np.full(F, np.nan), np.full(F, np.nan))
@@ -239,7 +159,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             m0 = self.mean_ if self.mean_ is not None else np.zeros(F)
             v0 = self.var_ if self.var_ is not None else np.zeros(F)
             seen = (n0, np.asarray(m0, np.float64), np.asarray(v0, np.float64))
-        count, mean, var = _merge_moments(seen, batch)
+        count, mean, var = merge_moments(seen, batch)
         if self.with_mean or self.with_std:
             # as scikit-learn's incremental update leaves them (weight sums: float64)
             count_dtype = np.float64 if weighted else _sklearn_count_dtype()
@@ -277,7 +197,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         centre, scale = self._coefficients()
         if _is_dask(X):
             _dask_fitted_features(self, X, False)
-            return _dask_affine(X, centre, scale, 0.0, self.n_threads)
+            return _dask().feature_affine(X, centre, scale, n_threads=self.n_threads)
         copy = self.copy if copy is None else copy
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS,
                           ensure_all_finite="allow-nan", copy=False, force_writeable=not copy)
@@ -291,7 +211,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         shift = self.mean_ if self.with_mean else np.zeros(F)
         if _is_dask(X):
             _dask_fitted_features(self, X, False)
-            return _dask_affine(X, 0.0, scale, shift, self.n_threads)
+            return _dask().feature_affine(X, 0.0, scale, shift, n_threads=self.n_threads)
         copy = self.copy if copy is None else copy
         X = check_array(X, accept_sparse=False, dtype=_FLOATS, ensure_all_finite="allow-nan",
                         copy=False, force_writeable=not copy)
@@ -373,7 +293,7 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         lo, hi = self.feature_range
         if _is_dask(X):
             _dask_fitted_features(self, X, False)
-            y = _dask_affine(X, 0.0, self.scale_, self.min_, self.n_threads)
+            y = _dask().feature_affine(X, 0.0, self.scale_, self.min_, n_threads=self.n_threads)
             return y.clip(lo, hi) if self.clip else y
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS,
                           ensure_all_finite="allow-nan", copy=False, force_writeable=not self.copy)
@@ -388,7 +308,7 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if _is_dask(X):
             _dask_fitted_features(self, X, False)
-            return _dask_affine(X, self.min_, 1.0 / self.scale_, 0.0, self.n_threads)
+            return _dask().feature_affine(X, self.min_, 1.0 / self.scale_, n_threads=self.n_threads)
         X = check_array(X, accept_sparse=False, dtype=_FLOATS, ensure_all_finite="allow-nan",
                         copy=False, force_writeable=not self.copy)
         return feature_affine(X, self.min_, 1.0 / self.scale_, out=None if self.copy else X,

@@ -3,6 +3,7 @@ graph grows with the number of chunks; the threaded scheduler, a real
 LocalCluster with worker processes, and an out-of-core run."""
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -125,11 +126,34 @@ def test_given_statistics_are_lazy_or_numpy():
 
 def test_moments_merge_is_accurate_with_a_large_offset():
     x = (RNG.standard_normal((4000, 3)) + 1e6).astype(np.float32)
-    count, mean, m2 = fd.compute_moments(da.from_array(x, chunks=(97, 2)))
+    count, mean, var = fd.compute_moments(da.from_array(x, chunks=(97, 2)))
     ref = x.astype(np.float64)
     assert np.array_equal(count, np.full(3, 4000.0))
     np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(m2 / count, ref.var(0), rtol=1e-6)
+    np.testing.assert_allclose(var, ref.var(0), rtol=1e-6)
+
+
+def test_moments_near_the_float64_limit_do_not_overflow():
+    # column 1: squares of the values beyond the float64 range, and count * var too
+    scale, offset = np.array([1e152, 1e153]), np.array([0.0, 1e300])
+    x = RNG.standard_normal((4000, 2)) * scale + offset
+    count, mean, var = fd.compute_moments(da.from_array(x, chunks=(333, 1)))
+    assert np.isfinite(mean).all() and np.isfinite(var).all()
+    unit = (x - offset) / scale
+    np.testing.assert_allclose((mean - offset) / scale, unit.mean(0), atol=1e-9)
+    np.testing.assert_allclose(var / scale ** 2, unit.var(0), rtol=1e-9)
+
+
+def test_two_ops_in_one_graph_do_not_share_keys():
+    x = RNG.standard_normal((60, 4))
+    X = da.from_array(x, chunks=(10, 2))
+    both = fd.feature_affine(X, 1.0, 2.0) + fd.feature_affine(X, 0.0, 10.0)
+    np.testing.assert_allclose(both.compute(), (x - 1) * 2 + x * 10, rtol=1e-12)
+    rows = fd.layer_norm(X, 4) + fd.layer_norm(X * 3, 4)
+    np.testing.assert_allclose(rows.compute(), fastnorm.layer_norm(x, 4) + fastnorm.layer_norm(x * 3, 4),
+                               rtol=1e-12)
+    m = fd.feature_moments(X)[1] + fd.feature_moments(X * 2)[1]
+    np.testing.assert_allclose(m.compute(), 3 * x.mean(0), rtol=1e-12)
 
 
 def test_graph_grows_with_chunk_count_not_chunk_size():
@@ -298,8 +322,11 @@ def test_threaded_scheduler_many_tasks_at_once():
     _close(m, m0, np.float32, 50)
     _close(s, s0, np.float32)
     _close(z, z0, np.float32, 3)
-    _close(mn, np.nanmin(x, 0), np.float32)
-    _close(mx, np.nanmax(x, 0), np.float32)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's all-NaN column warning
+        want_min, want_max = np.nanmin(x, 0), np.nanmax(x, 0)
+    _close(mn, want_min, np.float32)
+    _close(mx, want_max, np.float32)
 
 
 distributed = pytest.importorskip("distributed")

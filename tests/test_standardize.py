@@ -247,3 +247,22 @@ def test_min_max_backward_ties_nan_and_threads(rng, dtype):
         assert np.isnan(r[first_min, 1]) and np.isfinite(np.delete(r[:, 1], [first_min, np.nanargmax(x[:, 1])])).all()
         # the column sums' order depends on the thread count, the positions do not
         np.testing.assert_allclose(r, results[0], **tol)
+
+
+def test_statistics_of_values_whose_squares_overflow():
+    """Beyond about 1e154 the kernel's squares overflow: those features are
+    redone (scaled) and come out finite and right, in memory as in chunks."""
+    rng = np.random.default_rng(3)
+    scale, offset = np.array([1.0, 1e153, 1e152]), np.array([0.0, 1e160, -1e156])
+    x = rng.standard_normal((500, 3)) * scale + offset
+    x[7, 2] = np.nan   # NaN and huge values in one feature
+    const = np.full((5, 1), 1e200)
+    z, mean, std = fastnorm.standardize(x, return_stats=True)
+    unit = (x - offset) / scale
+    np.testing.assert_allclose(std / scale, np.nanstd(unit, axis=0), rtol=1e-6)
+    np.testing.assert_allclose((mean - offset) / scale, np.nanmean(unit, axis=0), atol=1e-6)
+    want = (unit - np.nanmean(unit, 0)) / np.nanstd(unit, 0)
+    assert np.array_equal(np.isnan(z), np.isnan(x))
+    np.testing.assert_allclose(z[~np.isnan(x)], want[~np.isnan(x)], atol=1e-6)
+    zc, mc, sc = fastnorm.standardize(const, return_stats=True)
+    assert mc[0] == 1e200 and sc[0] == 0.0 and np.array_equal(zc, np.zeros((5, 1)))

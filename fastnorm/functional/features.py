@@ -99,25 +99,48 @@ def _finish_features(x, y_k, restore, out, direct):
     return y
 
 
-def _nan_ignoring_moments(data, mean_v, var_v, count):
-    """Redo, leaving NaN out, the moments of the features whose fast moments
-    came out non-finite (a NaN or inf in the feature; rare, so in NumPy)."""
+def robust_moments(X, w=None):
+    """(count, mean, biased variance) of the columns of a 2-D X in float64,
+    NaN left out, with optional sample weights w (count is then the sum of
+    the weights): a NumPy corrected two-pass, for the rare columns the kernel
+    cannot do (NaN present, or squares beyond the float64 range) and for
+    weighted data.  Nothing overflows that the result does not: the mean is a
+    convex combination of the samples, and the variance is taken of the
+    deviations scaled by a power of two just above their largest magnitude."""
+    X = np.asarray(X, np.float64)
+    nan = np.isnan(X)
+    w = np.ones(X.shape[0]) if w is None else np.asarray(w, np.float64)
+    W = np.where(nan, 0.0, w[:, None])
+    count = W.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        p = W / count                                # each column's weights, summing to 1
+        X0 = np.where(nan, 0.0, X)
+        mean = (p * X0).sum(axis=0)
+        dev = np.where(W > 0, X0 - mean, 0.0)
+        s = np.ldexp(1.0, np.frexp(np.abs(dev).max(axis=0, initial=0.0))[1])
+        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+        d = dev / s
+        corr = (p * d).sum(axis=0)                   # the mean's rounding error, in units of s
+        q = np.maximum((p * d * d).sum(axis=0) - corr * corr, 0.0)
+        mean = mean + s * corr
+        var = q * s * s
+    return count, mean, var
+
+
+def _redo_moments(data, mean_v, var_v, count):
+    """Redo in NumPy the moments of the features whose kernel moments came
+    out non-finite although they hold no infinity: NaN in the feature (left
+    out), or values whose squares overflow (beyond about 1e154).  Rare, so
+    NumPy; a feature with an infinite value keeps its non-finite moments."""
     bad = np.flatnonzero(~(np.isfinite(mean_v) & np.isfinite(var_v)))
     if bad.size == 0:
         return
     sub = data[:, bad].astype(np.float64)
-    nan = np.isnan(sub)
-    with_nan = nan.any(axis=0)
-    if not with_nan.any():
+    redo = ~np.isinf(sub).any(axis=0)
+    if not redo.any():
         return
-    cols, sub, nan = bad[with_nan], sub[:, with_nan], nan[:, with_nan]
-    n = (~nan).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = np.where(nan, 0.0, sub).sum(axis=0) / n
-        dev = np.where(nan, 0.0, sub - m)
-        mean_v[cols] = m
-        var_v[cols] = (dev * dev).sum(axis=0) / n
-    count[cols] = n
+    cols = bad[redo]
+    count[cols], mean_v[cols], var_v[cols] = robust_moments(sub[:, redo])
 
 
 def _matrix_moments(data, n_threads):
@@ -129,7 +152,10 @@ def _matrix_moments(data, n_threads):
     var_v = np.empty(F, np.float64)
     _dispatch.kernels.feature_moments(data, N, F, mean_v, var_v, n_threads)
     count = np.full(F, float(N))
-    _nan_ignoring_moments(data, mean_v, var_v, count)
+    _redo_moments(data, mean_v, var_v, count)
+    empty = count == 0
+    mean_v[empty] = np.nan
+    var_v[empty] = np.nan
     return count, mean_v, var_v
 
 
@@ -153,36 +179,37 @@ def _apply_affine(x, data, axis, restore, centre, scale, shift, out, n_threads):
 
 
 def feature_moments(x, axis=0, *, n_threads=None):
-    """Per-feature (count, mean, m2) of x's samples along `axis`, in float64:
-    count the samples that are not NaN, m2 the sum of squared deviations from
-    the mean (variance = m2 / (count - ddof)).  The pieces that
+    """Per-feature (count, mean, var) of x's samples along `axis`, in float64:
+    count the samples that are not NaN, var the biased variance (times
+    count / (count - ddof) for another ddof).  The pieces that
     `merge_moments` combines: the fit of `standardize` over data that arrives
     in parts (scikit-learn's partial_fit, Dask chunks).  Each has x's shape
     without `axis`."""
     x, cdt, data, restore, sshape, N, F = _feature_rows(x, axis)
-    count, mean_v, var_v = _matrix_moments(data, n_threads)
-    return tuple(v.reshape(sshape) for v in (count, mean_v, var_v * count))
+    return tuple(v.reshape(sshape) for v in _matrix_moments(data, n_threads))
 
 
 def merge_moments(a, b):
-    """Chan, Golub and LeVeque's pairwise merge of two (count, mean, m2)
+    """Chan, Golub and LeVeque's pairwise merge of two (count, mean, var)
     triples (float64 arrays of one shape) into the triple of the union.
 
-    A side with count 0 contributes nothing (its mean and m2 are not read).
-    The update works on means, not sums, so it does not overflow where the
-    sum of the samples would."""
-    na, ma, m2a = (np.asarray(v, np.float64) for v in a)
-    nb, mb, m2b = (np.asarray(v, np.float64) for v in b)
+    A side with count 0 contributes nothing (its mean and var are not read).
+    The update works on means and variances, not on sums or sums of squares,
+    so nothing overflows that the result does not."""
+    na, ma, va = (np.asarray(v, np.float64) for v in a)
+    nb, mb, vb = (np.asarray(v, np.float64) for v in b)
     n = na + nb
-    with np.errstate(invalid="ignore", divide="ignore"):
+    has_a, has_b = na > 0, nb > 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        wa = np.where(n > 0, na / n, 0.0)
         wb = np.where(n > 0, nb / n, 0.0)
-        ma = np.where(na > 0, ma, 0.0)
-        delta = np.where(nb > 0, mb - ma, 0.0)
-        mean = ma + delta * wb
-        m2 = (np.where(na > 0, m2a, 0.0) + np.where(nb > 0, m2b, 0.0)
-              + np.where((na > 0) & (nb > 0), delta * delta * na * wb, 0.0))
+        both = has_a & has_b
+        delta = np.where(both, mb - ma, 0.0)
+        mean = np.where(has_a, ma + delta * wb, mb)
+        var = (np.where(has_a, wa * va, 0.0) + np.where(has_b, wb * vb, 0.0)
+               + np.where(both, np.square(delta * np.sqrt(wa * wb)), 0.0))
     empty = n == 0
-    return n, np.where(empty, np.nan, mean), np.where(empty, np.nan, m2)
+    return n, np.where(empty, np.nan, mean), np.where(empty, np.nan, var)
 
 
 def feature_minmax(x, axis=0, *, n_threads=None):
