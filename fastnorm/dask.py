@@ -263,7 +263,7 @@ def _grad_sums_block(axis, n_threads, g, x, c):
     """(sum g * (x - c), sum g) of one block, float64, stacked along axis."""
     xr, cdt, data, restore, sshape, N, F = _feat._feature_rows(x, axis)
     gm = _feat._feature_grad(g, xr, axis, N, F)
-    centre = np.ascontiguousarray(_squeeze(c, axis), np.float64).reshape(F)
+    centre = _feat.f64_vector(_squeeze(c, axis).reshape(F))
     s_gt = np.empty(F, np.float64)
     s_g = np.empty(F, np.float64)
     _dispatch.kernels.feature_column_sums(gm, data, N, F, centre, s_gt, s_g, n_threads)
@@ -288,7 +288,7 @@ def _identity_chunk(b, axis):
 def _apply_block(axis, n_threads, g, x, hi, alpha, beta, gamma):
     xr, cdt, data, restore, sshape, N, F = _feat._feature_rows(x, axis)
     gm = _feat._feature_grad(g, xr, axis, N, F)
-    coef = [np.ascontiguousarray(np.broadcast_to(_squeeze(v, axis), sshape), np.float64).reshape(F)
+    coef = [_feat.f64_vector(np.broadcast_to(_squeeze(v, axis), sshape).reshape(F))
             for v in (hi, alpha, beta, gamma)]
     dx = np.empty_like(data)
     _dispatch.kernels.feature_grad_apply(gm, data, dx, N, F, *coef, n_threads)

@@ -266,3 +266,30 @@ def test_statistics_of_values_whose_squares_overflow():
     np.testing.assert_allclose(z[~np.isnan(x)], want[~np.isnan(x)], atol=1e-6)
     zc, mc, sc = fastnorm.standardize(const, return_stats=True)
     assert mc[0] == 1e200 and sc[0] == 0.0 and np.array_equal(zc, np.zeros((5, 1)))
+
+
+def _unaligned_copy(v):
+    """v's values in an unaligned float64 buffer (as pickle protocol 5 can
+    deliver arrays to a Dask worker)."""
+    v = np.asarray(v, np.float64)
+    buf = np.zeros(v.nbytes + 1, np.uint8)[1:].view(np.float64).reshape(v.shape)
+    buf[...] = v
+    assert not buf.flags.aligned
+    return buf
+
+
+def test_unaligned_statistics_are_taken():
+    from fastnorm.functional import features
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 5))
+    g = rng.standard_normal((40, 5))
+    _, m, s = fastnorm.standardize(x, return_stats=True)
+    _, lo, hi = fastnorm.min_max_scale(x, return_stats=True)
+    um, us, ulo, uhi = (_unaligned_copy(v) for v in (m, s, lo, hi))
+    assert np.array_equal(fastnorm.standardize(x, mean=um, std=us), fastnorm.standardize(x, mean=m, std=s))
+    assert np.array_equal(fastnorm.standardize_backward(g, x, um, us), fastnorm.standardize_backward(g, x, m, s))
+    assert np.array_equal(fastnorm.min_max_scale(x, data_min=ulo, data_max=uhi),
+                          fastnorm.min_max_scale(x, data_min=lo, data_max=hi))
+    assert np.array_equal(fastnorm.min_max_scale_backward(g, x, ulo, uhi),
+                          fastnorm.min_max_scale_backward(g, x, lo, hi))
+    assert np.array_equal(features.feature_affine(x, um, us, ulo), features.feature_affine(x, m, s, lo))

@@ -67,13 +67,21 @@ def _check_range(feature_range):
     return lo, hi
 
 
+def f64_vector(v):
+    """v as an aligned, C-contiguous float64 array, as the kernels take their
+    coefficients (a copy only when v is not one already: arrays that arrive
+    through pickle protocol 5 buffers, as Dask's workers receive them, can
+    be unaligned)."""
+    return np.require(v, np.float64, ("C_CONTIGUOUS", "ALIGNED"))
+
+
 def _feature_stat(v, name, shape):
     v = np.asarray(v)
     if v.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real array, got dtype {v.dtype}")
     if v.shape != shape:
         raise ValueError(f"{name} must have shape {shape} (x without the sample axis), got {v.shape}")
-    return np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+    return f64_vector(v).reshape(-1)
 
 
 def _feature_output(x, data, axis, cdt, out):
@@ -172,9 +180,8 @@ def _matrix_minmax(data, n_threads):
 def _apply_affine(x, data, axis, restore, centre, scale, shift, out, n_threads):
     """(x - centre) * scale + shift per feature, into `out` when given."""
     y_k, direct = _feature_output(x, data, axis, None, out)
-    _dispatch.kernels.feature_affine(data, y_k, *data.shape, np.ascontiguousarray(centre, np.float64),
-                                     np.ascontiguousarray(scale, np.float64),
-                                     np.ascontiguousarray(shift, np.float64), n_threads)
+    _dispatch.kernels.feature_affine(data, y_k, *data.shape, f64_vector(centre), f64_vector(scale),
+                                     f64_vector(shift), n_threads)
     return _finish_features(x, y_k, restore, out, direct)
 
 
