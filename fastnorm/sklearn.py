@@ -99,6 +99,35 @@ def _sklearn_count_dtype():
         return np.dtype(np.float64)
 
 
+
+def _finite_sum(X, n_threads):
+    """Whether X holds no NaN or inf, tested as scikit-learn does, by the
+    finiteness of a reduction, but on fastnorm's threads: the per-feature
+    means of fastnorm's moments kernel (one pass; NumPy's sum takes about
+    twice as long here and does not scale with threads).  A non-finite
+    result may also be finite values whose shifted sum overflowed; the
+    caller then asks scikit-learn's element-wise check."""
+    from . import _dispatch
+    if X.ndim == 2 and X.flags.c_contiguous and X.flags.aligned and X.dtype.isnative and X.size:
+        F = X.shape[1]
+        mean, var = np.empty(F), np.empty(F)
+        _dispatch.kernels.feature_moments(X, X.shape[0], F, mean, var, n_threads)
+        return bool(np.isfinite(mean).all())
+    return bool(np.isfinite(np.sum(X, dtype=np.float32 if X.dtype == np.float16 else None)))
+
+
+def _validate(est, X, allow_nan=False, **kw):
+    """scikit-learn's validate_data, with its finite check done by
+    `_finite_sum` on fastnorm's threads; when that sum is not finite
+    (a NaN, an inf, or finite values whose sum overflows), scikit-learn's own
+    element-wise check decides and words the error."""
+    X = validate_data(est, X, ensure_all_finite=False, **kw)
+    if X.dtype.kind == "f" and not _finite_sum(X, getattr(est, "n_threads", None)):
+        check_array(X, accept_sparse=False, dtype=None, copy=False, ensure_min_samples=0,
+                    ensure_min_features=0, ensure_all_finite="allow-nan" if allow_nan else True,
+                    estimator=est, input_name="X")
+    return X
+
 def _zero_scale_to_one(scale, constant):
     scale = np.array(scale, copy=True)
     scale[constant] = 1.0
@@ -143,8 +172,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             batch = _dask().compute_moments(X, n_threads=self.n_threads)
             weighted = False
         else:
-            X = validate_data(self, X, accept_sparse=False, dtype=_FLOATS,
-                              ensure_all_finite="allow-nan", reset=first)
+            X = _validate(self, X, allow_nan=True, accept_sparse=False, dtype=_FLOATS, reset=first)
             weighted = sample_weight is not None
             if weighted:
                 w = _check_sample_weight(sample_weight, X, dtype=X.dtype)
@@ -199,8 +227,8 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             _dask_fitted_features(self, X, False)
             return _dask().feature_affine(X, centre, scale, n_threads=self.n_threads)
         copy = self.copy if copy is None else copy
-        X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS,
-                          ensure_all_finite="allow-nan", copy=False, force_writeable=not copy)
+        X = _validate(self, X, allow_nan=True, reset=False, accept_sparse=False, dtype=_FLOATS, copy=False,
+                      force_writeable=not copy)
         return feature_affine(X, centre, scale, out=None if copy else X, n_threads=self.n_threads)
 
     def inverse_transform(self, X, copy=None):
@@ -264,8 +292,7 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             mn, mx = _dask().compute_minmax(X, n_threads=self.n_threads)
             dtype = X.dtype
         else:
-            X = validate_data(self, X, accept_sparse=False, dtype=_FLOATS,
-                              ensure_all_finite="allow-nan", reset=first)
+            X = _validate(self, X, allow_nan=True, accept_sparse=False, dtype=_FLOATS, reset=first)
             mn, mx = feature_minmax(X, 0, n_threads=self.n_threads)
             dtype = X.dtype
         # a min / max of X's values is one of them: exact in X's dtype
@@ -295,8 +322,8 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             _dask_fitted_features(self, X, False)
             y = _dask().feature_affine(X, 0.0, self.scale_, self.min_, n_threads=self.n_threads)
             return y.clip(lo, hi) if self.clip else y
-        X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS,
-                          ensure_all_finite="allow-nan", copy=False, force_writeable=not self.copy)
+        X = _validate(self, X, allow_nan=True, reset=False, accept_sparse=False, dtype=_FLOATS, copy=False,
+                      force_writeable=not self.copy)
         y = feature_affine(X, 0.0, self.scale_, self.min_, out=None if self.copy else X,
                            n_threads=self.n_threads)
         if self.clip:
@@ -346,7 +373,7 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if _is_dask(X):
             _dask_fitted_features(self, X, True)
         else:
-            validate_data(self, X, accept_sparse=False)
+            _validate(self, X, accept_sparse=False)
         return self
 
     def transform(self, X, copy=None):
@@ -364,8 +391,8 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return da.map_blocks(_normalize_block, rows, p=p, n_threads=self.n_threads, dtype=X.dtype,
                                  meta=np.empty((0, 0), X.dtype), token="fastnorm-normalizer")
         copy = self.copy if copy is None else copy
-        X = validate_data(self, X, reset=False, accept_sparse=False, dtype=_FLOATS, copy=False,
-                          force_writeable=not copy)
+        X = _validate(self, X, reset=False, accept_sparse=False, dtype=_FLOATS, copy=False,
+                      force_writeable=not copy)
         return sklearn_normalize_rows(X, p, None if copy else X, self.n_threads)
 
     def __sklearn_tags__(self):

@@ -15,6 +15,7 @@ import dask.array as da
 import pandas as pd
 import scipy.sparse as sp
 from sklearn import preprocessing as skp
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -885,3 +886,22 @@ def test_dask_threaded_scheduler():
         ours = fs.StandardScaler().fit(X)
         assert_standard_stats(ours, ref, x, np.float32)
         check_standard(DaskIn(ours), ref, x, np.float32)
+
+
+@pytest.mark.parametrize("est", [fs.StandardScaler(), fs.MinMaxScaler(), fs.Normalizer()], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("rows", [10, 300_000])   # one block, and the threaded finite check
+def test_finite_check_words_errors_as_sklearn(est, rows):
+    x = np.ones((rows, 4))
+    big = x * 1e308                     # finite, but its sum overflows: accepted
+    assert np.isfinite(clone(est).fit_transform(big)).all()
+    bad = x.copy()
+    bad[rows // 2, 1] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        clone(est).fit(bad)
+    nan = x.copy()
+    nan[rows - 1, 3] = np.nan
+    if isinstance(est, fs.Normalizer):
+        with pytest.raises(ValueError, match="NaN"):
+            clone(est).fit(nan)
+    else:                               # missing values are taken
+        assert np.isnan(clone(est).fit_transform(nan)[rows - 1, 3])
