@@ -134,7 +134,19 @@ def _zero_scale_to_one(scale, constant):
     return scale
 
 
-class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class _ScalerTags:
+    """The tags the two scalers share: NaN taken (a missing value), sparse
+    input refused, float32 and float64 kept."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.sparse = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class StandardScaler(_ScalerTags, OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Standardize features by removing the mean and scaling to unit variance.
 
     A drop-in for ``sklearn.preprocessing.StandardScaler`` (same arguments and
@@ -245,15 +257,8 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                         copy=False, force_writeable=not copy)
         return feature_affine(X, 0.0, scale, shift, out=None if copy else X, n_threads=self.n_threads)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.sparse = False
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
 
-
-class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class MinMaxScaler(_ScalerTags, OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Scale every feature to `feature_range` from its minimum and maximum.
 
     A drop-in for ``sklearn.preprocessing.MinMaxScaler`` (attributes
@@ -340,13 +345,6 @@ class MinMaxScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                         copy=False, force_writeable=not self.copy)
         return feature_affine(X, self.min_, 1.0 / self.scale_, out=None if self.copy else X,
                               n_threads=self.n_threads)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.sparse = False
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
 
 
 _NORMS = {"l1": 1.0, "l2": 2.0, "max": np.inf}
