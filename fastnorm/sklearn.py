@@ -108,11 +108,15 @@ def _finite_sum(X, n_threads):
     result may also be finite values whose shifted sum overflowed; the
     caller then asks scikit-learn's element-wise check."""
     from . import _dispatch
-    if X.ndim == 2 and X.flags.c_contiguous and X.flags.aligned and X.dtype.isnative and X.size:
-        F = X.shape[1]
-        mean, var = np.empty(F), np.empty(F)
-        _dispatch.kernels.feature_moments(X, X.shape[0], F, mean, var, n_threads)
-        return bool(np.isfinite(mean).all())
+    if X.flags.c_contiguous and X.flags.aligned and X.dtype.isnative and X.size >= 64:
+        # the buffer as rows of 64 (whatever X's width: the kernel is fastest
+        # on narrow rows, e.g. 30 ms for a 20000 x 4096 float32 X seen as
+        # (1280000, 64) against 54 ms as it is and 44 ms for np.sum)
+        flat = X.reshape(-1)
+        k = flat.size // 64 * 64
+        mean, var = np.empty(64), np.empty(64)
+        _dispatch.kernels.feature_moments(flat[:k].reshape(-1, 64), k // 64, 64, mean, var, n_threads)
+        return bool(np.isfinite(mean).all()) and _finite_sum(flat[k:], n_threads)
     return bool(np.isfinite(np.sum(X, dtype=np.float32 if X.dtype == np.float16 else None)))
 
 

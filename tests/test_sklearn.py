@@ -889,9 +889,9 @@ def test_dask_threaded_scheduler():
 
 
 @pytest.mark.parametrize("est", [fs.StandardScaler(), fs.MinMaxScaler(), fs.Normalizer()], ids=lambda e: type(e).__name__)
-@pytest.mark.parametrize("rows", [10, 300_000])   # one block, and the threaded finite check
+@pytest.mark.parametrize("rows", [10, 300_001])   # np.sum; the kernel check, with a tail of 5
 def test_finite_check_words_errors_as_sklearn(est, rows):
-    x = np.ones((rows, 4))
+    x = np.ones((rows, 5))
     big = x * 1e308                     # finite, but its sum overflows: accepted
     assert np.isfinite(clone(est).fit_transform(big)).all()
     bad = x.copy()
@@ -899,9 +899,9 @@ def test_finite_check_words_errors_as_sklearn(est, rows):
     with pytest.raises(ValueError, match="infinity"):
         clone(est).fit(bad)
     nan = x.copy()
-    nan[rows - 1, 3] = np.nan
+    nan[rows - 1, 4] = np.nan          # the last element: in the tail past the rows of 64
     if isinstance(est, fs.Normalizer):
         with pytest.raises(ValueError, match="NaN"):
             clone(est).fit(nan)
     else:                               # missing values are taken
-        assert np.isnan(clone(est).fit_transform(nan)[rows - 1, 3])
+        assert np.isnan(clone(est).fit_transform(nan)[rows - 1, 4])
