@@ -889,7 +889,7 @@ def test_dask_threaded_scheduler():
 
 
 @pytest.mark.parametrize("est", [fs.StandardScaler(), fs.MinMaxScaler(), fs.Normalizer()], ids=lambda e: type(e).__name__)
-@pytest.mark.parametrize("rows", [10, 300_001])   # np.sum; the kernel check, with a tail of 5
+@pytest.mark.parametrize("rows", [10, 300_001])   # np.sum; the kernel check, with a tail of 37
 def test_finite_check_words_errors_as_sklearn(est, rows):
     x = np.ones((rows, 5))
     big = x * 1e308                     # finite, but its sum overflows: accepted
