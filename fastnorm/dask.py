@@ -46,7 +46,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError("fastnorm.dask needs dask (pip install 'dask[array]')") from exc
 
 from . import functional as _fn
-from ._args import check_dim
+from ._args import check_dim, check_eps, check_momentum
+from ._dtypes import as_float_array, compute_dtype
 from ._validation import ChannelLayout
 from .functional import features as _feat
 from . import _dispatch
@@ -77,7 +78,7 @@ def _as_dask(x, name="x"):
 
 
 def _check_float(x, name="x"):
-    if x.dtype.kind != "f" and x.dtype.name not in ("bfloat16",):
+    if compute_dtype(x.dtype) is None and compute_dtype(x.dtype.newbyteorder("=")) is None:
         raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
 
 
@@ -465,6 +466,7 @@ def _bn_operand(x, channel_axis):
 
 
 def _bn_moments_block(cax, n_threads, b):
+    b, _ = as_float_array(b, "x")   # (in a worker process too: bfloat16 adopted on first sight)
     lay = ChannelLayout(b, cax)
     C = lay.C
     mean, m2, count = np.empty(C), np.empty(C), np.empty(C)
@@ -496,7 +498,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     """
     x, cax = _bn_operand(x, channel_axis)
     C = x.shape[cax]
-    eps = _fn_check_eps(eps)
+    eps = check_eps(eps)
     for name, buf in (("running_mean", running_mean), ("running_var", running_var)):
         if buf is not None and (not isinstance(buf, np.ndarray) or buf.shape != (C,)):
             raise ValueError(f"{name} must be a NumPy array of shape ({C},), got {buf!r:.60}")
@@ -508,7 +510,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         parts = _channel_parts(x, cax, functools.partial(_bn_moments_block, cax, n_threads), 3)
         res = _merge_tree(parts, 0, 3, _identity_chunk, _fold_moments, split_every).compute()
         mean, var = res[1], res[2]
-        momentum = _fn_check_momentum(momentum)
+        momentum = check_momentum(momentum)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
             running_mean += (momentum * mean).astype(running_mean.dtype)
@@ -523,16 +525,6 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if not return_stats:
         return y
     return y, mean.astype(cdt), (1.0 / np.sqrt(var + eps)).astype(cdt)
-
-
-def _fn_check_eps(eps):
-    from ._args import check_eps
-    return check_eps(eps)
-
-
-def _fn_check_momentum(momentum):
-    from ._args import check_momentum
-    return check_momentum(momentum)
 
 
 def _channel_slices(v, x, cax, dtype):

@@ -411,3 +411,20 @@ def test_out_of_core_fit_and_standardize(cluster_client):
     np.testing.assert_allclose(scaler.var_, var, rtol=1e-5)
     np.testing.assert_allclose(zmean, 0.0, atol=1e-5)
     np.testing.assert_allclose(zsq, 1.0, rtol=1e-4)
+
+
+def test_bfloat16_first_seen_in_a_task():
+    """A fresh process whose first bfloat16 array reaches fastnorm inside a
+    Dask task (as in a worker) still gets the native bfloat16 kernels."""
+    import subprocess
+    code = (
+        "import numpy as np, dask, dask.array as da, fastnorm.dask as fd, fastnorm\n"
+        "import ml_dtypes\n"
+        "x = np.random.default_rng(0).standard_normal((8, 3, 2, 2)).astype(ml_dtypes.bfloat16)\n"
+        "with dask.config.set(scheduler='synchronous'):\n"
+        "    y = fd.batch_norm(da.from_array(x, chunks=(3, 3, 2, 2)), None, None, training=True).compute()\n"
+        "ref = fastnorm.batch_norm(x, None, None, training=True)\n"
+        "assert y.dtype == x.dtype and np.allclose(y.astype(float), ref.astype(float), atol=0.05)\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
