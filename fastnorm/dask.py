@@ -167,17 +167,23 @@ def _minmax_chunk(n_threads, b, axis):
     return np.stack(_feat.feature_minmax(b, axis, n_threads=n_threads), axis=axis)
 
 
+def _feature_reduction(x, axis, chunk, name, k, fold, split_every, n_threads):
+    """k per-feature statistics of x's samples along `axis`: chunk(n_threads,
+    block, axis) per chunk, folded up the tree; a tuple of k lazy arrays."""
+    x = _as_dask(x)
+    _check_float(x)
+    axis = _sample_axis(x, axis)
+    fn = functools.partial(chunk, n_threads)
+    fn.__name__ = name
+    res = _merge_tree(x, axis, k, fn, fold, split_every)
+    return tuple(_take(res, i, axis) for i in range(k))
+
+
 def feature_moments(x, axis=0, *, split_every=None, n_threads=1):
     """Lazy per-feature (count, mean, var) of x's samples along `axis`, float64
     (var the biased variance), NaN left out: `fastnorm.functional.features.feature_moments` of the whole
     array, from per-chunk moments merged up a tree (Chan's formula)."""
-    x = _as_dask(x)
-    _check_float(x)
-    axis = _sample_axis(x, axis)
-    fn = functools.partial(_moments_chunk, n_threads)
-    fn.__name__ = "moments"
-    res = _merge_tree(x, axis, 3, fn, _fold_moments, split_every)
-    return tuple(_take(res, i, axis) for i in range(3))
+    return _feature_reduction(x, axis, _moments_chunk, "moments", 3, _fold_moments, split_every, n_threads)
 
 
 def compute_moments(x, axis=0, *, split_every=None, n_threads=1):
@@ -188,13 +194,7 @@ def compute_moments(x, axis=0, *, split_every=None, n_threads=1):
 def feature_minmax(x, axis=0, *, split_every=None, n_threads=1):
     """Lazy per-feature (min, max) of x's samples along `axis` in float64, NaN
     ignored (NaN for a feature of NaN only)."""
-    x = _as_dask(x)
-    _check_float(x)
-    axis = _sample_axis(x, axis)
-    fn = functools.partial(_minmax_chunk, n_threads)
-    fn.__name__ = "minmax"
-    res = _merge_tree(x, axis, 2, fn, _fold_minmax, split_every)
-    return _take(res, 0, axis), _take(res, 1, axis)
+    return _feature_reduction(x, axis, _minmax_chunk, "minmax", 2, _fold_minmax, split_every, n_threads)
 
 
 def compute_minmax(x, axis=0, *, split_every=None, n_threads=1):
