@@ -165,7 +165,7 @@ extensions = [
         sources=[f"fastnorm/{module}.pyx"],
         # C included by the kernels (the .pxi are tracked by Cython)
         depends=["fastnorm/_panels.h", "fastnorm/simd.h", "fastnorm/rows16.h", "fastnorm/parallel.h",
-                 "fastnorm/cpu.h"],
+                 "fastnorm/cpu.h", "fastnorm/pointwise.h", "fastnorm/stdnorm.h"],
         include_dirs=[np.get_include(), os.path.join(HERE, "fastnorm")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_FLAGS + OMP_FLAGS + isa_flags,

@@ -27,7 +27,8 @@ from .functional import (
     add_layer_norm, add_rms_norm, batch_norm, filter_response_norm, filter_response_norm_backward, batch_norm_backward, group_norm, group_norm_backward, instance_norm,
     instance_norm_backward, layer_norm, local_response_norm, local_response_norm_backward, layer_norm_backward, normalize, normalize_backward,
     min_max_scale, min_max_scale_backward, rms_norm, rms_norm_backward, standardize, standardize_backward, weight_norm,
-    weight_norm_backward,
+    weight_norm_backward, dynamic_tanh, dynamic_tanh_backward, ada_norm, ada_norm_backward,
+    weight_standardization, weight_standardization_backward, batch_renorm, batch_renorm_backward,
 )
 from . import functional, nn, reference
 
@@ -41,4 +42,6 @@ __all__ = [
     "weight_norm_backward", "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward", "functional", "nn", "reference", "show_config", "get_config", "max_threads",
     "set_output_cache", "output_cache_info",
+    "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
+    "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
 ]

@@ -1911,3 +1911,5 @@ def add_norm_fast(bint rms, object x, object residual, object normalized_shape, 
     return y, h, mean, rstd
 include "_frn_kernels.pxi"
 include "_lrn_kernels.pxi"
+include "_pointwise_kernels.pxi"
+include "_stdnorm_kernels.pxi"

@@ -171,6 +171,44 @@ def _min_max_scale(rng, dtype, shape):
     return Call((x,), {}, 1, lambda out, st, g: ((g[0], x, st[0], st[1]), {}))
 
 
+# ---------------------------------------------------------------- the newer members
+
+def _dynamic_tanh(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[-1]
+    a = np.full(1, 0.7, dtype)
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    return Call((x, a, w, b), {}, 1, lambda out, st, g: ((g[0], x, a, w, b), {}))
+
+
+def _ada_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    kw = {"scale": 2.0, "k": 0.1}
+    return Call((x, shape[-1]), dict(kw), 1, lambda out, st, g: ((g[0], x, st[0], st[1]), dict(kw)))
+
+
+def _weight_standardization(rng, dtype, shape):
+    w = _values(rng, shape, dtype, 0.5, 0.1)
+    return Call((w,), {}, 1, lambda out, st, g: ((g[0], w, st[0], st[1]), {}))
+
+
+def _batch_renorm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    cdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    # running statistics away from the batch's, so that r and d are not 1 and 0
+    rm = (0.3 + 0.2 * rng.standard_normal(C)).astype(cdt)
+    rv = (3.0 + rng.random(C)).astype(cdt)
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    kw = {"r_max": 1.5, "d_max": 0.1}  # some channels clipped, some not
+    return Call((x, rm, rv, w, b, True), dict(kw), 1,
+                lambda out, st, g: ((g[0], x, st[0], st[1], st[2], st[3], w, b, True), {}))
+
+
+def _ws_layer(w, dtype):
+    return nn.WeightStandardization(w.astype(dtype)), ()
+
+
 _ROWS = (4, 24)
 _CHANNELS = (2, 8, 3, 5)
 
@@ -219,6 +257,14 @@ OPS = [
     Op("min_max_scale", "features", _min_max_scale, "min_max_scale_backward",
        no_layer="a data-pipeline transform (scikit-learn's MinMaxScaler), not a network layer",
        default_shape=(16, 5)),
+    Op("dynamic_tanh", "pointwise", _dynamic_tanh, "dynamic_tanh_backward", layer="DynamicTanh",
+       default_shape=_ROWS, make_layer=_layer("DynamicTanh", lambda x: x.shape[-1])),
+    Op("ada_norm", "stdnorm", _ada_norm, "ada_norm_backward", layer="AdaNorm", default_shape=_ROWS,
+       make_layer=lambda x, dtype: (nn.AdaNorm(x.shape[-1], scale=2.0), (x,))),
+    Op("weight_standardization", "stdnorm", _weight_standardization, "weight_standardization_backward",
+       layer="WeightStandardization", default_shape=(6, 4, 3, 3), make_layer=_ws_layer),
+    Op("batch_renorm", "channels", _batch_renorm, "batch_renorm_backward", layer="BatchRenorm2d",
+       default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("BatchRenorm2d", lambda x: x.shape[1])),
 ]
 
 _BY_NAME = {op.name: op for op in OPS}

@@ -58,12 +58,14 @@ __all__ = [
     "batch_norm", "batch_norm_backward",
     "layer_norm", "rms_norm", "normalize", "add_layer_norm", "add_rms_norm",
     "group_norm", "instance_norm", "filter_response_norm", "local_response_norm",
+    "dynamic_tanh", "ada_norm", "batch_renorm",
 ]
 
 # Registry ops without a Dask form, and why (tests/test_dask.py checks that
 # every other registry op has one).
 NOT_DISTRIBUTED = {
     "weight_norm": "reparametrizes a weight tensor: a parameter, not data split into chunks",
+    "weight_standardization": "standardizes a weight tensor: a parameter, not data split into chunks",
 }
 
 
@@ -483,6 +485,19 @@ def _channel_parts(x, cax, fn, k):
                          meta=np.empty((0, 0), np.float64), token="fastnorm-bn-parts")
 
 
+def _batch_moments(x, cax, split_every, n_threads):
+    """The per-channel (mean, biased var) of x, computed now (a tree reduction)."""
+    parts = _channel_parts(x, cax, functools.partial(_bn_moments_block, cax, n_threads), 3)
+    res = _merge_tree(parts, 0, 3, _identity_chunk, _fold_moments, split_every).compute()
+    return res[1], res[2]
+
+
+def _running_buffers(C, running_mean, running_var):
+    for name, buf in (("running_mean", running_mean), ("running_var", running_var)):
+        if buf is not None and (not isinstance(buf, np.ndarray) or buf.shape != (C,)):
+            raise ValueError(f"{name} must be a NumPy array of shape ({C},), got {buf!r:.60}")
+
+
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, split_every=None,
                n_threads=1):
@@ -499,17 +514,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     x, cax = _bn_operand(x, channel_axis)
     C = x.shape[cax]
     eps = check_eps(eps)
-    for name, buf in (("running_mean", running_mean), ("running_var", running_var)):
-        if buf is not None and (not isinstance(buf, np.ndarray) or buf.shape != (C,)):
-            raise ValueError(f"{name} must be a NumPy array of shape ({C},), got {buf!r:.60}")
+    _running_buffers(C, running_mean, running_var)
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     if training:
         count = math.prod(x.shape) // C if C else 0
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        parts = _channel_parts(x, cax, functools.partial(_bn_moments_block, cax, n_threads), 3)
-        res = _merge_tree(parts, 0, 3, _identity_chunk, _fold_moments, split_every).compute()
-        mean, var = res[1], res[2]
+        mean, var = _batch_moments(x, cax, split_every, n_threads)
         momentum = check_momentum(momentum)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
@@ -546,10 +557,10 @@ def _bn_apply_block(cax, eps, n_threads, has_w, has_b, b, mean, var, *wb):
                           channel_axis=cax if cax == 1 else -1, n_threads=n_threads)
 
 
-def _bn_apply(x, cax, mean, var, weight, bias, eps, n_threads):
+def _bn_apply(x, cax, mean, var, weight, bias, eps, n_threads, param_dtype=None):
     stat = np.float64 if x.dtype == np.float64 else np.float32
     args = [_channel_slices(mean, x, cax, stat), _channel_slices(var, x, cax, stat)]
-    extra = [_channel_slices(v, x, cax, x.dtype) for v in (weight, bias) if v is not None]
+    extra = [_channel_slices(v, x, cax, param_dtype or x.dtype) for v in (weight, bias) if v is not None]
     fn = functools.partial(_bn_apply_block, cax, eps, n_threads, weight is not None, bias is not None)
     return da.map_blocks(fn, x, *args, *extra, dtype=x.dtype, token="fastnorm-batch-norm",
                          meta=np.empty((0,) * x.ndim, x.dtype))
@@ -752,3 +763,57 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, channel_axis=1
     axis in one chunk: the window runs across channels)."""
     return _per_channel(_fn.local_response_norm, "lrn", x, channel_axis, {}, True, size=size,
                         alpha=alpha, beta=beta, k=k, n_threads=n_threads)
+
+
+def dynamic_tanh(x, alpha, weight=None, bias=None, *, channel_axis=-1, n_threads=1):
+    """`fastnorm.dynamic_tanh` of a Dask array, blockwise (elementwise: only
+    the channel axis is brought to one chunk, for the per-channel parameters)."""
+    x = _as_dask(x)
+    cax = x.ndim - 1 if channel_axis == -1 or x.ndim == 1 else _channel_axis(x, channel_axis)
+    fn = functools.partial(_fn.dynamic_tanh, alpha=alpha, weight=weight, bias=bias,
+                           channel_axis=-1 if cax == x.ndim - 1 else 1, n_threads=n_threads)
+    return _blockwise(x, [cax], _named(fn, "dynamic-tanh"))
+
+
+def ada_norm(x, normalized_shape=None, scale=1.0, k=0.1, eps=1e-5, *, n_threads=1):
+    """`fastnorm.ada_norm` of a Dask array, blockwise (the normalized dims in one chunk)."""
+    x = _as_dask(x)
+    fn = functools.partial(_fn.ada_norm, normalized_shape=normalized_shape, scale=scale, k=k, eps=eps,
+                           n_threads=n_threads)
+    return _blockwise(x, _row_axes(x, normalized_shape), _named(fn, "ada-norm"))
+
+
+def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                 eps=1e-5, r_max=3.0, d_max=5.0, *, channel_axis=1, return_stats=False, split_every=None,
+                 n_threads=1):
+    """`fastnorm.batch_renorm` of a Dask array, as `batch_norm` here: in
+    training the batch statistics are computed at call time (one read of x)
+    and the running statistics updated once; y is lazy, BatchNorm's
+    blockwise pass with the weight w * r and the bias w * d + b."""
+    from .functional.channels import _check_clip, renorm_factors, renorm_update
+    x, cax = _bn_operand(x, channel_axis)
+    C = x.shape[cax]
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    r_max, d_max = _check_clip(r_max, d_max)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required (batch_renorm corrects the batch "
+                         "statistics towards them)")
+    _running_buffers(C, running_mean, running_var)
+    cdt = np.float64 if x.dtype == np.float64 else np.float32
+    if training:
+        count = math.prod(x.shape) // C if C else 0
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        mean, var = _batch_moments(x, cax, split_every, n_threads)
+        r, d = renorm_factors(mean, var, running_mean, running_var, eps, r_max, d_max)
+        renorm_update(running_mean, running_var, mean, var, momentum, eps)
+    else:
+        mean, var = np.asarray(running_mean, np.float64), np.asarray(running_var, np.float64)
+        r, d = np.ones(C), np.zeros(C)
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    b = np.zeros(C) if bias is None else np.asarray(bias, np.float64)
+    y = _bn_apply(x, cax, mean, var, w * r, w * d + b, eps, n_threads, param_dtype=cdt)
+    if not return_stats:
+        return y
+    return (y, mean.astype(cdt), (1.0 / np.sqrt(var + eps)).astype(cdt), r.astype(cdt), d.astype(cdt))

@@ -20,7 +20,8 @@ from . import functional as F
 __all__ = [
     "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
-    "LocalResponseNorm", "IncompatibleKeys", "StateDictError",
+    "LocalResponseNorm", "IncompatibleKeys", "StateDictError", "DynamicTanh", "AdaNorm",
+    "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization",
 ]
 
 
@@ -515,3 +516,144 @@ class LocalResponseNorm(Module):
 
     def extra_repr(self):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class DynamicTanh(Module):
+    """Dynamic Tanh (Zhu et al. 2025), the reference's ``DynamicTanh``:
+    y = weight * tanh(alpha * x) + bias, with parameters ``alpha`` (shape
+    (1,), ``alpha_init_value``, default 0.5), ``weight`` (ones) and ``bias``
+    (zeros) over the channel axis (-1, or 1 for channels-first images, the
+    reference's ``channels_last=False``).  backward stores ``grad_alpha``,
+    ``grad_weight`` and ``grad_bias``."""
+
+    _parameter_names = ("alpha", "weight", "bias")
+
+    def __init__(self, normalized_shape, alpha_init_value=0.5, dtype=np.float32, *, channel_axis=-1):
+        super().__init__()
+        self.normalized_shape = check_count(normalized_shape, "normalized_shape")
+        dtype = np.dtype(dtype)
+        self.channel_axis = channel_axis
+        self.alpha = np.full(1, alpha_init_value, dtype)
+        self.weight = np.ones(self.normalized_shape, dtype)
+        self.bias = np.zeros(self.normalized_shape, dtype)
+        self.grad_alpha = self.grad_weight = self.grad_bias = None
+
+    def forward(self, x, *, n_threads=None):
+        # no statistics to save (return_stats gives (y,)): the backward recomputes tanh from x
+        return self._forward(lambda stats: F.dynamic_tanh(x, self.alpha, self.weight, self.bias,
+                                                          channel_axis=self.channel_axis, n_threads=n_threads,
+                                                          return_stats=stats), x)
+
+    def backward(self, grad_out, *, n_threads=None):
+        (x,) = self._saved_or_raise()
+        grad_x, self.grad_alpha, self.grad_weight, self.grad_bias = F.dynamic_tanh_backward(
+            grad_out, x, self.alpha, self.weight, self.bias, channel_axis=self.channel_axis,
+            n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, alpha={float(self.alpha[0])}, channel_axis={self.channel_axis}"
+
+
+class AdaNorm(Module):
+    """AdaNorm (Xu et al. 2019) over the trailing dims `normalized_shape`:
+    y = scale * z * (1 - k z), z = (x - mean) / (unbiased std + eps), the
+    factor (1 - k z) detached.  No parameters (as the reference's mode)."""
+
+    def __init__(self, normalized_shape, scale=1.0, k=0.1, eps=1e-5):
+        super().__init__()
+        self.normalized_shape = _shape_tuple(normalized_shape)
+        self.scale, self.k, self.eps = scale, k, eps
+
+    def forward(self, x, *, n_threads=None):
+        return self._forward(lambda stats: F.ada_norm(x, self.normalized_shape, self.scale, self.k, self.eps,
+                                                      n_threads=n_threads, return_stats=stats), x)
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean, std = self._saved_or_raise()
+        return F.ada_norm_backward(grad_out, x, mean, std, self.scale, self.k, self.eps, n_threads=n_threads)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, scale={self.scale}, k={self.k}, eps={self.eps}"
+
+
+class _BatchRenorm(_BatchNorm):
+    """Shared body of BatchRenorm1d/2d/3d: BatchNorm's parameters and buffers
+    (so BatchNorm state dicts load), plus r_max and d_max (set them as the
+    paper's schedule raises them).  Running statistics are always tracked."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32, *,
+                 r_max=3.0, d_max=5.0, channel_axis=1):
+        super().__init__(num_features, eps, momentum, affine, True, dtype, channel_axis=channel_axis)
+        self.r_max, self.d_max = r_max, d_max
+
+    def forward(self, x, *, n_threads=None):
+        self._check_input(x)
+        training = self.training
+        y = self._forward(lambda stats: F.batch_renorm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum,
+            self.eps, self.r_max, self.d_max, channel_axis=self.channel_axis, n_threads=n_threads,
+            return_stats=stats), x, training)
+        if training:
+            self.num_batches_tracked += 1
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean, invstd, r, d, training = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias = F.batch_renorm_backward(
+            grad_out, x, mean, invstd, r, d, self.weight, self.bias, training,
+            channel_axis=self.channel_axis, n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}"
+
+
+class BatchRenorm1d(_BatchRenorm):
+    """Batch Renormalization of (N, C) or (N, C, L) input."""
+    _input_ndims = (2, 3)
+
+
+class BatchRenorm2d(_BatchRenorm):
+    """Batch Renormalization of (N, C, H, W) input (or NHWC with channel_axis=-1)."""
+    _input_ndims = (4,)
+
+
+class BatchRenorm3d(_BatchRenorm):
+    """Batch Renormalization of (N, C, D, H, W) input (or NDHWC with channel_axis=-1)."""
+    _input_ndims = (5,)
+
+
+class WeightStandardization(Module):
+    """A weight standardized per output channel (Qiao et al. 2019), as
+    `WeightNorm` produces a normalized weight: ``forward()`` returns
+    (weight - mean) / (unbiased std + eps) of the parameter ``weight``
+    (shape (out_channels, ...)); ``backward(grad)`` stores ``grad_weight``."""
+
+    _parameter_names = ("weight",)
+
+    def __init__(self, weight, eps=1e-5):
+        super().__init__()
+        weight = np.array(as_float_array(weight, "weight")[0], copy=True)
+        if weight.ndim < 2:
+            raise ValueError(f"weight must have at least 2 dimensions (out_channels, ...), got shape {weight.shape}")
+        self.weight = weight
+        self.eps = eps
+        self.grad_weight = None
+
+    def forward(self, *, n_threads=None):
+        w, mean, std = F.weight_standardization(self.weight, self.eps, n_threads=n_threads, return_stats=True)
+        self._saved = (mean, std)
+        return w
+
+    def __call__(self, **kwargs):
+        return self.forward(**kwargs)
+
+    def backward(self, grad, *, n_threads=None):
+        mean, std = self._saved_or_raise()
+        self.grad_weight = F.weight_standardization_backward(grad, self.weight, mean, std, self.eps,
+                                                             n_threads=n_threads)
+        return self.grad_weight
+
+    def extra_repr(self):
+        return f"shape={self.weight.shape}, eps={self.eps}"

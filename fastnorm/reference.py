@@ -16,6 +16,8 @@ __all__ = [
     "weight_norm_backward",
     "filter_response_norm", "filter_response_norm_backward",
     "local_response_norm", "local_response_norm_backward",
+    "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
+    "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
 ]
 
 
@@ -457,3 +459,136 @@ def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_rang
             flat[np.argmax(flat_x[:, f]), f] += -sum_gx * sc / s_
         grad = flat.reshape(grad.shape)
     return np.moveaxis(grad, 0, axis)
+
+
+# ---------------------------------------------------------------- the newer members
+
+def _dyt_shape(x, channel_axis):
+    """The shape a (C,) parameter broadcasts to over x's channel axis."""
+    axis = x.ndim - 1 if channel_axis == -1 or x.ndim == 1 else 1
+    return tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim)), \
+        tuple(i for i in range(x.ndim) if i != axis)
+
+
+def _scalar64(a):
+    return float(np.asarray(a, np.float64).reshape(()))
+
+
+def dynamic_tanh(x, alpha, weight=None, bias=None, *, channel_axis=-1, return_stats=False):
+    """weight * tanh(alpha * x) + bias in float64."""
+    x = np.asarray(x, np.float64)
+    shape, _ = _dyt_shape(x, channel_axis)
+    y = np.tanh(_scalar64(alpha) * x)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64).reshape(shape)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).reshape(shape)
+    return (y,) if return_stats else y
+
+
+def dynamic_tanh_backward(grad_out, x, alpha, weight=None, bias=None, *, channel_axis=-1):
+    x = np.asarray(x, np.float64)
+    g = np.asarray(grad_out, np.float64)
+    shape, axes = _dyt_shape(x, channel_axis)
+    a = _scalar64(alpha)
+    t = np.tanh(a * x)
+    w = np.ones(shape) if weight is None else np.asarray(weight, np.float64).reshape(shape)
+    gs = g * w * (1 - t * t)
+    ga = (gs * x).sum()
+    grad_alpha = np.full(np.shape(alpha), ga) if isinstance(alpha, np.ndarray) else ga
+    return (gs * a, grad_alpha, None if weight is None else (g * t).sum(axis=axes),
+            None if bias is None else g.sum(axis=axes))
+
+
+def _std_rows(x, nd, scale, k, eps):
+    axes = tuple(range(x.ndim - nd, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    std = x.std(axis=axes, ddof=1, keepdims=True) if np.prod(x.shape[x.ndim - nd:]) > 1 \
+        else np.full(mean.shape, np.nan)
+    z = (x - mean) / (std + eps)
+    return scale * z * (1 - k * z), mean, std, axes
+
+
+def _std_rows_backward(g, x, mean, std, nd, scale, k, eps):
+    axes = tuple(range(x.ndim - nd, x.ndim))
+    mean = np.asarray(mean, np.float64).reshape(x.shape[:x.ndim - nd] + (1,) * nd)
+    std = np.asarray(std, np.float64).reshape(mean.shape)
+    n = int(np.prod(x.shape[x.ndim - nd:]))
+    xc = x - mean
+    inv = 1.0 / (std + eps)
+    u = g * scale * (1 - k * xc * inv)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = np.where(std > 0, inv * inv / ((n - 1) * std), 0.0)
+    return inv * (u - u.mean(axis=axes, keepdims=True)) - xc * coef * (u * xc).sum(axis=axes, keepdims=True)
+
+
+def ada_norm(x, normalized_shape=None, scale=1.0, k=0.1, eps=1e-5, *, return_stats=False):
+    """AdaNorm in float64: z = (x - mean) / (unbiased std + eps), y = scale * z * (1 - k z)."""
+    x = np.asarray(x, np.float64)
+    nd = len(_axes(x, normalized_shape))
+    y, mean, std, axes = _std_rows(x, nd, scale, k, eps)
+    return (y, mean.reshape(x.shape[:x.ndim - nd]), std.reshape(x.shape[:x.ndim - nd])) if return_stats else y
+
+
+def ada_norm_backward(grad_out, x, mean, std, scale=1.0, k=0.1, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    return _std_rows_backward(np.asarray(grad_out, np.float64), x, mean, std, x.ndim - np.ndim(mean), scale, k, eps)
+
+
+def weight_standardization(weight, eps=1e-5, *, return_stats=False):
+    """(w - mean) / (unbiased std + eps) per output channel, in float64."""
+    w = np.asarray(weight, np.float64)
+    y, mean, std, _ = _std_rows(w, w.ndim - 1, 1.0, 0.0, eps)
+    return (y, mean.reshape(-1), std.reshape(-1)) if return_stats else y
+
+
+def weight_standardization_backward(grad_out, weight, mean, std, eps=1e-5):
+    w = np.asarray(weight, np.float64)
+    return _std_rows_backward(np.asarray(grad_out, np.float64), w, mean, std, w.ndim - 1, 1.0, 0.0, eps)
+
+
+def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                 eps=1e-5, r_max=3.0, d_max=5.0, *, channel_axis=1, return_stats=False):
+    """Batch Renormalization in float64 (the paper's Algorithm 1); updates
+    the running statistics in place when training."""
+    v, back = _to_ncs(x, channel_axis)
+    C = v.shape[1]
+    rm = np.asarray(running_mean, np.float64)
+    sigma = np.sqrt(np.asarray(running_var, np.float64) + eps)
+    if training:
+        mean = v.mean(axis=(0, 2))
+        var = v.var(axis=(0, 2))
+        sigma_b = np.sqrt(var + eps)
+        r = np.clip(sigma_b / sigma, 1 / r_max, r_max)
+        d = np.clip((mean - rm) / sigma, -d_max, d_max)
+        new_sigma = sigma + momentum * (sigma_b - sigma)
+        running_mean[...] = rm + momentum * (mean - rm)
+        running_var[...] = np.maximum(new_sigma ** 2 - eps, 0)
+    else:
+        mean, var = rm, np.asarray(running_var, np.float64)
+        r, d = np.ones(C), np.zeros(C)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (v - mean[None, :, None]) * invstd[None, :, None] * r[None, :, None] + d[None, :, None]
+    y = back(_affine(xhat, weight, bias))
+    return (y, mean, invstd, r, d) if return_stats else y
+
+
+def batch_renorm_backward(grad_out, x, mean, invstd, r, d, weight=None, bias=None, training=True, *,
+                          channel_axis=1):
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    r = np.asarray(r, np.float64)
+    d = np.asarray(d, np.float64)
+    w = np.ones(v.shape[1]) if weight is None else np.asarray(weight, np.float64)
+    m = np.asarray(mean, np.float64)[None, :, None]
+    rs = np.asarray(invstd, np.float64)[None, :, None]
+    xhat = (v - m) * rs
+    gw = g * (w * r)[None, :, None]
+    if training:
+        grad_x = rs * (gw - gw.mean(axis=(0, 2), keepdims=True)
+                       - xhat * (gw * xhat).mean(axis=(0, 2), keepdims=True))
+    else:
+        grad_x = gw * rs
+    grad_weight = (g * (xhat * r[None, :, None] + d[None, :, None])).sum(axis=(0, 2)) if weight is not None else None
+    grad_bias = g.sum(axis=(0, 2)) if bias is not None else None
+    return back(grad_x), grad_weight, grad_bias

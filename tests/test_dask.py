@@ -428,3 +428,23 @@ def test_bfloat16_first_seen_in_a_task():
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_newer_members_match_in_memory(rng):
+    """dynamic_tanh and ada_norm blockwise, batch_renorm with its statistics
+    merged across chunks: the in-memory results and running updates."""
+    x = (rng.standard_normal((40, 6, 5)) * 2 + 1).astype(np.float32)
+    X = da.from_array(x, chunks=(7, 3, 2))
+    w = (1 + 0.2 * rng.standard_normal(5)).astype(np.float32)
+    np.testing.assert_array_equal(fd.dynamic_tanh(X, 0.6, w, w).compute(), fastnorm.dynamic_tanh(x, 0.6, w, w))
+    w6 = w[:1].repeat(6)
+    np.testing.assert_array_equal(fd.dynamic_tanh(X, 0.6, w6, channel_axis=1).compute(),
+                                  fastnorm.dynamic_tanh(x, 0.6, w6, channel_axis=1))
+    np.testing.assert_array_equal(fd.ada_norm(X, (6, 5), 2.0).compute(), fastnorm.ada_norm(x, (6, 5), 2.0))
+    rm, rv = np.full(6, 0.5, np.float32), np.full(6, 2.0, np.float32)
+    rm2, rv2 = rm.copy(), rv.copy()
+    y, *stats = fd.batch_renorm(X, rm, rv, w6, w6, True, r_max=1.2, d_max=0.3, return_stats=True)
+    want, *want_stats = fastnorm.batch_renorm(x, rm2, rv2, w6, w6, True, r_max=1.2, d_max=0.3, return_stats=True)
+    np.testing.assert_allclose(y.compute(), want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(stats + [rm, rv], want_stats + [rm2, rv2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

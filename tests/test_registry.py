@@ -228,7 +228,7 @@ def test_unsupported_dtypes_raise_type_error(op, rng):
     call = op.example(rng, F32, op.default_shape)
     for bad in (np.int32, np.bool_, np.complex64):
         args = (call.args[0].astype(bad),) + call.args[1:]
-        with pytest.raises(TypeError, match="x|v"):
+        with pytest.raises(TypeError, match="x|v|weight"):
             op.forward(*args, **call.kwargs)
 
 
@@ -314,7 +314,8 @@ def test_mixed_parameter_dtypes_raise_type_error(op, x_dtype, p_dtype, rng):
     if op.name.startswith("add_"):
         params = params[1:]  # the residual is a second input, not a parameter
     if not params:
-        assert op.name in ("normalize", "standardize", "min_max_scale", "local_response_norm"), op.name
+        assert op.name in ("normalize", "standardize", "min_max_scale", "local_response_norm", "ada_norm",
+                           "weight_standardization"), op.name
         return
     i = params[0]
     args = call.args[:i] + (call.args[i].astype(p_dtype),) + call.args[i + 1:]
@@ -524,7 +525,8 @@ def test_out_sharing_memory_with_an_argument(op, dtype, rng):
         checked += 1
     # ops whose only array argument besides x is 16-bit-incompatible have nothing to alias
     assert checked or op.name in ("normalize", "local_response_norm", "standardize", "min_max_scale",
-                                  "add_layer_norm", "add_rms_norm") or dtype == BF16 and op.mutates
+                                  "add_layer_norm", "add_rms_norm", "ada_norm", "weight_standardization") \
+        or dtype == BF16 and op.mutates
 
 
 @pytest.mark.parametrize("op", [o for o in _registry.OPS if o.mutates], ids=lambda o: o.name)
@@ -617,7 +619,8 @@ def test_layer_constructor_arguments_are_checked(make):
     assert type(info.value) in (ValueError, TypeError)
 
 
-@pytest.mark.parametrize("op", [op for op in _registry.OPS if op.make_layer is not None and op.name != "weight_norm"],
+@pytest.mark.parametrize("op", [op for op in _registry.OPS if op.make_layer is not None
+                                and op.name not in ("weight_norm", "weight_standardization")],
                          ids=lambda op: op.name)
 def test_eval_forward_skips_statistics_and_backward_recomputes_them(op, rng, monkeypatch):
     """An eval-mode layer calls its op without return_stats (the cost of the

@@ -8,7 +8,8 @@ Inputs are never modified unless ``out`` aliases them.
 
 One module per op family: rows (LayerNorm, RMSNorm, fused add + norm),
 channels (BatchNorm, GroupNorm, InstanceNorm), lp (normalize, WeightNorm),
-features (standardize, min_max_scale), frn, lrn.  Each op is arguments ->
+features (standardize, min_max_scale), frn, lrn, pointwise (Dynamic Tanh),
+stdnorm (AdaNorm, Weight Standardization).  Each op is arguments ->
 layout canonicalizer (fastnorm._validation) -> output policy -> the typed
 kernel dispatch (fastnorm._dispatch), with a C-level fast entry first.
 """
@@ -18,6 +19,9 @@ from .lp import normalize, normalize_backward, weight_norm, weight_norm_backward
 from .features import standardize, standardize_backward, min_max_scale, min_max_scale_backward  # noqa: F401
 from .frn import filter_response_norm, filter_response_norm_backward  # noqa: F401
 from .lrn import local_response_norm, local_response_norm_backward  # noqa: F401
+from .pointwise import dynamic_tanh, dynamic_tanh_backward  # noqa: F401
+from .stdnorm import ada_norm, ada_norm_backward, weight_standardization, weight_standardization_backward  # noqa: F401
+from .channels import batch_renorm, batch_renorm_backward  # noqa: F401
 
 __all__ = [
     "layer_norm",
@@ -44,4 +48,12 @@ __all__ = [
     "filter_response_norm_backward",
     "local_response_norm",
     "local_response_norm_backward",
+    "dynamic_tanh",
+    "dynamic_tanh_backward",
+    "ada_norm",
+    "ada_norm_backward",
+    "weight_standardization",
+    "weight_standardization_backward",
+    "batch_renorm",
+    "batch_renorm_backward",
 ]

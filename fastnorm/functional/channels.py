@@ -5,7 +5,7 @@ and channels-last; see its header for the statistics each op pools."""
 import numpy as np
 
 from .. import _dispatch
-from .._args import check_eps, check_momentum, check_groups
+from .._args import _as_float, check_eps, check_momentum, check_groups
 from .._validation import (
     ChannelLayout,
     as_float_array,
@@ -17,7 +17,8 @@ from .._validation import (
     to_kernel_layout,
 )
 
-__all__ = ["batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward"]
+__all__ = ["batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "instance_norm",
+           "instance_norm_backward", "batch_renorm", "batch_renorm_backward"]
 
 
 def _running_buffer(a, name, C, updated):
@@ -301,3 +302,136 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
     rstd = channel_stats_input(rstd, "rstd", shape, cdt)
     return _channel_backward_common(grad_out, x, layout, cdt, 1, True, mean, rstd, weight, bias,
                                     bool(use_input_stats), n_threads)
+
+
+def _check_clip(r_max, d_max):
+    for name, v in (("r_max", r_max), ("d_max", d_max)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number, got {v!r}")
+    r_max, d_max = _as_float(r_max, "r_max"), _as_float(d_max, "d_max")
+    if not r_max >= 1.0:
+        raise ValueError(f"r_max must be >= 1, got {r_max!r}")
+    if not d_max >= 0.0:
+        raise ValueError(f"d_max must be >= 0, got {d_max!r}")
+    return r_max, d_max
+
+
+def renorm_factors(mean, var, running_mean, running_var, eps, r_max, d_max):
+    """Batch Renorm's (r, d) per channel from the batch's mean and biased var."""
+    sigma = np.sqrt(running_var.astype(np.float64) + eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.clip(np.sqrt(var + eps) / sigma, 1.0 / r_max, r_max)
+        d = np.clip((mean - running_mean) / sigma, -d_max, d_max)
+    return r, d
+
+
+def renorm_update(running_mean, running_var, mean, var, momentum, eps):
+    """The paper's running updates, on the mean and on sigma = sqrt(running_var + eps)."""
+    sigma = np.sqrt(running_var.astype(np.float64) + eps)
+    running_mean += (momentum * (mean - running_mean)).astype(running_mean.dtype)
+    sigma += momentum * (np.sqrt(var + eps) - sigma)
+    running_var[...] = np.maximum(sigma * sigma - eps, 0.0)
+
+
+def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                 eps=1e-5, r_max=3.0, d_max=5.0, *, channel_axis=1, out=None, n_threads=None,
+                 return_stats=False):
+    """Batch Renormalization (Ioffe 2017).
+
+    Training, per channel with the batch's mean mu_B and biased variance,
+    sigma_B = sqrt(var_B + eps) and the running sigma = sqrt(running_var + eps):
+    r = clip(sigma_B / sigma, 1/r_max, r_max), d = clip((mu_B - running_mean) / sigma, -d_max, d_max),
+    y = ((x - mu_B) / sigma_B * r + d) * weight + bias, r and d held constant
+    in the backward.  The running statistics are updated as the paper's
+    Algorithm 1 (on the mean and on sigma, not on the variance):
+    running_mean += momentum * (mu_B - running_mean),
+    sigma += momentum * (sigma_B - sigma), stored as running_var = sigma^2 - eps,
+    so that the buffers keep BatchNorm's names and eval-mode meaning.  The
+    paper's schedule that raises r_max from 1 and d_max from 0 during
+    training is the caller's (pass the current values).  Eval: BatchNorm's.
+
+    Returns y, or (y, mean, invstd, r, d) with return_stats (each (C,); the
+    running statistics, r = 1 and d = 0 in eval) for `batch_renorm_backward`.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((16, 3, 4, 4)).astype(np.float32)
+    >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    >>> y = batch_renorm(x, rm, rv, training=True)
+    >>> y.shape
+    (16, 3, 4, 4)
+    """
+    if out_aliases(out, (weight, bias) + (() if training else (running_mean, running_var)),
+                   (("running_mean", running_mean), ("running_var", running_var)) if training else ()):
+        return into_out(out, batch_renorm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                          r_max, d_max, channel_axis=channel_axis, n_threads=n_threads,
+                                          return_stats=return_stats))
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    C = layout.C
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    r_max, d_max = _check_clip(r_max, d_max)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required (batch_renorm corrects the batch "
+                         "statistics towards them)")
+    running_mean = _running_buffer(running_mean, "running_mean", C, training)
+    running_var = _running_buffer(running_var, "running_var", C, training)
+    w = layout.channel_vector(weight, "weight", x.dtype, np.float64)
+    b = layout.channel_vector(bias, "bias", x.dtype, np.float64)
+    w = np.ones(C) if w is None else w
+    b = np.zeros(C) if b is None else b
+    if training:
+        count = layout.N * layout.S
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        mean, m2, n = np.empty(C), np.empty(C), np.empty(C)
+        _dispatch.kernels.channel_moments(layout.data, layout.cl, layout.N, C, layout.S, mean, m2, n, n_threads)
+        var = m2 / count
+        r, d = renorm_factors(mean, var, running_mean, running_var, eps, r_max, d_max)
+    else:
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+        r, d = np.ones(C), np.zeros(C)
+    # y = (x - mean) / sqrt(var + eps) * (w r) + (w d + b): the eval-mode channel pass
+    y = _channel_run(x, layout, cdt, 1, False, (w * r).astype(cdt), (w * d + b).astype(cdt), eps, False,
+                     np.ascontiguousarray(mean, np.float64), np.ascontiguousarray(var, np.float64),
+                     out, n_threads)
+    if training:
+        renorm_update(running_mean, running_var, mean, var, momentum, eps)
+    if not return_stats:
+        return y
+    invstd = 1.0 / np.sqrt(var + eps)
+    return y, mean.astype(cdt), invstd.astype(cdt), r.astype(cdt), d.astype(cdt)
+
+
+def batch_renorm_backward(grad_out, x, mean, invstd, r, d, weight=None, bias=None, training=True, *,
+                          channel_axis=1, n_threads=None):
+    """Gradients of `batch_renorm`, r and d held constant (as the paper).
+
+    With xhat = (x - mean) * invstd: training, grad_x is BatchNorm's
+    training backward with the weight w * r; eval, grad_x = g * w * invstd.
+    grad_weight = sum_c(g * (xhat * r + d)), grad_bias = sum_c(g).
+
+    Returns (grad_x, grad_weight, grad_bias), None for a parameter that was None.
+    """
+    x, cdt = as_float_array(x, "x")
+    layout = ChannelLayout(x, channel_axis)
+    C = layout.C
+    mean = channel_stats_input(mean, "mean", (C,), cdt)
+    invstd = channel_stats_input(invstd, "invstd", (C,), cdt)
+    r = channel_stats_input(r, "r", (C,), cdt)
+    d = channel_stats_input(d, "d", (C,), cdt)
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    w = layout.channel_vector(weight, "weight", x.dtype, np.float64)
+    if bias is not None:
+        layout.channel_vector(bias, "bias", x.dtype, np.float64)
+    w = np.ones(C) if w is None else w
+    g = to_kernel_layout(grad_out, layout)
+    dx_k = layout.empty(x.dtype)
+    sum_gxhat, sum_g = np.empty(C), np.empty(C)
+    _dispatch.kernels.channel_backward(g, layout.data, dx_k, layout.cl, layout.N, C, layout.S, 1, False,
+                                       (w * r).astype(cdt), mean, invstd, bool(training), sum_gxhat, sum_g,
+                                       n_threads)
+    grad_w = None if weight is None else (r * sum_gxhat + d * sum_g).astype(np.asarray(weight).dtype)
+    grad_b = None if bias is None else sum_g.astype(np.asarray(bias).dtype)
+    return layout.restore(dx_k), grad_w, grad_b

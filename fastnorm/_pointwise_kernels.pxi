@@ -1,0 +1,201 @@
+# Elementwise ops (pointwise.h): Dynamic Tanh, y = w * tanh(alpha * x) + b.
+# Included by _kernels.pxi.
+#
+# x is C-contiguous (P, C, S): channel c of "sample" p holds S contiguous
+# values (channels-first: S = the spatial size), or S = 1 and each row of C
+# values is one channels-last position.  The flat array is split into one
+# contiguous range per thread, whatever the shape (one wide row, many
+# narrow ones, a single sample), and each range is walked in pieces over
+# which the parameters are scalars (S > 1) or a contiguous slice (S = 1).
+# The backward's sums are per-thread partials merged in thread order, so
+# results are deterministic for a given thread count.
+
+cdef extern from "pointwise.h" nogil:
+    void fn_dyt_forward_f(const float* x, float* y, Py_ssize_t n, float a, const float* w,
+                          const float* b, int vec, int stream)
+    void fn_dyt_forward_d(const double* x, double* y, Py_ssize_t n, double a, const double* w,
+                          const double* b, int vec)
+    void fn_dyt_backward_f(const float* g, const float* x, float* dx, Py_ssize_t n, float a,
+                           const float* w, int vec, double* s_alpha, double* gw, double* gb,
+                           int stream)
+    void fn_dyt_backward_d(const double* g, const double* x, double* dx, Py_ssize_t n, double a,
+                           const double* w, int vec, double* s_alpha, double* gw, double* gb)
+
+DEF PW_PIECE = 2048   # values per piece: the 16-bit staging tiles
+
+
+cdef inline Py_ssize_t _pw_piece(Py_ssize_t i, Py_ssize_t end, Py_ssize_t C, Py_ssize_t S,
+                                 Py_ssize_t* c) noexcept nogil:
+    """The piece of the flat range starting at i: its channel (or, S = 1, its
+    first channel) in c, its length as the return value."""
+    cdef Py_ssize_t n, seg
+    if S == 1:
+        c[0] = i % C
+        seg = C - c[0]
+    else:
+        c[0] = (i // S) % C
+        seg = S - i % S
+    n = end - i
+    if seg < n:
+        n = seg
+    return n if n < PW_PIECE else PW_PIECE
+
+
+cdef int _dyt_forward(const char* x, char* y, int st, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S,
+                      double alpha, const floating* w, const floating* b, int nth) noexcept nogil:
+    cdef Py_ssize_t total = P * C * S, i, end, n, c
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
+    cdef bint vec = S == 1
+    cdef bint stream = (floating is float) and _use_streaming(P * C, S, isz)
+    cdef int p
+    cdef float* tx
+    cdef float* scratch = _stage_scratch(st, nth, 2, PW_PIECE)
+    if st != ST_NATIVE and scratch == NULL:
+        return -1
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        tx = (scratch + 2 * PW_PIECE * p) if scratch != NULL else NULL  # 16-bit staging tiles
+        c = 0  # assigned in the body: thread-private (it is written through &c)
+        i = _part_start(total, nth, p)
+        end = _part_start(total, nth, p + 1)
+        while i < end:
+            n = _pw_piece(i, end, C, S, &c)
+            if floating is double:
+                fn_dyt_forward_d(<const double*>x + i, <double*>y + i, n, alpha, w + c, b + c, vec)
+            elif st == ST_NATIVE:
+                fn_dyt_forward_f(<const float*>x + i, <float*>y + i, n, <float>alpha, w + c, b + c,
+                                 vec, stream)
+            else:
+                fn_widen(st, x + i * isz, tx, n)
+                fn_dyt_forward_f(tx, tx + PW_PIECE, n, <float>alpha, w + c, b + c, vec, 0)
+                fn_narrow(st, tx + PW_PIECE, y + i * isz, n)
+            i = i + n
+        if stream:
+            fastnorm_stream_fence()
+    free(scratch)
+    return 0
+
+
+cdef int _dyt_backward(const char* g, const char* x, char* dx, int st, Py_ssize_t P, Py_ssize_t C,
+                       Py_ssize_t S, double alpha, const floating* w, double* part,
+                       int nth) noexcept nogil:
+    """part: nth * (2C + 1) zeroed doubles: per thread, grad_weight (C),
+    grad_bias (C), then grad_alpha."""
+    cdef Py_ssize_t total = P * C * S, i, end, n, c
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
+    cdef Py_ssize_t stride = 2 * C + 1
+    cdef bint vec = S == 1
+    cdef bint stream = (floating is float) and _use_streaming_grad(P * C, S, isz)
+    cdef int p
+    cdef double* mine
+    cdef float* tg
+    cdef float* scratch = _stage_scratch(st, nth, 3, PW_PIECE)
+    if st != ST_NATIVE and scratch == NULL:
+        return -1
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        mine = part + p * stride
+        tg = (scratch + 3 * PW_PIECE * p) if scratch != NULL else NULL
+        c = 0
+
+        i = _part_start(total, nth, p)
+        end = _part_start(total, nth, p + 1)
+        while i < end:
+            n = _pw_piece(i, end, C, S, &c)
+            if floating is double:
+                fn_dyt_backward_d(<const double*>g + i, <const double*>x + i, <double*>dx + i, n, alpha,
+                                  w + c, vec, mine + 2 * C, mine + c, mine + C + c)
+            elif st == ST_NATIVE:
+                fn_dyt_backward_f(<const float*>g + i, <const float*>x + i, <float*>dx + i, n,
+                                  <float>alpha, w + c, vec, mine + 2 * C, mine + c, mine + C + c,
+                                  stream)
+            else:
+                fn_widen(st, g + i * isz, tg, n)
+                fn_widen(st, x + i * isz, tg + PW_PIECE, n)
+                fn_dyt_backward_f(tg, tg + PW_PIECE, tg + 2 * PW_PIECE, n, <float>alpha, w + c, vec,
+                                  mine + 2 * C, mine + c, mine + C + c, 0)
+                fn_narrow(st, tg + 2 * PW_PIECE, dx + i * isz, n)
+            i = i + n
+        if stream:
+            fastnorm_stream_fence()
+    free(scratch)
+    return 0
+
+
+def dyt_forward(cnp.ndarray x, cnp.ndarray y, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S, double alpha,
+                cnp.ndarray weight, cnp.ndarray bias, object n_threads):
+    """x, y: C-contiguous, P*C*S values of one storage dtype; weight, bias:
+    contiguous (C,) of the compute dtype (float64 for float64 x, else float32)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    _check_flat(x, typenum, P * C * S, "x")
+    _check_flat(y, typenum, P * C * S, "y")
+    _check_flat(weight, ctype, C, "weight")
+    _check_flat(bias, ctype, C, "bias")
+    if P * C * S == 0:
+        return
+    cdef int nth = resolve_threads(n_threads, P * C * S)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef char* yp = <char*>cnp.PyArray_DATA(y)
+    cdef int status = 0
+    with nogil:
+        if dbl:
+            status = _dyt_forward[double](xp, yp, st, P, C, S, alpha,
+                                          <const double*>cnp.PyArray_DATA(weight),
+                                          <const double*>cnp.PyArray_DATA(bias), nth)
+        else:
+            status = _dyt_forward[float](xp, yp, st, P, C, S, alpha,
+                                         <const float*>cnp.PyArray_DATA(weight),
+                                         <const float*>cnp.PyArray_DATA(bias), nth)
+    if status != 0:
+        raise MemoryError("fastnorm: out of memory in dynamic_tanh")
+
+
+def dyt_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S,
+                 double alpha, cnp.ndarray weight, cnp.ndarray grad_w, cnp.ndarray grad_b,
+                 object n_threads):
+    """Backward of dyt_forward: writes dx, grad_w and grad_b (float64 (C,)),
+    returns grad_alpha (a float)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    _check_flat(g, typenum, P * C * S, "grad_out")
+    _check_flat(x, typenum, P * C * S, "x")
+    _check_flat(dx, typenum, P * C * S, "grad_x")
+    _check_flat(weight, ctype, C, "weight")
+    _check_flat(grad_w, cnp.NPY_FLOAT64, C, "grad_w")
+    _check_flat(grad_b, cnp.NPY_FLOAT64, C, "grad_b")
+    cdef int nth = resolve_threads(n_threads, P * C * S)
+    cdef Py_ssize_t stride = 2 * C + 1, k, j
+    cdef double* part = <double*>malloc(<size_t>nth * stride * sizeof(double))
+    cdef int status = 0
+    if part == NULL:
+        raise MemoryError("fastnorm: out of memory in dynamic_tanh_backward")
+    memset(part, 0, <size_t>nth * stride * sizeof(double))
+    cdef double* gw = <double*>cnp.PyArray_DATA(grad_w)
+    cdef double* gb = <double*>cnp.PyArray_DATA(grad_b)
+    cdef double ga = 0.0
+    cdef const char* gp = <const char*>cnp.PyArray_DATA(g)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef char* dp = <char*>cnp.PyArray_DATA(dx)
+    with nogil:
+        if P * C * S:
+            if dbl:
+                status = _dyt_backward[double](gp, xp, dp, st, P, C, S, alpha,
+                                      <const double*>cnp.PyArray_DATA(weight), part, nth)
+            else:
+                status = _dyt_backward[float](gp, xp, dp, st, P, C, S, alpha,
+                                     <const float*>cnp.PyArray_DATA(weight), part, nth)
+        for k in range(C):
+            gw[k] = 0
+            gb[k] = 0
+        for j in range(nth):
+            for k in range(C):
+                gw[k] += part[j * stride + k]
+                gb[k] += part[j * stride + C + k]
+            ga += part[j * stride + 2 * C]
+    free(part)
+    if status != 0:
+        raise MemoryError("fastnorm: out of memory in dynamic_tanh_backward")
+    return ga

@@ -1,0 +1,148 @@
+# Rows standardized by the unbiased std with eps added to it (stdnorm.h):
+# AdaNorm and Weight Standardization.  Included by _kernels.pxi.
+#
+# x, y: (M, n) with contiguous rows (any row stride), as the row kernels;
+# rows are split over the threads (static schedule).  mean / std: (M,)
+# outputs (forward) or inputs (backward) of the compute dtype.  16-bit rows
+# are widened into a per-thread float32 row, computed, and narrowed.
+
+cdef extern from "stdnorm.h" nogil:
+    void fn_sn_moments_f(const float* x, Py_ssize_t n, double* mean, double* m2)
+    void fn_sn_moments_d(const double* x, Py_ssize_t n, double* mean, double* m2)
+    void fn_sn_forward_f(const float* x, float* y, Py_ssize_t n, double mean, double inv,
+                         float scale, float kf)
+    void fn_sn_forward_d(const double* x, double* y, Py_ssize_t n, double mean, double inv,
+                         double scale, double kf)
+    void fn_sn_backward_f(const float* g, const float* x, float* dx, Py_ssize_t n, double mean,
+                          double s, double inv, float scale, float kf)
+    void fn_sn_backward_d(const double* g, const double* x, double* dx, Py_ssize_t n,
+                          double mean, double s, double inv, double scale, double kf)
+
+
+cdef int _sn_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys, int st, Py_ssize_t M,
+                     Py_ssize_t n, double scale, double kf, double eps, floating* mean,
+                     floating* std, int nth) noexcept nogil:
+    cdef float* scratch = _stage_scratch(st, nth, 2, n)
+    cdef float* sc
+    cdef const floating* xr
+    cdef floating* yr
+    cdef Py_ssize_t r
+    cdef double mu, m2, s
+    if st != ST_NATIVE and scratch == NULL:
+        return -1
+    for r in prange(M, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        sc = (scratch + 2 * n * omp_get_thread_num()) if scratch != NULL else NULL
+        mu = 0.0  # assigned in the body: thread-private (written through pointers below)
+        m2 = 0.0
+        xr = _row_in(st, <floating*>sc, 0, n, xb + r * xs)
+        yr = _row_out(st, <floating*>sc, 1, n, yb + r * ys)
+        if floating is float:
+            fn_sn_moments_f(xr, n, &mu, &m2)
+        else:
+            fn_sn_moments_d(xr, n, &mu, &m2)
+        s = sqrt(m2 / (n - 1)) if n > 1 else NAN   # torch's unbiased std of one value: NaN
+        if floating is float:
+            fn_sn_forward_f(xr, yr, n, mu, 1.0 / (s + eps), <float>scale, <float>kf)
+        else:
+            fn_sn_forward_d(xr, yr, n, mu, 1.0 / (s + eps), scale, kf)
+        _row_done(st, <floating*>sc, 1, n, yb + r * ys)
+        if mean != NULL:
+            mean[r] = <floating>mu
+            std[r] = <floating>s
+    free(scratch)
+    return 0
+
+
+cdef int _sn_backward(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs, char* db,
+                      Py_ssize_t ds, int st, Py_ssize_t M, Py_ssize_t n, double scale, double kf,
+                      double eps, const floating* mean, const floating* std, int nth) noexcept nogil:
+    cdef float* scratch = _stage_scratch(st, nth, 3, n)
+    cdef float* sc
+    cdef const floating* gr
+    cdef const floating* xr
+    cdef floating* dr
+    cdef Py_ssize_t r
+    cdef double s
+    if st != ST_NATIVE and scratch == NULL:
+        return -1
+    for r in prange(M, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        sc = (scratch + 3 * n * omp_get_thread_num()) if scratch != NULL else NULL
+        gr = _row_in(st, <floating*>sc, 0, n, gb_ + r * gs)
+        xr = _row_in(st, <floating*>sc, 1, n, xb + r * xs)
+        dr = _row_out(st, <floating*>sc, 2, n, db + r * ds)
+        s = std[r]
+        if floating is float:
+            fn_sn_backward_f(gr, xr, dr, n, mean[r], s, 1.0 / (s + eps), <float>scale, <float>kf)
+        else:
+            fn_sn_backward_d(gr, xr, dr, n, mean[r], s, 1.0 / (s + eps), scale, kf)
+        _row_done(st, <floating*>sc, 2, n, db + r * ds)
+    free(scratch)
+    return 0
+
+
+def std_norm_forward(cnp.ndarray x, cnp.ndarray y, double scale, double k, double eps,
+                     object mean, object std, object n_threads):
+    """y = scale * z * (1 - k z), z = (x - mean) / (std + eps), per row of
+    x (M, n); mean / std: (M,) outputs of the compute dtype, or None."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
+    _check_rows(x, typenum, M, n, "x")
+    _check_rows(y, typenum, M, n, "y")
+    cdef int ctype = _kernel_typenum(typenum)
+    if mean is not None:
+        _check_flat(mean, ctype, M, "mean")
+        _check_flat(std, ctype, M, "std")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef int status = 0
+    if M == 0 or n == 0:
+        return
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
+    cdef char* yb = <char*>cnp.PyArray_DATA(y)
+    cdef Py_ssize_t xs = x.strides[0], ys = y.strides[0]
+    cdef void* mp = _ptr_or_null(mean)
+    cdef void* sp = _ptr_or_null(std)
+    with nogil:
+        if dbl:
+            status = _sn_forward[double](xb, xs, yb, ys, st, M, n, scale, k, eps, <double*>mp,
+                                         <double*>sp, nth)
+        else:
+            status = _sn_forward[float](xb, xs, yb, ys, st, M, n, scale, k, eps, <float*>mp,
+                                        <float*>sp, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
+
+
+def std_norm_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
+                      cnp.ndarray std, double scale, double k, double eps, object n_threads):
+    """grad_x of std_norm_forward, (1 - k z) held constant; g, x, dx: (M, n) rows."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef Py_ssize_t M = x.shape[0], n = x.shape[1]
+    _check_rows(g, typenum, M, n, "grad_out")
+    _check_rows(x, typenum, M, n, "x")
+    _check_rows(dx, typenum, M, n, "grad_x")
+    cdef int ctype = _kernel_typenum(typenum)
+    _check_flat(mean, ctype, M, "mean")
+    _check_flat(std, ctype, M, "std")
+    cdef int nth = resolve_threads(n_threads, M * n)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef int status = 0
+    if M == 0 or n == 0:
+        return
+    cdef const char* gb_ = <const char*>cnp.PyArray_DATA(g)
+    cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
+    cdef char* db = <char*>cnp.PyArray_DATA(dx)
+    cdef Py_ssize_t gs = g.strides[0], xs = x.strides[0], ds = dx.strides[0]
+    cdef void* mp = cnp.PyArray_DATA(mean)
+    cdef void* sp = cnp.PyArray_DATA(std)
+    with nogil:
+        if dbl:
+            status = _sn_backward[double](gb_, gs, xb, xs, db, ds, st, M, n, scale, k, eps,
+                                          <const double*>mp, <const double*>sp, nth)
+        else:
+            status = _sn_backward[float](gb_, gs, xb, xs, db, ds, st, M, n, scale, k, eps,
+                                         <const float*>mp, <const float*>sp, nth)
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the staging rows")
