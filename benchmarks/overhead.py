@@ -56,6 +56,15 @@ BFLOAT16_OPS = ("layer_norm", "rms_norm", "batch_norm train", "batch_norm eval",
 _FRN = "x * torch.rsqrt(x.square().mean((2, 3), keepdim=True) + 1e-6) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)"
 _FRN_TLU = f"torch.maximum({_FRN}, t.view(1, -1, 1, 1))"
 
+_DYT = "w * torch.tanh(al * x) + b"
+_ADA = ("(lambda z: 2.0 * (z - z * (0.1 * z).detach()))"
+        "((x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5))")
+_WS = "(v - v.mean(1, keepdim=True)) / (v.std(1, keepdim=True) + 1e-5)"
+_C4 = "[None, :, None, None]"
+_BRN = ("(lambda m, s, sr: ((x - m" + _C4 + ") / s" + _C4 + " * torch.clamp(s / sr, 1 / 3, 3).detach()" + _C4
+        + " + torch.clamp((m - rm) / sr, -5, 5).detach()" + _C4 + ") * w" + _C4 + " + b" + _C4 + ")"
+        "(x.mean((0, 2, 3)), torch.sqrt(x.var((0, 2, 3), unbiased=False) + 1e-5), torch.sqrt(rv + 1e-5))")
+
 NO_OUT = "torch has no out="
 NO_STATS = "torch returns no statistics"
 
@@ -284,6 +293,37 @@ SPECS = [
      "filter_response_norm_backward(dy, x, rstd, w, b, t)",
      f"y = {_FRN_TLU}; torch.autograd.grad(y, (x, w, b, t), dy)", "torch: composed"),
 
+    # ---------------------------------------------------------------- the newer members (torch: composed)
+    ("dynamic_tanh", "rows", "fwd", "dynamic_tanh(x, al, w, b)", _DYT, "torch: composed"),
+    ("dynamic_tanh", "rows", "fwd", "dynamic_tanh(x, 0.5, w, b)", _DYT, "torch: composed"),
+    ("dynamic_tanh", "rows", "fwd", "dynamic_tanh(x, alpha=al, weight=w, bias=b, channel_axis=-1)", _DYT,
+     "torch: composed"),
+    ("dynamic_tanh", "rows", "fwd", "dynamic_tanh(x, al, w, b, out=o)", _DYT, "torch: composed"),
+    ("dynamic_tanh", "rows", "fwd+bwd",
+     "y = dynamic_tanh(x, al, w, b); dynamic_tanh_backward(dy, x, al, w, b)",
+     f"y = {_DYT}; torch.autograd.grad(y, (x, al, w, b), dy)", "torch: composed"),
+    ("ada_norm", "rows", "fwd", "ada_norm(x, 768, 2.0)", _ADA, "torch: composed"),
+    ("ada_norm", "rows", "fwd", "ada_norm(x, (768,), 2.0, 0.1, 1e-5)", _ADA, "torch: composed"),
+    ("ada_norm", "rows", "fwd", "ada_norm(x, normalized_shape=None, scale=2.0)", _ADA, "torch: composed"),
+    ("ada_norm", "rows", "fwd+bwd",
+     "y, m, s = ada_norm(x, 768, 2.0, return_stats=True); ada_norm_backward(dy, x, m, s, 2.0)",
+     f"y = {_ADA}; torch.autograd.grad(y, (x,), dy)", "torch: composed"),
+    ("weight_standardization", "weight", "fwd", "weight_standardization(v)", _WS, "torch: composed"),
+    ("weight_standardization", "weight", "fwd", "weight_standardization(v, 1e-5)", _WS, "torch: composed"),
+    ("weight_standardization", "weight", "fwd", "weight_standardization(v, out=o)", _WS, "torch: composed"),
+    ("weight_standardization", "weight", "fwd+bwd",
+     "w_, m, s = weight_standardization(v, return_stats=True); weight_standardization_backward(dy, v, m, s)",
+     f"w_ = {_WS}; torch.autograd.grad(w_, (v,), dy)", "torch: composed"),
+    ("batch_renorm", "channel", "fwd", "batch_renorm(x, rm, rv, w, b, True)", _BRN, "torch: composed"),
+    ("batch_renorm", "channel", "fwd", "batch_renorm(x, rm, rv, w, b, True, 0.1, 1e-5, 3.0, 5.0)", _BRN,
+     "torch: composed"),
+    ("batch_renorm", "channel", "fwd", "batch_renorm(x, rm, rv, weight=w, bias=b, training=True)", _BRN,
+     "torch: composed"),
+    ("batch_renorm", "channel", "fwd+bwd",
+     "y, m, s, r, d = batch_renorm(x, rm, rv, w, b, True, return_stats=True); "
+     "batch_renorm_backward(dy, x, m, s, r, d, w, b, True)",
+     f"y = {_BRN}; torch.autograd.grad(y, (x, w, b), dy)", "torch: composed"),
+
     # ---------------------------------------------------------------- features: (32, 24)
     ("standardize", "features", "fwd", "standardize(x)", "StandardScaler().fit_transform(x)", ""),
     ("standardize", "features", "fwd", "standardize(x, 0, 0)", "StandardScaler().fit_transform(x)", ""),
@@ -347,7 +387,8 @@ def _arrays(family, dtype, seed=0):
         return rng.standard_normal(shape, dtype=np.float32).astype(dt)
     shape = SHAPES[family]
     if family == "rows":
-        a = dict(x=normal(*shape), r=normal(*shape), w=normal(shape[-1]), b=normal(shape[-1]), dy=normal(*shape))
+        a = dict(x=normal(*shape), r=normal(*shape), w=normal(shape[-1]), b=normal(shape[-1]), dy=normal(*shape),
+                 al=np.full(1, 0.5, np.float32).astype(dt))
     elif family == "channel":
         C = shape[1]
         x, dy = normal(*shape), normal(*shape)

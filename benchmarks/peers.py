@@ -520,3 +520,7 @@ OPS["standardize transform"] = _standardize_transform_factories()
 from channel_peers import CHANNEL_OPS  # noqa: E402
 
 OPS.update(CHANNEL_OPS)
+
+from member_peers import MEMBER_OPS  # noqa: E402
+
+OPS.update(MEMBER_OPS)

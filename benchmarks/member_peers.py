@@ -1,0 +1,253 @@
+"""The comparison table's newer members (Dynamic Tanh, AdaNorm, Weight
+Standardization, Batch Renormalization): fastnorm against the composition
+of torch operations a user writes for each (torch has none of them as an
+op; autograd does the backward) and the same composition in NumPy.
+Imported by peers.py into its OPS."""
+import numpy as np
+
+import fastnorm
+from channel_peers import make_channel_case
+from peers import make_case, to_torch
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - the peers are optional
+    torch = None
+
+EPS = 1e-5
+ALPHA = 0.5
+SCALE, K = 2.0, 0.1
+R_MAX, D_MAX = 3.0, 5.0
+
+
+def _torch_case(arrays, backward):
+    """Tensors over the case's arrays (grad_out stays plain); fresh leaves for a backward."""
+    ts = [to_torch(a) for a in arrays]
+    if backward:
+        ts = [t.detach().clone().requires_grad_() if i != 1 else t for i, t in enumerate(ts)]
+    return ts
+
+
+def _torch_run(forward, leaves, g, backward):
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return forward()
+        return run
+    return lambda: torch.autograd.grad(forward(), leaves, g)
+
+
+# ---------------------------------------------------------------- Dynamic Tanh: (rows, C)
+
+def fastnorm_dyt(x, g, w, b, threads, backward=False, out=False):
+    a = np.full(1, ALPHA, w.dtype)
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fastnorm.dynamic_tanh(x, a, w, b, out=y, n_threads=threads)
+        return lambda: fastnorm.dynamic_tanh(x, a, w, b, n_threads=threads)
+
+    def run():
+        fastnorm.dynamic_tanh(x, a, w, b, n_threads=threads)
+        return fastnorm.dynamic_tanh_backward(g, x, a, w, b, n_threads=threads)
+    return run
+
+
+def torch_dyt(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_case((x, g, w, b), backward)
+    ta = torch.full((1,), ALPHA, dtype=tw.dtype, requires_grad=backward)
+    return _torch_run(lambda: tw * torch.tanh(ta * tx) + tb, (tx, ta, tw, tb), tg, backward)
+
+
+def numpy_dyt(x, g, w, b, threads, backward=False):
+    if not backward:
+        return lambda: w * np.tanh(ALPHA * x) + b
+
+    def run():
+        t = np.tanh(ALPHA * x)
+        y = w * t + b
+        gs = g * w * (1 - t * t)
+        return y, gs * ALPHA, (gs * x).sum(), (g * t).sum(0), g.sum(0)
+    return run
+
+
+# ---------------------------------------------------------------- AdaNorm: (rows, D)
+
+def fastnorm_ada(x, g, w, b, threads, backward=False, out=False):
+    D = x.shape[-1]
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fastnorm.ada_norm(x, D, SCALE, K, EPS, out=y, n_threads=threads)
+        return lambda: fastnorm.ada_norm(x, D, SCALE, K, EPS, n_threads=threads)
+
+    def run():
+        y, m, s = fastnorm.ada_norm(x, D, SCALE, K, EPS, n_threads=threads, return_stats=True)
+        return fastnorm.ada_norm_backward(g, x, m, s, SCALE, K, EPS, n_threads=threads)
+    return run
+
+
+def torch_ada(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg = _torch_case((x, g), backward)
+
+    def forward():
+        xc = tx - tx.mean(-1, keepdim=True)
+        z = (xc - xc.mean(-1, keepdim=True)) / (xc.std(-1, keepdim=True) + EPS)
+        return SCALE * (z - z * (K * z).detach())
+    return _torch_run(forward, (tx,), tg, backward)
+
+
+def numpy_ada(x, g, w, b, threads, backward=False):
+    def forward():
+        xc = x - x.mean(-1, keepdims=True)
+        s = xc.std(-1, ddof=1, keepdims=True)
+        z = xc / (s + EPS)
+        return SCALE * z * (1 - K * z), xc, s
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, xc, s = forward()
+        inv = 1 / (s + EPS)
+        u = g * SCALE * (1 - K * xc * inv)
+        n = x.shape[-1]
+        return y, inv * (u - u.mean(-1, keepdims=True)) - xc * inv * inv / ((n - 1) * s) * (u * xc).sum(-1, keepdims=True)
+    return run
+
+
+# ---------------------------------------------------------------- Weight Standardization: (O, I, kh, kw)
+
+def ws_case(shape):
+    rng = np.random.default_rng(0)
+    v = (0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    return v, rng.standard_normal(shape, dtype=np.float32), None, None
+
+
+def fastnorm_ws(v, g, w, b, threads, backward=False, out=False):
+    if not backward:
+        if out:
+            y = np.empty_like(v)
+            return lambda: fastnorm.weight_standardization(v, EPS, out=y, n_threads=threads)
+        return lambda: fastnorm.weight_standardization(v, EPS, n_threads=threads)
+
+    def run():
+        y, m, s = fastnorm.weight_standardization(v, EPS, n_threads=threads, return_stats=True)
+        return fastnorm.weight_standardization_backward(g, v, m, s, EPS, n_threads=threads)
+    return run
+
+
+def torch_ws(v, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tv, tg = _torch_case((v, g), backward)
+    O = v.shape[0]
+
+    def forward():
+        f = tv.reshape(O, -1)
+        return ((f - f.mean(1, keepdim=True)) / (f.std(1, keepdim=True) + EPS)).reshape(tv.shape)
+    return _torch_run(forward, (tv,), tg, backward)
+
+
+def numpy_ws(v, g, w, b, threads, backward=False):
+    O = v.shape[0]
+
+    def forward():
+        f = v.reshape(O, -1)
+        fc = f - f.mean(1, keepdims=True)
+        s = fc.std(1, ddof=1, keepdims=True)
+        return (fc / (s + EPS)).reshape(v.shape), fc, s
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, fc, s = forward()
+        gf = g.reshape(O, -1)
+        inv = 1 / (s + EPS)
+        n = fc.shape[1]
+        return y, inv * (gf - gf.mean(1, keepdims=True)) - fc * inv * inv / ((n - 1) * s) * (gf * fc).sum(1, keepdims=True)
+    return run
+
+
+# ---------------------------------------------------------------- Batch Renorm: (N, C, H, W) training
+
+def _running(C):
+    rng = np.random.default_rng(1)
+    return (0.1 * rng.standard_normal(C)).astype(np.float32), (0.8 + 0.4 * rng.random(C)).astype(np.float32)
+
+
+def fastnorm_brn(x, g, w, b, threads, backward=False, out=False):
+    rm0, rv0 = _running(x.shape[1])
+
+    def fwd(**kw):  # fresh running statistics per call: every call computes the same thing
+        return fastnorm.batch_renorm(x, rm0.copy(), rv0.copy(), w, b, True, 0.1, EPS, R_MAX, D_MAX,
+                                     n_threads=threads, **kw)
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fwd(out=y)
+        return fwd
+
+    def run():
+        y, m, s, r, d = fwd(return_stats=True)
+        return fastnorm.batch_renorm_backward(g, x, m, s, r, d, w, b, True, n_threads=threads)
+    return run
+
+
+def _v(a):
+    return a.reshape(1, -1, 1, 1)
+
+
+def torch_brn(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_case((x, g, w, b), backward)
+    rm, rv = (torch.from_numpy(a) for a in _running(x.shape[1]))
+    sigma = torch.sqrt(rv + EPS)
+
+    def forward():
+        mu = tx.mean((0, 2, 3))
+        sb = torch.sqrt(tx.var((0, 2, 3), unbiased=False) + EPS)
+        r = torch.clamp(sb / sigma, 1 / R_MAX, R_MAX).detach()
+        d = torch.clamp((mu - rm) / sigma, -D_MAX, D_MAX).detach()
+        return ((tx - _v(mu)) / _v(sb) * _v(r) + _v(d)) * _v(tw) + _v(tb)
+    return _torch_run(forward, (tx, tw, tb), tg, backward)
+
+
+def numpy_brn(x, g, w, b, threads, backward=False):
+    rm, rv = _running(x.shape[1])
+    sigma = np.sqrt(rv + EPS)
+
+    def forward():
+        mu = x.mean((0, 2, 3))
+        sb = np.sqrt(x.var((0, 2, 3)) + EPS)
+        r = np.clip(sb / sigma, 1 / R_MAX, R_MAX)
+        d = np.clip((mu - rm) / sigma, -D_MAX, D_MAX)
+        xhat = (x - _v(mu)) / _v(sb)
+        return (xhat * _v(r) + _v(d)) * _v(w) + _v(b), xhat, r, d, sb
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, xhat, r, d, sb = forward()
+        gw = g * _v(w * r)
+        gx = (gw - gw.mean((0, 2, 3), keepdims=True) - xhat * (gw * xhat).mean((0, 2, 3), keepdims=True)) / _v(sb)
+        return y, gx, r * (g * xhat).sum((0, 2, 3)) + d * g.sum((0, 2, 3)), g.sum((0, 2, 3))
+    return run
+
+
+def _entry(fast, torch_f, numpy_f, shapes, make):
+    return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
+            "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
+
+
+MEMBER_OPS = {
+    "dynamic_tanh": _entry(fastnorm_dyt, torch_dyt, numpy_dyt, [(8192, 4096)], make_case),
+    "ada_norm": _entry(fastnorm_ada, torch_ada, numpy_ada, [(8192, 4096)], make_case),
+    "weight_standardization": _entry(fastnorm_ws, torch_ws, numpy_ws, [(1024, 512, 3, 3)], ws_case),
+    "batch_renorm train NCHW": _entry(fastnorm_brn, torch_brn, numpy_brn, [(32, 64, 56, 56)],
+                                      lambda shape: make_channel_case(shape)),
+}
