@@ -11,17 +11,17 @@
 # results are deterministic for a given thread count.
 
 cdef extern from "pointwise.h" nogil:
-    void fn_dyt_forward_f(const float* x, float* y, Py_ssize_t n, float a, const float* w,
+    void fn_dyt_forward_s(int st, const void* x, void* y, Py_ssize_t n, float a, const float* w,
                           const float* b, int vec, int stream)
     void fn_dyt_forward_d(const double* x, double* y, Py_ssize_t n, double a, const double* w,
                           const double* b, int vec)
-    void fn_dyt_backward_f(const float* g, const float* x, float* dx, Py_ssize_t n, float a,
+    void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, Py_ssize_t n, float a,
                            const float* w, int vec, double* s_alpha, double* gw, double* gb,
                            int stream)
     void fn_dyt_backward_d(const double* g, const double* x, double* dx, Py_ssize_t n, double a,
                            const double* w, int vec, double* s_alpha, double* gw, double* gb)
 
-DEF PW_PIECE = 2048   # values per piece: the 16-bit staging tiles
+DEF PW_PIECE = 4096   # values per piece (the backward's float sums stay short)
 
 
 cdef inline Py_ssize_t _pw_piece(Py_ssize_t i, Py_ssize_t end, Py_ssize_t C, Py_ssize_t S,
@@ -46,14 +46,10 @@ cdef int _dyt_forward(const char* x, char* y, int st, Py_ssize_t P, Py_ssize_t C
     cdef Py_ssize_t total = P * C * S, i, end, n, c
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef bint vec = S == 1
+    # float32 and 16-bit storage: loaded and stored in their own width (pointwise.h)
     cdef bint stream = (floating is float) and _use_streaming(P * C, S, isz)
     cdef int p
-    cdef float* tx
-    cdef float* scratch = _stage_scratch(st, nth, 2, PW_PIECE)
-    if st != ST_NATIVE and scratch == NULL:
-        return -1
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        tx = (scratch + 2 * PW_PIECE * p) if scratch != NULL else NULL  # 16-bit staging tiles
         c = 0  # assigned in the body: thread-private (it is written through &c)
         i = _part_start(total, nth, p)
         end = _part_start(total, nth, p + 1)
@@ -61,17 +57,11 @@ cdef int _dyt_forward(const char* x, char* y, int st, Py_ssize_t P, Py_ssize_t C
             n = _pw_piece(i, end, C, S, &c)
             if floating is double:
                 fn_dyt_forward_d(<const double*>x + i, <double*>y + i, n, alpha, w + c, b + c, vec)
-            elif st == ST_NATIVE:
-                fn_dyt_forward_f(<const float*>x + i, <float*>y + i, n, <float>alpha, w + c, b + c,
-                                 vec, stream)
             else:
-                fn_widen(st, x + i * isz, tx, n)
-                fn_dyt_forward_f(tx, tx + PW_PIECE, n, <float>alpha, w + c, b + c, vec, 0)
-                fn_narrow(st, tx + PW_PIECE, y + i * isz, n)
+                fn_dyt_forward_s(st, x + i * isz, y + i * isz, n, <float>alpha, w + c, b + c, vec, stream)
             i = i + n
         if stream:
             fastnorm_stream_fence()
-    free(scratch)
     return 0
 
 
@@ -87,15 +77,9 @@ cdef int _dyt_backward(const char* g, const char* x, char* dx, int st, Py_ssize_
     cdef bint stream = (floating is float) and _use_streaming_grad(P * C, S, isz)
     cdef int p
     cdef double* mine
-    cdef float* tg
-    cdef float* scratch = _stage_scratch(st, nth, 3, PW_PIECE)
-    if st != ST_NATIVE and scratch == NULL:
-        return -1
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         mine = part + p * stride
-        tg = (scratch + 3 * PW_PIECE * p) if scratch != NULL else NULL
         c = 0
-
         i = _part_start(total, nth, p)
         end = _part_start(total, nth, p + 1)
         while i < end:
@@ -103,20 +87,12 @@ cdef int _dyt_backward(const char* g, const char* x, char* dx, int st, Py_ssize_
             if floating is double:
                 fn_dyt_backward_d(<const double*>g + i, <const double*>x + i, <double*>dx + i, n, alpha,
                                   w + c, vec, mine + 2 * C, mine + c, mine + C + c)
-            elif st == ST_NATIVE:
-                fn_dyt_backward_f(<const float*>g + i, <const float*>x + i, <float*>dx + i, n,
-                                  <float>alpha, w + c, vec, mine + 2 * C, mine + c, mine + C + c,
-                                  stream)
             else:
-                fn_widen(st, g + i * isz, tg, n)
-                fn_widen(st, x + i * isz, tg + PW_PIECE, n)
-                fn_dyt_backward_f(tg, tg + PW_PIECE, tg + 2 * PW_PIECE, n, <float>alpha, w + c, vec,
-                                  mine + 2 * C, mine + c, mine + C + c, 0)
-                fn_narrow(st, tg + 2 * PW_PIECE, dx + i * isz, n)
+                fn_dyt_backward_s(st, g + i * isz, x + i * isz, dx + i * isz, n, <float>alpha, w + c, vec,
+                                  mine + 2 * C, mine + c, mine + C + c, stream)
             i = i + n
         if stream:
             fastnorm_stream_fence()
-    free(scratch)
     return 0
 
 

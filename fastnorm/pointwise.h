@@ -14,13 +14,19 @@
 #include <stddef.h>
 #include "simd.h"
 
-/* tanh(v) = v * P(v^2) / Q(v^2) on |v| <= 9 (|tanh| rounds to 1 beyond),
- * clamped to [-1, 1] (and exactly +-1 beyond |v| = 9.02).  Coefficients fitted here by least squares on the
- * relative error over [0, 9] (scipy, 6000 points): measured over 4e6 float32
- * points in [-12, 12] and 2e4 log-spaced down to 1e-40 against float64
- * tanh, the error is at most 3.3e-7 relative (about 5 units of float32
- * rounding).  NaN stays NaN (the clamps compare false), +-inf gives +-1, 0
- * gives 0 with its sign. */
+/* tanh(v) = v * P(v^2) / Q(v^2) on |v| <= 9.1, clamped to [-1, 1].
+ * Coefficients fitted here by least squares on the relative error over
+ * [0, 9] (scipy, 6000 points): measured over 4e6 float32 points in
+ * [-12, 12] and 2e4 log-spaced down to 1e-40 against float64 tanh, the
+ * error is at most 3.3e-7 relative (about 5 units of float32 rounding);
+ * from the clamp on it gives +-1, as float32 rounding of tanh does from 9.02.
+ * NaN stays NaN, +-inf gives +-1, +-0 gives +-0.
+ *
+ * The clamps are x86 min / max with the constant first (minps(a, b) is
+ * a < b ? a : b, so a NaN in the second operand comes through): gcc
+ * if-converts the scalar ternaries into masked code with two divisions,
+ * so the vector form is written out (fn_tanh_v); fn_tanh_f is the same
+ * arithmetic, lane by lane, for the tails. */
 #define FN_TANH_P0 9.99999994e-01f
 #define FN_TANH_P1 1.30898430e-01f
 #define FN_TANH_P2 3.11048399e-03f
@@ -31,57 +37,273 @@
 #define FN_TANH_Q1 4.64231710e-01f
 #define FN_TANH_Q2 2.45211386e-02f
 #define FN_TANH_Q3 2.55567473e-04f
+#define FN_TANH_CLAMP 9.1f
 
 static inline float fn_tanh_f(float v) {
-    float z = v > 9.0f ? 9.0f : v;
-    z = z < -9.0f ? -9.0f : z;
+    float z = FN_TANH_CLAMP < v ? FN_TANH_CLAMP : v;
+    z = -FN_TANH_CLAMP > z ? -FN_TANH_CLAMP : z;
     float t = z * z;
     float p = ((((((FN_TANH_P6 * t + FN_TANH_P5) * t + FN_TANH_P4) * t + FN_TANH_P3) * t
                  + FN_TANH_P2) * t + FN_TANH_P1) * t + FN_TANH_P0);
     float q = ((FN_TANH_Q3 * t + FN_TANH_Q2) * t + FN_TANH_Q1) * t + 1.0f;
     float r = z * p / q;
-    /* beyond 9.02, tanh rounds to +-1 in float32 (1 - tanh < 2.98e-8) */
-    r = (r > 1.0f || v > 9.02f) ? 1.0f : r;
-    return (r < -1.0f || v < -9.02f) ? -1.0f : r;
+    r = 1.0f < r ? 1.0f : r;
+    r = -1.0f > r ? -1.0f : r;
+    r = v >= FN_TANH_CLAMP ? 1.0f : r;
+    return v <= -FN_TANH_CLAMP ? -1.0f : r;
 }
 
-/* The pieces are computed into an aligned stack tile and then stored: with
- * `stream`, by whole streaming vectors where the destination is aligned
- * (memory-bound outputs written without reading their lines first). */
+#if defined(__AVX512F__)
+#define FN_VMIN(a, b) ((fn_vf)_mm512_min_ps((__m512)(a), (__m512)(b)))
+#define FN_VMAX(a, b) ((fn_vf)_mm512_max_ps((__m512)(a), (__m512)(b)))
+#elif defined(__AVX__)
+#define FN_VMIN(a, b) ((fn_vf)_mm256_min_ps((__m256)(a), (__m256)(b)))
+#define FN_VMAX(a, b) ((fn_vf)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#elif defined(__SSE2__)
+#define FN_VMIN(a, b) ((fn_vf)_mm_min_ps((__m128)(a), (__m128)(b)))
+#define FN_VMAX(a, b) ((fn_vf)_mm_max_ps((__m128)(a), (__m128)(b)))
+#endif
+
+#ifdef FN_VMIN
+#define FN_TANH_VECTOR 1
+#define FN_VL ((ptrdiff_t)(FN_VBYTES / 4))
+static inline fn_vf fn_splat(float c) { return (fn_vf){0} + c; }
+
+static inline fn_vf fn_tanh_v(fn_vf v) {
+    fn_vf z = FN_VMAX(fn_splat(-FN_TANH_CLAMP), FN_VMIN(fn_splat(FN_TANH_CLAMP), v));
+    fn_vf t = z * z;
+    fn_vf p = ((((((FN_TANH_P6 * t + FN_TANH_P5) * t + FN_TANH_P4) * t + FN_TANH_P3) * t
+                 + FN_TANH_P2) * t + FN_TANH_P1) * t + FN_TANH_P0);
+    fn_vf q = ((FN_TANH_Q3 * t + FN_TANH_Q2) * t + FN_TANH_Q1) * t + 1.0f;
+    fn_vf r = z * p / q;  /* a 14-bit reciprocal and a Newton step measured no faster */
+    r = FN_VMAX(fn_splat(-1.0f), FN_VMIN(fn_splat(1.0f), r));
+    /* +-1 from the clamp on (the rational's value there is an ulp short of it) */
+    fn_vi up = (fn_vi)(v >= FN_TANH_CLAMP), down = (fn_vi)(v <= -FN_TANH_CLAMP);
+    fn_vi bits = ((fn_vi)r & ~(up | down)) | ((fn_vi)fn_splat(1.0f) & up) | ((fn_vi)fn_splat(-1.0f) & down);
+    return (fn_vf)bits;
+}
+#endif
+
+/* Loads and stores of one storage dtype (FN_ST_NATIVE: float32; FN_ST_F16,
+ * FN_ST_BF16: 16-bit values widened in registers and rounded once when
+ * stored, as simd.h's conversions).  `stream`: whole-vector streaming
+ * stores, from the head (fn_pw_head values stored one at a time) that
+ * aligns the destination. */
+static inline float fn_pw_ld1(int st, const void* p, ptrdiff_t k) {
+    if (st == FN_ST_NATIVE) return ((const float*)p)[k];
+    uint16_t h = ((const uint16_t*)p)[k];
+    return st == FN_ST_BF16 ? fn_bf16_to_float(h) : fn_half_to_float(h);
+}
+
+static inline void fn_pw_st1(int st, void* p, ptrdiff_t k, float v) {
+    if (st == FN_ST_NATIVE) ((float*)p)[k] = v;
+    else ((uint16_t*)p)[k] = st == FN_ST_BF16 ? fn_float_to_bf16(v) : fn_float_to_half(v);
+}
+
+static inline ptrdiff_t fn_pw_head(int st, const void* y, ptrdiff_t n, int* stream) {
+    size_t align = st == FN_ST_NATIVE ? FN_VBYTES : FN_VBYTES / 2;
+    size_t item = st == FN_ST_NATIVE ? 4 : 2;
+    if (*stream && ((uintptr_t)y % item)) *stream = 0;
+    if (!*stream) return 0;
+    ptrdiff_t head = (ptrdiff_t)(((align - (uintptr_t)y % align) % align) / item);
+    return head < n ? head : n;
+}
+
+#ifdef FN_TANH_VECTOR
+static inline fn_vf fn_pw_ld(int st, const void* p, ptrdiff_t k) {
+    if (st == FN_ST_NATIVE) return FN_LOAD(fn_vfu, (const float*)p + k);
+    if (st == FN_ST_BF16) return fn_vload_bf16((const uint16_t*)p + k);
+    return fn_vload_f16((const uint16_t*)p + k);
+}
+
+static inline void fn_pw_st(int st, void* p, ptrdiff_t k, fn_vf v, int stream) {
+    if (st == FN_ST_NATIVE) {
+        if (stream) FN_STREAM_float((float*)p + k, v);
+        else *(fn_vfu*)((float*)p + k) = v;
+        return;
+    }
+    fn_put_h((uint16_t*)p + k, st == FN_ST_BF16 ? fn_pack_bf16(v) : fn_pack_f16(v), stream);
+}
+#endif
+
+#ifdef FN_TANH_VECTOR
+/* m < FN_VL values at p + k as a vector (the other lanes 0), and back:
+ * the heads and tails go through the vector code too, so that a value's
+ * result does not depend on where it falls (gcc contracts multiply-adds
+ * differently in scalar and vector code: results would differ by an ulp
+ * between the body and the tails, i.e. with the thread split and the
+ * output's alignment) */
+static inline fn_vf fn_pw_ldn(int st, const void* p, ptrdiff_t k, ptrdiff_t m) {
+    float t[FN_VBYTES / 4] __attribute__((aligned(64))) = {0};
+    for (ptrdiff_t j = 0; j < m; j++) t[j] = fn_pw_ld1(st, p, k + j);
+    return *(fn_vf*)t;
+}
+
+static inline void fn_pw_stn(int st, void* p, ptrdiff_t k, ptrdiff_t m, fn_vf v) {
+    float t[FN_VBYTES / 4] __attribute__((aligned(64)));
+    *(fn_vf*)t = v;
+    for (ptrdiff_t j = 0; j < m; j++) fn_pw_st1(st, p, k + j, t[j]);
+}
+
+static inline fn_vf fn_dyt_value(fn_vf xv, float a, fn_vf wv, fn_vf bv) {
+    return wv * fn_tanh_v(xv * a) + bv;
+}
+
+/* the m < FN_VL values from k */
+static inline void fn_dyt_forward_n(int st, const void* x, void* y, ptrdiff_t k, ptrdiff_t m, float a,
+                                    const float* w, const float* b, int vec) {
+    fn_vf wv = vec ? fn_pw_ldn(FN_ST_NATIVE, w, k, m) : fn_splat(w[0]);
+    fn_vf bv = vec ? fn_pw_ldn(FN_ST_NATIVE, b, k, m) : fn_splat(b[0]);
+    fn_pw_stn(st, y, k, m, fn_dyt_value(fn_pw_ldn(st, x, k, m), a, wv, bv));
+}
+#endif
+
+/* y = w * tanh(a x) + b over n values of storage `st`, computed in float */
+static void fn_dyt_forward_s(int st, const void* x, void* y, ptrdiff_t n, float a, const float* w,
+                             const float* b, int vec, int stream) {
+#ifdef FN_TANH_VECTOR
+    ptrdiff_t k = fn_pw_head(st, y, n, &stream);
+    if (k) fn_dyt_forward_n(st, x, y, 0, k, a, w, b, vec);
+    if (vec) {
+        for (; k + FN_VL <= n; k += FN_VL)
+            fn_pw_st(st, y, k, fn_dyt_value(fn_pw_ld(st, x, k), a, FN_LOAD(fn_vfu, w + k),
+                                            FN_LOAD(fn_vfu, b + k)), stream);
+    } else {
+        const fn_vf wv = fn_splat(w[0]), bv = fn_splat(b[0]);
+        for (; k + FN_VL <= n; k += FN_VL)
+            fn_pw_st(st, y, k, fn_dyt_value(fn_pw_ld(st, x, k), a, wv, bv), stream);
+    }
+    if (k < n) fn_dyt_forward_n(st, x, y, k, n - k, a, w, b, vec);
+#else
+    for (ptrdiff_t k = 0; k < n; k++)
+        fn_pw_st1(st, y, k, w[vec ? k : 0] * fn_tanh_f(a * fn_pw_ld1(st, x, k)) + b[vec ? k : 0]);
+#endif
+}
+
+/* Backward over n values, t = tanh(a x), s = 1 - t^2 (pieces of at most
+ * PW_PIECE values: the float sums stay short):
+ *   dx = g * w * a * s;   *s_alpha += sum g * w * x * s;
+ *   vec: gw[k] += g t, gb[k] += g (per value, in double); else gw[0] +=
+ *   sum g t, gb[0] += sum g.
+ * The float sums run in vector lanes over tiles of FN_TILE values and are
+ * added to double once per tile. */
 #define FN_TILE 512
 
-static inline void fn_tile_store_f(float* dst, const float* tile, ptrdiff_t n, int stream) {
-    ptrdiff_t k = 0;
-    if (stream) {
-        const ptrdiff_t L = FN_VBYTES / 4;
-        while (k < n && ((size_t)(dst + k) % FN_VBYTES) != 0) { dst[k] = tile[k]; k++; }
-        for (; k + L <= n; k += L) {
-            fn_vf v = FN_LOAD(fn_vfu, tile + k);
-            FN_STREAM_float(dst + k, v);
+#ifndef FN_TANH_VECTOR
+static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a,
+                              const float* w, int vec, double* s_alpha, double* gw, double* gb,
+                              int stream) {
+    double sa = 0.0, sw = 0.0, sb = 0.0;
+    (void)stream;
+    for (ptrdiff_t k = 0; k < n; k++) {
+        float gk = fn_pw_ld1(st, g, k), xk = fn_pw_ld1(st, x, k);
+        float t = fn_tanh_f(a * xk);
+        float gs = gk * w[vec ? k : 0] * (1.0f - t * t);
+        fn_pw_st1(st, dx, k, gs * a);
+        sa += (double)(gs * xk);
+        if (vec) {
+            gw[k] += (double)(gk * t);
+            gb[k] += (double)gk;
+        } else {
+            sw += (double)(gk * t);
+            sb += (double)gk;
         }
     }
-    for (; k < n; k++) dst[k] = tile[k];
+    *s_alpha += sa;
+    if (!vec) {
+        gw[0] += sw;
+        gb[0] += sb;
+    }
+}
+#else
+/* one vector of the backward: dx's values returned, the sums accumulated */
+static inline fn_vf fn_dyt_grad(fn_vf gv, fn_vf xv, float a, fn_vf wv, fn_vf* va, fn_vf* gt) {
+    fn_vf t = fn_tanh_v(xv * a);
+    fn_vf gs = gv * wv * (1.0f - t * t);
+    *va += gs * xv;
+    *gt = gv * t;
+    return gs * a;
 }
 
-static void fn_dyt_forward_f(const float* x, float* y, ptrdiff_t n, float a, const float* w,
-                             const float* b, int vec, int stream) {
-    float tile[FN_TILE] __attribute__((aligned(64)));
-    for (ptrdiff_t i = 0; i < n; i += FN_TILE) {
-        ptrdiff_t m = n - i < FN_TILE ? n - i : FN_TILE;
-        const float* xi = x + i;
-        if (vec) {
-            const float* wi = w + i;
-            const float* bi = b + i;
-#pragma omp simd
-            for (ptrdiff_t k = 0; k < m; k++) tile[k] = wi[k] * fn_tanh_f(a * xi[k]) + bi[k];
-        } else {
-            const float ws = w[0], bs = b[0];
-#pragma omp simd
-            for (ptrdiff_t k = 0; k < m; k++) tile[k] = ws * fn_tanh_f(a * xi[k]) + bs;
+static inline float fn_lane_sum(fn_vf v) {
+    float lanes[FN_VBYTES / 4] __attribute__((aligned(64)));
+    *(fn_vf*)lanes = v;
+    float s = 0.0f;
+    for (ptrdiff_t j = 0; j < FN_VL; j++) s += lanes[j];
+    return s;
+}
+
+/* the m < FN_VL values from k, into the double sums */
+static inline void fn_dyt_backward_n(int st, const void* g, const void* x, void* dx, ptrdiff_t k,
+                                     ptrdiff_t m, float a, const float* w, int vec, double* sa,
+                                     double* gw, double* gb, double* sw, double* sb) {
+    fn_vf va = fn_splat(0.0f), gt;
+    fn_vf gv = fn_pw_ldn(st, g, k, m);   /* lanes past m: g = 0, nothing summed */
+    fn_vf wv = vec ? fn_pw_ldn(FN_ST_NATIVE, w, k, m) : fn_splat(w[0]);
+    fn_pw_stn(st, dx, k, m, fn_dyt_grad(gv, fn_pw_ldn(st, x, k, m), a, wv, &va, &gt));
+    *sa += fn_lane_sum(va);
+    if (vec) {
+        float t[FN_VBYTES / 4] __attribute__((aligned(64)));
+        float gg[FN_VBYTES / 4] __attribute__((aligned(64)));
+        *(fn_vf*)t = gt;
+        *(fn_vf*)gg = gv;
+        for (ptrdiff_t j = 0; j < m; j++) {
+            gw[k + j] += (double)t[j];
+            gb[k + j] += (double)gg[j];
         }
-        fn_tile_store_f(y + i, tile, m, stream);
+    } else {
+        *sw += fn_lane_sum(gt);
+        *sb += fn_lane_sum(gv);
     }
 }
+
+static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a,
+                              const float* w, int vec, double* s_alpha, double* gw, double* gb,
+                              int stream) {
+    double sa = 0.0, sw = 0.0, sb = 0.0;
+    float gt[FN_TILE] __attribute__((aligned(64)));
+    float gg[FN_TILE] __attribute__((aligned(64)));
+    const fn_vf ws = fn_splat(w[0]);
+    ptrdiff_t k = fn_pw_head(st, dx, n, &stream);
+    if (k) fn_dyt_backward_n(st, g, x, dx, 0, k, a, w, vec, &sa, gw, gb, &sw, &sb);
+    while (n - k >= FN_VL) {
+        ptrdiff_t m = (n - k) / FN_VL * FN_VL;
+        m = m < FN_TILE ? m : FN_TILE;
+        fn_vf va = fn_splat(0.0f), vw = va, vb = va, t;
+        for (ptrdiff_t j = 0; j < m; j += FN_VL) {
+            fn_vf gv = fn_pw_ld(st, g, k + j);
+            fn_vf wv = vec ? (fn_vf)FN_LOAD(fn_vfu, w + k + j) : ws;
+            fn_pw_st(st, dx, k + j, fn_dyt_grad(gv, fn_pw_ld(st, x, k + j), a, wv, &va, &t), stream);
+            if (vec) {
+                *(fn_vf*)(gt + j) = t;
+                *(fn_vf*)(gg + j) = gv;
+            } else {
+                vw += t;
+                vb += gv;
+            }
+        }
+        if (vec) {  /* the per-channel sums, in double */
+            double* gwk = gw + k;
+            double* gbk = gb + k;
+            for (ptrdiff_t j = 0; j < m; j++) {
+                gwk[j] += (double)gt[j];
+                gbk[j] += (double)gg[j];
+            }
+        } else {
+            sw += fn_lane_sum(vw);
+            sb += fn_lane_sum(vb);
+        }
+        sa += fn_lane_sum(va);
+        k += m;
+    }
+    if (k < n) fn_dyt_backward_n(st, g, x, dx, k, n - k, a, w, vec, &sa, gw, gb, &sw, &sb);
+    *s_alpha += sa;
+    if (!vec) {
+        gw[0] += sw;
+        gb[0] += sb;
+    }
+}
+#endif
 
 static void fn_dyt_forward_d(const double* x, double* y, ptrdiff_t n, double a, const double* w,
                              const double* b, int vec) {
@@ -90,57 +312,6 @@ static void fn_dyt_forward_d(const double* x, double* y, ptrdiff_t n, double a, 
     } else {
         for (ptrdiff_t k = 0; k < n; k++) y[k] = w[0] * tanh(a * x[k]) + b[0];
     }
-}
-
-/* Backward over one piece, t = tanh(a x), s = 1 - t^2:
- *   dx = g * w * a * s;   *s_alpha += sum g * w * x * s;
- *   vec: gw[k] += g t, gb[k] += g (per value); else gw[0] += sum g t,
- *   gb[0] += sum g.
- * float32 sums run in float over tiles of FN_TILE values and are added to
- * double once per tile. */
-static void fn_dyt_backward_f(const float* g, const float* x, float* dx, ptrdiff_t n, float a,
-                              const float* w, int vec, double* s_alpha, double* gw, double* gb,
-                              int stream) {
-    float tile[FN_TILE] __attribute__((aligned(64)));
-    double sa = 0.0;
-    for (ptrdiff_t i = 0; i < n; i += FN_TILE) {
-        ptrdiff_t m = n - i < FN_TILE ? n - i : FN_TILE;
-        const float* gi = g + i;
-        const float* xi = x + i;
-        float ta = 0.0f;
-        if (vec) {
-            const float* wi = w + i;
-            double* gwi = gw + i;
-            double* gbi = gb + i;
-#pragma omp simd reduction(+:ta)
-            for (ptrdiff_t k = 0; k < m; k++) {
-                float t = fn_tanh_f(a * xi[k]);
-                float gs = gi[k] * wi[k] * (1.0f - t * t);
-                tile[k] = gs * a;
-                ta += gs * xi[k];
-                gwi[k] += (double)(gi[k] * t);
-                gbi[k] += (double)gi[k];
-            }
-        } else {
-            const float ws = w[0];
-            float tw = 0.0f, tb = 0.0f;
-#pragma omp simd reduction(+:ta, tw, tb)
-            for (ptrdiff_t k = 0; k < m; k++) {
-                float t = fn_tanh_f(a * xi[k]);
-                float gs = gi[k] * (1.0f - t * t);
-                tile[k] = gs * (ws * a);
-                ta += gs * xi[k];
-                tw += gi[k] * t;
-                tb += gi[k];
-            }
-            ta *= ws;
-            gw[0] += tw;
-            gb[0] += tb;
-        }
-        sa += ta;
-        fn_tile_store_f(dx + i, tile, m, stream);
-    }
-    *s_alpha += sa;
 }
 
 static void fn_dyt_backward_d(const double* g, const double* x, double* dx, ptrdiff_t n, double a,

@@ -244,6 +244,9 @@ def test_unsupported_dtypes_raise_type_error(op, rng):
     ("weight_norm", (9, 40), {}), ("normalize", (7, 37), {}),
     ("local_response_norm", (3, 8, 5, 7), {}), ("local_response_norm", (2, 6, 3, 16), {"channel_axis": -1}),
     ("local_response_norm", (2, 5, 1200), {}),
+    ("dynamic_tanh", (7, 37), {}), ("dynamic_tanh", (3, 4100), {}), ("ada_norm", (7, 37), {}),
+    ("ada_norm", (3, 4100), {}), ("weight_standardization", (9, 4, 3, 3), {}),
+    ("batch_renorm", (3, 8, 5, 7), {}), ("batch_renorm", (3, 8, 5, 7), {"channel_axis": -1}),
 ])
 def test_16bit_kernels_equal_float32_kernels_rounded(name, shape, kwargs, dtype, rng, isa):
     """A 16-bit input is widened in registers and computed by the float32
@@ -450,6 +453,8 @@ def test_conversions_are_bit_exact_on_every_build(dtype, rng, isa):
     ("filter_response_norm", (3, 8, 5, 7), {}), ("filter_response_norm", (2, 5, 140, 3), {"channel_axis": -1}),
     ("local_response_norm", (3, 8, 5, 7), {}), ("local_response_norm", (2, 6, 3, 16), {"channel_axis": -1}),
     ("standardize", (70, 9), {}), ("min_max_scale", (70, 9), {}), ("batch_norm", (3, 8, 5, 7), {}),
+    ("dynamic_tanh", (70, 9), {}), ("dynamic_tanh", (5, 3000), {}), ("ada_norm", (7, 37), {}),
+    ("weight_standardization", (9, 4, 3, 3), {}), ("batch_renorm", (3, 8, 5, 7), {}),
 ])
 def test_16bit_backward_equals_float32_backward_rounded(name, shape, kwargs, dtype, isa):
     """The backward over 16-bit storage is the float32 backward on the widened
