@@ -240,6 +240,68 @@ def numpy_brn(x, g, w, b, threads, backward=False):
     return run
 
 
+# ---------------------------------------------------------------- Switchable Norm: (N, C, H, W) training
+
+def _mix_logits():
+    return np.array([0.3, -0.2, 0.1], np.float32), np.array([-0.1, 0.2, 0.4], np.float32)
+
+
+def fastnorm_sn(x, g, w, b, threads, backward=False, out=False):
+    mw, vw = (a.astype(w.dtype) for a in _mix_logits())
+    C = x.shape[1]
+
+    def fwd(**kw):
+        return fastnorm.switchable_norm(x, np.zeros(C, np.float32), np.zeros(C, np.float32), w, b, mw, vw, True,
+                                        n_threads=threads, **kw)
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fwd(out=y)
+        return fwd
+
+    def run():
+        y, *stats = fwd(return_stats=True)
+        return fastnorm.switchable_norm_backward(g, x, *stats, w, b, mw, vw, True, n_threads=threads)
+    return run
+
+
+def torch_sn(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_case((x, g, w, b), backward)
+    tmw, tvw = (to_torch(a.astype(w.dtype)).clone().requires_grad_(backward) for a in _mix_logits())
+    N, C = x.shape[:2]
+
+    def forward():
+        v = tx.reshape(N, C, -1)
+        mi, vi = v.mean(-1, keepdim=True), v.var(-1, keepdim=True)
+        ml, tl = mi.mean(1, keepdim=True), (vi + mi ** 2).mean(1, keepdim=True)
+        mb, tb_ = mi.mean(0, keepdim=True), (vi + mi ** 2).mean(0, keepdim=True)
+        mwt, vwt = torch.softmax(tmw, 0), torch.softmax(tvw, 0)
+        mean = mwt[0] * mi + mwt[1] * ml + mwt[2] * mb
+        var = vwt[0] * vi + vwt[1] * (tl - ml ** 2) + vwt[2] * (tb_ - mb ** 2)
+        return ((v - mean) / (var + EPS).sqrt()).view_as(tx) * _v(tw) + _v(tb)
+    return _torch_run(forward, (tx, tw, tb, tmw, tvw), tg, backward)
+
+
+def numpy_sn(x, g, w, b, threads, backward=False):
+    if backward:
+        return None  # the gradient through the mixing: no NumPy composition written here
+    mw, vw = _mix_logits()
+    mw, vw = np.exp(mw) / np.exp(mw).sum(), np.exp(vw) / np.exp(vw).sum()
+    N, C = x.shape[:2]
+
+    def fwd():
+        v = x.reshape(N, C, -1)
+        mi, vi = v.mean(-1, keepdims=True), v.var(-1, ddof=1, keepdims=True)
+        ml, tl = mi.mean(1, keepdims=True), (vi + mi ** 2).mean(1, keepdims=True)
+        mb, tb_ = mi.mean(0, keepdims=True), (vi + mi ** 2).mean(0, keepdims=True)
+        mean = mw[0] * mi + mw[1] * ml + mw[2] * mb
+        var = vw[0] * vi + vw[1] * (tl - ml ** 2) + vw[2] * (tb_ - mb ** 2)
+        return ((v - mean) / np.sqrt(var + EPS)).reshape(x.shape) * _v(w) + _v(b)
+    return fwd
+
+
 def _entry(fast, torch_f, numpy_f, shapes, make):
     return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
             "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
@@ -251,4 +313,6 @@ MEMBER_OPS = {
     "weight_standardization": _entry(fastnorm_ws, torch_ws, numpy_ws, [(1024, 512, 3, 3)], ws_case),
     "batch_renorm train NCHW": _entry(fastnorm_brn, torch_brn, numpy_brn, [(32, 64, 56, 56)],
                                       lambda shape: make_channel_case(shape)),
+    "switchable_norm train NCHW": _entry(fastnorm_sn, torch_sn, numpy_sn, [(32, 64, 56, 56)],
+                                         lambda shape: make_channel_case(shape)),
 }

@@ -65,6 +65,13 @@ _BRN = ("(lambda m, s, sr: ((x - m" + _C4 + ") / s" + _C4 + " * torch.clamp(s / 
         + " + torch.clamp((m - rm) / sr, -5, 5).detach()" + _C4 + ") * w" + _C4 + " + b" + _C4 + ")"
         "(x.mean((0, 2, 3)), torch.sqrt(x.var((0, 2, 3), unbiased=False) + 1e-5), torch.sqrt(rv + 1e-5))")
 
+_SN = ("(lambda v, C: (lambda mi, vi: (lambda ml, tl, mb, tb_, mwt, vwt: "
+       "((v - (mwt[0] * mi + mwt[1] * ml + mwt[2] * mb)) / (vwt[0] * vi + vwt[1] * (tl - ml ** 2) "
+       "+ vwt[2] * (tb_ - mb ** 2) + 1e-5).sqrt()).view_as(x) * w.view(1, C, 1, 1) + b.view(1, C, 1, 1))"
+       "(mi.mean(1, keepdim=True), (vi + mi ** 2).mean(1, keepdim=True), mi.mean(0, keepdim=True), "
+       "(vi + mi ** 2).mean(0, keepdim=True), torch.softmax(mw, 0), torch.softmax(vw, 0)))"
+       "(v.mean(-1, keepdim=True), v.var(-1, keepdim=True)))(x.reshape(x.shape[0], x.shape[1], -1), x.shape[1])")
+
 NO_OUT = "torch has no out="
 NO_STATS = "torch returns no statistics"
 
@@ -323,6 +330,14 @@ SPECS = [
      "y, m, s, r, d = batch_renorm(x, rm, rv, w, b, True, return_stats=True); "
      "batch_renorm_backward(dy, x, m, s, r, d, w, b, True)",
      f"y = {_BRN}; torch.autograd.grad(y, (x, w, b), dy)", "torch: composed"),
+    ("switchable_norm", "channel", "fwd", "switchable_norm(x, rm, rv, w, b, mw, vw, True)", _SN, "torch: composed"),
+    ("switchable_norm", "channel", "fwd",
+     "switchable_norm(x, rm, rv, weight=w, bias=b, mean_weight=mw, var_weight=vw, training=True)", _SN,
+     "torch: composed"),
+    ("switchable_norm", "channel", "fwd+bwd",
+     "y, mi, vi, mb, vb = switchable_norm(x, rm, rv, w, b, mw, vw, True, return_stats=True); "
+     "switchable_norm_backward(dy, x, mi, vi, mb, vb, w, b, mw, vw, True)",
+     f"y = {_SN}; torch.autograd.grad(y, (x, w, b, mw, vw), dy)", "torch: composed"),
 
     # ---------------------------------------------------------------- features: (32, 24)
     ("standardize", "features", "fwd", "standardize(x)", "StandardScaler().fit_transform(x)", ""),
@@ -398,7 +413,8 @@ def _arrays(family, dtype, seed=0):
         rv = _bf16_exact(rng.uniform(0.5, 1.5, C).astype(np.float32))
         a = dict(x=x, dy=dy, xl=np.ascontiguousarray(np.moveaxis(x, 1, -1)),
                  dyl=np.ascontiguousarray(np.moveaxis(dy, 1, -1)),
-                 w=normal(C), b=normal(C), t=(np.full(C, -0.2, np.float32)).astype(dt), rm=rm, rv=rv)
+                 w=normal(C), b=normal(C), t=(np.full(C, -0.2, np.float32)).astype(dt), rm=rm, rv=rv,
+                 mw=normal(3), vw=normal(3))
     elif family == "features":
         x = normal(*shape)
         a = dict(x=x, dy=normal(*shape))

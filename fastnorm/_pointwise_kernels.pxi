@@ -175,3 +175,155 @@ def dyt_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_
     if status != 0:
         raise MemoryError("fastnorm: out of memory in dynamic_tanh_backward")
     return ga
+
+
+# ---------------------------------------------------------------- per-statistic passes
+#
+# Statistic k of value (p, c, s) is (p // R) * C + c (see pointwise.h): the
+# pieces of _pw_piece have one statistic (S > 1) or consecutive ones (S = 1).
+
+cdef extern from "pointwise.h" nogil:
+    void fn_stat_sums_s(int st, const void* g, const void* x, Py_ssize_t n, const float* hi, int vec,
+                        double* sg, double* sgx)
+    void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, Py_ssize_t n, const float* hi,
+                         const float* al, const float* be, const float* ga, int vec, int stream)
+    void fn_stat_sums_d(const double* g, const double* x, Py_ssize_t n, const double* hi, int vec,
+                        double* sg, double* sgx)
+    void fn_stat_apply_d(const double* g, const double* x, double* dx, Py_ssize_t n, const double* hi,
+                         const double* al, const double* be, const double* ga, int vec)
+
+
+cdef inline Py_ssize_t _stat_of_flat(Py_ssize_t i, Py_ssize_t C, Py_ssize_t S, Py_ssize_t R) noexcept nogil:
+    cdef Py_ssize_t p = i // (C * S)
+    return (p // R) * C + (i // S) % C
+
+
+cdef int _stat_sums(const char* g, const char* x, int st, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S,
+                    Py_ssize_t R, const floating* hi, Py_ssize_t K, double* part, int nth) noexcept nogil:
+    """part: nth * 2K zeroed doubles (per thread: sum g, then sum g * (x - hi))."""
+    cdef Py_ssize_t total = P * C * S, i, end, n, c, k
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
+    cdef bint vec = S == 1
+    cdef int p
+    cdef double* mine
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        mine = part + 2 * K * p
+        c = 0
+        i = _part_start(total, nth, p)
+        end = _part_start(total, nth, p + 1)
+        while i < end:
+            n = _pw_piece(i, end, C, S, &c)
+            k = _stat_of_flat(i, C, S, R)
+            if floating is double:
+                fn_stat_sums_d(<const double*>g + i, <const double*>x + i, n, hi + k, vec, mine + k,
+                               mine + K + k)
+            else:
+                fn_stat_sums_s(st, g + i * isz, x + i * isz, n, hi + k, vec, mine + k, mine + K + k)
+            i = i + n
+    return 0
+
+
+cdef int _stat_apply(const char* g, const char* x, char* dx, int st, Py_ssize_t P, Py_ssize_t C,
+                     Py_ssize_t S, Py_ssize_t R, const floating* hi, const floating* al,
+                     const floating* be, const floating* ga, int nth) noexcept nogil:
+    cdef Py_ssize_t total = P * C * S, i, end, n, c, k
+    cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
+    cdef bint vec = S == 1
+    cdef bint stream = (floating is float) and _use_streaming(P * C, S, isz)
+    cdef int p
+    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        c = 0
+        i = _part_start(total, nth, p)
+        end = _part_start(total, nth, p + 1)
+        while i < end:
+            n = _pw_piece(i, end, C, S, &c)
+            k = _stat_of_flat(i, C, S, R)
+            if floating is double:
+                fn_stat_apply_d(<const double*>g + i, <const double*>x + i, <double*>dx + i, n, hi + k,
+                                al + k, be + k, ga + k, vec)
+            else:
+                fn_stat_apply_s(st, g + i * isz, x + i * isz, dx + i * isz, n, hi + k, al + k, be + k,
+                                ga + k, vec, stream)
+            i = i + n
+        if stream:
+            fastnorm_stream_fence()
+    return 0
+
+
+def stat_sums(cnp.ndarray g, cnp.ndarray x, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S, Py_ssize_t R,
+              cnp.ndarray hi, cnp.ndarray sg, cnp.ndarray sgx, object n_threads):
+    """Per statistic k = (p // R) * C + c of x's (P, C, S) layout: sg[k] =
+    sum g, sgx[k] = sum g * (x - hi[k]) (float64 outputs of K = P // R * C)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef Py_ssize_t K = (P // R) * C if R > 0 else 0, j, k
+    _check_flat(g, typenum, P * C * S, "g")
+    _check_flat(x, typenum, P * C * S, "x")
+    _check_flat(hi, ctype, K, "hi")
+    _check_flat(sg, cnp.NPY_FLOAT64, K, "sg")
+    _check_flat(sgx, cnp.NPY_FLOAT64, K, "sgx")
+    if R < 1 or P % R:
+        raise ValueError("internal: stat_sums needs P divisible by R >= 1")
+    cdef int nth = resolve_threads(n_threads, P * C * S)
+    cdef double* part = <double*>malloc(<size_t>nth * 2 * K * sizeof(double) + 8)
+    if part == NULL:
+        raise MemoryError("fastnorm: out of memory in stat_sums")
+    memset(part, 0, <size_t>nth * 2 * K * sizeof(double))
+    cdef double* a = <double*>cnp.PyArray_DATA(sg)
+    cdef double* b = <double*>cnp.PyArray_DATA(sgx)
+    cdef const char* gp = <const char*>cnp.PyArray_DATA(g)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef void* hp = cnp.PyArray_DATA(hi)
+    with nogil:
+        if P * C * S:
+            if dbl:
+                _stat_sums[double](gp, xp, st, P, C, S, R, <const double*>hp, K, part, nth)
+            else:
+                _stat_sums[float](gp, xp, st, P, C, S, R, <const float*>hp, K, part, nth)
+        for k in range(K):
+            a[k] = 0
+            b[k] = 0
+        for j in range(nth):
+            for k in range(K):
+                a[k] += part[2 * K * j + k]
+                b[k] += part[2 * K * j + K + k]
+    free(part)
+
+
+def stat_apply(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S,
+               Py_ssize_t R, cnp.ndarray hi, cnp.ndarray alpha, cnp.ndarray beta, cnp.ndarray gamma,
+               object n_threads):
+    """dx = alpha[k] * g + beta[k] * (x - hi[k]) + gamma[k] per statistic k
+    (as stat_sums); coefficients: contiguous (K,) of the compute dtype; g may
+    be x (an affine map per statistic) and dx may be x (in place)."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int ctype = _kernel_typenum(typenum)
+    cdef bint dbl
+    cdef int st = storage_of(typenum, &dbl)
+    cdef Py_ssize_t K = (P // R) * C if R > 0 else 0
+    _check_flat(g, typenum, P * C * S, "g")
+    _check_flat(x, typenum, P * C * S, "x")
+    _check_flat(dx, typenum, P * C * S, "dx")
+    for a, name in ((hi, "hi"), (alpha, "alpha"), (beta, "beta"), (gamma, "gamma")):
+        _check_flat(a, ctype, K, name)
+    if R < 1 or P % R:
+        raise ValueError("internal: stat_apply needs P divisible by R >= 1")
+    cdef int nth = resolve_threads(n_threads, P * C * S)
+    cdef const char* gp = <const char*>cnp.PyArray_DATA(g)
+    cdef const char* xp = <const char*>cnp.PyArray_DATA(x)
+    cdef char* dp = <char*>cnp.PyArray_DATA(dx)
+    cdef void* hp = cnp.PyArray_DATA(hi)
+    cdef void* ap = cnp.PyArray_DATA(alpha)
+    cdef void* bp = cnp.PyArray_DATA(beta)
+    cdef void* cp = cnp.PyArray_DATA(gamma)
+    if P * C * S == 0:
+        return
+    with nogil:
+        if dbl:
+            _stat_apply[double](gp, xp, dp, st, P, C, S, R, <const double*>hp, <const double*>ap,
+                                <const double*>bp, <const double*>cp, nth)
+        else:
+            _stat_apply[float](gp, xp, dp, st, P, C, S, R, <const float*>hp, <const float*>ap,
+                               <const float*>bp, <const float*>cp, nth)

@@ -205,6 +205,17 @@ def _batch_renorm(rng, dtype, shape):
                 lambda out, st, g: ((g[0], x, st[0], st[1], st[2], st[3], w, b, True), {}))
 
 
+def _switchable_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    cdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    rm, rv = np.zeros(C, cdt), np.ones(C, cdt)
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    mw, vw = _param(rng, 3, dtype, 0.5), _param(rng, 3, dtype, -0.2)
+    return Call((x, rm, rv, w, b, mw, vw, True), {}, 1,
+                lambda out, st, g: ((g[0], x, st[0], st[1], st[2], st[3], w, b, mw, vw, True), {}))
+
+
 def _ws_layer(w, dtype):
     return nn.WeightStandardization(w.astype(dtype)), ()
 
@@ -265,6 +276,8 @@ OPS = [
        layer="WeightStandardization", default_shape=(6, 4, 3, 3), make_layer=_ws_layer),
     Op("batch_renorm", "channels", _batch_renorm, "batch_renorm_backward", layer="BatchRenorm2d",
        default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("BatchRenorm2d", lambda x: x.shape[1])),
+    Op("switchable_norm", "mixed", _switchable_norm, "switchable_norm_backward", layer="SwitchableNorm2d",
+       default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("SwitchableNorm2d", lambda x: x.shape[1])),
 ]
 
 _BY_NAME = {op.name: op for op in OPS}

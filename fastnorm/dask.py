@@ -66,6 +66,7 @@ __all__ = [
 NOT_DISTRIBUTED = {
     "weight_norm": "reparametrizes a weight tensor: a parameter, not data split into chunks",
     "weight_standardization": "standardizes a weight tensor: a parameter, not data split into chunks",
+    "switchable_norm": "mixes per-sample statistics with batch ones over every chunk; not distributed yet",
 }
 
 

@@ -21,7 +21,8 @@ __all__ = [
     "Module", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
     "LocalResponseNorm", "IncompatibleKeys", "StateDictError", "DynamicTanh", "AdaNorm",
-    "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization",
+    "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization", "SwitchableNorm2d",
+    "SwitchableNorm3d",
 ]
 
 
@@ -657,3 +658,60 @@ class WeightStandardization(Module):
 
     def extra_repr(self):
         return f"shape={self.weight.shape}, eps={self.eps}"
+
+
+class _SwitchableNorm(Module):
+    """Switchable Normalization (the reference's SwitchNorm2d / 3d):
+    parameters ``weight`` (ones; zeros with last_gamma), ``bias`` (zeros),
+    ``mean_weight`` and ``var_weight`` (ones(3): instance, layer, batch
+    logits); buffers ``running_mean`` and ``running_var`` (zeros, as the
+    reference).  momentum in torch's convention (0.1 = the reference's 0.9).
+    backward stores grad_weight, grad_bias, grad_mean_weight, grad_var_weight."""
+
+    _parameter_names = ("weight", "bias", "mean_weight", "var_weight")
+    _buffer_names = ("running_mean", "running_var")
+    _input_ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, last_gamma=False, dtype=np.float32, *,
+                 channel_axis=1):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.num_features = check_count(num_features, "num_features")
+        self.eps, self.momentum, self.channel_axis = eps, momentum, channel_axis
+        self.weight = (np.zeros if last_gamma else np.ones)(num_features, dtype)
+        self.bias = np.zeros(num_features, dtype)
+        self.mean_weight = np.ones(3, dtype)
+        self.var_weight = np.ones(3, dtype)
+        self.running_mean = np.zeros(num_features, compute_dtype(dtype))
+        self.running_var = np.zeros(num_features, compute_dtype(dtype))
+        self.grad_weight = self.grad_bias = self.grad_mean_weight = self.grad_var_weight = None
+
+    def forward(self, x, *, n_threads=None):
+        if np.ndim(x) not in self._input_ndims:
+            raise ValueError(f"{type(self).__name__} expects {self._input_ndims[0]}-D input, got shape {np.shape(x)}")
+        training = self.training
+        return self._forward(lambda stats: F.switchable_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.mean_weight, self.var_weight,
+            training, self.momentum, self.eps, channel_axis=self.channel_axis, n_threads=n_threads,
+            return_stats=stats), x, training)
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean_in, var_in, mean_bn, var_bn, training = self._saved_or_raise()
+        (grad_x, self.grad_weight, self.grad_bias, self.grad_mean_weight,
+         self.grad_var_weight) = F.switchable_norm_backward(
+            grad_out, x, mean_in, var_in, mean_bn, var_bn, self.weight, self.bias, self.mean_weight,
+            self.var_weight, training, self.eps, channel_axis=self.channel_axis, n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class SwitchableNorm2d(_SwitchableNorm):
+    """Switchable Normalization of (N, C, H, W) input (or NHWC with channel_axis=-1)."""
+    _input_ndims = (4,)
+
+
+class SwitchableNorm3d(_SwitchableNorm):
+    """Switchable Normalization of (N, C, D, H, W) input (or NDHWC with channel_axis=-1)."""
+    _input_ndims = (5,)

@@ -334,4 +334,92 @@ static void fn_dyt_backward_d(const double* g, const double* x, double* dx, ptrd
     *s_alpha += sa;
 }
 
+/* ------------------------------------------------------------------ */
+/* Per-statistic elementwise passes, the pieces the mixed-statistic ops
+ * (Switchable Normalization, ...) are built from.  Over the flat (P, C, S)
+ * layout, value (p, c, s) belongs to statistic k = (p / R) * C + c: R = 1
+ * for channels-first (N, C, S) data (a statistic per (sample, channel)),
+ * R = the spatial size for channels-last rows (P = N * spatial, S = 1).
+ * Each piece has one k (S > 1) or a run of consecutive k (S = 1).
+ *
+ *   fn_stat_sums:  sg[k] += sum g,  sgx[k] += sum g * (x - hi[k])
+ *   fn_stat_apply: dx = alpha[k] * g + beta[k] * (x - hi[k]) + gamma[k]
+ * (g may be x itself: an affine map of x per statistic). */
+
+static void fn_stat_sums_s(int st, const void* g, const void* x, ptrdiff_t n, const float* hi, int vec,
+                           double* sg, double* sgx) {
+    ptrdiff_t k = 0;
+    if (!vec) {
+        const float h = hi[0];
+        float tg = 0.0f, tx = 0.0f;
+#ifdef FN_TANH_VECTOR
+        fn_vf ag = fn_splat(0.0f), ax = ag;
+        for (; k + FN_VL <= n; k += FN_VL) {
+            fn_vf gv = fn_pw_ld(st, g, k);
+            ag += gv;
+            ax += gv * (fn_pw_ld(st, x, k) - h);
+        }
+        tg = fn_lane_sum(ag);
+        tx = fn_lane_sum(ax);
+#endif
+        for (; k < n; k++) {
+            float gk = fn_pw_ld1(st, g, k);
+            tg += gk;
+            tx += gk * (fn_pw_ld1(st, x, k) - h);
+        }
+        sg[0] += tg;
+        sgx[0] += tx;
+        return;
+    }
+    for (; k < n; k++) {
+        float gk = fn_pw_ld1(st, g, k);
+        sg[k] += (double)gk;
+        sgx[k] += (double)(gk * (fn_pw_ld1(st, x, k) - hi[k]));
+    }
+}
+
+static void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, const float* hi,
+                            const float* al, const float* be, const float* ga, int vec, int stream) {
+    ptrdiff_t k = 0;
+#ifdef FN_TANH_VECTOR
+    k = fn_pw_head(st, dx, n, &stream);
+    for (ptrdiff_t j = 0; j < k; j++) {
+        ptrdiff_t c = vec ? j : 0;
+        fn_pw_st1(st, dx, j, al[c] * fn_pw_ld1(st, g, j) + be[c] * (fn_pw_ld1(st, x, j) - hi[c]) + ga[c]);
+    }
+    if (vec) {
+        for (; k + FN_VL <= n; k += FN_VL)
+            fn_pw_st(st, dx, k, FN_LOAD(fn_vfu, al + k) * fn_pw_ld(st, g, k)
+                     + FN_LOAD(fn_vfu, be + k) * (fn_pw_ld(st, x, k) - FN_LOAD(fn_vfu, hi + k))
+                     + FN_LOAD(fn_vfu, ga + k), stream);
+    } else {
+        const float a0 = al[0], b0 = be[0], h0 = hi[0], g0 = ga[0];
+        for (; k + FN_VL <= n; k += FN_VL)
+            fn_pw_st(st, dx, k, a0 * fn_pw_ld(st, g, k) + b0 * (fn_pw_ld(st, x, k) - h0) + g0, stream);
+    }
+#endif
+    for (; k < n; k++) {
+        ptrdiff_t c = vec ? k : 0;
+        fn_pw_st1(st, dx, k, al[c] * fn_pw_ld1(st, g, k) + be[c] * (fn_pw_ld1(st, x, k) - hi[c]) + ga[c]);
+    }
+}
+
+static void fn_stat_sums_d(const double* g, const double* x, ptrdiff_t n, const double* hi, int vec,
+                           double* sg, double* sgx) {
+    for (ptrdiff_t k = 0; k < n; k++) {
+        ptrdiff_t c = vec ? k : 0;
+        sg[c] += g[k];
+        sgx[c] += g[k] * (x[k] - hi[c]);
+    }
+}
+
+static void fn_stat_apply_d(const double* g, const double* x, double* dx, ptrdiff_t n, const double* hi,
+                            const double* al, const double* be, const double* ga, int vec) {
+    for (ptrdiff_t k = 0; k < n; k++) {
+        ptrdiff_t c = vec ? k : 0;
+        dx[k] = al[c] * g[k] + be[c] * (x[k] - hi[c]) + ga[c];
+    }
+}
+
+
 #endif

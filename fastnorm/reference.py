@@ -18,6 +18,7 @@ __all__ = [
     "local_response_norm", "local_response_norm_backward",
     "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
+    "switchable_norm", "switchable_norm_backward",
 ]
 
 
@@ -592,3 +593,74 @@ def batch_renorm_backward(grad_out, x, mean, invstd, r, d, weight=None, bias=Non
     grad_weight = (g * (xhat * r[None, :, None] + d[None, :, None])).sum(axis=(0, 2)) if weight is not None else None
     grad_bias = g.sum(axis=(0, 2)) if bias is not None else None
     return back(grad_x), grad_weight, grad_bias
+
+
+def _sn_softmax(v):
+    if v is None:
+        return np.full(3, 1 / 3)
+    e = np.exp(np.asarray(v, np.float64) - np.max(np.asarray(v, np.float64)))
+    return e / e.sum()
+
+
+def switchable_norm(x, running_mean, running_var, weight=None, bias=None, mean_weight=None, var_weight=None,
+                    training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False):
+    """Switchable Normalization in float64 (the reference SwitchNorm2d's
+    statistics); updates the running statistics in place when training."""
+    v, back = _to_ncs(x, channel_axis)
+    mean_in = v.mean(2)
+    var_in = v.var(2, ddof=1)
+    if training:
+        mean_bn = mean_in.mean(0)
+        var_bn = (var_in + mean_in ** 2).mean(0) - mean_bn ** 2
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean_bn
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * var_bn
+    else:
+        mean_bn, var_bn = np.asarray(running_mean, np.float64), np.asarray(running_var, np.float64)
+    mean_ln = mean_in.mean(1, keepdims=True)
+    var_ln = (var_in + mean_in ** 2).mean(1, keepdims=True) - mean_ln ** 2
+    mw, vw = _sn_softmax(mean_weight), _sn_softmax(var_weight)
+    mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn[None, :]
+    var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn[None, :]
+    y = back(_affine((v - mean[..., None]) / np.sqrt(var[..., None] + eps), weight, bias))
+    return (y, mean_in, var_in, mean_bn, var_bn) if return_stats else y
+
+
+def switchable_norm_backward(grad_out, x, mean_in, var_in, mean_bn, var_bn, weight=None, bias=None,
+                             mean_weight=None, var_weight=None, training=True, eps=1e-5, *, channel_axis=1):
+    """The gradients of switchable_norm in float64, by the chain rule on full arrays."""
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    N, C, S = v.shape
+    mean_in = np.asarray(mean_in, np.float64)
+    var_in = np.asarray(var_in, np.float64)
+    mean_bn = np.asarray(mean_bn, np.float64)
+    var_bn = np.asarray(var_bn, np.float64)
+    mw, vw = _sn_softmax(mean_weight), _sn_softmax(var_weight)
+    mean_ln = mean_in.mean(1, keepdims=True)
+    var_ln = (var_in + mean_in ** 2).mean(1, keepdims=True) - mean_ln ** 2
+    m = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn[None, :]
+    var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn[None, :]
+    rs = 1 / np.sqrt(var + eps)
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    xhat = (v - m[..., None]) * rs[..., None]
+    gy = g * w[None, :, None]
+    dm = -(gy * rs[..., None]).sum(2)
+    dv = -0.5 * (gy * xhat).sum(2) * rs ** 2
+    # the mixed statistics' gradients, spread to the instance ones
+    dmi = mw[0] * dm + mw[1] * np.repeat(dm.mean(1, keepdims=True), C, 1)
+    dvi = vw[0] * dv + vw[1] * np.repeat(dv.mean(1, keepdims=True), C, 1)
+    dmi += vw[1] * dv.sum(1, keepdims=True) * 2 * (mean_in - mean_ln) / C
+    if training:
+        dmi += mw[2] * dm.mean(0, keepdims=True) + vw[2] * dv.sum(0, keepdims=True) * 2 * (mean_in - mean_bn) / N
+        dvi += vw[2] * dv.mean(0, keepdims=True)
+    grad_x = gy * rs[..., None] + dmi[..., None] / S + dvi[..., None] * 2 * (v - mean_in[..., None]) / (S - 1)
+    mstats = np.stack([mean_in, np.broadcast_to(mean_ln, (N, C)), np.broadcast_to(mean_bn, (N, C))])
+    vstats = np.stack([var_in, np.broadcast_to(var_ln, (N, C)), np.broadcast_to(var_bn, (N, C))])
+    d_mw = (dm[None] * mstats).sum((1, 2))
+    d_vw = (dv[None] * vstats).sum((1, 2))
+    return (back(grad_x), (g * xhat).sum((0, 2)) if weight is not None else None,
+            g.sum((0, 2)) if bias is not None else None,
+            mw * (d_mw - mw @ d_mw) if mean_weight is not None else None,
+            vw * (d_vw - vw @ d_vw) if var_weight is not None else None)

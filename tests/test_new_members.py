@@ -355,3 +355,80 @@ def test_dynamic_tanh_layer_state_and_gradients(dtype, rng):
     t.bias = torch.nn.Parameter(torch.zeros(16))
     layer.load_state_dict(t.state_dict())
     assert float(layer.alpha[0]) == pytest.approx(0.3, rel=1e-2)
+
+
+# ---------------------------------------------------------------- Switchable Normalization
+
+def _torch_switchable_norm(tx, rm, rv, tw, tb, tmw, tvw, training, eps=1e-5):
+    """The reference SwitchNorm2d's forward, written from its definitions."""
+    N, C = tx.shape[:2]
+    v = tx.reshape(N, C, -1)
+    mean_in = v.mean(-1, keepdim=True)
+    var_in = v.var(-1, keepdim=True)
+    mean_ln = mean_in.mean(1, keepdim=True)
+    temp = var_in + mean_in ** 2
+    var_ln = temp.mean(1, keepdim=True) - mean_ln ** 2
+    if training:
+        mean_bn = mean_in.mean(0, keepdim=True)
+        var_bn = temp.mean(0, keepdim=True) - mean_bn ** 2
+    else:
+        mean_bn, var_bn = torch.tensor(rm).view(1, C, 1), torch.tensor(rv).view(1, C, 1)
+    mw, vw = torch.softmax(tmw, 0), torch.softmax(tvw, 0)
+    mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn
+    var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
+    y = ((v - mean) / (var + eps).sqrt()).view_as(tx)
+    return y * tw.view(1, C, *([1] * (tx.ndim - 2))) + tb.view(1, C, *([1] * (tx.ndim - 2))), mean_bn, var_bn
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_switchable_norm_matches_torch(dtype, training, channel_axis, rng):
+    x = (rng.standard_normal((4, 6, 5, 3)) * 2 + 0.7).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    C = 6
+    rm = (0.2 * rng.standard_normal(C)).astype(dtype)
+    rv = (1 + rng.random(C)).astype(dtype)
+    w, b = (1 + 0.2 * rng.standard_normal(C)).astype(dtype), rng.standard_normal(C).astype(dtype)
+    mw, vw = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    tx, tw, tb, tmw, tvw = leaf(x), leaf(w), leaf(b), leaf(mw), leaf(vw)
+    ty, mean_bn, var_bn = _torch_switchable_norm(tx, rm, rv, tw, tb, tmw, tvw, training)
+    ty.backward(torch.tensor(g))
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channel_axis == -1 else x
+    gin = np.ascontiguousarray(np.moveaxis(g, 1, -1)) if channel_axis == -1 else g
+    back = (lambda a: np.moveaxis(a, -1, 1)) if channel_axis == -1 else (lambda a: a)
+    rm2, rv2 = rm.copy(), rv.copy()
+    y, *stats = fastnorm.switchable_norm(xin, rm2, rv2, w, b, mw, vw, training, 0.1,
+                                         channel_axis=channel_axis, return_stats=True)
+    close(back(y), ty, dtype)
+    gx, gw, gb, gmw, gvw = fastnorm.switchable_norm_backward(gin, xin, *stats, w, b, mw, vw, training,
+                                                             channel_axis=channel_axis)
+    close(back(gx), tx.grad, dtype, 10)
+    for got, want in ((gw, tw.grad), (gb, tb.grad), (gmw, tmw.grad), (gvw, tvw.grad)):
+        close(got, want, dtype, 100)
+    if training:  # torch's momentum convention on the batch statistics
+        close(rm2, 0.9 * rm + 0.1 * mean_bn.detach().numpy().ravel(), dtype)
+        close(rv2, 0.9 * rv + 0.1 * var_bn.detach().numpy().ravel(), dtype)
+    else:
+        assert np.array_equal(rm2, rm) and np.array_equal(rv2, rv)
+
+
+def test_switchable_norm_errors_and_layer(rng):
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="mean_weight"):
+        fastnorm.switchable_norm(x, rm, rv, mean_weight=np.ones(2, np.float32), training=True)
+    with pytest.raises(ValueError, match="spatial"):
+        fastnorm.switchable_norm(x[:, :, :1, :1], rm, rv, training=True)
+    with pytest.raises(ValueError, match="running_mean"):
+        fastnorm.switchable_norm(x, None, None, training=False)
+    assert np.array_equal(rm, np.zeros(3)) and np.array_equal(rv, np.ones(3))
+    layer = nn.SwitchableNorm2d(3)
+    assert set(layer.state_dict()) == {"weight", "bias", "mean_weight", "var_weight", "running_mean",
+                                       "running_var"}
+    y = layer(x)
+    layer.backward(np.ones_like(y))
+    assert layer.grad_mean_weight.shape == (3,) and layer.grad_var_weight.shape == (3,)
+    assert np.abs(layer.running_mean).max() > 0
+    with pytest.raises(ValueError, match="4-D"):
+        layer(x[0])

@@ -1,0 +1,236 @@
+"""Normalizations whose statistics mix several normalizers' statistics:
+Switchable Normalization (Luo et al.).
+
+Built on two channel-engine passes: the per-(sample, channel) moments
+(``channel_moments``) and the per-statistic elementwise passes of
+``_pointwise_kernels.pxi`` (``stat_sums``: sum g and sum g * (x - hi) per
+statistic; ``stat_apply``: alpha * g + beta * (x - hi) + gamma per
+statistic).  The mixing itself is arithmetic on (N, C) arrays."""
+import numpy as np
+
+from .. import _dispatch
+from .._args import check_eps, check_momentum
+from .._dtypes import check_param_dtype, native_order
+from .._validation import (
+    ChannelLayout,
+    as_float_array,
+    channel_output,
+    channel_stats_input,
+    into_out,
+    out_aliases,
+    same_shape_input,
+    to_kernel_layout,
+)
+from .channels import _running_buffer
+
+__all__ = ["switchable_norm", "switchable_norm_backward"]
+
+
+class _StatLayout:
+    """x in the per-statistic kernels' flat (P, C, S) layout with R rows per
+    sample (statistic (n, c) of every value)."""
+
+    def __init__(self, x, channel_axis):
+        self.layout = lay = ChannelLayout(x, channel_axis)
+        self.N, self.C, self.S = lay.N, lay.C, lay.S
+        if lay.cl:
+            self.P, self.Sk, self.R = lay.N * lay.S, 1, lay.S
+        else:
+            self.P, self.Sk, self.R = lay.N, lay.S, 1
+
+    def moments(self, n_threads):
+        """Per (sample, channel): mean and sum of squared deviations, (N, C) float64."""
+        lay, N, C, S = self.layout, self.N, self.C, self.S
+        mean, m2, count = np.empty(N * C), np.empty(N * C), np.empty(N * C)
+        if not lay.cl:  # (N, C, S) is (1, N*C, S): BatchNorm's per-channel moments of N*C channels
+            _dispatch.kernels.channel_moments(lay.data.reshape(1, N * C, S), False, 1, N * C, S, mean, m2,
+                                              count, n_threads)
+        else:
+            for n in range(N):
+                _dispatch.kernels.channel_moments(lay.data[n], True, 1, C, S, mean[n * C:(n + 1) * C],
+                                                  m2[n * C:(n + 1) * C], count[n * C:(n + 1) * C], n_threads)
+        return mean.reshape(N, C), m2.reshape(N, C)
+
+    def sums(self, g, hi, cdt, n_threads):
+        K = self.N * self.C
+        sg, sgx = np.empty(K), np.empty(K)
+        _dispatch.kernels.stat_sums(g, self.layout.data, self.P, self.C, self.Sk, self.R,
+                                    np.ascontiguousarray(hi, cdt).reshape(K), sg, sgx, n_threads)
+        return sg.reshape(self.N, self.C), sgx.reshape(self.N, self.C)
+
+    def apply(self, g, out_k, hi, alpha, beta, gamma, cdt, n_threads):
+        K = self.N * self.C
+        coef = [np.ascontiguousarray(np.broadcast_to(a, (self.N, self.C)), cdt).reshape(K)
+                for a in (hi, alpha, beta, gamma)]
+        _dispatch.kernels.stat_apply(g, self.layout.data, out_k, self.P, self.C, self.Sk, self.R, *coef, n_threads)
+
+
+def _softmax3(v, name, dtype, cdt):
+    if v is None:
+        return np.full(3, 1.0 / 3.0)
+    a = np.asarray(v)
+    if a.shape != (3,):
+        raise ValueError(f"{name} must have shape (3,) (instance, layer, batch), got {a.shape}")
+    a = check_param_dtype(native_order(a), name, dtype, cdt).astype(np.float64)
+    e = np.exp(a - a.max())
+    return e / e.sum()
+
+
+def _mix(mean_in, var_in, mean_bn, var_bn, mw, vw):
+    """The layer statistics from the instance ones, and the mixed (N, C) mean and var."""
+    mean_ln = mean_in.mean(1)
+    var_ln = (var_in + mean_in ** 2).mean(1) - mean_ln ** 2
+    mean = mw[0] * mean_in + mw[1] * mean_ln[:, None] + mw[2] * mean_bn[None, :]
+    var = vw[0] * var_in + vw[1] * var_ln[:, None] + vw[2] * var_bn[None, :]
+    return mean_ln, var_ln, mean, var
+
+
+def _vector(p, name, C, dtype, cdt, fill):
+    if p is None:
+        return np.full(C, fill)
+    a = np.asarray(p)
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) (the channels), got {a.shape}")
+    return check_param_dtype(native_order(a), name, dtype, cdt).astype(np.float64)
+
+
+def switchable_norm(x, running_mean, running_var, weight=None, bias=None, mean_weight=None, var_weight=None,
+                    training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, n_threads=None,
+                    return_stats=False):
+    """Switchable Normalization (Luo et al. 2019), as the reference
+    implementation's SwitchNorm2d (switchablenorms/Switchable-Normalization).
+
+    Per (sample, channel): the instance mean and *unbiased* variance over the
+    spatial positions (torch's ``var``, as the reference); the layer
+    statistics derived from them (mean over channels of the means, and of
+    var + mean^2, minus the mean squared) and the batch statistics likewise
+    over samples (in eval, the running ones).  mean = softmax(mean_weight)
+    . (instance, layer, batch means), var likewise with softmax(var_weight),
+    y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+    In training the running statistics are updated in place with the batch
+    statistics: running = (1 - momentum) * running + momentum * batch, torch's
+    convention (the reference's momentum=0.997 / 0.9 means 1 - momentum here).
+    mean_weight / var_weight: (3,) logits (None: equal weights).
+
+    Returns y, or (y, mean_in, var_in, mean_bn, var_bn) with return_stats
+    ((N, C), (N, C), (C,), (C,)) for `switchable_norm_backward`.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    >>> rm, rv = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    >>> y = switchable_norm(x, rm, rv, training=True)
+    >>> y.shape
+    (4, 3, 5, 5)
+    """
+    if out_aliases(out, (weight, bias, mean_weight, var_weight) + (() if training else (running_mean, running_var)),
+                   (("running_mean", running_mean), ("running_var", running_var)) if training else ()):
+        return into_out(out, switchable_norm(x, running_mean, running_var, weight, bias, mean_weight, var_weight,
+                                             training, momentum, eps, channel_axis=channel_axis,
+                                             n_threads=n_threads, return_stats=return_stats))
+    x, cdt = as_float_array(x, "x")
+    sl = _StatLayout(x, channel_axis)
+    N, C, S = sl.N, sl.C, sl.S
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    running_mean = _running_buffer(running_mean, "running_mean", C, training)
+    running_var = _running_buffer(running_var, "running_var", C, training)
+    w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
+    b = _vector(bias, "bias", C, x.dtype, cdt, 0.0)
+    mw = _softmax3(mean_weight, "mean_weight", x.dtype, cdt)
+    vw = _softmax3(var_weight, "var_weight", x.dtype, cdt)
+    if S <= 1:
+        raise ValueError(f"Expected more than 1 spatial value per channel (the instance variance is "
+                         f"unbiased), got input size {x.shape}")
+    if training and N * S <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var are required when training=False")
+    y_k, direct = channel_output(x, sl.layout, sl.layout.data, x.dtype, out)   # checks out first
+    mean_in, m2 = sl.moments(n_threads)
+    var_in = m2 / (S - 1)
+    if training:
+        mean_bn = mean_in.mean(0)
+        var_bn = (var_in + mean_in ** 2).mean(0) - mean_bn ** 2
+    else:
+        mean_bn, var_bn = running_mean.astype(np.float64), running_var.astype(np.float64)
+    _, _, mean, var = _mix(mean_in, var_in, mean_bn, var_bn, mw, vw)
+    rs = 1.0 / np.sqrt(var + eps)
+    # y = 0 * x + (w rs) * (x - mean) + b: the affine pass per statistic
+    sl.apply(sl.layout.data, y_k, mean, 0.0, w * rs, b, cdt, n_threads)
+    if direct:
+        y = out
+    else:
+        y = sl.layout.restore(y_k)
+        if out is not None:
+            np.copyto(out, y)
+            y = out
+    if training:
+        for buf, v in ((running_mean, mean_bn), (running_var, var_bn)):
+            if buf is not None:
+                buf *= 1.0 - momentum
+                buf += (momentum * v).astype(buf.dtype)
+    if not return_stats:
+        return y
+    return y, mean_in.astype(cdt), var_in.astype(cdt), mean_bn.astype(cdt), var_bn.astype(cdt)
+
+
+def _softmax_grad(p, dp):
+    return p * (dp - np.dot(p, dp))
+
+
+def switchable_norm_backward(grad_out, x, mean_in, var_in, mean_bn, var_bn, weight=None, bias=None,
+                             mean_weight=None, var_weight=None, training=True, eps=1e-5, *, channel_axis=1,
+                             n_threads=None):
+    """Gradients of `switchable_norm` through every statistic and the
+    softmax mixing: (grad_x, grad_weight, grad_bias, grad_mean_weight,
+    grad_var_weight), None for a parameter that was None.  In eval the batch
+    statistics (the running ones) are constants.
+
+    With m, v the mixed statistics, rs = 1/sqrt(v + eps) and per (n, c) the
+    sums G = sum g and H = sum g (x - m): dL/dm = -w rs G, dL/dv = -w rs^3 H / 2,
+    carried to the instance statistics through the mixing (the layer and
+    batch statistics are means of them), then
+    grad_x = g w rs + dL/dmean_in / S + dL/dvar_in * 2 (x - mean_in) / (S - 1).
+    """
+    x, cdt = as_float_array(x, "x")
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    sl = _StatLayout(x, channel_axis)
+    N, C, S = sl.N, sl.C, sl.S
+    eps = check_eps(eps)
+    mean_in = channel_stats_input(mean_in, "mean_in", (N, C), cdt).reshape(N, C)
+    var_in = channel_stats_input(var_in, "var_in", (N, C), cdt).reshape(N, C)
+    mean_bn = channel_stats_input(mean_bn, "mean_bn", (C,), cdt)
+    var_bn = channel_stats_input(var_bn, "var_bn", (C,), cdt)
+    w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
+    if bias is not None:
+        _vector(bias, "bias", C, x.dtype, cdt, 0.0)
+    mw = _softmax3(mean_weight, "mean_weight", x.dtype, cdt)
+    vw = _softmax3(var_weight, "var_weight", x.dtype, cdt)
+    mean_ln, var_ln, mean, var = _mix(mean_in, var_in, mean_bn, var_bn, mw, vw)
+    rs = 1.0 / np.sqrt(var + eps)
+    g = to_kernel_layout(grad_out, sl.layout)
+    G, Hin = sl.sums(g, mean_in, cdt, n_threads)   # sum g, sum g (x - mean_in)
+    H = Hin + (mean_in - mean) * G                 # sum g (x - m)
+    Gm = -w * rs * G
+    Gv = -0.5 * w * rs ** 3 * H
+    stats_m = (mean_in, np.broadcast_to(mean_ln[:, None], (N, C)), np.broadcast_to(mean_bn, (N, C)))
+    stats_v = (var_in, np.broadcast_to(var_ln[:, None], (N, C)), np.broadcast_to(var_bn, (N, C)))
+    d_mw = np.array([(Gm * s).sum() for s in stats_m])
+    d_vw = np.array([(Gv * s).sum() for s in stats_v])
+    d_mean_in = mw[0] * Gm + mw[1] * Gm.mean(1, keepdims=True) \
+        + vw[1] * Gv.sum(1, keepdims=True) * 2 * (mean_in - mean_ln[:, None]) / C
+    d_var_in = vw[0] * Gv + vw[1] * Gv.mean(1, keepdims=True)
+    if training:  # the batch statistics are means over the samples of the instance ones
+        d_mean_in = d_mean_in + mw[2] * Gm.mean(0, keepdims=True) \
+            + vw[2] * Gv.sum(0, keepdims=True) * 2 * (mean_in - mean_bn[None, :]) / N
+        d_var_in = d_var_in + vw[2] * Gv.mean(0, keepdims=True)
+    dx_k = sl.layout.empty(x.dtype)
+    sl.apply(g, dx_k, mean_in, w * rs, 2 * d_var_in / (S - 1), d_mean_in / S, cdt, n_threads)
+    grad_x = sl.layout.restore(dx_k)
+
+    def like(v, p):
+        return None if p is None else v.astype(np.asarray(p).dtype)
+    return (grad_x, like((H * rs).sum(0), weight), like(G.sum(0), bias),
+            like(_softmax_grad(mw, d_mw), mean_weight), like(_softmax_grad(vw, d_vw), var_weight))
