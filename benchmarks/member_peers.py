@@ -302,6 +302,76 @@ def numpy_sn(x, g, w, b, threads, backward=False):
     return fwd
 
 
+# ---------------------------------------------------------------- PowerNorm: (N, C, H, W) training, after warmup
+
+def fastnorm_pn(x, g, w, b, threads, backward=False, out=False):
+    C = x.shape[1]
+    phi0 = _running(C)[1]
+    ema = np.full(C, 0.05, np.float32)
+
+    def fwd(**kw):
+        return fastnorm.power_norm(x, phi0.copy(), w, b, True, n_threads=threads, **kw)
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fwd(out=y)
+        return fwd
+
+    def run():
+        y, psi2, phi = fwd(return_stats=True)
+        return fastnorm.power_norm_backward(g, x, psi2, phi, ema, w, b, 0.9, True, n_threads=threads)
+    return run
+
+
+def torch_pn(x, g, w, b, threads, backward=False):
+    """The forward composed in torch; the backward is the reference's
+    PowerFunction.backward composed in torch (autograd would compute the
+    exact gradient, a different computation)."""
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_case((x, g, w, b), False)
+    C = x.shape[1]
+    phi = torch.from_numpy(_running(C)[1]).to(tw.dtype)
+    ema = torch.full((C,), 0.05, dtype=tw.dtype)
+
+    def forward():
+        psi2 = (tx * tx).mean((0, 2, 3))
+        z = tx / _v(torch.sqrt(phi + EPS))
+        return _v(tw) * z + _v(tb), z, psi2
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return forward()[0]
+        return run
+
+    def run():
+        with torch.no_grad():
+            y, z, psi2 = forward()
+            approx = tg * _v(tw) - 0.1 * _v(ema) * z
+            gx = approx / _v(torch.sqrt(psi2 + EPS))
+            return gx, (tg * z).sum((0, 2, 3)), tg.sum((0, 2, 3)), ema + (approx * z).mean((0, 2, 3))
+    return run
+
+
+def numpy_pn(x, g, w, b, threads, backward=False):
+    C = x.shape[1]
+    phi = _running(C)[1]
+    ema = np.full(C, 0.05, np.float32)
+
+    def forward():
+        psi2 = (x * x).mean((0, 2, 3))
+        z = x / _v(np.sqrt(phi + EPS))
+        return _v(w) * z + _v(b), z, psi2
+    if not backward:
+        return lambda: forward()[0]
+
+    def run():
+        y, z, psi2 = forward()
+        approx = g * _v(w) - 0.1 * _v(ema) * z
+        return approx / _v(np.sqrt(psi2 + EPS)), (g * z).sum((0, 2, 3)), g.sum((0, 2, 3))
+    return run
+
+
 def _entry(fast, torch_f, numpy_f, shapes, make):
     return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
             "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
@@ -315,4 +385,6 @@ MEMBER_OPS = {
                                       lambda shape: make_channel_case(shape)),
     "switchable_norm train NCHW": _entry(fastnorm_sn, torch_sn, numpy_sn, [(32, 64, 56, 56)],
                                          lambda shape: make_channel_case(shape)),
+    "power_norm train NCHW": _entry(fastnorm_pn, torch_pn, numpy_pn, [(32, 64, 56, 56)],
+                                    lambda shape: make_channel_case(shape)),
 }

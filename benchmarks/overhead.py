@@ -72,6 +72,11 @@ _SN = ("(lambda v, C: (lambda mi, vi: (lambda ml, tl, mb, tb_, mwt, vwt: "
        "(vi + mi ** 2).mean(0, keepdim=True), torch.softmax(mw, 0), torch.softmax(vw, 0)))"
        "(v.mean(-1, keepdim=True), v.var(-1, keepdim=True)))(x.reshape(x.shape[0], x.shape[1], -1), x.shape[1])")
 
+_PN = "x / torch.sqrt(rv + 1e-5).view(1, -1, 1, 1) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)"
+_PN_BWD = ("(lambda z, s: (dy * w.view(1, -1, 1, 1) - 0.1 * t.view(1, -1, 1, 1) * z) "
+           "/ torch.sqrt(s + 1e-5).view(1, -1, 1, 1))(x / torch.sqrt(rv + 1e-5).view(1, -1, 1, 1), "
+           "(x * x).mean((0, 2, 3)))")
+
 NO_OUT = "torch has no out="
 NO_STATS = "torch returns no statistics"
 
@@ -338,6 +343,13 @@ SPECS = [
      "y, mi, vi, mb, vb = switchable_norm(x, rm, rv, w, b, mw, vw, True, return_stats=True); "
      "switchable_norm_backward(dy, x, mi, vi, mb, vb, w, b, mw, vw, True)",
      f"y = {_SN}; torch.autograd.grad(y, (x, w, b, mw, vw), dy)", "torch: composed"),
+    ("power_norm", "channel", "fwd", "power_norm(x, rv, w, b, True)", f"(x * x).mean((0, 2, 3)); {_PN}",
+     "torch: composed"),
+    ("power_norm", "channel", "fwd", "power_norm(x, rv, weight=w, bias=b, training=True, momentum=0.1)",
+     f"(x * x).mean((0, 2, 3)); {_PN}", "torch: composed"),
+    ("power_norm", "channel", "fwd+bwd",
+     "y, s, p = power_norm(x, rv, w, b, True, return_stats=True); power_norm_backward(dy, x, s, p, t, w, b)",
+     f"y = {_PN}; {_PN_BWD}", "torch: the reference's approximate backward, composed"),
 
     # ---------------------------------------------------------------- features: (32, 24)
     ("standardize", "features", "fwd", "standardize(x)", "StandardScaler().fit_transform(x)", ""),

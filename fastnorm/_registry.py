@@ -216,6 +216,17 @@ def _switchable_norm(rng, dtype, shape):
                 lambda out, st, g: ((g[0], x, st[0], st[1], st[2], st[3], w, b, mw, vw, True), {}))
 
 
+def _power_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    C = shape[1]
+    cdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    phi = (1.0 + rng.random(C)).astype(cdt)
+    ema = (0.1 * rng.standard_normal(C)).astype(dtype)  # returned updated, in its own dtype
+    w, b = _param(rng, C, dtype, 1.0), _param(rng, C, dtype, 0.0)
+    return Call((x, phi, w, b, True), {}, 1,
+                lambda out, st, g: ((g[0], x, st[0], st[1], ema, w, b), {}))
+
+
 def _ws_layer(w, dtype):
     return nn.WeightStandardization(w.astype(dtype)), ()
 
@@ -278,6 +289,8 @@ OPS = [
        default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("BatchRenorm2d", lambda x: x.shape[1])),
     Op("switchable_norm", "mixed", _switchable_norm, "switchable_norm_backward", layer="SwitchableNorm2d",
        default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("SwitchableNorm2d", lambda x: x.shape[1])),
+    Op("power_norm", "mixed", _power_norm, "power_norm_backward", layer="PowerNorm2d", default_shape=_CHANNELS,
+       mutates=(1,), make_layer=_layer("PowerNorm2d", lambda x: x.shape[1], warmup_iters=2)),
 ]
 
 _BY_NAME = {op.name: op for op in OPS}

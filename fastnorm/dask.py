@@ -67,6 +67,7 @@ NOT_DISTRIBUTED = {
     "weight_norm": "reparametrizes a weight tensor: a parameter, not data split into chunks",
     "weight_standardization": "standardizes a weight tensor: a parameter, not data split into chunks",
     "switchable_norm": "mixes per-sample statistics with batch ones over every chunk; not distributed yet",
+    "power_norm": "a training-time normalizer with a stateful approximate backward; not distributed yet",
 }
 
 

@@ -22,7 +22,7 @@ __all__ = [
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
     "LocalResponseNorm", "IncompatibleKeys", "StateDictError", "DynamicTanh", "AdaNorm",
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization", "SwitchableNorm2d",
-    "SwitchableNorm3d",
+    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d",
 ]
 
 
@@ -715,3 +715,70 @@ class SwitchableNorm2d(_SwitchableNorm):
 class SwitchableNorm3d(_SwitchableNorm):
     """Switchable Normalization of (N, C, D, H, W) input (or NDHWC with channel_axis=-1)."""
     _input_ndims = (5,)
+
+
+class _PowerNorm(Module):
+    """PowerNorm (Shen et al. 2020), as the reference MaskPowerNorm without its
+    GroupScaling1D: parameters ``weight`` (ones), ``bias`` (zeros); buffers
+    ``running_phi`` (ones), ``ema_gz`` (zeros, the backward's running
+    gradient statistic) and ``iters`` (the forward count).  During the first
+    ``warmup_iters`` training forwards the batch's quadratic mean normalizes
+    and running_phi follows the reference's cumulative average then moving
+    average (one update with momentum 1 - alpha_fwd (t - 1) / t); after it,
+    running_phi normalizes and is updated with momentum 1 - alpha_fwd."""
+
+    _parameter_names = ("weight", "bias")
+    _buffer_names = ("running_phi", "ema_gz", "iters")
+    _input_ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, alpha_fwd=0.9, alpha_bkw=0.9, warmup_iters=10000,
+                 affine=True, dtype=np.float32, *, channel_axis=1):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.num_features = check_count(num_features, "num_features")
+        self.eps, self.alpha_fwd, self.alpha_bkw = eps, alpha_fwd, alpha_bkw
+        self.warmup_iters = check_count(warmup_iters, "warmup_iters", minimum=0)
+        self.channel_axis = channel_axis
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.running_phi = np.ones(num_features, compute_dtype(dtype))
+        self.ema_gz = np.zeros(num_features, compute_dtype(dtype))
+        self.iters = np.array(0, dtype=np.int64)
+        self.grad_weight = self.grad_bias = None
+
+    def forward(self, x, *, n_threads=None):
+        if np.ndim(x) not in self._input_ndims:
+            raise ValueError(f"{type(self).__name__} expects {' or '.join(map(str, self._input_ndims))}-D input, "
+                             f"got shape {np.shape(x)}")
+        training = self.training
+        t = int(self.iters) + 1
+        warmup = training and t <= self.warmup_iters
+        momentum = 1.0 - self.alpha_fwd * ((t - 1) / t if t < self.warmup_iters else 1.0)
+        y = self._forward(lambda stats: F.power_norm(
+            x, self.running_phi, self.weight, self.bias, training, momentum, self.eps, warmup=warmup,
+            channel_axis=self.channel_axis, n_threads=n_threads, return_stats=stats), x, training)
+        if training:
+            self.iters += 1
+        return y
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, psi2, phi, training = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias, ema = F.power_norm_backward(
+            grad_out, x, psi2, phi, self.ema_gz, self.weight, self.bias, self.alpha_bkw, training, self.eps,
+            channel_axis=self.channel_axis, n_threads=n_threads)
+        self.ema_gz[...] = ema
+        return grad_x
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
+                f"warmup_iters={self.warmup_iters}")
+
+
+class PowerNorm1d(_PowerNorm):
+    """PowerNorm of (N, C) or (N, C, L) input (for transformers' (tokens, C) activations: N = tokens)."""
+    _input_ndims = (2, 3)
+
+
+class PowerNorm2d(_PowerNorm):
+    """PowerNorm of (N, C, H, W) input (or NHWC with channel_axis=-1)."""
+    _input_ndims = (4,)

@@ -18,7 +18,7 @@ __all__ = [
     "local_response_norm", "local_response_norm_backward",
     "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
-    "switchable_norm", "switchable_norm_backward",
+    "switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward",
 ]
 
 
@@ -664,3 +664,38 @@ def switchable_norm_backward(grad_out, x, mean_in, var_in, mean_bn, var_bn, weig
             g.sum((0, 2)) if bias is not None else None,
             mw * (d_mw - mw @ d_mw) if mean_weight is not None else None,
             vw * (d_vw - vw @ d_vw) if var_weight is not None else None)
+
+
+def power_norm(x, running_phi, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
+               warmup=False, channel_axis=1, return_stats=False):
+    """PowerNorm in float64 (the reference PowerFunction); updates running_phi in place when training."""
+    v, back = _to_ncs(x, channel_axis)
+    phi_run = np.array(running_phi, np.float64, copy=True)  # read before the in-place update
+    if training:
+        psi2 = (v * v).mean(axis=(0, 2))
+        phi = psi2 if warmup else phi_run
+        running_phi[...] = (1 - momentum) * phi_run + momentum * psi2
+    else:
+        psi2 = phi = phi_run
+    y = back(_affine(v / np.sqrt(phi + eps)[None, :, None], weight, bias))
+    return (y, psi2, phi) if return_stats else y
+
+
+def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, alpha_bkw=0.9, training=True,
+                        eps=1e-5, *, channel_axis=1):
+    v, back = _to_ncs(x, channel_axis)
+    g, _ = _to_ncs(grad_out, channel_axis)
+    C = v.shape[1]
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    z = v / np.sqrt(np.asarray(phi, np.float64) + eps)[None, :, None]
+    ema = np.asarray(ema_gz, np.float64)
+    gw_ = g * w[None, :, None]
+    if training:
+        approx = gw_ - (1 - alpha_bkw) * ema[None, :, None] * z
+        new_ema = ema + (approx * z).mean(axis=(0, 2))
+        grad_x = approx / np.sqrt(np.asarray(psi2, np.float64) + eps)[None, :, None]
+    else:
+        new_ema = ema.copy()
+        grad_x = gw_ / np.sqrt(np.asarray(phi, np.float64) + eps)[None, :, None]
+    return (back(grad_x), (g * z).sum((0, 2)) if weight is not None else None,
+            g.sum((0, 2)) if bias is not None else None, new_ema)

@@ -432,3 +432,74 @@ def test_switchable_norm_errors_and_layer(rng):
     assert np.abs(layer.running_mean).max() > 0
     with pytest.raises(ValueError, match="4-D"):
         layer(x[0])
+
+
+# ---------------------------------------------------------------- PowerNorm
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("warmup", [True, False])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_power_norm_matches_the_reference_formulas(dtype, warmup, channel_axis, rng):
+    """Forward, running update and the parameter gradients against torch
+    autograd of the forward; grad_x and the new ema_gz against the
+    reference PowerFunction's approximate backward written in torch."""
+    x = (rng.standard_normal((6, 5, 4, 3)) * 2 + 0.5).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    C = 5
+    phi = (1 + rng.random(C)).astype(dtype)
+    ema = (0.2 * rng.standard_normal(C)).astype(dtype)
+    w, b = (1 + 0.2 * rng.standard_normal(C)).astype(dtype), rng.standard_normal(C).astype(dtype)
+    tx, tw, tb = leaf(x), leaf(w), leaf(b)
+    v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+    psi2 = (tx * tx).mean((0, 2, 3))
+    used = psi2 if warmup else torch.tensor(phi)
+    z = tx / v(torch.sqrt(used + 1e-5))
+    ty = v(tw) * z + v(tb)
+    ty.backward(torch.tensor(g))
+    # the reference's backward: approx = g w - (1 - abkw) ema z, grad_x = approx / sqrt(psi2 + eps)
+    zd, tg = z.detach(), torch.tensor(g)
+    approx = tg * v(torch.tensor(w)) - (1 - 0.9) * v(torch.tensor(ema)) * zd
+    want_gx = approx / v(torch.sqrt(psi2.detach() + 1e-5))
+    want_ema = torch.tensor(ema) + (approx * zd).mean((0, 2, 3))
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channel_axis == -1 else x
+    gin = np.ascontiguousarray(np.moveaxis(g, 1, -1)) if channel_axis == -1 else g
+    back = (lambda a: np.moveaxis(a, -1, 1)) if channel_axis == -1 else (lambda a: a)
+    phi2 = phi.copy()
+    y, s_psi2, s_phi = fastnorm.power_norm(xin, phi2, w, b, True, 0.1, warmup=warmup, channel_axis=channel_axis,
+                                           return_stats=True)
+    close(back(y), ty, dtype)
+    close(phi2, 0.9 * phi + 0.1 * psi2.detach().numpy(), dtype)
+    gx, gw, gb, new_ema = fastnorm.power_norm_backward(gin, xin, s_psi2, s_phi, ema, w, b, 0.9, True,
+                                                       channel_axis=channel_axis)
+    close(back(gx), want_gx, dtype, 10)
+    close(new_ema, want_ema, dtype, 10)
+    close(gw, tw.grad, dtype, 100)
+    close(gb, tb.grad, dtype, 100)
+    assert np.array_equal(ema, ema)  # the argument is not written: the new statistic is returned
+
+
+def test_power_norm_eval_backward_is_exact(rng):
+    x = rng.standard_normal((4, 3, 5))
+    g = rng.standard_normal(x.shape)
+    phi, w = 1 + rng.random(3), 1 + 0.1 * rng.standard_normal(3)
+    y, psi2, used = fastnorm.power_norm(x, phi, w, None, False, return_stats=True)
+    gx, gw, gb, ema = fastnorm.power_norm_backward(g, x, psi2, used, np.ones(3), w, None, 0.9, False)
+    np.testing.assert_allclose(gx, g * (w / np.sqrt(phi + 1e-5))[None, :, None], rtol=1e-12)
+    assert gb is None and np.array_equal(ema, np.ones(3))
+
+
+def test_power_norm_layer_warmup_and_state(rng):
+    layer = nn.PowerNorm2d(3, warmup_iters=2)
+    assert set(layer.state_dict()) == {"weight", "bias", "running_phi", "ema_gz", "iters"}
+    x = (rng.standard_normal((4, 3, 2, 2)) * 3).astype(np.float32)
+    psi2 = (x.astype(np.float64) ** 2).mean((0, 2, 3))
+    y1 = layer(x)   # t = 1 <= warmup: the batch statistic normalizes; cumulative average: phi = psi2
+    np.testing.assert_allclose(layer.running_phi, psi2, rtol=1e-5)
+    np.testing.assert_allclose(y1, x / np.sqrt(psi2 + 1e-5)[None, :, None, None], rtol=1e-5, atol=1e-6)
+    layer.backward(np.ones_like(y1))
+    assert np.abs(layer.ema_gz).max() > 0
+    layer(x)
+    layer(x)  # t = 3 > warmup: running_phi normalizes
+    assert int(layer.iters) == 3
+    with pytest.raises(ValueError, match="running_phi"):
+        fastnorm.power_norm(x, None, training=True)

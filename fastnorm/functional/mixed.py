@@ -1,5 +1,6 @@
-"""Normalizations whose statistics mix several normalizers' statistics:
-Switchable Normalization (Luo et al.).
+"""Normalizations built from per-statistic passes: Switchable Normalization
+(Luo et al.), whose statistics mix several normalizers', and PowerNorm
+(Shen et al.), whose backward carries a running gradient statistic.
 
 Built on two channel-engine passes: the per-(sample, channel) moments
 (``channel_moments``) and the per-statistic elementwise passes of
@@ -23,7 +24,7 @@ from .._validation import (
 )
 from .channels import _running_buffer
 
-__all__ = ["switchable_norm", "switchable_norm_backward"]
+__all__ = ["switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward"]
 
 
 class _StatLayout:
@@ -234,3 +235,133 @@ def switchable_norm_backward(grad_out, x, mean_in, var_in, mean_bn, var_bn, weig
         return None if p is None else v.astype(np.asarray(p).dtype)
     return (grad_x, like((H * rs).sum(0), weight), like(G.sum(0), bias),
             like(_softmax_grad(mw, d_mw), mean_weight), like(_softmax_grad(vw, d_vw), var_weight))
+
+
+# ---------------------------------------------------------------- PowerNorm
+
+def power_norm(x, running_phi, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
+               warmup=False, channel_axis=1, out=None, n_threads=None, return_stats=False):
+    """PowerNorm (Shen et al. 2020, "PowerNorm: Rethinking Batch Normalization
+    in Transformers"), as the reference implementation's PowerFunction
+    (sIncerass/powernorm, ``mask_powernorm.py``).
+
+    Per channel, the quadratic mean psi2 = mean(x^2) over every axis but the
+    channel axis (no centering).  Training: z = x / sqrt(phi + eps) with phi
+    the running quadratic mean (or, with ``warmup=True``, the batch's psi2, as
+    the reference during its warmup iterations); running_phi is then updated
+    in place, running_phi = (1 - momentum) * running_phi + momentum * psi2
+    (the reference's alpha_fwd = 1 - momentum; its warmup-time cumulative
+    average is `nn.PowerNorm`'s choice of momentum).  Eval: z = x / sqrt(running_phi + eps).
+    y = weight * z + bias.  The reference's GroupScaling1D, a separate
+    per-token rescaling before the norm, is not part of this op.
+
+    Returns y, or (y, psi2, phi) with return_stats ((C,): the batch's
+    quadratic mean and the normalizer used) for `power_norm_backward`.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((8, 4, 5, 5)).astype(np.float32)
+    >>> phi = np.ones(4, np.float32)
+    >>> y = power_norm(x, phi, training=True)
+    >>> y.shape
+    (8, 4, 5, 5)
+    """
+    if out_aliases(out, (weight, bias) + (() if training else (running_phi,)),
+                   (("running_phi", running_phi),) if training else ()):
+        return into_out(out, power_norm(x, running_phi, weight, bias, training, momentum, eps, warmup=warmup,
+                                        channel_axis=channel_axis, n_threads=n_threads,
+                                        return_stats=return_stats))
+    x, cdt = as_float_array(x, "x")
+    sl = _StatLayout(x, channel_axis)
+    N, C, S = sl.N, sl.C, sl.S
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    if running_phi is None:
+        raise ValueError("running_phi is required (the running quadratic mean)")
+    running_phi = _running_buffer(running_phi, "running_phi", C, training)
+    w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
+    b = _vector(bias, "bias", C, x.dtype, cdt, 0.0)
+    y_k, direct = channel_output(x, sl.layout, sl.layout.data, x.dtype, out)
+    count = N * S
+    if training:
+        if count < 1:
+            raise ValueError(f"Expected at least 1 value per channel when training, got input size {x.shape}")
+        lay = sl.layout
+        mean, m2, n = np.empty(C), np.empty(C), np.empty(C)
+        _dispatch.kernels.channel_moments(lay.data, lay.cl, N, C, S, mean, m2, n, n_threads)
+        psi2 = m2 / count + mean * mean
+        phi = psi2 if warmup else running_phi.astype(np.float64)
+    else:
+        psi2 = phi = running_phi.astype(np.float64)
+    r = 1.0 / np.sqrt(phi + eps)
+    zero = np.zeros(C)
+    # y = (w r) x + b per channel: the per-statistic pass with one statistic per channel (R = P)
+    _dispatch.kernels.stat_apply(sl.layout.data, sl.layout.data, y_k, sl.P, C, sl.Sk, sl.P,
+                                 *(np.ascontiguousarray(a, cdt) for a in (zero, zero, w * r, b)), n_threads)
+    if direct:
+        y = out
+    else:
+        y = sl.layout.restore(y_k)
+        if out is not None:
+            np.copyto(out, y)
+            y = out
+    if training:
+        running_phi *= 1.0 - momentum
+        running_phi += (momentum * psi2).astype(running_phi.dtype)
+    if not return_stats:
+        return y
+    return y, psi2.astype(cdt), phi.astype(cdt)
+
+
+def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, alpha_bkw=0.9, training=True,
+                        eps=1e-5, *, channel_axis=1, n_threads=None):
+    """PowerNorm's approximate backward, as the reference's PowerFunction:
+    with z = x / sqrt(phi + eps) and g' = grad_out * weight,
+    approx = g' - (1 - alpha_bkw) * ema_gz * z, grad_x = approx / sqrt(psi2 + eps)
+    (the batch's quadratic mean, as the reference, also after warmup), and
+    the running gradient statistic ema_gz + mean(approx * z) per channel.
+    Eval: grad_x = g' / sqrt(phi + eps) exactly.  grad_weight = sum(grad_out
+    * z), grad_bias = sum(grad_out).
+
+    Returns (grad_x, grad_weight, grad_bias, new_ema_gz): the updated
+    ema_gz is returned, not written into the argument (the layer keeps it).
+    """
+    x, cdt = as_float_array(x, "x")
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    sl = _StatLayout(x, channel_axis)
+    N, C, S = sl.N, sl.C, sl.S
+    eps = check_eps(eps)
+    if isinstance(alpha_bkw, bool) or not isinstance(alpha_bkw, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha_bkw must be a real number, got {alpha_bkw!r}")
+    from .._args import _as_float
+    alpha_bkw = _as_float(alpha_bkw, "alpha_bkw")
+    psi2 = channel_stats_input(psi2, "psi2", (C,), cdt)
+    phi = channel_stats_input(phi, "phi", (C,), cdt)
+    ema_in, _ = as_float_array(ema_gz, "ema_gz")   # any float dtype, 16-bit included
+    ema = channel_stats_input(ema_in.astype(np.float64), "ema_gz", (C,), cdt)
+    w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
+    if bias is not None:
+        _vector(bias, "bias", C, x.dtype, cdt, 0.0)
+    g = to_kernel_layout(grad_out, sl.layout)
+    zero = np.zeros(C, cdt)
+    sg, sgx = np.empty(C), np.empty(C)
+    _dispatch.kernels.stat_sums(g, sl.layout.data, sl.P, C, sl.Sk, sl.P, zero, sg, sgx, n_threads)
+    rz = 1.0 / np.sqrt(phi + eps)
+    count = max(N * S, 1)
+    if training:
+        c = (1.0 - alpha_bkw) * ema
+        rb = 1.0 / np.sqrt(psi2 + eps)
+        alpha, beta = w * rb, -c * rz * rb
+        # mean(approx * z) = w mean(g z) - c mean(z^2), mean(z^2) = rz^2 psi2
+        new_ema = ema + (w * rz * sgx - c * rz * rz * psi2 * count) / count
+    else:
+        alpha, beta = w * rz, np.zeros(C)
+        new_ema = ema.copy()
+    dx_k = sl.layout.empty(x.dtype)
+    _dispatch.kernels.stat_apply(g, sl.layout.data, dx_k, sl.P, C, sl.Sk, sl.P,
+                                 *(np.ascontiguousarray(a, cdt) for a in (zero, alpha, beta, zero)), n_threads)
+
+    def like(v, p):
+        return None if p is None else v.astype(np.asarray(p).dtype)
+    return (sl.layout.restore(dx_k), like(rz * sgx, weight), like(sg, bias),
+            new_ema.astype(ema_in.dtype))
