@@ -372,6 +372,44 @@ def numpy_pn(x, g, w, b, threads, backward=False):
     return run
 
 
+# ---------------------------------------------------------------- cosine_linear: x (B, I) @ W (O, I)^T
+
+def cos_case(shape):
+    """x (B, I), grad (B, O), the weight (O, I) in the weight slot (O = I here)."""
+    rng = np.random.default_rng(0)
+    B, I = shape
+    x = rng.standard_normal((B, I), dtype=np.float32)
+    w = (0.05 * rng.standard_normal((I, I), dtype=np.float32))
+    return x, rng.standard_normal((B, I), dtype=np.float32), w, None
+
+
+def fastnorm_cos(x, g, w, b, threads, backward=False, out=False):
+    if not backward:
+        if out:
+            y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+            return lambda: fastnorm.cosine_linear(x, w, out=y)
+        return lambda: fastnorm.cosine_linear(x, w)
+
+    def run():
+        y, nx, nw = fastnorm.cosine_linear(x, w, return_stats=True)
+        return fastnorm.cosine_linear_backward(g, x, w, nx, nw)
+    return run
+
+
+def torch_cos(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw = _torch_case((x, g, w), backward)
+    import torch.nn.functional as TF
+    return _torch_run(lambda: TF.normalize(tx, dim=-1) @ TF.normalize(tw, dim=-1).T, (tx, tw), tg, backward)
+
+
+def numpy_cos(x, g, w, b, threads, backward=False):
+    if backward:
+        return None
+    return lambda: (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+
+
 def _entry(fast, torch_f, numpy_f, shapes, make):
     return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
             "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
@@ -387,4 +425,6 @@ MEMBER_OPS = {
                                          lambda shape: make_channel_case(shape)),
     "power_norm train NCHW": _entry(fastnorm_pn, torch_pn, numpy_pn, [(32, 64, 56, 56)],
                                     lambda shape: make_channel_case(shape)),
+    "cosine_linear": dict(_entry(fastnorm_cos, torch_cos, numpy_cos, [(4096, 1024)], cos_case),
+                          dtypes=("float32",)),
 }

@@ -350,6 +350,14 @@ SPECS = [
     ("power_norm", "channel", "fwd+bwd",
      "y, s, p = power_norm(x, rv, w, b, True, return_stats=True); power_norm_backward(dy, x, s, p, t, w, b)",
      f"y = {_PN}; {_PN_BWD}", "torch: the reference's approximate backward, composed"),
+    ("cosine_linear", "rows", "fwd", "cosine_linear(x, wsq)",
+     "F.normalize(x, dim=-1) @ F.normalize(wsq, dim=-1).T", "torch: composed"),
+    ("cosine_linear", "rows", "fwd", "cosine_linear(x, weight=wsq, centered=False, eps=1e-12)",
+     "F.normalize(x, dim=-1) @ F.normalize(wsq, dim=-1).T", "torch: composed"),
+    ("cosine_linear", "rows", "fwd+bwd",
+     "y, nx, nw = cosine_linear(x, wsq, return_stats=True); cosine_linear_backward(dy, x, wsq, nx, nw)",
+     "y = F.normalize(x, dim=-1) @ F.normalize(wsq, dim=-1).T; torch.autograd.grad(y, (x, wsq), dy)",
+     "torch: composed"),
 
     # ---------------------------------------------------------------- features: (32, 24)
     ("standardize", "features", "fwd", "standardize(x)", "StandardScaler().fit_transform(x)", ""),
@@ -415,7 +423,8 @@ def _arrays(family, dtype, seed=0):
     shape = SHAPES[family]
     if family == "rows":
         a = dict(x=normal(*shape), r=normal(*shape), w=normal(shape[-1]), b=normal(shape[-1]), dy=normal(*shape),
-                 al=np.full(1, 0.5, np.float32).astype(dt))
+                 al=np.full(1, 0.5, np.float32).astype(dt),
+                 wsq=(0.05 * rng.standard_normal((shape[-1], shape[-1]), dtype=np.float32)).astype(dt))
     elif family == "channel":
         C = shape[1]
         x, dy = normal(*shape), normal(*shape)

@@ -29,7 +29,8 @@ from .functional import (
     min_max_scale, min_max_scale_backward, rms_norm, rms_norm_backward, standardize, standardize_backward, weight_norm,
     weight_norm_backward, dynamic_tanh, dynamic_tanh_backward, ada_norm, ada_norm_backward,
     weight_standardization, weight_standardization_backward, batch_renorm, batch_renorm_backward,
-    switchable_norm, switchable_norm_backward, power_norm, power_norm_backward,
+    switchable_norm, switchable_norm_backward, power_norm, power_norm_backward, cosine_linear,
+    cosine_linear_backward,
 )
 from . import functional, nn, reference
 
@@ -46,4 +47,5 @@ __all__ = [
     "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
     "switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward",
+    "cosine_linear", "cosine_linear_backward",
 ]

@@ -46,8 +46,9 @@ cdef int _dyt_forward(const char* x, char* y, int st, Py_ssize_t P, Py_ssize_t C
     cdef Py_ssize_t total = P * C * S, i, end, n, c
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef bint vec = S == 1
-    # float32 and 16-bit storage: loaded and stored in their own width (pointwise.h)
-    cdef bint stream = (floating is float) and _use_streaming(P * C, S, isz)
+    # float32 and 16-bit storage: loaded and stored in their own width (pointwise.h);
+    # no streaming stores in place (see _stat_apply)
+    cdef bint stream = (floating is float) and _use_streaming(P * C, S, isz) and y != x
     cdef int p
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         c = 0  # assigned in the body: thread-private (it is written through &c)
@@ -229,7 +230,11 @@ cdef int _stat_apply(const char* g, const char* x, char* dx, int st, Py_ssize_t 
     cdef Py_ssize_t total = P * C * S, i, end, n, c, k
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef bint vec = S == 1
-    cdef bint stream = (floating is float) and _use_streaming(P * C, S, isz)
+    # in place (dx is g or x) the lines are already in cache, owned: streaming
+    # stores would only push the result out to memory (measured: an in-place
+    # row scaling of a (4096, 1024) float32 product, 9.3 ms streamed)
+    cdef bint stream = ((floating is float) and _use_streaming(P * C, S, isz)
+                        and dx != g and dx != x)
     cdef int p
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         c = 0

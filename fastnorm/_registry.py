@@ -227,6 +227,13 @@ def _power_norm(rng, dtype, shape):
                 lambda out, st, g: ((g[0], x, st[0], st[1], ema, w, b), {}))
 
 
+def _cosine_linear(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    # a square weight: y has x's shape, as the layout and out= checks expect
+    w = _values(rng, (shape[-1], shape[-1]), dtype, 0.3, 0.05)
+    return Call((x, w), {}, 1, lambda out, st, g: ((g[0], x, w, st[0], st[1]), {}))
+
+
 def _ws_layer(w, dtype):
     return nn.WeightStandardization(w.astype(dtype)), ()
 
@@ -291,6 +298,8 @@ OPS = [
        default_shape=_CHANNELS, mutates=(1, 2), make_layer=_layer("SwitchableNorm2d", lambda x: x.shape[1])),
     Op("power_norm", "mixed", _power_norm, "power_norm_backward", layer="PowerNorm2d", default_shape=_CHANNELS,
        mutates=(1,), make_layer=_layer("PowerNorm2d", lambda x: x.shape[1], warmup_iters=2)),
+    Op("cosine_linear", "lp", _cosine_linear, "cosine_linear_backward", layer="CosineLinear", default_shape=_ROWS,
+       make_layer=_layer("CosineLinear", lambda x: x.shape[-1], lambda x: x.shape[-1])),
 ]
 
 _BY_NAME = {op.name: op for op in OPS}

@@ -68,6 +68,7 @@ NOT_DISTRIBUTED = {
     "weight_standardization": "standardizes a weight tensor: a parameter, not data split into chunks",
     "switchable_norm": "mixes per-sample statistics with batch ones over every chunk; not distributed yet",
     "power_norm": "a training-time normalizer with a stateful approximate backward; not distributed yet",
+    "cosine_linear": "a linear layer (a matrix product with a weight): not a data-parallel normalization",
 }
 
 

@@ -22,7 +22,7 @@ __all__ = [
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
     "LocalResponseNorm", "IncompatibleKeys", "StateDictError", "DynamicTanh", "AdaNorm",
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization", "SwitchableNorm2d",
-    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d",
+    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d", "CosineLinear",
 ]
 
 
@@ -782,3 +782,37 @@ class PowerNorm1d(_PowerNorm):
 class PowerNorm2d(_PowerNorm):
     """PowerNorm of (N, C, H, W) input (or NHWC with channel_axis=-1)."""
     _input_ndims = (4,)
+
+
+class CosineLinear(Module):
+    """A cosine-normalized fully connected layer (Luo et al. 2017):
+    y = (x / ||x||) @ (weight / ||weight rows||)^T, parameter ``weight``
+    (out_features, in_features), initialized as torch.nn.Linear's
+    (uniform in +-1/sqrt(in_features), a fixed seed unless rng is given).
+    No bias: the outputs are cosines.  backward stores ``grad_weight``."""
+
+    _parameter_names = ("weight",)
+
+    def __init__(self, in_features, out_features, centered=False, eps=1e-12, dtype=np.float32, *, rng=None):
+        super().__init__()
+        self.in_features = check_count(in_features, "in_features")
+        self.out_features = check_count(out_features, "out_features")
+        self.centered, self.eps = centered, eps
+        rng = np.random.default_rng(0) if rng is None else rng
+        bound = 1.0 / np.sqrt(in_features)
+        self.weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(np.dtype(dtype))
+        self.grad_weight = None
+
+    def forward(self, x, *, n_threads=None):
+        return self._forward(lambda stats: F.cosine_linear(x, self.weight, centered=self.centered, eps=self.eps,
+                                                           n_threads=n_threads, return_stats=stats), x)
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, x_norm, w_norm = self._saved_or_raise()
+        grad_x, self.grad_weight = F.cosine_linear_backward(grad_out, x, self.weight, x_norm, w_norm,
+                                                            centered=self.centered, eps=self.eps,
+                                                            n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, centered={self.centered}"

@@ -19,6 +19,7 @@ __all__ = [
     "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
     "switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward",
+    "cosine_linear", "cosine_linear_backward",
 ]
 
 
@@ -699,3 +700,37 @@ def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, 
         grad_x = gw_ / np.sqrt(np.asarray(phi, np.float64) + eps)[None, :, None]
     return (back(grad_x), (g * z).sum((0, 2)) if weight is not None else None,
             g.sum((0, 2)) if bias is not None else None, new_ema)
+
+
+def _cos_rows(a, centered):
+    a = np.asarray(a, np.float64)
+    return a - a.mean(-1, keepdims=True) if centered else a
+
+
+def cosine_linear(x, weight, *, centered=False, eps=1e-12, return_stats=False):
+    """normalize(x) @ normalize(W).T in float64 (rows centred first when centered)."""
+    xc, wc = _cos_rows(x, centered), _cos_rows(weight, centered)
+    nx, nw = np.linalg.norm(xc, axis=-1), np.linalg.norm(wc, axis=-1)
+    y = (xc / np.maximum(nx, eps)[..., None]) @ (wc / np.maximum(nw, eps)[:, None]).T
+    return (y, nx, nw) if return_stats else y
+
+
+def _normalize_rows_backward(grad_hat, a, n, eps, centered):
+    """The gradient through a / max(||a||, eps) (and the centring): the
+    projection (I - a_hat a_hat^T) / ||a|| where the norm is above eps."""
+    n = np.asarray(n, np.float64)[..., None]
+    hat = a / np.maximum(n, eps)
+    g = np.where(n > eps, (grad_hat - hat * (grad_hat * hat).sum(-1, keepdims=True)) / np.maximum(n, eps),
+                 grad_hat / eps)
+    return g - g.mean(-1, keepdims=True) if centered else g
+
+
+def cosine_linear_backward(grad_out, x, weight, x_norm, w_norm, *, centered=False, eps=1e-12):
+    xc, wc = _cos_rows(x, centered), _cos_rows(weight, centered)
+    g = np.asarray(grad_out, np.float64)
+    x_hat = xc / np.maximum(np.asarray(x_norm, np.float64), eps)[..., None]
+    w_hat = wc / np.maximum(np.asarray(w_norm, np.float64), eps)[:, None]
+    gx_hat = g @ w_hat
+    gw_hat = g.reshape(-1, g.shape[-1]).T @ x_hat.reshape(-1, x_hat.shape[-1])
+    return (_normalize_rows_backward(gx_hat, xc, x_norm, eps, centered),
+            _normalize_rows_backward(gw_hat, wc, w_norm, eps, centered))

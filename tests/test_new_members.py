@@ -503,3 +503,46 @@ def test_power_norm_layer_warmup_and_state(rng):
     assert int(layer.iters) == 3
     with pytest.raises(ValueError, match="running_phi"):
         fastnorm.power_norm(x, None, training=True)
+
+
+# ---------------------------------------------------------------- cosine-normalized linear layer
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("xshape,out_features", [((8, 32), 16), ((2, 3, 20), 7), ((1, 300), 300)])
+def test_cosine_linear_matches_torch(xshape, out_features, centered, dtype, rng):
+    x = (rng.standard_normal(xshape) + 0.3).astype(dtype)
+    w = (0.2 * rng.standard_normal((out_features, xshape[-1])) + 0.01).astype(dtype)
+    g = rng.standard_normal(xshape[:-1] + (out_features,)).astype(dtype)
+    tx, tw = leaf(x), leaf(w)
+    cx = tx - tx.mean(-1, keepdim=True) if centered else tx
+    cw = tw - tw.mean(-1, keepdim=True) if centered else tw
+    ty = torch.nn.functional.normalize(cx, dim=-1) @ torch.nn.functional.normalize(cw, dim=-1).T
+    ty.backward(torch.tensor(g))
+    y, nx, nw = fastnorm.cosine_linear(x, w, centered=centered, return_stats=True)
+    close(y, ty, dtype)
+    gx, gw = fastnorm.cosine_linear_backward(g, x, w, nx, nw, centered=centered)
+    close(gx, tx.grad, dtype, 10)
+    close(gw, tw.grad, dtype, 10)
+    # every output is a cosine
+    assert np.abs(y).max() <= 1 + 1e-6
+
+
+def test_cosine_linear_zero_rows_errors_and_layer(rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    x[2] = 0
+    w = rng.standard_normal((3, 6)).astype(np.float32)
+    y = fastnorm.cosine_linear(x, w)
+    assert np.array_equal(y[2], np.zeros(3)) and np.isfinite(y).all()
+    with pytest.raises(ValueError, match="weight"):
+        fastnorm.cosine_linear(x, w[:, :5])
+    with pytest.raises(TypeError, match="weight"):
+        fastnorm.cosine_linear(x, w.astype(np.float64))
+    layer = nn.CosineLinear(6, 3)
+    assert layer.weight.shape == (3, 6) and set(layer.state_dict()) == {"weight"}
+    t = torch.nn.Linear(6, 3, bias=False)
+    layer.load_state_dict(t.state_dict())
+    assert np.array_equal(layer.weight, t.weight.detach().numpy())
+    out = layer(x)
+    gx = layer.backward(np.ones_like(out))
+    assert gx.shape == x.shape and layer.grad_weight.shape == (3, 6)

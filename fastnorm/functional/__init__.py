@@ -15,7 +15,7 @@ kernel dispatch (fastnorm._dispatch), with a C-level fast entry first.
 """
 from .rows import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, add_layer_norm, add_rms_norm  # noqa: F401
 from .channels import batch_norm, batch_norm_backward, group_norm, group_norm_backward, instance_norm, instance_norm_backward  # noqa: F401
-from .lp import normalize, normalize_backward, weight_norm, weight_norm_backward  # noqa: F401
+from .lp import normalize, normalize_backward, weight_norm, weight_norm_backward, cosine_linear, cosine_linear_backward  # noqa: F401
 from .features import standardize, standardize_backward, min_max_scale, min_max_scale_backward  # noqa: F401
 from .frn import filter_response_norm, filter_response_norm_backward  # noqa: F401
 from .lrn import local_response_norm, local_response_norm_backward  # noqa: F401
@@ -61,4 +61,6 @@ __all__ = [
     "switchable_norm_backward",
     "power_norm",
     "power_norm_backward",
+    "cosine_linear",
+    "cosine_linear_backward",
 ]

@@ -6,7 +6,7 @@ import numpy as np
 from .. import _dispatch
 from .._buffers import empty as _empty
 from .._args import check_eps, check_p, check_dim
-from .._dtypes import cast, check_param_dtype
+from .._dtypes import cast, check_param_dtype, native_order
 from .._validation import (
     into_out,
     out_aliases,
@@ -18,7 +18,8 @@ from .._validation import (
     stats_array,
 )
 
-__all__ = ["normalize", "normalize_backward", "weight_norm", "weight_norm_backward"]
+__all__ = ["normalize", "normalize_backward", "weight_norm", "weight_norm_backward", "cosine_linear",
+           "cosine_linear_backward"]
 
 
 def normalize(x, p=2.0, dim=1, eps=1e-12, *, out=None, n_threads=None, return_stats=False):
@@ -212,3 +213,155 @@ def weight_norm_backward(grad_w, v, g, norm, dim=0, *, centered=False, n_threads
                                            grad_v, gv, bool(centered), norm, grad_g, n_threads)
     g = np.asarray(g)
     return restore(grad_v), cast(grad_g, g.dtype).reshape(g.shape)
+
+
+# ---------------------------------------------------------------- cosine-normalized linear layer
+
+def _cosine_operands(x, weight, centered):
+    """x as (B, I) rows and the weight as (O, I), both in the compute dtype
+    (centred per row when `centered`), x's leading shape, and the dtypes."""
+    x, cdt = as_float_array(x, "x")
+    if x.ndim < 1:
+        raise ValueError("x must have at least 1 dimension (..., in_features), got a 0-d array")
+    if weight is None:
+        raise TypeError("weight must be an array of shape (out_features, in_features), got None")
+    w = np.asarray(weight)
+    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must have shape (out_features, {x.shape[-1]}) (x's last dim is in_features), "
+                         f"got {w.shape}")
+    w = check_param_dtype(w, "weight", x.dtype, cdt)
+    lead = x.shape[:-1]
+    X = cast(np.ascontiguousarray(x), cdt).reshape(-1, x.shape[-1])
+    W = cast(np.ascontiguousarray(w), cdt)
+    if centered:
+        X = X - X.mean(1, keepdims=True)
+        W = W - W.mean(1, keepdims=True)
+    return x, X, W, lead, cdt
+
+
+# The elementwise passes around the BLAS products run on one thread unless
+# n_threads says otherwise: the BLAS's own threads spin for a while after a
+# product, and an OpenMP team started then competes with them for the cores
+# (measured, 2 cores: cosine_linear forward (4096, 1024) x (1024, 1024) 77 ms
+# with two-thread passes, NumPy's single-threaded composition 46 ms).
+_BESIDE_BLAS = 1
+
+
+def _row_dots(a, b, n_threads):
+    """sum(a * b) per row of two C-contiguous (R, I) arrays of one dtype, in
+    one threaded pass (the per-statistic sums, a statistic per row; float
+    lanes added to double per piece)."""
+    R, I = a.shape
+    s, sab = np.empty(R), np.empty(R)
+    _dispatch.kernels.stat_sums(np.ascontiguousarray(a), np.ascontiguousarray(b), R, 1, I, 1,
+                                np.zeros(R, a.dtype), s, sab, n_threads)
+    return sab
+
+
+def _row_norms(a, n_threads):
+    """Euclidean norms of a's rows."""
+    return np.sqrt(_row_dots(a, a, n_threads))
+
+
+def cosine_linear(x, weight, *, centered=False, eps=1e-12, out=None, n_threads=None, return_stats=False):
+    """The cosine-normalized fully connected layer (Luo et al. 2017, "Cosine
+    Normalization"): y = (x / ||x||) @ (W / ||W_rows||)^T, every output the
+    cosine of an input row and a weight row; ``centered=True`` subtracts
+    each row's mean first (the Pearson correlation form).  Norms are floored
+    at eps, as torch.nn.functional.normalize.
+
+    Fused: no normalized copy of the weight (or of x) is built; the product
+    x @ W^T (NumPy's BLAS, into a cached buffer or `out`) is scaled in place
+    by 1/||x|| per row and 1/||W_o|| per column, so a call costs one read of
+    W for its row norms beside the product (a cache of the norms would cost
+    the same read to validate).  float16 / bfloat16 are multiplied in
+    float32 (NumPy has no 16-bit matrix product) and rounded once.  The
+    products run on NumPy's BLAS with its thread count (threadpoolctl sets
+    it); `n_threads` is the elementwise passes' (default 1: see _BESIDE_BLAS).
+
+    x: (..., in_features); weight: (out_features, in_features).  Returns y
+    (..., out_features), or (y, x_norm, w_norm) with return_stats (the
+    norms before the eps floor, of the centred rows when centered).
+
+    Examples
+    --------
+    >>> x = np.array([[3.0, 4.0]]); w = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> cosine_linear(x, w)
+    array([[0.6, 0.8]])
+    """
+    x, X, W, lead, cdt = _cosine_operands(x, weight, centered)
+    eps = check_eps(eps)
+    n_threads = _BESIDE_BLAS if n_threads is None else n_threads
+    O = W.shape[0]
+    nx, nw = _row_norms(X, n_threads), _row_norms(W, n_threads)
+    rx = (1.0 / np.maximum(nx, eps)).astype(cdt)
+    rw = (1.0 / np.maximum(nw, eps)).astype(cdt)
+    direct = False
+    if out is not None:
+        check_out(out, np.empty(lead + (O,), x.dtype), x.dtype)
+        direct = (out.dtype == cdt and out.flags.c_contiguous and out.flags.aligned
+                  and not np.may_share_memory(out, X) and not np.may_share_memory(out, W))
+    P = out.reshape(-1, O) if direct else _empty((X.shape[0], O), cdt)
+    np.matmul(X, W.T, out=P)
+    # P *= rx per row, then rw per column: two threaded in-place passes (a
+    # statistic per row, then one per column of the rows)
+    B = P.shape[0]
+    zb, zo = np.zeros(B, cdt), np.zeros(O, cdt)
+    _dispatch.kernels.stat_apply(P, P, P, B, 1, O, 1, zb, zb, rx, zb, n_threads)
+    _dispatch.kernels.stat_apply(P, P, P, B, O, 1, B, zo, zo, rw, zo, n_threads)
+    if direct:
+        y = out
+    else:
+        y = cast(P, x.dtype).reshape(lead + (O,))
+        if out is not None:
+            np.copyto(out, y)
+            y = out
+    if not return_stats:
+        return y
+    return y, nx.astype(cdt).reshape(lead), nw.astype(cdt)
+
+
+def _minus_row_multiple(a, rows, coef, cdt, n_threads):
+    """a -= rows * coef[:, None] in place (one threaded pass: the
+    per-statistic kernel with a statistic per row)."""
+    R, I = a.shape
+    zero = np.zeros(R, cdt)
+    _dispatch.kernels.stat_apply(a, np.ascontiguousarray(rows), a, R, 1, I, 1, zero, np.ones(R, cdt),
+                                 np.ascontiguousarray(-coef, cdt), zero, n_threads)
+
+
+def cosine_linear_backward(grad_out, x, weight, x_norm, w_norm, *, centered=False, eps=1e-12, n_threads=None):
+    """Gradients of `cosine_linear`: (grad_x, grad_weight).
+
+    With H = grad_out / (||x|| ||W_o||) elementwise: grad_x = H @ W - x *
+    sum_o(grad_out * y) / ||x||^2, grad_W = H^T @ x - W * sum_b(grad_out * y) /
+    ||W_o||^2 (no second term where a norm is under eps: the floor is
+    constant there); centred, each row's gradient has its mean removed.
+    """
+    x, X, W, lead, cdt = _cosine_operands(x, weight, centered)
+    eps = check_eps(eps)
+    n_threads = _BESIDE_BLAS if n_threads is None else n_threads
+    O, I = W.shape
+    grad_out = same_shape_input(grad_out, "grad_out", np.empty(lead + (O,), x.dtype), "y")
+    nx = stats_array(x_norm, "x_norm", lead, X.shape[0], np.float64)
+    nw = np.asarray(w_norm, np.float64).reshape(-1)
+    if nw.shape != (O,):
+        raise ValueError(f"w_norm must have shape ({O},), got {np.shape(w_norm)}")
+    G = cast(np.ascontiguousarray(grad_out), cdt).reshape(-1, O)
+    rx = 1.0 / np.maximum(nx, eps)
+    rw = 1.0 / np.maximum(nw, eps)
+    H = _empty(G.shape, cdt)
+    np.multiply(G, rx.astype(cdt)[:, None], out=H)
+    np.multiply(H, rw.astype(cdt)[None, :], out=H)
+    gx = np.matmul(H, W, out=_empty(X.shape, cdt))      # H @ W, then the norm's term
+    gW = np.matmul(H.T, X, out=_empty(W.shape, cdt))    # H^T @ x, likewise
+    del H
+    # sum_o grad_out * y = sum_o H * (x @ W^T) = rowsum(x * (H @ W)), and likewise for W
+    sx = _row_dots(X, gx, n_threads)
+    sw = _row_dots(W, gW, n_threads)
+    _minus_row_multiple(gx, X, np.where(nx > eps, rx * rx * sx, 0.0), cdt, n_threads)
+    _minus_row_multiple(gW, W, np.where(nw > eps, rw * rw * sw, 0.0), cdt, n_threads)
+    if centered:
+        gx -= gx.mean(1, keepdims=True)
+        gW -= gW.mean(1, keepdims=True)
+    return cast(gx, x.dtype).reshape(x.shape), cast(gW, native_order(np.asarray(weight)).dtype)
