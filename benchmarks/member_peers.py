@@ -410,6 +410,51 @@ def numpy_cos(x, g, w, b, threads, backward=False):
     return lambda: (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
 
 
+# ---------------------------------------------------------------- Batch Layer Norm: (N, d) training
+
+def fastnorm_bln(x, g, w, b, threads, backward=False, out=False):
+    K = x[0].size
+
+    def fwd(**kw):
+        return fastnorm.batch_layer_norm(x, np.zeros(K, np.float32), np.ones(K, np.float32), w, b, True,
+                                         n_threads=threads, **kw)
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fwd(out=y)
+        return fwd
+
+    def run():
+        y, *stats = fwd(return_stats=True)
+        return fastnorm.batch_layer_norm_backward(g, x, *stats, w, b, True, n_threads=threads)
+    return run
+
+
+def torch_bln(x, g, w, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg, tw, tb = _torch_case((x, g, w, b), backward)
+    N, d = x.shape[0], x.shape[-1]
+
+    def forward():
+        xb = (tx - tx.mean(0)) / torch.sqrt(tx.var(0, unbiased=False) + 1e-3)
+        xf = (tx - tx.mean(-1, keepdim=True)) / torch.sqrt(tx.var(-1, unbiased=False, keepdim=True) + 1e-3)
+        return tw * ((1 / N - 1e-4) * xf + (1 - 1 / N - 1e-4) * xb) / d ** 0.5 + tb
+    return _torch_run(forward, (tx, tw, tb), tg, backward)
+
+
+def numpy_bln(x, g, w, b, threads, backward=False):
+    if backward:
+        return None
+    N, d = x.shape[0], x.shape[-1]
+
+    def fwd():
+        xb = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3)
+        xf = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-3)
+        return w * ((1 / N - 1e-4) * xf + (1 - 1 / N - 1e-4) * xb) / d ** 0.5 + b
+    return fwd
+
+
 def _entry(fast, torch_f, numpy_f, shapes, make):
     return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
             "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
@@ -425,6 +470,8 @@ MEMBER_OPS = {
                                          lambda shape: make_channel_case(shape)),
     "power_norm train NCHW": _entry(fastnorm_pn, torch_pn, numpy_pn, [(32, 64, 56, 56)],
                                     lambda shape: make_channel_case(shape)),
+    # the (32, 64, 56, 56) images, channels-last as the reference (TF): d = C = 64
+    "batch_layer_norm NHWC": _entry(fastnorm_bln, torch_bln, numpy_bln, [(32, 56, 56, 64)], make_case),
     "cosine_linear": dict(_entry(fastnorm_cos, torch_cos, numpy_cos, [(4096, 1024)], cos_case),
                           dtypes=("float32",)),
 }

@@ -358,6 +358,13 @@ SPECS = [
      "y, nx, nw = cosine_linear(x, wsq, return_stats=True); cosine_linear_backward(dy, x, wsq, nx, nw)",
      "y = F.normalize(x, dim=-1) @ F.normalize(wsq, dim=-1).T; torch.autograd.grad(y, (x, wsq), dy)",
      "torch: composed"),
+    # the features family's peer is scikit-learn, which has no Batch Layer Norm: checked against the twin
+    ("batch_layer_norm", "features", "fwd", "batch_layer_norm(x, rmf, rvf, wf, bf, True)", None, ""),
+    ("batch_layer_norm", "features", "fwd",
+     "batch_layer_norm(x, rmf, rvf, weight=wf, bias=bf, training=True, momentum=0.1, eps=1e-3)", None, ""),
+    ("batch_layer_norm", "features", "fwd+bwd",
+     "y, a, b_, c, d = batch_layer_norm(x, rmf, rvf, wf, bf, True, return_stats=True); "
+     "batch_layer_norm_backward(dy, x, a, b_, c, d, wf, bf, True)", None, ""),
 
     # ---------------------------------------------------------------- features: (32, 24)
     ("standardize", "features", "fwd", "standardize(x)", "StandardScaler().fit_transform(x)", ""),
@@ -438,7 +445,8 @@ def _arrays(family, dtype, seed=0):
                  mw=normal(3), vw=normal(3))
     elif family == "features":
         x = normal(*shape)
-        a = dict(x=x, dy=normal(*shape))
+        a = dict(x=x, dy=normal(*shape), wf=normal(shape[-1]), bf=normal(shape[-1]),
+                 rmf=np.zeros(shape[-1], np.float32), rvf=np.ones(shape[-1], np.float32))
     else:  # weight
         a = dict(v=normal(*shape), g=(np.abs(rng.standard_normal((shape[0], 1), dtype=np.float32)) + 0.5).astype(dt),
                  g0=np.array(2.0, np.float32).astype(dt), dy=normal(*shape))

@@ -234,6 +234,16 @@ def _cosine_linear(rng, dtype, shape):
     return Call((x, w), {}, 1, lambda out, st, g: ((g[0], x, w, st[0], st[1]), {}))
 
 
+def _batch_layer_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    K = int(np.prod(shape[1:]))
+    cdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    rm, rv = np.zeros(K, cdt), np.ones(K, cdt)
+    w, b = _param(rng, shape[-1], dtype, 1.0), _param(rng, shape[-1], dtype, 0.0)
+    return Call((x, rm, rv, w, b, True), {}, 1,
+                lambda out, st, g: ((g[0], x, st[0], st[1], st[2], st[3], w, b, True), {}))
+
+
 def _ws_layer(w, dtype):
     return nn.WeightStandardization(w.astype(dtype)), ()
 
@@ -300,6 +310,8 @@ OPS = [
        mutates=(1,), make_layer=_layer("PowerNorm2d", lambda x: x.shape[1], warmup_iters=2)),
     Op("cosine_linear", "lp", _cosine_linear, "cosine_linear_backward", layer="CosineLinear", default_shape=_ROWS,
        make_layer=_layer("CosineLinear", lambda x: x.shape[-1], lambda x: x.shape[-1])),
+    Op("batch_layer_norm", "mixed", _batch_layer_norm, "batch_layer_norm_backward", layer="BatchLayerNorm",
+       default_shape=_ROWS, mutates=(1, 2), make_layer=_layer("BatchLayerNorm", lambda x: x.shape[-1])),
 ]
 
 _BY_NAME = {op.name: op for op in OPS}

@@ -69,6 +69,7 @@ NOT_DISTRIBUTED = {
     "switchable_norm": "mixes per-sample statistics with batch ones over every chunk; not distributed yet",
     "power_norm": "a training-time normalizer with a stateful approximate backward; not distributed yet",
     "cosine_linear": "a linear layer (a matrix product with a weight): not a data-parallel normalization",
+    "batch_layer_norm": "mixes batch statistics with per-sample ones over every chunk; not distributed yet",
 }
 
 

@@ -22,7 +22,7 @@ __all__ = [
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
     "LocalResponseNorm", "IncompatibleKeys", "StateDictError", "DynamicTanh", "AdaNorm",
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization", "SwitchableNorm2d",
-    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d", "CosineLinear",
+    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d", "CosineLinear", "BatchLayerNorm",
 ]
 
 
@@ -816,3 +816,43 @@ class CosineLinear(Module):
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, centered={self.centered}"
+
+
+class BatchLayerNorm(Module):
+    """Batch Layer Normalization (Ziaee and Cano) of (N, ..., num_features)
+    input: parameters ``weight`` (ones) and ``bias`` (zeros) of shape
+    (num_features,); buffers ``running_mean`` / ``running_var`` over the
+    positions of one sample (``positions`` = x.size / N, default
+    num_features: 2-D input), updated as BatchNorm's; ``batch_size`` is the
+    reference's B (None: each batch's N)."""
+
+    _parameter_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, num_features, positions=None, eps=1e-3, momentum=0.1, batch_size=None, dtype=np.float32):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.num_features = check_count(num_features, "num_features")
+        K = self.num_features if positions is None else check_count(positions, "positions")
+        self.eps, self.momentum, self.batch_size = eps, momentum, batch_size
+        self.weight = np.ones(num_features, dtype)
+        self.bias = np.zeros(num_features, dtype)
+        self.running_mean = np.zeros(K, compute_dtype(dtype))
+        self.running_var = np.ones(K, compute_dtype(dtype))
+        self.grad_weight = self.grad_bias = None
+
+    def forward(self, x, *, n_threads=None):
+        training = self.training
+        return self._forward(lambda stats: F.batch_layer_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum, self.eps,
+            self.batch_size, n_threads=n_threads, return_stats=stats), x, training)
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, mean_f, rstd_f, mean_b, invstd_b, training = self._saved_or_raise()
+        grad_x, self.grad_weight, self.grad_bias = F.batch_layer_norm_backward(
+            grad_out, x, mean_f, rstd_f, mean_b, invstd_b, self.weight, self.bias, training, self.batch_size,
+            n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, batch_size={self.batch_size}"

@@ -19,7 +19,7 @@ __all__ = [
     "dynamic_tanh", "dynamic_tanh_backward", "ada_norm", "ada_norm_backward",
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
     "switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward",
-    "cosine_linear", "cosine_linear_backward",
+    "cosine_linear", "cosine_linear_backward", "batch_layer_norm", "batch_layer_norm_backward",
 ]
 
 
@@ -734,3 +734,59 @@ def cosine_linear_backward(grad_out, x, weight, x_norm, w_norm, *, centered=Fals
     gw_hat = g.reshape(-1, g.shape[-1]).T @ x_hat.reshape(-1, x_hat.shape[-1])
     return (_normalize_rows_backward(gx_hat, xc, x_norm, eps, centered),
             _normalize_rows_backward(gw_hat, wc, w_norm, eps, centered))
+
+
+def _bln_coefs(batch_size, N, d):
+    B = N if batch_size is None else batch_size
+    return (1 / B - 1e-4) / np.sqrt(d), (1 - 1 / B - 1e-4) / np.sqrt(d)
+
+
+def batch_layer_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-3, batch_size=None, *, return_stats=False):
+    """Batch Layer Normalization in float64; updates the running statistics in place when training."""
+    x = np.asarray(x, np.float64)
+    N, d = x.shape[0], x.shape[-1]
+    x2 = x.reshape(N, -1)
+    if training:
+        mean_b, var_b = x2.mean(0), x2.var(0)
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mean_b
+        running_var[...] = (1 - momentum) * running_var + momentum * var_b * N / (N - 1)
+    else:
+        mean_b, var_b = np.asarray(running_mean, np.float64), np.asarray(running_var, np.float64)
+    invstd_b = 1 / np.sqrt(var_b + eps)
+    xb = ((x2 - mean_b) * invstd_b).reshape(x.shape)
+    mean_f = x.mean(-1)
+    rstd_f = 1 / np.sqrt(x.var(-1) + eps)
+    xf = (x - mean_f[..., None]) * rstd_f[..., None]
+    a, c = _bln_coefs(batch_size, N, d)
+    y = a * xf + c * xb
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return (y, mean_f, rstd_f, mean_b, invstd_b) if return_stats else y
+
+
+def batch_layer_norm_backward(grad_out, x, mean_f, rstd_f, mean_b, invstd_b, weight=None, bias=None,
+                              training=True, batch_size=None):
+    x = np.asarray(x, np.float64)
+    g = np.asarray(grad_out, np.float64)
+    N, d = x.shape[0], x.shape[-1]
+    a, c = _bln_coefs(batch_size, N, d)
+    w = np.ones(d) if weight is None else np.asarray(weight, np.float64)
+    u = g * w
+    rf = np.asarray(rstd_f, np.float64)[..., None]
+    xf = (x - np.asarray(mean_f, np.float64)[..., None]) * rf
+    uf = a * u
+    gx_f = rf * (uf - uf.mean(-1, keepdims=True) - xf * (uf * xf).mean(-1, keepdims=True))
+    x2, u2 = x.reshape(N, -1), (c * u).reshape(N, -1)
+    rb = np.asarray(invstd_b, np.float64)
+    xb = (x2 - np.asarray(mean_b, np.float64)) * rb
+    if training:
+        gx_b = rb * (u2 - u2.mean(0) - xb * (u2 * xb).mean(0))
+    else:
+        gx_b = u2 * rb
+    grad_x = gx_f + gx_b.reshape(x.shape)
+    axes = tuple(range(x.ndim - 1))
+    gw = (g * (a * xf + c * xb.reshape(x.shape))).sum(axes) if weight is not None else None
+    return grad_x, gw, g.sum(axes) if bias is not None else None

@@ -546,3 +546,54 @@ def test_cosine_linear_zero_rows_errors_and_layer(rng):
     out = layer(x)
     gx = layer.backward(np.ones_like(out))
     assert gx.shape == x.shape and layer.grad_weight.shape == (3, 6)
+
+
+# ---------------------------------------------------------------- Batch Layer Normalization
+
+def _torch_bln(tx, tw, tb, B, eps=1e-3):
+    N, d = tx.shape[0], tx.shape[-1]
+    x2 = tx.reshape(N, -1)
+    xb = ((x2 - x2.mean(0)) / torch.sqrt(x2.var(0, unbiased=False) + eps)).reshape(tx.shape)
+    xf = (tx - tx.mean(-1, keepdim=True)) / torch.sqrt(tx.var(-1, unbiased=False, keepdim=True) + eps)
+    return tw * ((1 / B - 1e-4) * xf + (1 - 1 / B - 1e-4) * xb) / d ** 0.5 + tb
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,batch_size", [((16, 8), None), ((6, 5, 12), None), ((9, 40), 32)])
+def test_batch_layer_norm_matches_torch(shape, batch_size, dtype, rng):
+    x = (rng.standard_normal(shape) * 2 + 0.4).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    d = shape[-1]
+    K = int(np.prod(shape[1:]))
+    w, b = (1 + 0.2 * rng.standard_normal(d)).astype(dtype), rng.standard_normal(d).astype(dtype)
+    tx, tw, tb = leaf(x), leaf(w), leaf(b)
+    ty = _torch_bln(tx, tw, tb, shape[0] if batch_size is None else batch_size)
+    ty.backward(torch.tensor(g))
+    rm, rv = np.zeros(K, dtype), np.ones(K, dtype)
+    y, *stats = fastnorm.batch_layer_norm(x, rm, rv, w, b, True, 0.1, 1e-3, batch_size, return_stats=True)
+    close(y, ty, dtype)
+    gx, gw, gb = fastnorm.batch_layer_norm_backward(g, x, *stats, w, b, True, batch_size)
+    close(gx, tx.grad, dtype, 10)
+    close(gw, tw.grad, dtype, 100)
+    close(gb, tb.grad, dtype, 100)
+    x2 = x.reshape(shape[0], -1).astype(np.float64)
+    close(rm, 0.1 * x2.mean(0), dtype)
+    close(rv, 0.9 + 0.1 * x2.var(0, ddof=1), dtype)
+
+
+def test_batch_layer_norm_eval_and_errors(rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    rm, rv = rng.standard_normal(6).astype(np.float32), (1 + rng.random(6)).astype(np.float32)
+    y = fastnorm.batch_layer_norm(x, rm, rv, training=False)
+    x64 = x.astype(np.float64)
+    xb = (x64 - rm) / np.sqrt(rv + 1e-3)
+    xf = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-3)
+    np.testing.assert_allclose(y, ((0.25 - 1e-4) * xf + (0.75 - 1e-4) * xb) / np.sqrt(6), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        fastnorm.batch_layer_norm(x, rm, rv, batch_size=0)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        fastnorm.batch_layer_norm(x[0], rm, rv)
+    layer = nn.BatchLayerNorm(6)
+    layer(x)
+    layer.backward(np.ones_like(x))
+    assert layer.grad_weight.shape == (6,) and np.abs(layer.running_mean).max() > 0

@@ -9,7 +9,7 @@ Inputs are never modified unless ``out`` aliases them.
 One module per op family: rows (LayerNorm, RMSNorm, fused add + norm),
 channels (BatchNorm, GroupNorm, InstanceNorm), lp (normalize, WeightNorm),
 features (standardize, min_max_scale), frn, lrn, pointwise (Dynamic Tanh),
-stdnorm (AdaNorm, Weight Standardization), mixed (Switchable Normalization, PowerNorm).  Each op is arguments ->
+stdnorm (AdaNorm, Weight Standardization), mixed (Switchable Normalization, PowerNorm, Batch Layer Normalization).  Each op is arguments ->
 layout canonicalizer (fastnorm._validation) -> output policy -> the typed
 kernel dispatch (fastnorm._dispatch), with a C-level fast entry first.
 """
@@ -22,7 +22,8 @@ from .lrn import local_response_norm, local_response_norm_backward  # noqa: F401
 from .pointwise import dynamic_tanh, dynamic_tanh_backward  # noqa: F401
 from .stdnorm import ada_norm, ada_norm_backward, weight_standardization, weight_standardization_backward  # noqa: F401
 from .channels import batch_renorm, batch_renorm_backward  # noqa: F401
-from .mixed import switchable_norm, switchable_norm_backward, power_norm, power_norm_backward  # noqa: F401
+from .mixed import (switchable_norm, switchable_norm_backward, power_norm, power_norm_backward,  # noqa: F401
+                    batch_layer_norm, batch_layer_norm_backward)
 
 __all__ = [
     "layer_norm",
@@ -63,4 +64,6 @@ __all__ = [
     "power_norm_backward",
     "cosine_linear",
     "cosine_linear_backward",
+    "batch_layer_norm",
+    "batch_layer_norm_backward",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _dispatch
 from .._args import check_eps, check_momentum
+from .._buffers import empty as _empty
 from .._dtypes import check_param_dtype, native_order
 from .._validation import (
     ChannelLayout,
@@ -24,7 +25,8 @@ from .._validation import (
 )
 from .channels import _running_buffer
 
-__all__ = ["switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward"]
+__all__ = ["switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward", "batch_layer_norm",
+           "batch_layer_norm_backward"]
 
 
 class _StatLayout:
@@ -365,3 +367,114 @@ def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, 
         return None if p is None else v.astype(np.asarray(p).dtype)
     return (sl.layout.restore(dx_k), like(rz * sgx, weight), like(sg, bias),
             new_ema.astype(ema_in.dtype))
+
+
+# ---------------------------------------------------------------- Batch Layer Normalization
+
+def _bln_mix(batch_size, N, d):
+    B = N if batch_size is None else batch_size
+    if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
+        raise ValueError(f"batch_size must be a positive int (or None: the batch's N), got {batch_size!r}")
+    return (1.0 / B - 1e-4) / np.sqrt(d), (1.0 - 1.0 / B - 1e-4) / np.sqrt(d)
+
+
+def _bln_operands(x):
+    x, cdt = as_float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (N, ..., features), got shape {x.shape}")
+    N, d = x.shape[0], x.shape[-1]
+    return x, cdt, N, d, x.reshape(N, -1)
+
+
+def batch_layer_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-3, batch_size=None, *, out=None, n_threads=None, return_stats=False):
+    """Batch Layer Normalization (Ziaee and Cano), as the reference
+    implementation's layer (A2Amir/Batch-Layer-Normalization, ``bln_layer.py``).
+
+    x: (N, ..., d).  x_b standardizes each position over the batch axis
+    (BatchNorm's statistics of x as (N, K) columns, K = x.size / N), x_f each
+    sample's position over the last axis (LayerNorm's), both with the biased
+    variance and eps inside the square root (eps = 1e-3, as the reference);
+    y = weight * ((1/B - 1e-4) x_f + (1 - 1/B - 1e-4) x_b) / sqrt(d) + bias,
+    B = `batch_size` (the reference's fixed batch size; None: N), weight and
+    bias of shape (d,).  Training uses the batch's x_b statistics and updates
+    running_mean / running_var ((K,)) in place, as `batch_norm` (momentum,
+    unbiased variance); eval uses them for x_b and the current statistics for
+    x_f, the reference's defaults.  The reference keeps per-epoch averages
+    instead of a moving average; the layer here follows BatchNorm.
+
+    Returns y, or (y, mean_f, rstd_f, mean_b, invstd_b) with return_stats.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    >>> rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
+    >>> y = batch_layer_norm(x, rm, rv, training=True)
+    >>> y.shape
+    (16, 8)
+    """
+    from .channels import batch_norm
+    from .rows import layer_norm
+    if out_aliases(out, (weight, bias) + (() if training else (running_mean, running_var)),
+                   (("running_mean", running_mean), ("running_var", running_var)) if training else ()):
+        return into_out(out, batch_layer_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                              batch_size, n_threads=n_threads, return_stats=return_stats))
+    x, cdt, N, d, x2 = _bln_operands(x)
+    a, c = _bln_mix(batch_size, N, d)
+    eps = check_eps(eps)
+    w = _vector(weight, "weight", d, x.dtype, cdt, 1.0)
+    b = _vector(bias, "bias", d, x.dtype, cdt, 0.0)
+    if out is not None:
+        from .._validation import check_out
+        check_out(out, x, x.dtype)
+    K = x2.shape[1]
+    # x_b: BatchNorm of the (N, K) columns (checks the running statistics before anything is written)
+    xb, mean_b, invstd_b = batch_norm(x2, running_mean, running_var, None, None, training, momentum, eps,
+                                      channel_axis=-1, n_threads=n_threads, return_stats=True)
+    xf, mean_f, rstd_f = layer_norm(x, d, None, None, eps, n_threads=n_threads, return_stats=True)
+    # y = (w a) x_f + (w c) x_b + bias per column: the per-statistic pass (a statistic per column)
+    reps = K // d if d else 0
+    coef = [np.ascontiguousarray(np.tile(v, reps), cdt) for v in (np.zeros(d), w * a, w * c, b)]
+    y = out if out is not None and out.dtype == x.dtype and out.flags.c_contiguous else _empty(x.shape, x.dtype)
+    _dispatch.kernels.stat_apply(np.ascontiguousarray(xf).reshape(N, K), np.ascontiguousarray(xb), y.reshape(N, K),
+                                 N, K, 1, N, *coef, n_threads)
+    if out is not None and y is not out:
+        np.copyto(out, y)
+        y = out
+    if not return_stats:
+        return y
+    return y, mean_f, rstd_f, mean_b, invstd_b
+
+
+def batch_layer_norm_backward(grad_out, x, mean_f, rstd_f, mean_b, invstd_b, weight=None, bias=None,
+                              training=True, batch_size=None, *, n_threads=None):
+    """Gradients of `batch_layer_norm`: (grad_x, grad_weight, grad_bias).
+
+    The sum of LayerNorm's backward (the weight w (1/B - 1e-4) / sqrt(d)) and
+    BatchNorm's over the (N, K) columns (the weight w (1 - 1/B - 1e-4) /
+    sqrt(d); eval: the running statistics are constants), each through its
+    statistics; grad_weight = (a sum g x_f + c sum g x_b) / sqrt(d) per
+    feature, grad_bias = sum g.
+    """
+    from .channels import batch_norm_backward
+    from .rows import layer_norm_backward
+    x, cdt, N, d, x2 = _bln_operands(x)
+    grad_out = same_shape_input(grad_out, "grad_out", x)
+    a, c = _bln_mix(batch_size, N, d)
+    w = _vector(weight, "weight", d, x.dtype, cdt, 1.0)
+    if bias is not None:
+        _vector(bias, "bias", d, x.dtype, cdt, 0.0)
+    K = x2.shape[1]
+    reps = K // d if d else 0
+    gf, swf, _ = layer_norm_backward(grad_out, x, mean_f, rstd_f, (w * a).astype(cdt), None, n_threads=n_threads)
+    gb, swb, sb = batch_norm_backward(grad_out.reshape(N, K), x2, mean_b, invstd_b,
+                                      np.tile(w * c, reps).astype(cdt), np.zeros(K, cdt), training,
+                                      channel_axis=-1, n_threads=n_threads)
+    grad_x = np.add(gf, gb.reshape(x.shape), out=gf)
+    # the kernels' grad_weight are sum g * x_f and sum g * x_b (independent of the weight given)
+    gw = (a * swf.astype(np.float64).reshape(d) + c * swb.astype(np.float64).reshape(reps, d).sum(0))
+    gbias = sb.astype(np.float64).reshape(reps, d).sum(0)
+
+    def like(v, p):
+        return None if p is None else v.astype(np.asarray(p).dtype)
+    return grad_x, like(gw, weight), like(gbias, bias)
