@@ -455,6 +455,58 @@ def numpy_bln(x, g, w, b, threads, backward=False):
     return fwd
 
 
+# ---------------------------------------------------------------- CB-Norm: (65536, 256) rows, K = 4
+
+K_COMPONENTS = 4
+
+
+def mixture_case(shape):
+    """x, grad and the mixture's parameters (logits, means, var_params) in the weight slot."""
+    rng = np.random.default_rng(0)
+    B, D = shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    params = (np.array([0.1, -0.2, 0.3, 0.0], np.float32), 0.05 * rng.standard_normal((K_COMPONENTS, D), dtype=np.float32),
+              (0.5 + 0.1 * rng.standard_normal((K_COMPONENTS, D), dtype=np.float32)))
+    return x, rng.standard_normal(shape, dtype=np.float32), params, None
+
+
+def fastnorm_mix(x, g, p, b, threads, backward=False, out=False):
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fastnorm.mixture_norm(x, *p, out=y)
+        return lambda: fastnorm.mixture_norm(x, *p)
+
+    def run():
+        y, tau = fastnorm.mixture_norm(x, *p, return_stats=True)
+        return fastnorm.mixture_norm_backward(g, x, tau, *p)
+    return run
+
+
+def torch_mix(x, g, p, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg = _torch_case((x, g), backward)
+    trho, tE, tnu = (torch.from_numpy(a).clone().requires_grad_(backward) for a in p)
+
+    def forward():
+        pi = torch.softmax(trho, 0)
+        V = torch.nn.functional.softplus(tnu)
+        logp = torch.log(pi)[None] - 0.5 * (((tx[:, None] - tE[None]) ** 2 / V[None]).sum(-1)
+                                            + torch.log(2 * np.pi * V).sum(-1)[None])
+        tau = torch.softmax(logp, 1)
+        return (tau[..., None] / torch.sqrt(pi + 1e-5)[None, :, None] * (tx[:, None] - tE[None])
+                / torch.sqrt(V + 1e-5)[None]).sum(1)
+    return _torch_run(forward, (tx, trho, tE, tnu), tg, backward)
+
+
+def numpy_mix(x, g, p, b, threads, backward=False):
+    if backward:
+        return None
+    from fastnorm import reference
+    return lambda: reference.mixture_norm(x, *p)
+
+
 def _entry(fast, torch_f, numpy_f, shapes, make):
     return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
             "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
@@ -472,6 +524,8 @@ MEMBER_OPS = {
                                     lambda shape: make_channel_case(shape)),
     # the issue's (32, 64, 56, 56) images, channels-last as the reference (TF): d = C = 64
     "batch_layer_norm NHWC": _entry(fastnorm_bln, torch_bln, numpy_bln, [(32, 56, 56, 64)], make_case),
+    "mixture_norm (CB-Norm unsupervised, K=4)": dict(_entry(fastnorm_mix, torch_mix, numpy_mix, [(65536, 256)],
+                                                            mixture_case), dtypes=("float32",)),
     "cosine_linear": dict(_entry(fastnorm_cos, torch_cos, numpy_cos, [(4096, 1024)], cos_case),
                           dtypes=("float32",)),
 }

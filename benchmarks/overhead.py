@@ -365,6 +365,18 @@ SPECS = [
     ("batch_layer_norm", "features", "fwd+bwd",
      "y, a, b_, c, d = batch_layer_norm(x, rmf, rvf, wf, bf, True, return_stats=True); "
      "batch_layer_norm_backward(dy, x, a, b_, c, d, wf, bf, True)", None, ""),
+    ("cluster_norm", "rows", "fwd", "cluster_norm(x, cid, cmu, cls)",
+     "(x - cmu[cid]) / (torch.exp(cls[cid]) + 1e-3)", "torch: composed"),
+    ("cluster_norm", "rows", "fwd", "cluster_norm(x, cluster=cid, mean=cmu, log_scale=cls)",
+     "(x - cmu[cid]) / (torch.exp(cls[cid]) + 1e-3)", "torch: composed"),
+    ("cluster_norm", "rows", "fwd+bwd",
+     "cluster_norm(x, cid, cmu, cls); cluster_norm_backward(dy, x, cid, cmu, cls)", None, ""),
+    ("mixture_norm", "rows", "fwd", "mixture_norm(x, mrho, mE, mnu)", None, ""),
+    ("mixture_norm", "rows", "fwd", "mixture_norm(x, prior_logits=mrho, means=mE, var_params=mnu, eps=1e-5)",
+     None, ""),
+    ("mixture_norm", "rows", "fwd+bwd",
+     "y, tau = mixture_norm(x, mrho, mE, mnu, return_stats=True); mixture_norm_backward(dy, x, tau, mrho, mE, mnu)",
+     None, ""),
 
     # ---------------------------------------------------------------- features: (32, 24)
     ("standardize", "features", "fwd", "standardize(x)", "StandardScaler().fit_transform(x)", ""),
@@ -431,7 +443,9 @@ def _arrays(family, dtype, seed=0):
     if family == "rows":
         a = dict(x=normal(*shape), r=normal(*shape), w=normal(shape[-1]), b=normal(shape[-1]), dy=normal(*shape),
                  al=np.full(1, 0.5, np.float32).astype(dt),
-                 wsq=(0.05 * rng.standard_normal((shape[-1], shape[-1]), dtype=np.float32)).astype(dt))
+                 wsq=(0.05 * rng.standard_normal((shape[-1], shape[-1]), dtype=np.float32)).astype(dt),
+                 cid=np.zeros(shape[0], np.int64), cmu=normal(4, shape[-1]), cls=(0.1 * normal(4, shape[-1])),
+                 mrho=normal(4), mE=(0.05 * normal(4, shape[-1])), mnu=normal(4, shape[-1]))
     elif family == "channel":
         C = shape[1]
         x, dy = normal(*shape), normal(*shape)

@@ -30,7 +30,8 @@ from .functional import (
     weight_norm_backward, dynamic_tanh, dynamic_tanh_backward, ada_norm, ada_norm_backward,
     weight_standardization, weight_standardization_backward, batch_renorm, batch_renorm_backward,
     switchable_norm, switchable_norm_backward, power_norm, power_norm_backward, cosine_linear,
-    cosine_linear_backward, batch_layer_norm, batch_layer_norm_backward,
+    cosine_linear_backward, batch_layer_norm, batch_layer_norm_backward, cluster_norm, cluster_norm_backward,
+    mixture_norm, mixture_norm_backward,
 )
 from . import functional, nn, reference
 
@@ -48,4 +49,5 @@ __all__ = [
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
     "switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward",
     "cosine_linear", "cosine_linear_backward", "batch_layer_norm", "batch_layer_norm_backward",
+    "cluster_norm", "cluster_norm_backward", "mixture_norm", "mixture_norm_backward",
 ]

@@ -244,6 +244,27 @@ def _batch_layer_norm(rng, dtype, shape):
                 lambda out, st, g: ((g[0], x, st[0], st[1], st[2], st[3], w, b, True), {}))
 
 
+def _cluster_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 2.0, 0.5)
+    K, D = 3, shape[-1]
+    cluster = rng.integers(0, K, int(np.prod(shape[:-1])))
+    mean = _values(rng, (K, D), dtype, 0.5, 0.2)
+    log_scale = _values(rng, (K, D), dtype, 0.3, 0.1)
+    return Call((x, cluster, mean, log_scale), {}, 1,
+                lambda out, st, g: ((g[0], x, cluster, mean, log_scale), {}))
+
+
+def _mixture_norm(rng, dtype, shape):
+    x = _values(rng, shape, dtype, 1.0, 0.0)
+    K, D = 2, shape[-1]
+    logits = _values(rng, (K,), dtype, 0.3, 0.0)
+    # components close to the data, so that both posteriors are away from 0 and 1
+    means = _values(rng, (K, D), dtype, 0.05, 0.0)
+    var_params = _values(rng, (K, D), dtype, 0.2, 0.5)
+    return Call((x, logits, means, var_params), {}, 1,
+                lambda out, st, g: ((g[0], x, st[0], logits, means, var_params), {}))
+
+
 def _ws_layer(w, dtype):
     return nn.WeightStandardization(w.astype(dtype)), ()
 
@@ -312,6 +333,11 @@ OPS = [
        make_layer=_layer("CosineLinear", lambda x: x.shape[-1], lambda x: x.shape[-1])),
     Op("batch_layer_norm", "mixed", _batch_layer_norm, "batch_layer_norm_backward", layer="BatchLayerNorm",
        default_shape=_ROWS, mutates=(1, 2), make_layer=_layer("BatchLayerNorm", lambda x: x.shape[-1])),
+    Op("cluster_norm", "cluster", _cluster_norm, "cluster_norm_backward", layer="ClusterNorm", default_shape=_ROWS,
+       make_layer=lambda x, dtype: (nn.ClusterNorm(3, x.shape[-1], dtype=dtype, rng=np.random.default_rng(1)),
+                                    (x, np.arange(x.shape[0]) % 3))),
+    Op("mixture_norm", "cluster", _mixture_norm, "mixture_norm_backward", layer="MixtureNorm", default_shape=_ROWS,
+       make_layer=lambda x, dtype: (nn.MixtureNorm(2, x.shape[-1], dtype=dtype), (x,))),
 ]
 
 _BY_NAME = {op.name: op for op in OPS}

@@ -70,6 +70,8 @@ NOT_DISTRIBUTED = {
     "power_norm": "a training-time normalizer with a stateful approximate backward; not distributed yet",
     "cosine_linear": "a linear layer (a matrix product with a weight): not a data-parallel normalization",
     "batch_layer_norm": "mixes batch statistics with per-sample ones over every chunk; not distributed yet",
+    "cluster_norm": "row-wise, but its cluster ids must be chunked with x's rows; not distributed yet",
+    "mixture_norm": "row-wise with learned components; not distributed yet",
 }
 
 

@@ -22,7 +22,8 @@ __all__ = [
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "WeightNorm", "FilterResponseNorm",
     "LocalResponseNorm", "IncompatibleKeys", "StateDictError", "DynamicTanh", "AdaNorm",
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "WeightStandardization", "SwitchableNorm2d",
-    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d", "CosineLinear", "BatchLayerNorm",
+    "SwitchableNorm3d", "PowerNorm1d", "PowerNorm2d", "CosineLinear", "BatchLayerNorm", "ClusterNorm",
+    "MixtureNorm",
 ]
 
 
@@ -856,3 +857,78 @@ class BatchLayerNorm(Module):
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, batch_size={self.batch_size}"
+
+
+class ClusterNorm(Module):
+    """Supervised cluster-based normalization (CB-Norm): parameters ``mean``
+    and ``log_scale`` of shape (num_clusters, num_features) (the reference
+    initializes them with Xavier; here mean 0 and log_scale 0 unless rng is
+    given, which draws them as Xavier's uniform).  ``layer(x, cluster)``;
+    backward stores grad_mean and grad_log_scale."""
+
+    _parameter_names = ("mean", "log_scale")
+
+    def __init__(self, num_clusters, num_features, dtype=np.float32, *, rng=None):
+        super().__init__()
+        self.num_clusters = check_count(num_clusters, "num_clusters")
+        self.num_features = check_count(num_features, "num_features")
+        shape, dtype = (num_clusters, num_features), np.dtype(dtype)
+        if rng is None:
+            self.mean, self.log_scale = np.zeros(shape, dtype), np.zeros(shape, dtype)
+        else:
+            bound = np.sqrt(6.0 / (num_clusters + num_features))
+            self.mean = rng.uniform(-bound, bound, shape).astype(dtype)
+            self.log_scale = rng.uniform(-bound, bound, shape).astype(dtype)
+        self.grad_mean = self.grad_log_scale = None
+
+    def __call__(self, x, cluster, **kwargs):
+        return self.forward(x, cluster, **kwargs)
+
+    def forward(self, x, cluster, *, n_threads=None):
+        return self._forward(lambda stats: F.cluster_norm(x, cluster, self.mean, self.log_scale,
+                                                          n_threads=n_threads, return_stats=stats), x,
+                             np.array(cluster, copy=True))
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, cluster = self._saved_or_raise()
+        grad_x, self.grad_mean, self.grad_log_scale = F.cluster_norm_backward(
+            grad_out, x, cluster, self.mean, self.log_scale, n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.num_clusters}, {self.num_features}"
+
+
+class MixtureNorm(Module):
+    """Unsupervised cluster-based normalization (Mixture Normalization with
+    learned components): parameters ``prior_logits`` (K,) zeros, ``means``
+    (K, D) (a fixed-seed normal draw times 0.1 unless rng is given) and
+    ``var_params`` (K, D), softplus^-1(1) so that the variances start at 1.
+    backward stores grad_prior_logits, grad_means, grad_var_params."""
+
+    _parameter_names = ("prior_logits", "means", "var_params")
+
+    def __init__(self, num_components, num_features, eps=1e-5, dtype=np.float32, *, rng=None):
+        super().__init__()
+        K = check_count(num_components, "num_components")
+        D = check_count(num_features, "num_features")
+        dtype = np.dtype(dtype)
+        rng = np.random.default_rng(0) if rng is None else rng
+        self.eps = eps
+        self.prior_logits = np.zeros(K, dtype)
+        self.means = (0.1 * rng.standard_normal((K, D))).astype(dtype)
+        self.var_params = np.full((K, D), np.log(np.expm1(1.0)), dtype)
+        self.grad_prior_logits = self.grad_means = self.grad_var_params = None
+
+    def forward(self, x, *, n_threads=None):
+        return self._forward(lambda stats: F.mixture_norm(x, self.prior_logits, self.means, self.var_params,
+                                                          self.eps, n_threads=n_threads, return_stats=stats), x)
+
+    def backward(self, grad_out, *, n_threads=None):
+        x, tau = self._saved_or_raise()
+        grad_x, self.grad_prior_logits, self.grad_means, self.grad_var_params = F.mixture_norm_backward(
+            grad_out, x, tau, self.prior_logits, self.means, self.var_params, self.eps, n_threads=n_threads)
+        return grad_x
+
+    def extra_repr(self):
+        return f"{self.means.shape[0]}, {self.means.shape[1]}, eps={self.eps}"

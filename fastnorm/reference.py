@@ -20,6 +20,7 @@ __all__ = [
     "weight_standardization", "weight_standardization_backward", "batch_renorm", "batch_renorm_backward",
     "switchable_norm", "switchable_norm_backward", "power_norm", "power_norm_backward",
     "cosine_linear", "cosine_linear_backward", "batch_layer_norm", "batch_layer_norm_backward",
+    "cluster_norm", "cluster_norm_backward", "mixture_norm", "mixture_norm_backward",
 ]
 
 
@@ -790,3 +791,84 @@ def batch_layer_norm_backward(grad_out, x, mean_f, rstd_f, mean_b, invstd_b, wei
     axes = tuple(range(x.ndim - 1))
     gw = (g * (a * xf + c * xb.reshape(x.shape))).sum(axes) if weight is not None else None
     return grad_x, gw, g.sum(axes) if bias is not None else None
+
+
+def cluster_norm(x, cluster, mean, log_scale, *, return_stats=False):
+    """(x - mean[c]) / (exp(log_scale[c]) + 1e-3) per row, in float64."""
+    x = np.asarray(x, np.float64)
+    X = x.reshape(-1, x.shape[-1])
+    c = np.asarray(cluster).reshape(-1)
+    mu, ls = np.asarray(mean, np.float64), np.asarray(log_scale, np.float64)
+    y = ((X - mu[c]) / (np.exp(ls[c]) + 1e-3)).reshape(x.shape)
+    return (y,) if return_stats else y
+
+
+def cluster_norm_backward(grad_out, x, cluster, mean, log_scale):
+    x = np.asarray(x, np.float64)
+    X = x.reshape(-1, x.shape[-1])
+    g = np.asarray(grad_out, np.float64).reshape(X.shape)
+    c = np.asarray(cluster).reshape(-1)
+    mu, ls = np.asarray(mean, np.float64), np.asarray(log_scale, np.float64)
+    gm, gs = np.zeros_like(mu), np.zeros_like(ls)
+    gx = np.empty_like(X)
+    for b in range(X.shape[0]):   # row by row: each row's cluster takes its share
+        k = c[b]
+        s = np.exp(ls[k])
+        gx[b] = g[b] / (s + 1e-3)
+        gm[k] -= gx[b]
+        gs[k] -= g[b] * (X[b] - mu[k]) * s / (s + 1e-3) ** 2
+    return gx.reshape(x.shape), gm, gs
+
+
+def _mixture(prior_logits, means, var_params):
+    rho = np.asarray(prior_logits, np.float64)
+    pi = np.exp(rho - rho.max())
+    return pi / pi.sum(), np.asarray(means, np.float64), np.logaddexp(0, np.asarray(var_params, np.float64))
+
+
+def mixture_norm(x, prior_logits, means, var_params, eps=1e-5, *, return_stats=False):
+    """Mixture Normalization in float64, component by component, with the
+    diagonal Gaussian posterior of each row."""
+    x = np.asarray(x, np.float64)
+    X = x.reshape(-1, x.shape[-1])
+    pi, E, V = _mixture(prior_logits, means, var_params)
+    K = len(pi)
+    logp = np.stack([np.log(pi[k]) - 0.5 * (((X - E[k]) ** 2 / V[k]) + np.log(2 * np.pi * V[k])).sum(1)
+                     for k in range(K)], 1)
+    tau = np.exp(logp - logp.max(1, keepdims=True))
+    tau /= tau.sum(1, keepdims=True)
+    y = sum(tau[:, k:k + 1] / np.sqrt(pi[k] + eps) * (X - E[k]) / np.sqrt(V[k] + eps) for k in range(K))
+    y = y.reshape(x.shape)
+    return (y, tau.reshape(x.shape[:-1] + (K,))) if return_stats else y
+
+
+def mixture_norm_backward(grad_out, x, tau, prior_logits, means, var_params, eps=1e-5):
+    """The chain rule component by component (through tau's softmax over the
+    components' log densities, the priors' softmax and the softplus)."""
+    x = np.asarray(x, np.float64)
+    X = x.reshape(-1, x.shape[-1])
+    g = np.asarray(grad_out, np.float64).reshape(X.shape)
+    pi, E, V = _mixture(prior_logits, means, var_params)
+    K = len(pi)
+    t = np.asarray(tau, np.float64).reshape(-1, K)
+    gx = np.zeros_like(X)
+    gE, gV = np.zeros_like(E), np.zeros_like(V)
+    dtau = np.empty_like(t)
+    dpi = np.zeros(K)
+    for k in range(K):
+        a, r = 1 / np.sqrt(pi[k] + eps), 1 / np.sqrt(V[k] + eps)
+        u = (X - E[k]) * r                       # this component's normalized rows
+        dtau[:, k] = a * (g * u).sum(1)
+        gx += g * t[:, k:k + 1] * a * r
+        gE[k] -= (g * t[:, k:k + 1] * a * r).sum(0)
+        gV[k] -= 0.5 * r ** 2 * (g * t[:, k:k + 1] * a * u).sum(0)
+        dpi[k] -= 0.5 * a ** 2 * (t[:, k] * dtau[:, k]).sum()
+    dl = t * (dtau - (t * dtau).sum(1, keepdims=True))
+    for k in range(K):
+        d = (X - E[k]) / V[k]
+        gx -= dl[:, k:k + 1] * d
+        gE[k] += (dl[:, k:k + 1] * d).sum(0)
+        gV[k] += 0.5 * (dl[:, k:k + 1] * (d * d - 1 / V[k])).sum(0)
+        dpi[k] += dl[:, k].sum() / pi[k]
+    nu = np.asarray(var_params, np.float64)
+    return (gx.reshape(x.shape), pi * (dpi - (pi * dpi).sum()), gE, gV / (1 + np.exp(-nu)))

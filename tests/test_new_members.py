@@ -597,3 +597,70 @@ def test_batch_layer_norm_eval_and_errors(rng):
     layer(x)
     layer.backward(np.ones_like(x))
     assert layer.grad_weight.shape == (6,) and np.abs(layer.running_mean).max() > 0
+
+
+# ---------------------------------------------------------------- cluster-based normalization
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cluster_norm_matches_torch(dtype, rng):
+    x = (rng.standard_normal((50, 12)) * 2).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    c = rng.integers(0, 4, 50)
+    mu = rng.standard_normal((4, 12)).astype(dtype)
+    ls = (0.3 * rng.standard_normal((4, 12))).astype(dtype)
+    tx, tmu, tls = leaf(x), leaf(mu), leaf(ls)
+    tc = torch.tensor(c)
+    ty = (tx - tmu[tc]) / (torch.exp(tls[tc]) + 1e-3)
+    ty.backward(torch.tensor(g))
+    close(fastnorm.cluster_norm(x, c, mu, ls), ty, dtype)
+    gx, gm, gs = fastnorm.cluster_norm_backward(g, x, c, mu, ls)
+    close(gx, tx.grad, dtype)
+    close(gm, tmu.grad, dtype, 10)
+    close(gs, tls.grad, dtype, 10)
+
+
+def test_cluster_norm_bad_ids(rng):
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    mu = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="cluster ids"):
+        fastnorm.cluster_norm(x, np.array([0, 1, 2, 0, 1]), mu, mu)
+    with pytest.raises(ValueError, match="one id per row"):
+        fastnorm.cluster_norm(x, np.array([0, 1]), mu, mu)
+    with pytest.raises(TypeError, match="integer"):
+        fastnorm.cluster_norm(x, np.zeros(5), mu, mu)
+    with pytest.raises(ValueError, match="log_scale"):
+        fastnorm.cluster_norm(x, np.zeros(5, int), mu, np.zeros((3, 3), np.float32))
+
+
+def _torch_mixture_norm(tx, trho, tE, tnu, eps=1e-5):
+    """Mixture Normalization from its definition: per-row posteriors of the
+    diagonal Gaussian components (torch.distributions), then the weighted
+    normalizations."""
+    pi = torch.softmax(trho, 0)
+    V = torch.nn.functional.softplus(tnu)
+    comp = torch.distributions.Normal(tE[None], V.sqrt()[None])       # (1, K, D)
+    logp = torch.log(pi)[None] + comp.log_prob(tx[:, None]).sum(-1)  # (B, K)
+    tau = torch.softmax(logp, 1)
+    terms = tau[..., None] / torch.sqrt(pi + eps)[None, :, None] * (tx[:, None] - tE[None]) / torch.sqrt(V + eps)[None]
+    return terms.sum(1), tau
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [1, 3])
+def test_mixture_norm_matches_torch(K, dtype, rng):
+    x = rng.standard_normal((40, 6)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    rho = (0.3 * rng.standard_normal(K)).astype(dtype)
+    E = (0.4 * rng.standard_normal((K, 6))).astype(dtype)
+    nu = (0.5 + 0.3 * rng.standard_normal((K, 6))).astype(dtype)
+    tx, trho, tE, tnu = leaf(x), leaf(rho), leaf(E), leaf(nu)
+    ty, ttau = _torch_mixture_norm(tx, trho, tE, tnu)
+    ty.backward(torch.tensor(g))
+    y, tau = fastnorm.mixture_norm(x, rho, E, nu, return_stats=True)
+    close(y, ty, dtype)
+    close(tau, ttau, dtype)
+    grads = fastnorm.mixture_norm_backward(g, x, tau, rho, E, nu)
+    for got, want in zip(grads, (tx.grad, trho.grad, tE.grad, tnu.grad)):
+        close(got, want, dtype, 100)
+    if K == 3:  # the posteriors matter: neither 0 nor 1 everywhere
+        assert 0.05 < float(tau.max(1).mean()) < 0.99

@@ -51,7 +51,8 @@ _OVERLOADED = {"layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_n
                "add_layer_norm", "add_rms_norm", "standardize", "min_max_scale", "weight_norm",
                "filter_response_norm", "local_response_norm", "dynamic_tanh", "ada_norm",
                "weight_standardization", "batch_renorm", "switchable_norm",
-               "power_norm", "cosine_linear", "batch_layer_norm"}
+               "power_norm", "cosine_linear", "batch_layer_norm",
+               "cluster_norm", "mixture_norm"}
 
 
 def test_mypy_reads_the_stubs(tmp_path):

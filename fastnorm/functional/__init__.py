@@ -9,7 +9,8 @@ Inputs are never modified unless ``out`` aliases them.
 One module per op family: rows (LayerNorm, RMSNorm, fused add + norm),
 channels (BatchNorm, GroupNorm, InstanceNorm), lp (normalize, WeightNorm),
 features (standardize, min_max_scale), frn, lrn, pointwise (Dynamic Tanh),
-stdnorm (AdaNorm, Weight Standardization), mixed (Switchable Normalization, PowerNorm, Batch Layer Normalization).  Each op is arguments ->
+stdnorm (AdaNorm, Weight Standardization), mixed (Switchable Normalization, PowerNorm, Batch Layer Normalization),
+cluster (CB-Norm, Mixture Normalization).  Each op is arguments ->
 layout canonicalizer (fastnorm._validation) -> output policy -> the typed
 kernel dispatch (fastnorm._dispatch), with a C-level fast entry first.
 """
@@ -24,6 +25,7 @@ from .stdnorm import ada_norm, ada_norm_backward, weight_standardization, weight
 from .channels import batch_renorm, batch_renorm_backward  # noqa: F401
 from .mixed import (switchable_norm, switchable_norm_backward, power_norm, power_norm_backward,  # noqa: F401
                     batch_layer_norm, batch_layer_norm_backward)
+from .cluster import cluster_norm, cluster_norm_backward, mixture_norm, mixture_norm_backward  # noqa: F401
 
 __all__ = [
     "layer_norm",
@@ -66,4 +68,8 @@ __all__ = [
     "cosine_linear_backward",
     "batch_layer_norm",
     "batch_layer_norm_backward",
+    "cluster_norm",
+    "cluster_norm_backward",
+    "mixture_norm",
+    "mixture_norm_backward",
 ]
