@@ -507,6 +507,40 @@ def numpy_mix(x, g, p, b, threads, backward=False):
     return lambda: reference.mixture_norm(x, *p)
 
 
+def cluster_case(shape):
+    """x, grad, (cluster ids, mean, log_scale) in the weight slot."""
+    rng = np.random.default_rng(0)
+    B, D = shape
+    params = (rng.integers(0, K_COMPONENTS, B), rng.standard_normal((K_COMPONENTS, D), dtype=np.float32),
+              0.1 * rng.standard_normal((K_COMPONENTS, D), dtype=np.float32))
+    return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32), params, None
+
+
+def fastnorm_cb(x, g, p, b, threads, backward=False, out=False):
+    if not backward:
+        if out:
+            y = np.empty_like(x)
+            return lambda: fastnorm.cluster_norm(x, *p, out=y)
+        return lambda: fastnorm.cluster_norm(x, *p)
+    return lambda: (fastnorm.cluster_norm(x, *p), fastnorm.cluster_norm_backward(g, x, *p))[1]
+
+
+def torch_cb(x, g, p, b, threads, backward=False):
+    if torch is None:
+        return None
+    tx, tg = _torch_case((x, g), backward)
+    c = torch.from_numpy(p[0])
+    tmu, tls = (torch.from_numpy(a).clone().requires_grad_(backward) for a in p[1:])
+    return _torch_run(lambda: (tx - tmu[c]) / (torch.exp(tls[c]) + 1e-3), (tx, tmu, tls), tg, backward)
+
+
+def numpy_cb(x, g, p, b, threads, backward=False):
+    if backward:
+        return None
+    c, mu, ls = p
+    return lambda: (x - mu[c]) / (np.exp(ls[c]) + 1e-3)
+
+
 def _entry(fast, torch_f, numpy_f, shapes, make):
     return {"fastnorm": fast, "torch": torch_f, "numpy": numpy_f, "shapes": shapes,
             "directions": ("fwd", "fwd+bwd"), "make_case": make, "dtypes": ("float32", "bfloat16")}
@@ -524,6 +558,8 @@ MEMBER_OPS = {
                                     lambda shape: make_channel_case(shape)),
     # the issue's (32, 64, 56, 56) images, channels-last as the reference (TF): d = C = 64
     "batch_layer_norm NHWC": _entry(fastnorm_bln, torch_bln, numpy_bln, [(32, 56, 56, 64)], make_case),
+    "cluster_norm (CB-Norm supervised, K=4)": dict(_entry(fastnorm_cb, torch_cb, numpy_cb, [(65536, 256)],
+                                                          cluster_case), dtypes=("float32",)),
     "mixture_norm (CB-Norm unsupervised, K=4)": dict(_entry(fastnorm_mix, torch_mix, numpy_mix, [(65536, 256)],
                                                             mixture_case), dtypes=("float32",)),
     "cosine_linear": dict(_entry(fastnorm_cos, torch_cos, numpy_cos, [(4096, 1024)], cos_case),

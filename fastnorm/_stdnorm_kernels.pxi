@@ -10,7 +10,7 @@ cdef extern from "stdnorm.h" nogil:
     void fn_sn_moments_f(const float* x, Py_ssize_t n, double* mean, double* m2)
     void fn_sn_moments_d(const double* x, Py_ssize_t n, double* mean, double* m2)
     void fn_sn_forward_f(const float* x, float* y, Py_ssize_t n, double mean, double inv,
-                         float scale, float kf)
+                         float scale, float kf, int stream)
     void fn_sn_forward_d(const double* x, double* y, Py_ssize_t n, double mean, double inv,
                          double scale, double kf)
     void fn_sn_backward_f(const float* g, const float* x, float* dx, Py_ssize_t n, double mean,
@@ -28,6 +28,10 @@ cdef int _sn_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys, int
     cdef floating* yr
     cdef Py_ssize_t r
     cdef double mu, m2, s
+    # float32 rows straight to memory with streaming stores when the output is
+    # large and not x itself (in place, the lines are in cache already)
+    cdef bint stream = (floating is float and st == ST_NATIVE and _use_streaming(M, n, sizeof(float))
+                        and yb != xb)
     if st != ST_NATIVE and scratch == NULL:
         return -1
     for r in prange(M, schedule='static', num_threads=nth, use_threads_if=nth > 1):
@@ -42,10 +46,12 @@ cdef int _sn_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys, int
             fn_sn_moments_d(xr, n, &mu, &m2)
         s = sqrt(m2 / (n - 1)) if n > 1 else NAN   # torch's unbiased std of one value: NaN
         if floating is float:
-            fn_sn_forward_f(xr, yr, n, mu, 1.0 / (s + eps), <float>scale, <float>kf)
+            fn_sn_forward_f(xr, yr, n, mu, 1.0 / (s + eps), <float>scale, <float>kf, stream)
         else:
             fn_sn_forward_d(xr, yr, n, mu, 1.0 / (s + eps), scale, kf)
         _row_done(st, <floating*>sc, 1, n, yb + r * ys)
+        if stream:
+            fastnorm_stream_fence()   # each row's streaming stores, fenced by the thread that made them
         if mean != NULL:
             mean[r] = <floating>mu
             std[r] = <floating>s

@@ -17,6 +17,7 @@
 #define FASTNORM_STDNORM_H
 #include <math.h>
 #include <stddef.h>
+#include "simd.h"
 
 #define FN_SN_TILE 512
 
@@ -59,13 +60,35 @@ static void fn_sn_moments_d(const double* x, ptrdiff_t n, double* mean, double* 
     *m2 = q;
 }
 
+/* stream: the row is computed into an aligned tile, then stored with
+ * whole streaming vectors where y is aligned (a large output written
+ * without reading its lines first: 2 memory transfers per value, not 3) */
 static void fn_sn_forward_f(const float* x, float* y, ptrdiff_t n, double mean, double inv,
-                            float scale, float kf) {
+                            float scale, float kf, int stream) {
     float hi = (float)mean, lo = (float)(mean - (double)hi), r = (float)inv;
+    if (!stream) {
 #pragma omp simd
-    for (ptrdiff_t k = 0; k < n; k++) {
-        float z = ((x[k] - hi) - lo) * r;
-        y[k] = scale * z * (1.0f - kf * z);
+        for (ptrdiff_t k = 0; k < n; k++) {
+            float z = ((x[k] - hi) - lo) * r;
+            y[k] = scale * z * (1.0f - kf * z);
+        }
+        return;
+    }
+    float tile[FN_SN_TILE] __attribute__((aligned(64)));
+    const ptrdiff_t L = FN_VBYTES / 4;
+    for (ptrdiff_t i = 0; i < n; i += FN_SN_TILE) {
+        ptrdiff_t m = n - i < FN_SN_TILE ? n - i : FN_SN_TILE;
+        const float* xi = x + i;
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < m; k++) {
+            float z = ((xi[k] - hi) - lo) * r;
+            tile[k] = scale * z * (1.0f - kf * z);
+        }
+        float* yi = y + i;
+        ptrdiff_t k = 0;
+        while (k < m && ((size_t)(yi + k) % FN_VBYTES) != 0) { yi[k] = tile[k]; k++; }
+        for (; k + L <= m; k += L) FN_STREAM_float(yi + k, FN_LOAD(fn_vfu, tile + k));
+        for (; k < m; k++) yi[k] = tile[k];
     }
 }
 
