@@ -796,15 +796,10 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
     training the batch statistics are computed at call time (one read of x)
     and the running statistics updated once; y is lazy, BatchNorm's
     blockwise pass with the weight w * r and the bias w * d + b."""
-    from .functional.channels import _check_clip, renorm_factors, renorm_update
+    from .functional.channels import renorm_factors, renorm_scalars, renorm_update
     x, cax = _bn_operand(x, channel_axis)
     C = x.shape[cax]
-    eps = check_eps(eps)
-    momentum = check_momentum(momentum)
-    r_max, d_max = _check_clip(r_max, d_max)
-    if running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var are required (batch_renorm corrects the batch "
-                         "statistics towards them)")
+    eps, momentum, r_max, d_max = renorm_scalars(eps, momentum, r_max, d_max, running_mean, running_var)
     _running_buffers(C, running_mean, running_var)
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     if training:

@@ -304,6 +304,17 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
                                     bool(use_input_stats), n_threads)
 
 
+def renorm_scalars(eps, momentum, r_max, d_max, running_mean, running_var):
+    """Batch Renorm's scalar arguments checked (fastnorm.dask's too): (eps,
+    momentum, r_max, d_max); the running statistics are required."""
+    eps, momentum = check_eps(eps), check_momentum(momentum)
+    r_max, d_max = _check_clip(r_max, d_max)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required (batch_renorm corrects the batch "
+                         "statistics towards them)")
+    return eps, momentum, r_max, d_max
+
+
 def _check_clip(r_max, d_max):
     for name, v in (("r_max", r_max), ("d_max", d_max)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
@@ -369,12 +380,7 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     C = layout.C
-    eps = check_eps(eps)
-    momentum = check_momentum(momentum)
-    r_max, d_max = _check_clip(r_max, d_max)
-    if running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var are required (batch_renorm corrects the batch "
-                         "statistics towards them)")
+    eps, momentum, r_max, d_max = renorm_scalars(eps, momentum, r_max, d_max, running_mean, running_var)
     running_mean = _running_buffer(running_mean, "running_mean", C, training)
     running_var = _running_buffer(running_var, "running_var", C, training)
     w = layout.channel_vector(weight, "weight", x.dtype, np.float64)

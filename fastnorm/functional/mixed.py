@@ -41,6 +41,16 @@ class _StatLayout:
         else:
             self.P, self.Sk, self.R = lay.N, lay.S, 1
 
+    def finish(self, y_k, direct, out):
+        """The output written by a kernel into y_k (channel_output's buffer), in x's axis order / in out."""
+        if direct:
+            return out
+        y = self.layout.restore(y_k)
+        if out is not None:
+            np.copyto(out, y)
+            return out
+        return y
+
     def moments(self, n_threads):
         """Per (sample, channel): mean and sum of squared deviations, (N, C) float64."""
         lay, N, C, S = self.layout, self.N, self.C, self.S
@@ -162,13 +172,7 @@ def switchable_norm(x, running_mean, running_var, weight=None, bias=None, mean_w
     rs = 1.0 / np.sqrt(var + eps)
     # y = 0 * x + (w rs) * (x - mean) + b: the affine pass per statistic
     sl.apply(sl.layout.data, y_k, mean, 0.0, w * rs, b, cdt, n_threads)
-    if direct:
-        y = out
-    else:
-        y = sl.layout.restore(y_k)
-        if out is not None:
-            np.copyto(out, y)
-            y = out
+    y = sl.finish(y_k, direct, out)
     if training:
         for buf, v in ((running_mean, mean_bn), (running_var, var_bn)):
             if buf is not None:
@@ -300,13 +304,7 @@ def power_norm(x, running_phi, weight=None, bias=None, training=False, momentum=
     # y = (w r) x + b per channel: the per-statistic pass with one statistic per channel (R = P)
     _dispatch.kernels.stat_apply(sl.layout.data, sl.layout.data, y_k, sl.P, C, sl.Sk, sl.P,
                                  *(np.ascontiguousarray(a, cdt) for a in (zero, zero, w * r, b)), n_threads)
-    if direct:
-        y = out
-    else:
-        y = sl.layout.restore(y_k)
-        if out is not None:
-            np.copyto(out, y)
-            y = out
+    y = sl.finish(y_k, direct, out)
     if training:
         running_phi *= 1.0 - momentum
         running_phi += (momentum * psi2).astype(running_phi.dtype)
