@@ -37,20 +37,24 @@ def _torch_run(forward, leaves, g, backward):
     return lambda: torch.autograd.grad(forward(), leaves, g)
 
 
+def _ours(fwd, bwd, backward, out, out_like):
+    """fastnorm's timed call: fwd(**kw) is the forward, bwd(r) the backward
+    from r = fwd(return_stats=True); with out, the forward into one
+    preallocated array shaped like out_like."""
+    if backward:
+        return lambda: bwd(fwd(return_stats=True))
+    if out:
+        y = np.empty_like(out_like)
+        return lambda: fwd(out=y)
+    return fwd
+
+
 # ---------------------------------------------------------------- Dynamic Tanh: (rows, C)
 
 def fastnorm_dyt(x, g, w, b, threads, backward=False, out=False):
     a = np.full(1, ALPHA, w.dtype)
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fastnorm.dynamic_tanh(x, a, w, b, out=y, n_threads=threads)
-        return lambda: fastnorm.dynamic_tanh(x, a, w, b, n_threads=threads)
-
-    def run():
-        fastnorm.dynamic_tanh(x, a, w, b, n_threads=threads)
-        return fastnorm.dynamic_tanh_backward(g, x, a, w, b, n_threads=threads)
-    return run
+    return _ours(lambda **kw: fastnorm.dynamic_tanh(x, a, w, b, n_threads=threads, **kw),
+                 lambda r: fastnorm.dynamic_tanh_backward(g, x, a, w, b, n_threads=threads), backward, out, x)
 
 
 def torch_dyt(x, g, w, b, threads, backward=False):
@@ -77,16 +81,9 @@ def numpy_dyt(x, g, w, b, threads, backward=False):
 
 def fastnorm_ada(x, g, w, b, threads, backward=False, out=False):
     D = x.shape[-1]
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fastnorm.ada_norm(x, D, SCALE, K, EPS, out=y, n_threads=threads)
-        return lambda: fastnorm.ada_norm(x, D, SCALE, K, EPS, n_threads=threads)
-
-    def run():
-        y, m, s = fastnorm.ada_norm(x, D, SCALE, K, EPS, n_threads=threads, return_stats=True)
-        return fastnorm.ada_norm_backward(g, x, m, s, SCALE, K, EPS, n_threads=threads)
-    return run
+    return _ours(lambda **kw: fastnorm.ada_norm(x, D, SCALE, K, EPS, n_threads=threads, **kw),
+                 lambda r: fastnorm.ada_norm_backward(g, x, r[1], r[2], SCALE, K, EPS, n_threads=threads),
+                 backward, out, x)
 
 
 def torch_ada(x, g, w, b, threads, backward=False):
@@ -128,16 +125,9 @@ def ws_case(shape):
 
 
 def fastnorm_ws(v, g, w, b, threads, backward=False, out=False):
-    if not backward:
-        if out:
-            y = np.empty_like(v)
-            return lambda: fastnorm.weight_standardization(v, EPS, out=y, n_threads=threads)
-        return lambda: fastnorm.weight_standardization(v, EPS, n_threads=threads)
-
-    def run():
-        y, m, s = fastnorm.weight_standardization(v, EPS, n_threads=threads, return_stats=True)
-        return fastnorm.weight_standardization_backward(g, v, m, s, EPS, n_threads=threads)
-    return run
+    return _ours(lambda **kw: fastnorm.weight_standardization(v, EPS, n_threads=threads, **kw),
+                 lambda r: fastnorm.weight_standardization_backward(g, v, r[1], r[2], EPS, n_threads=threads),
+                 backward, out, v)
 
 
 def torch_ws(v, g, w, b, threads, backward=False):
@@ -186,16 +176,8 @@ def fastnorm_brn(x, g, w, b, threads, backward=False, out=False):
     def fwd(**kw):  # fresh running statistics per call: every call computes the same thing
         return fastnorm.batch_renorm(x, rm0.copy(), rv0.copy(), w, b, True, 0.1, EPS, R_MAX, D_MAX,
                                      n_threads=threads, **kw)
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fwd(out=y)
-        return fwd
-
-    def run():
-        y, m, s, r, d = fwd(return_stats=True)
-        return fastnorm.batch_renorm_backward(g, x, m, s, r, d, w, b, True, n_threads=threads)
-    return run
+    return _ours(fwd, lambda r: fastnorm.batch_renorm_backward(g, x, *r[1:], w, b, True, n_threads=threads),
+                 backward, out, x)
 
 
 def _v(a):
@@ -253,16 +235,8 @@ def fastnorm_sn(x, g, w, b, threads, backward=False, out=False):
     def fwd(**kw):
         return fastnorm.switchable_norm(x, np.zeros(C, np.float32), np.zeros(C, np.float32), w, b, mw, vw, True,
                                         n_threads=threads, **kw)
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fwd(out=y)
-        return fwd
-
-    def run():
-        y, *stats = fwd(return_stats=True)
-        return fastnorm.switchable_norm_backward(g, x, *stats, w, b, mw, vw, True, n_threads=threads)
-    return run
+    return _ours(fwd, lambda r: fastnorm.switchable_norm_backward(g, x, *r[1:], w, b, mw, vw, True,
+                                                                  n_threads=threads), backward, out, x)
 
 
 def torch_sn(x, g, w, b, threads, backward=False):
@@ -308,19 +282,9 @@ def fastnorm_pn(x, g, w, b, threads, backward=False, out=False):
     C = x.shape[1]
     phi0 = _running(C)[1]
     ema = np.full(C, 0.05, np.float32)
-
-    def fwd(**kw):
-        return fastnorm.power_norm(x, phi0.copy(), w, b, True, n_threads=threads, **kw)
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fwd(out=y)
-        return fwd
-
-    def run():
-        y, psi2, phi = fwd(return_stats=True)
-        return fastnorm.power_norm_backward(g, x, psi2, phi, ema, w, b, 0.9, True, n_threads=threads)
-    return run
+    return _ours(lambda **kw: fastnorm.power_norm(x, phi0.copy(), w, b, True, n_threads=threads, **kw),
+                 lambda r: fastnorm.power_norm_backward(g, x, r[1], r[2], ema, w, b, 0.9, True, n_threads=threads),
+                 backward, out, x)
 
 
 def torch_pn(x, g, w, b, threads, backward=False):
@@ -384,16 +348,9 @@ def cos_case(shape):
 
 
 def fastnorm_cos(x, g, w, b, threads, backward=False, out=False):
-    if not backward:
-        if out:
-            y = np.empty((x.shape[0], w.shape[0]), x.dtype)
-            return lambda: fastnorm.cosine_linear(x, w, out=y)
-        return lambda: fastnorm.cosine_linear(x, w)
-
-    def run():
-        y, nx, nw = fastnorm.cosine_linear(x, w, return_stats=True)
-        return fastnorm.cosine_linear_backward(g, x, w, nx, nw)
-    return run
+    return _ours(lambda **kw: fastnorm.cosine_linear(x, w, **kw),
+                 lambda r: fastnorm.cosine_linear_backward(g, x, w, r[1], r[2]), backward, out,
+                 np.empty((x.shape[0], w.shape[0]), x.dtype))
 
 
 def torch_cos(x, g, w, b, threads, backward=False):
@@ -414,20 +371,10 @@ def numpy_cos(x, g, w, b, threads, backward=False):
 
 def fastnorm_bln(x, g, w, b, threads, backward=False, out=False):
     K = x[0].size
-
-    def fwd(**kw):
-        return fastnorm.batch_layer_norm(x, np.zeros(K, np.float32), np.ones(K, np.float32), w, b, True,
-                                         n_threads=threads, **kw)
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fwd(out=y)
-        return fwd
-
-    def run():
-        y, *stats = fwd(return_stats=True)
-        return fastnorm.batch_layer_norm_backward(g, x, *stats, w, b, True, n_threads=threads)
-    return run
+    return _ours(lambda **kw: fastnorm.batch_layer_norm(x, np.zeros(K, np.float32), np.ones(K, np.float32), w, b,
+                                                        True, n_threads=threads, **kw),
+                 lambda r: fastnorm.batch_layer_norm_backward(g, x, *r[1:], w, b, True, n_threads=threads),
+                 backward, out, x)
 
 
 def torch_bln(x, g, w, b, threads, backward=False):
@@ -471,16 +418,8 @@ def mixture_case(shape):
 
 
 def fastnorm_mix(x, g, p, b, threads, backward=False, out=False):
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fastnorm.mixture_norm(x, *p, out=y)
-        return lambda: fastnorm.mixture_norm(x, *p)
-
-    def run():
-        y, tau = fastnorm.mixture_norm(x, *p, return_stats=True)
-        return fastnorm.mixture_norm_backward(g, x, tau, *p)
-    return run
+    return _ours(lambda **kw: fastnorm.mixture_norm(x, *p, **kw),
+                 lambda r: fastnorm.mixture_norm_backward(g, x, r[1], *p), backward, out, x)
 
 
 def torch_mix(x, g, p, b, threads, backward=False):
@@ -517,12 +456,8 @@ def cluster_case(shape):
 
 
 def fastnorm_cb(x, g, p, b, threads, backward=False, out=False):
-    if not backward:
-        if out:
-            y = np.empty_like(x)
-            return lambda: fastnorm.cluster_norm(x, *p, out=y)
-        return lambda: fastnorm.cluster_norm(x, *p)
-    return lambda: (fastnorm.cluster_norm(x, *p), fastnorm.cluster_norm_backward(g, x, *p))[1]
+    return _ours(lambda **kw: fastnorm.cluster_norm(x, *p, **kw),
+                 lambda r: fastnorm.cluster_norm_backward(g, x, *p), backward, out, x)
 
 
 def torch_cb(x, g, p, b, threads, backward=False):

@@ -492,7 +492,11 @@ def _channel_parts(x, cax, fn, k):
 
 
 def _batch_moments(x, cax, split_every, n_threads):
-    """The per-channel (mean, biased var) of x, computed now (a tree reduction)."""
+    """The per-channel (mean, biased var) of x, computed now (a tree reduction),
+    for a training-mode call: more than one value per channel required."""
+    C = x.shape[cax]
+    if (math.prod(x.shape) // C if C else 0) <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     parts = _channel_parts(x, cax, functools.partial(_bn_moments_block, cax, n_threads), 3)
     res = _merge_tree(parts, 0, 3, _identity_chunk, _fold_moments, split_every).compute()
     return res[1], res[2]
@@ -523,10 +527,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     _running_buffers(C, running_mean, running_var)
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     if training:
-        count = math.prod(x.shape) // C if C else 0
-        if count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        mean, var = _batch_moments(x, cax, split_every, n_threads)
+        mean, var = _batch_moments(x, cax, split_every, n_threads)   # checks count > 1 first
+        count = math.prod(x.shape) // C
         momentum = check_momentum(momentum)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
@@ -803,9 +805,6 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
     _running_buffers(C, running_mean, running_var)
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     if training:
-        count = math.prod(x.shape) // C if C else 0
-        if count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         mean, var = _batch_moments(x, cax, split_every, n_threads)
         r, d = renorm_factors(mean, var, running_mean, running_var, eps, r_max, d_max)
         renorm_update(running_mean, running_var, mean, var, momentum, eps)

@@ -10,7 +10,7 @@ statistic).  The mixing itself is arithmetic on (N, C) arrays."""
 import numpy as np
 
 from .. import _dispatch
-from .._args import check_eps, check_momentum
+from .._args import _as_float, check_eps, check_momentum
 from .._buffers import empty as _empty
 from .._dtypes import check_param_dtype, native_order
 from .._validation import (
@@ -333,7 +333,6 @@ def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, 
     eps = check_eps(eps)
     if isinstance(alpha_bkw, bool) or not isinstance(alpha_bkw, (int, float, np.integer, np.floating)):
         raise TypeError(f"alpha_bkw must be a real number, got {alpha_bkw!r}")
-    from .._args import _as_float
     alpha_bkw = _as_float(alpha_bkw, "alpha_bkw")
     psi2 = channel_stats_input(psi2, "psi2", (C,), cdt)
     phi = channel_stats_input(phi, "phi", (C,), cdt)
