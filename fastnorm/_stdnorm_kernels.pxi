@@ -3,87 +3,65 @@
 #
 # x, y: (M, n) with contiguous rows (any row stride), as the row kernels;
 # rows are split over the threads (static schedule).  mean / std: (M,)
-# outputs (forward) or inputs (backward) of the compute dtype.  16-bit rows
-# are widened into a per-thread float32 row, computed, and narrowed.
+# outputs (forward) or inputs (backward) of the compute dtype.  float32 and
+# 16-bit rows run one vector code (stdnorm.h), float64 its own.
 
 cdef extern from "stdnorm.h" nogil:
-    void fn_sn_moments_f(const float* x, Py_ssize_t n, double* mean, double* m2)
+    void fn_sn_moments(int st, const void* x, Py_ssize_t n, double* mean, double* m2)
     void fn_sn_moments_d(const double* x, Py_ssize_t n, double* mean, double* m2)
-    void fn_sn_forward_f(const float* x, float* y, Py_ssize_t n, double mean, double inv,
-                         float scale, float kf, int stream)
+    void fn_sn_forward(int st, const void* x, void* y, Py_ssize_t n, double mean, double inv,
+                       float scale, float kf, int stream)
     void fn_sn_forward_d(const double* x, double* y, Py_ssize_t n, double mean, double inv,
                          double scale, double kf)
-    void fn_sn_backward_f(const float* g, const float* x, float* dx, Py_ssize_t n, double mean,
-                          double s, double inv, float scale, float kf)
+    void fn_sn_backward(int st, const void* g, const void* x, void* dx, Py_ssize_t n, double mean,
+                        double s, double inv, float scale, float kf)
     void fn_sn_backward_d(const double* g, const double* x, double* dx, Py_ssize_t n,
                           double mean, double s, double inv, double scale, double kf)
 
 
-cdef int _sn_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys, int st, Py_ssize_t M,
+cdef void _sn_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys, int st, Py_ssize_t M,
                      Py_ssize_t n, double scale, double kf, double eps, floating* mean,
                      floating* std, int nth) noexcept nogil:
-    cdef float* scratch = _stage_scratch(st, nth, 2, n)
-    cdef float* sc
-    cdef const floating* xr
-    cdef floating* yr
     cdef Py_ssize_t r
     cdef double mu, m2, s
-    # float32 rows straight to memory with streaming stores when the output is
-    # large and not x itself (in place, the lines are in cache already)
-    cdef bint stream = (floating is float and st == ST_NATIVE and _use_streaming(M, n, sizeof(float))
+    # rows straight to memory with streaming stores when the output is large
+    # and not x itself (in place, the lines are in cache already)
+    cdef bint stream = (floating is float and _use_streaming(M, n, 4 if st == ST_NATIVE else 2)
                         and yb != xb)
-    if st != ST_NATIVE and scratch == NULL:
-        return -1
     for r in prange(M, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        sc = (scratch + 2 * n * omp_get_thread_num()) if scratch != NULL else NULL
         mu = 0.0  # assigned in the body: thread-private (written through pointers below)
         m2 = 0.0
-        xr = _row_in(st, <floating*>sc, 0, n, xb + r * xs)
-        yr = _row_out(st, <floating*>sc, 1, n, yb + r * ys)
         if floating is float:
-            fn_sn_moments_f(xr, n, &mu, &m2)
+            fn_sn_moments(st, xb + r * xs, n, &mu, &m2)
         else:
-            fn_sn_moments_d(xr, n, &mu, &m2)
+            fn_sn_moments_d(<const double*>(xb + r * xs), n, &mu, &m2)
         s = sqrt(m2 / (n - 1)) if n > 1 else NAN   # torch's unbiased std of one value: NaN
         if floating is float:
-            fn_sn_forward_f(xr, yr, n, mu, 1.0 / (s + eps), <float>scale, <float>kf, stream)
+            fn_sn_forward(st, xb + r * xs, yb + r * ys, n, mu, 1.0 / (s + eps), <float>scale,
+                          <float>kf, stream)
         else:
-            fn_sn_forward_d(xr, yr, n, mu, 1.0 / (s + eps), scale, kf)
-        _row_done(st, <floating*>sc, 1, n, yb + r * ys)
+            fn_sn_forward_d(<const double*>(xb + r * xs), <double*>(yb + r * ys), n, mu,
+                            1.0 / (s + eps), scale, kf)
         if stream:
             fastnorm_stream_fence()   # each row's streaming stores, fenced by the thread that made them
         if mean != NULL:
             mean[r] = <floating>mu
             std[r] = <floating>s
-    free(scratch)
-    return 0
 
 
-cdef int _sn_backward(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs, char* db,
+cdef void _sn_backward(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs, char* db,
                       Py_ssize_t ds, int st, Py_ssize_t M, Py_ssize_t n, double scale, double kf,
                       double eps, const floating* mean, const floating* std, int nth) noexcept nogil:
-    cdef float* scratch = _stage_scratch(st, nth, 3, n)
-    cdef float* sc
-    cdef const floating* gr
-    cdef const floating* xr
-    cdef floating* dr
     cdef Py_ssize_t r
     cdef double s
-    if st != ST_NATIVE and scratch == NULL:
-        return -1
     for r in prange(M, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        sc = (scratch + 3 * n * omp_get_thread_num()) if scratch != NULL else NULL
-        gr = _row_in(st, <floating*>sc, 0, n, gb_ + r * gs)
-        xr = _row_in(st, <floating*>sc, 1, n, xb + r * xs)
-        dr = _row_out(st, <floating*>sc, 2, n, db + r * ds)
         s = std[r]
         if floating is float:
-            fn_sn_backward_f(gr, xr, dr, n, mean[r], s, 1.0 / (s + eps), <float>scale, <float>kf)
+            fn_sn_backward(st, gb_ + r * gs, xb + r * xs, db + r * ds, n, mean[r], s,
+                           1.0 / (s + eps), <float>scale, <float>kf)
         else:
-            fn_sn_backward_d(gr, xr, dr, n, mean[r], s, 1.0 / (s + eps), scale, kf)
-        _row_done(st, <floating*>sc, 2, n, db + r * ds)
-    free(scratch)
-    return 0
+            fn_sn_backward_d(<const double*>(gb_ + r * gs), <const double*>(xb + r * xs),
+                             <double*>(db + r * ds), n, mean[r], s, 1.0 / (s + eps), scale, kf)
 
 
 def std_norm_forward(cnp.ndarray x, cnp.ndarray y, double scale, double k, double eps,
@@ -101,7 +79,6 @@ def std_norm_forward(cnp.ndarray x, cnp.ndarray y, double scale, double k, doubl
     cdef int nth = resolve_threads(n_threads, M * n)
     cdef bint dbl
     cdef int st = storage_of(typenum, &dbl)
-    cdef int status = 0
     if M == 0 or n == 0:
         return
     cdef const char* xb = <const char*>cnp.PyArray_DATA(x)
@@ -111,13 +88,11 @@ def std_norm_forward(cnp.ndarray x, cnp.ndarray y, double scale, double k, doubl
     cdef void* sp = _ptr_or_null(std)
     with nogil:
         if dbl:
-            status = _sn_forward[double](xb, xs, yb, ys, st, M, n, scale, k, eps, <double*>mp,
-                                         <double*>sp, nth)
+            _sn_forward[double](xb, xs, yb, ys, st, M, n, scale, k, eps, <double*>mp,
+                                <double*>sp, nth)
         else:
-            status = _sn_forward[float](xb, xs, yb, ys, st, M, n, scale, k, eps, <float*>mp,
-                                        <float*>sp, nth)
-    if status != 0:
-        raise MemoryError("fastnorm: could not allocate the staging rows")
+            _sn_forward[float](xb, xs, yb, ys, st, M, n, scale, k, eps, <float*>mp,
+                               <float*>sp, nth)
 
 
 def std_norm_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
@@ -134,7 +109,6 @@ def std_norm_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray 
     cdef int nth = resolve_threads(n_threads, M * n)
     cdef bint dbl
     cdef int st = storage_of(typenum, &dbl)
-    cdef int status = 0
     if M == 0 or n == 0:
         return
     cdef const char* gb_ = <const char*>cnp.PyArray_DATA(g)
@@ -145,10 +119,8 @@ def std_norm_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray 
     cdef void* sp = cnp.PyArray_DATA(std)
     with nogil:
         if dbl:
-            status = _sn_backward[double](gb_, gs, xb, xs, db, ds, st, M, n, scale, k, eps,
-                                          <const double*>mp, <const double*>sp, nth)
+            _sn_backward[double](gb_, gs, xb, xs, db, ds, st, M, n, scale, k, eps,
+                                 <const double*>mp, <const double*>sp, nth)
         else:
-            status = _sn_backward[float](gb_, gs, xb, xs, db, ds, st, M, n, scale, k, eps,
-                                         <const float*>mp, <const float*>sp, nth)
-    if status != 0:
-        raise MemoryError("fastnorm: could not allocate the staging rows")
+            _sn_backward[float](gb_, gs, xb, xs, db, ds, st, M, n, scale, k, eps,
+                                <const float*>mp, <const float*>sp, nth)

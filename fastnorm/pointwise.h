@@ -67,7 +67,6 @@ static inline float fn_tanh_f(float v) {
 #ifdef FN_VMIN
 #define FN_TANH_VECTOR 1
 #define FN_VL ((ptrdiff_t)(FN_VBYTES / 4))
-static inline fn_vf fn_splat(float c) { return (fn_vf){0} + c; }
 
 static inline fn_vf fn_tanh_v(fn_vf v) {
     fn_vf z = FN_VMAX(fn_splat(-FN_TANH_CLAMP), FN_VMIN(fn_splat(FN_TANH_CLAMP), v));
@@ -84,67 +83,7 @@ static inline fn_vf fn_tanh_v(fn_vf v) {
 }
 #endif
 
-/* Loads and stores of one storage dtype (FN_ST_NATIVE: float32; FN_ST_F16,
- * FN_ST_BF16: 16-bit values widened in registers and rounded once when
- * stored, as simd.h's conversions).  `stream`: whole-vector streaming
- * stores, from the head (fn_pw_head values stored one at a time) that
- * aligns the destination. */
-static inline float fn_pw_ld1(int st, const void* p, ptrdiff_t k) {
-    if (st == FN_ST_NATIVE) return ((const float*)p)[k];
-    uint16_t h = ((const uint16_t*)p)[k];
-    return st == FN_ST_BF16 ? fn_bf16_to_float(h) : fn_half_to_float(h);
-}
-
-static inline void fn_pw_st1(int st, void* p, ptrdiff_t k, float v) {
-    if (st == FN_ST_NATIVE) ((float*)p)[k] = v;
-    else ((uint16_t*)p)[k] = st == FN_ST_BF16 ? fn_float_to_bf16(v) : fn_float_to_half(v);
-}
-
-static inline ptrdiff_t fn_pw_head(int st, const void* y, ptrdiff_t n, int* stream) {
-    size_t align = st == FN_ST_NATIVE ? FN_VBYTES : FN_VBYTES / 2;
-    size_t item = st == FN_ST_NATIVE ? 4 : 2;
-    if (*stream && ((uintptr_t)y % item)) *stream = 0;
-    if (!*stream) return 0;
-    ptrdiff_t head = (ptrdiff_t)(((align - (uintptr_t)y % align) % align) / item);
-    return head < n ? head : n;
-}
-
 #ifdef FN_TANH_VECTOR
-static inline fn_vf fn_pw_ld(int st, const void* p, ptrdiff_t k) {
-    if (st == FN_ST_NATIVE) return FN_LOAD(fn_vfu, (const float*)p + k);
-    if (st == FN_ST_BF16) return fn_vload_bf16((const uint16_t*)p + k);
-    return fn_vload_f16((const uint16_t*)p + k);
-}
-
-static inline void fn_pw_st(int st, void* p, ptrdiff_t k, fn_vf v, int stream) {
-    if (st == FN_ST_NATIVE) {
-        if (stream) FN_STREAM_float((float*)p + k, v);
-        else *(fn_vfu*)((float*)p + k) = v;
-        return;
-    }
-    fn_put_h((uint16_t*)p + k, st == FN_ST_BF16 ? fn_pack_bf16(v) : fn_pack_f16(v), stream);
-}
-#endif
-
-#ifdef FN_TANH_VECTOR
-/* m < FN_VL values at p + k as a vector (the other lanes 0), and back:
- * the heads and tails go through the vector code too, so that a value's
- * result does not depend on where it falls (gcc contracts multiply-adds
- * differently in scalar and vector code: results would differ by an ulp
- * between the body and the tails, i.e. with the thread split and the
- * output's alignment) */
-static inline fn_vf fn_pw_ldn(int st, const void* p, ptrdiff_t k, ptrdiff_t m) {
-    float t[FN_VBYTES / 4] __attribute__((aligned(64))) = {0};
-    for (ptrdiff_t j = 0; j < m; j++) t[j] = fn_pw_ld1(st, p, k + j);
-    return *(fn_vf*)t;
-}
-
-static inline void fn_pw_stn(int st, void* p, ptrdiff_t k, ptrdiff_t m, fn_vf v) {
-    float t[FN_VBYTES / 4] __attribute__((aligned(64)));
-    *(fn_vf*)t = v;
-    for (ptrdiff_t j = 0; j < m; j++) fn_pw_st1(st, p, k + j, t[j]);
-}
-
 static inline fn_vf fn_dyt_value(fn_vf xv, float a, fn_vf wv, fn_vf bv) {
     return wv * fn_tanh_v(xv * a) + bv;
 }
@@ -152,9 +91,9 @@ static inline fn_vf fn_dyt_value(fn_vf xv, float a, fn_vf wv, fn_vf bv) {
 /* the m < FN_VL values from k */
 static inline void fn_dyt_forward_n(int st, const void* x, void* y, ptrdiff_t k, ptrdiff_t m, float a,
                                     const float* w, const float* b, int vec) {
-    fn_vf wv = vec ? fn_pw_ldn(FN_ST_NATIVE, w, k, m) : fn_splat(w[0]);
-    fn_vf bv = vec ? fn_pw_ldn(FN_ST_NATIVE, b, k, m) : fn_splat(b[0]);
-    fn_pw_stn(st, y, k, m, fn_dyt_value(fn_pw_ldn(st, x, k, m), a, wv, bv));
+    fn_vf wv = vec ? fn_ldn(FN_ST_NATIVE, w, k, m) : fn_splat(w[0]);
+    fn_vf bv = vec ? fn_ldn(FN_ST_NATIVE, b, k, m) : fn_splat(b[0]);
+    fn_stn(st, y, k, m, fn_dyt_value(fn_ldn(st, x, k, m), a, wv, bv));
 }
 #endif
 
@@ -162,21 +101,21 @@ static inline void fn_dyt_forward_n(int st, const void* x, void* y, ptrdiff_t k,
 static void fn_dyt_forward_s(int st, const void* x, void* y, ptrdiff_t n, float a, const float* w,
                              const float* b, int vec, int stream) {
 #ifdef FN_TANH_VECTOR
-    ptrdiff_t k = fn_pw_head(st, y, n, &stream);
+    ptrdiff_t k = fn_store_head(st, y, n, &stream);
     if (k) fn_dyt_forward_n(st, x, y, 0, k, a, w, b, vec);
     if (vec) {
         for (; k + FN_VL <= n; k += FN_VL)
-            fn_pw_st(st, y, k, fn_dyt_value(fn_pw_ld(st, x, k), a, FN_LOAD(fn_vfu, w + k),
+            fn_stv(st, y, k, fn_dyt_value(fn_ldv(st, x, k), a, FN_LOAD(fn_vfu, w + k),
                                             FN_LOAD(fn_vfu, b + k)), stream);
     } else {
         const fn_vf wv = fn_splat(w[0]), bv = fn_splat(b[0]);
         for (; k + FN_VL <= n; k += FN_VL)
-            fn_pw_st(st, y, k, fn_dyt_value(fn_pw_ld(st, x, k), a, wv, bv), stream);
+            fn_stv(st, y, k, fn_dyt_value(fn_ldv(st, x, k), a, wv, bv), stream);
     }
     if (k < n) fn_dyt_forward_n(st, x, y, k, n - k, a, w, b, vec);
 #else
     for (ptrdiff_t k = 0; k < n; k++)
-        fn_pw_st1(st, y, k, w[vec ? k : 0] * fn_tanh_f(a * fn_pw_ld1(st, x, k)) + b[vec ? k : 0]);
+        fn_st1(st, y, k, w[vec ? k : 0] * fn_tanh_f(a * fn_ld1(st, x, k)) + b[vec ? k : 0]);
 #endif
 }
 
@@ -196,10 +135,10 @@ static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, pt
     double sa = 0.0, sw = 0.0, sb = 0.0;
     (void)stream;
     for (ptrdiff_t k = 0; k < n; k++) {
-        float gk = fn_pw_ld1(st, g, k), xk = fn_pw_ld1(st, x, k);
+        float gk = fn_ld1(st, g, k), xk = fn_ld1(st, x, k);
         float t = fn_tanh_f(a * xk);
         float gs = gk * w[vec ? k : 0] * (1.0f - t * t);
-        fn_pw_st1(st, dx, k, gs * a);
+        fn_st1(st, dx, k, gs * a);
         sa += (double)(gs * xk);
         if (vec) {
             gw[k] += (double)(gk * t);
@@ -238,9 +177,9 @@ static inline void fn_dyt_backward_n(int st, const void* g, const void* x, void*
                                      ptrdiff_t m, float a, const float* w, int vec, double* sa,
                                      double* gw, double* gb, double* sw, double* sb) {
     fn_vf va = fn_splat(0.0f), gt;
-    fn_vf gv = fn_pw_ldn(st, g, k, m);   /* lanes past m: g = 0, nothing summed */
-    fn_vf wv = vec ? fn_pw_ldn(FN_ST_NATIVE, w, k, m) : fn_splat(w[0]);
-    fn_pw_stn(st, dx, k, m, fn_dyt_grad(gv, fn_pw_ldn(st, x, k, m), a, wv, &va, &gt));
+    fn_vf gv = fn_ldn(st, g, k, m);   /* lanes past m: g = 0, nothing summed */
+    fn_vf wv = vec ? fn_ldn(FN_ST_NATIVE, w, k, m) : fn_splat(w[0]);
+    fn_stn(st, dx, k, m, fn_dyt_grad(gv, fn_ldn(st, x, k, m), a, wv, &va, &gt));
     *sa += fn_lane_sum(va);
     if (vec) {
         float t[FN_VBYTES / 4] __attribute__((aligned(64)));
@@ -264,16 +203,16 @@ static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, pt
     float gt[FN_TILE] __attribute__((aligned(64)));
     float gg[FN_TILE] __attribute__((aligned(64)));
     const fn_vf ws = fn_splat(w[0]);
-    ptrdiff_t k = fn_pw_head(st, dx, n, &stream);
+    ptrdiff_t k = fn_store_head(st, dx, n, &stream);
     if (k) fn_dyt_backward_n(st, g, x, dx, 0, k, a, w, vec, &sa, gw, gb, &sw, &sb);
     while (n - k >= FN_VL) {
         ptrdiff_t m = (n - k) / FN_VL * FN_VL;
         m = m < FN_TILE ? m : FN_TILE;
         fn_vf va = fn_splat(0.0f), vw = va, vb = va, t;
         for (ptrdiff_t j = 0; j < m; j += FN_VL) {
-            fn_vf gv = fn_pw_ld(st, g, k + j);
+            fn_vf gv = fn_ldv(st, g, k + j);
             fn_vf wv = vec ? (fn_vf)FN_LOAD(fn_vfu, w + k + j) : ws;
-            fn_pw_st(st, dx, k + j, fn_dyt_grad(gv, fn_pw_ld(st, x, k + j), a, wv, &va, &t), stream);
+            fn_stv(st, dx, k + j, fn_dyt_grad(gv, fn_ldv(st, x, k + j), a, wv, &va, &t), stream);
             if (vec) {
                 *(fn_vf*)(gt + j) = t;
                 *(fn_vf*)(gg + j) = gv;
@@ -355,26 +294,26 @@ static void fn_stat_sums_s(int st, const void* g, const void* x, ptrdiff_t n, co
 #ifdef FN_TANH_VECTOR
         fn_vf ag = fn_splat(0.0f), ax = ag;
         for (; k + FN_VL <= n; k += FN_VL) {
-            fn_vf gv = fn_pw_ld(st, g, k);
+            fn_vf gv = fn_ldv(st, g, k);
             ag += gv;
-            ax += gv * (fn_pw_ld(st, x, k) - h);
+            ax += gv * (fn_ldv(st, x, k) - h);
         }
         tg = fn_lane_sum(ag);
         tx = fn_lane_sum(ax);
 #endif
         for (; k < n; k++) {
-            float gk = fn_pw_ld1(st, g, k);
+            float gk = fn_ld1(st, g, k);
             tg += gk;
-            tx += gk * (fn_pw_ld1(st, x, k) - h);
+            tx += gk * (fn_ld1(st, x, k) - h);
         }
         sg[0] += tg;
         sgx[0] += tx;
         return;
     }
     for (; k < n; k++) {
-        float gk = fn_pw_ld1(st, g, k);
+        float gk = fn_ld1(st, g, k);
         sg[k] += (double)gk;
-        sgx[k] += (double)(gk * (fn_pw_ld1(st, x, k) - hi[k]));
+        sgx[k] += (double)(gk * (fn_ld1(st, x, k) - hi[k]));
     }
 }
 
@@ -382,25 +321,25 @@ static void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, ptrd
                             const float* al, const float* be, const float* ga, int vec, int stream) {
     ptrdiff_t k = 0;
 #ifdef FN_TANH_VECTOR
-    k = fn_pw_head(st, dx, n, &stream);
+    k = fn_store_head(st, dx, n, &stream);
     for (ptrdiff_t j = 0; j < k; j++) {
         ptrdiff_t c = vec ? j : 0;
-        fn_pw_st1(st, dx, j, al[c] * fn_pw_ld1(st, g, j) + be[c] * (fn_pw_ld1(st, x, j) - hi[c]) + ga[c]);
+        fn_st1(st, dx, j, al[c] * fn_ld1(st, g, j) + be[c] * (fn_ld1(st, x, j) - hi[c]) + ga[c]);
     }
     if (vec) {
         for (; k + FN_VL <= n; k += FN_VL)
-            fn_pw_st(st, dx, k, FN_LOAD(fn_vfu, al + k) * fn_pw_ld(st, g, k)
-                     + FN_LOAD(fn_vfu, be + k) * (fn_pw_ld(st, x, k) - FN_LOAD(fn_vfu, hi + k))
+            fn_stv(st, dx, k, FN_LOAD(fn_vfu, al + k) * fn_ldv(st, g, k)
+                     + FN_LOAD(fn_vfu, be + k) * (fn_ldv(st, x, k) - FN_LOAD(fn_vfu, hi + k))
                      + FN_LOAD(fn_vfu, ga + k), stream);
     } else {
         const float a0 = al[0], b0 = be[0], h0 = hi[0], g0 = ga[0];
         for (; k + FN_VL <= n; k += FN_VL)
-            fn_pw_st(st, dx, k, a0 * fn_pw_ld(st, g, k) + b0 * (fn_pw_ld(st, x, k) - h0) + g0, stream);
+            fn_stv(st, dx, k, a0 * fn_ldv(st, g, k) + b0 * (fn_ldv(st, x, k) - h0) + g0, stream);
     }
 #endif
     for (; k < n; k++) {
         ptrdiff_t c = vec ? k : 0;
-        fn_pw_st1(st, dx, k, al[c] * fn_pw_ld1(st, g, k) + be[c] * (fn_pw_ld1(st, x, k) - hi[c]) + ga[c]);
+        fn_st1(st, dx, k, al[c] * fn_ld1(st, g, k) + be[c] * (fn_ld1(st, x, k) - hi[c]) + ga[c]);
     }
 }
 

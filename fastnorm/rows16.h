@@ -37,7 +37,6 @@ static inline Py_ssize_t fn_stream_head(const uint16_t* y, Py_ssize_t n, int* st
     return head < n ? head : n;
 }
 
-static inline fn_vf fn_vsplat(float a) { return (fn_vf){0} + a; }
 
 /* a LayerNorm row's scalars from its mean and sum of squared deviations:
    rstd (returned) and the normalize pass's hi, r, off (the mean split as
@@ -93,12 +92,12 @@ static void fn_moments_##S(const uint16_t* x, Py_ssize_t n, float shift,        
     }                                                                                          \
     double lq[FN_LANES] = {0}, ls[FN_LANES] = {0};                                            \
     double tq = 0, ts = 0;                                                                     \
-    const fn_vf vs = fn_vsplat(shift);                                                         \
+    const fn_vf vs = fn_splat(shift);                                                         \
     for (Py_ssize_t i = 0; i < n; i += FN_BLOCK) {                                             \
         Py_ssize_t end = i + FN_BLOCK < n ? i + FN_BLOCK : n;                                  \
         Py_ssize_t vend = i + ((end - i) / FN_LANES) * FN_LANES, k;                            \
         fn_vf aq[FN_NV], as[FN_NV];                                                            \
-        for (int v = 0; v < FN_NV; v++) { aq[v] = fn_vsplat(0); as[v] = fn_vsplat(0); }        \
+        for (int v = 0; v < FN_NV; v++) { aq[v] = fn_splat(0); as[v] = fn_splat(0); }        \
         for (k = i; k < vend; k += FN_LANES)                                                   \
             for (int v = 0; v < FN_NV; v++) {                                                  \
                 fn_vf d = VLOAD(x + k + v * FN_W) - vs;                                        \
@@ -142,7 +141,7 @@ static void fn_block_moments_##S(const uint16_t* x, Py_ssize_t n, double* mean_o
 /* y = ((x - hi) * r + off) * w + b over a row or a segment of one */                          \
 static void fn_ln_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,  \
                                 const float* b, float hi, float r, float off, int stream) {    \
-    const fn_vf vh = fn_vsplat(hi), vr = fn_vsplat(r), vo = fn_vsplat(off);                    \
+    const fn_vf vh = fn_splat(hi), vr = fn_splat(r), vo = fn_splat(off);                    \
     Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
         y[k] = STORE1(fn_ln_value(LOAD1(x[k]), hi, r, off, w, b, k));                          \
@@ -168,7 +167,7 @@ static void fn_ln_normalize_group_##S(const uint16_t* x, Py_ssize_t xs, uint16_t
                                       const float* off, int stream) {                          \
     fn_vf vh[FN_GROUP], vr[FN_GROUP], vo[FN_GROUP];                                            \
     for (int i = 0; i < FN_GROUP; i++) {                                                       \
-        vh[i] = fn_vsplat(hi[i]); vr[i] = fn_vsplat(r[i]); vo[i] = fn_vsplat(off[i]);          \
+        vh[i] = fn_splat(hi[i]); vr[i] = fn_splat(r[i]); vo[i] = fn_splat(off[i]);          \
     }                                                                                          \
     Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
@@ -200,7 +199,7 @@ static void fn_ln_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const fl
 /* y = x * r * w over a row or a segment of one */                                             \
 static void fn_rms_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w, \
                                  float r, int stream) {                                        \
-    const fn_vf vr = fn_vsplat(r);                                                             \
+    const fn_vf vr = fn_splat(r);                                                             \
     Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                    \
     for (; k < head; k++)                                                                      \
         y[k] = STORE1(LOAD1(x[k]) * r * (w ? w[k] : 1.0f));                                    \
@@ -224,7 +223,7 @@ static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const
 /* channels-first blocks (_channel_kernels.pxi): y = (x - hi) * a + b */                      \
 static void fn_block_affine_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, float hi,       \
                                 float a, float b, int stream) {                                \
-    const fn_vf vh = fn_vsplat(hi), va = fn_vsplat(a), vb = fn_vsplat(b);                     \
+    const fn_vf vh = fn_splat(hi), va = fn_splat(a), vb = fn_splat(b);                     \
     Py_ssize_t k = 0, head = fn_stream_head(y, n, &stream);                                     \
     for (; k < head; k++) y[k] = STORE1((LOAD1(x[k]) - hi) * a + b);                           \
     if (hi == 0)                                                                               \
@@ -250,12 +249,12 @@ static void fn_block_backward_sums_##S(const uint16_t* g, const uint16_t* x, Py_
     }                                                                                          \
     double la[FN_LANES] = {0}, lb[FN_LANES] = {0}, lc[FN_LANES] = {0};                        \
     double ta = 0, tb = 0, tc = 0;                                                             \
-    const fn_vf vh = fn_vsplat(hi), vl = fn_vsplat(lo);                                        \
+    const fn_vf vh = fn_splat(hi), vl = fn_splat(lo);                                        \
     for (Py_ssize_t i = 0; i < n; i += FN_BLOCK) {                                             \
         Py_ssize_t end = i + FN_BLOCK < n ? i + FN_BLOCK : n;                                  \
         Py_ssize_t vend = i + ((end - i) / FN_LANES) * FN_LANES, k;                            \
         fn_vf aa[FN_NV], ab[FN_NV], ac[FN_NV];                                                 \
-        for (int v = 0; v < FN_NV; v++) { aa[v] = fn_vsplat(0); ab[v] = aa[v]; ac[v] = aa[v]; } \
+        for (int v = 0; v < FN_NV; v++) { aa[v] = fn_splat(0); ab[v] = aa[v]; ac[v] = aa[v]; } \
         for (k = i; k < vend; k += FN_LANES)                                                   \
             for (int v = 0; v < FN_NV; v++) {                                                  \
                 fn_vf gv = VLOAD(g + k + v * FN_W);                                            \
@@ -283,8 +282,8 @@ static void fn_block_backward_sums_##S(const uint16_t* g, const uint16_t* x, Py_
 static void fn_block_backward_##S(const uint16_t* g, const uint16_t* x, uint16_t* dx,         \
                                   Py_ssize_t n, float hi, float alpha, float beta,              \
                                   float gamma, int stream) {                                    \
-    const fn_vf vh = fn_vsplat(hi), va = fn_vsplat(alpha), vb = fn_vsplat(beta);              \
-    const fn_vf vg = fn_vsplat(gamma);                                                         \
+    const fn_vf vh = fn_splat(hi), va = fn_splat(alpha), vb = fn_splat(beta);              \
+    const fn_vf vg = fn_splat(gamma);                                                         \
     const int plain = beta == 0 && gamma == 0;                                                 \
     Py_ssize_t k = 0, head = fn_stream_head(dx, n, &stream);                                    \
     for (; k < head; k++)                                                                      \

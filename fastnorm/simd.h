@@ -490,4 +490,65 @@ static inline void fn_narrow(int storage, const float* src, void* dst, Py_ssize_
     else fn_narrow_bf16(src, (uint16_t*)dst, n);
 }
 
+/* ---- one storage dtype's values as float vectors ---- */
+static inline fn_vf fn_splat(float c) { return (fn_vf){0} + c; }
+
+/* Loads and stores of one storage dtype (FN_ST_NATIVE: float32; FN_ST_F16,
+ * FN_ST_BF16: 16-bit values widened in registers and rounded once when
+ * stored, as simd.h's conversions).  `stream`: whole-vector streaming
+ * stores, from the head (fn_store_head values stored one at a time) that
+ * aligns the destination. */
+static inline float fn_ld1(int st, const void* p, ptrdiff_t k) {
+    if (st == FN_ST_NATIVE) return ((const float*)p)[k];
+    uint16_t h = ((const uint16_t*)p)[k];
+    return st == FN_ST_BF16 ? fn_bf16_to_float(h) : fn_half_to_float(h);
+}
+
+static inline void fn_st1(int st, void* p, ptrdiff_t k, float v) {
+    if (st == FN_ST_NATIVE) ((float*)p)[k] = v;
+    else ((uint16_t*)p)[k] = st == FN_ST_BF16 ? fn_float_to_bf16(v) : fn_float_to_half(v);
+}
+
+static inline ptrdiff_t fn_store_head(int st, const void* y, ptrdiff_t n, int* stream) {
+    size_t align = st == FN_ST_NATIVE ? FN_VBYTES : FN_VBYTES / 2;
+    size_t item = st == FN_ST_NATIVE ? 4 : 2;
+    if (*stream && ((uintptr_t)y % item)) *stream = 0;
+    if (!*stream) return 0;
+    ptrdiff_t head = (ptrdiff_t)(((align - (uintptr_t)y % align) % align) / item);
+    return head < n ? head : n;
+}
+
+static inline fn_vf fn_ldv(int st, const void* p, ptrdiff_t k) {
+    if (st == FN_ST_NATIVE) return FN_LOAD(fn_vfu, (const float*)p + k);
+    if (st == FN_ST_BF16) return fn_vload_bf16((const uint16_t*)p + k);
+    return fn_vload_f16((const uint16_t*)p + k);
+}
+
+static inline void fn_stv(int st, void* p, ptrdiff_t k, fn_vf v, int stream) {
+    if (st == FN_ST_NATIVE) {
+        if (stream) FN_STREAM_float((float*)p + k, v);
+        else *(fn_vfu*)((float*)p + k) = v;
+        return;
+    }
+    fn_put_h((uint16_t*)p + k, st == FN_ST_BF16 ? fn_pack_bf16(v) : fn_pack_f16(v), stream);
+}
+
+/* m < FN_W values at p + k as a vector (the other lanes 0), and back:
+ * the heads and tails go through the vector code too, so that a value's
+ * result does not depend on where it falls (gcc contracts multiply-adds
+ * differently in scalar and vector code: results would differ by an ulp
+ * between the body and the tails, i.e. with the thread split and the
+ * output's alignment) */
+static inline fn_vf fn_ldn(int st, const void* p, ptrdiff_t k, ptrdiff_t m) {
+    float t[FN_VBYTES / 4] __attribute__((aligned(64))) = {0};
+    for (ptrdiff_t j = 0; j < m; j++) t[j] = fn_ld1(st, p, k + j);
+    return *(fn_vf*)t;
+}
+
+static inline void fn_stn(int st, void* p, ptrdiff_t k, ptrdiff_t m, fn_vf v) {
+    float t[FN_VBYTES / 4] __attribute__((aligned(64)));
+    *(fn_vf*)t = v;
+    for (ptrdiff_t j = 0; j < m; j++) fn_st1(st, p, k + j, t[j]);
+}
+
 #endif /* FASTNORM_SIMD_H */

@@ -10,8 +10,15 @@
  * it): with u = g * scale * (1 - k z),
  *   dx = inv * (u - mean(u)) - (x - mean) * inv^2 * sum(u (x - mean)) / ((n - 1) s).
  *
- * Statistics are two-pass (the second on centered values); float32 sums run
- * in float over tiles of FN_SN_TILE values, added to double once per tile.
+ * Statistics are two-pass (the second on centered values).  float32 and
+ * the 16-bit dtypes (st: simd.h's storage codes) share one vector code:
+ * 16-bit values are widened in registers and rounded once when stored, so
+ * a 16-bit row's result is the float32 row's on the widened values, rounded
+ * (bit for bit: the heads and tails go through the same vector arithmetic,
+ * padded).  Sums run in float vectors over tiles of FN_SN_TILE values,
+ * added to double once per tile.  (Staging 16-bit rows through a row-sized
+ * float32 scratch instead took 1.66x the copy limit for a (1024, 512, 3, 3)
+ * bfloat16 Weight Standardization.)
  */
 #ifndef FASTNORM_STDNORM_H
 #define FASTNORM_STDNORM_H
@@ -21,32 +28,87 @@
 
 #define FN_SN_TILE 512
 
-static void fn_sn_moments_f(const float* x, ptrdiff_t n, double* mean, double* m2) {
-    double s = 0.0;
+/* x's vector at k of a row of n values: whole, or the tail padded with 0 */
+static inline fn_vf fn_sn_ld(int st, const void* x, ptrdiff_t k, ptrdiff_t n) {
+    return k + FN_W <= n ? fn_ldv(st, x, k) : fn_ldn(st, x, k, n - k);
+}
+
+/* the lanes' total, in one fixed order */
+static inline float fn_sn_hsum(fn_vf a) {
+    float t[FN_W] __attribute__((aligned(64)));
+    *(fn_vf*)t = a;
+    float s = 0.0f;
+    for (int j = 0; j < FN_W; j++) s += t[j];
+    return s;
+}
+
+/* v with the lanes from m on set to 0 */
+static inline fn_vf fn_sn_keep(fn_vf v, ptrdiff_t m) {
+    if (m >= FN_W) return v;
+    float t[FN_W] __attribute__((aligned(64)));
+    *(fn_vf*)t = v;
+    for (ptrdiff_t j = m; j < FN_W; j++) t[j] = 0.0f;
+    return *(fn_vf*)t;
+}
+
+static inline ptrdiff_t fn_sn_end(ptrdiff_t n, ptrdiff_t i) {
+    return n - i < FN_SN_TILE ? n : i + FN_SN_TILE;
+}
+
+static inline __attribute__((always_inline)) void fn_sn_moments_v(int st, const void* x, ptrdiff_t n, double* mean, double* m2) {
+    double s = 0.0, q = 0.0;
     for (ptrdiff_t i = 0; i < n; i += FN_SN_TILE) {
-        ptrdiff_t m = n - i < FN_SN_TILE ? n - i : FN_SN_TILE;
-        const float* xi = x + i;
-        float t = 0.0f;
-#pragma omp simd reduction(+:t)
-        for (ptrdiff_t k = 0; k < m; k++) t += xi[k];
-        s += t;
+        ptrdiff_t e = fn_sn_end(n, i);
+        fn_vf a0 = fn_splat(0.0f), a1 = a0;
+        ptrdiff_t k = i;
+        for (; k + 2 * FN_W <= e; k += 2 * FN_W) {
+            a0 += fn_ldv(st, x, k);
+            a1 += fn_ldv(st, x, k + FN_W);
+        }
+        for (; k < e; k += FN_W) a0 += fn_sn_ld(st, x, k, e);
+        s += fn_sn_hsum(a0 + a1);
     }
     double mu = s / (double)n;
-    float hi = (float)mu, lo = (float)(mu - (double)hi);
-    double q = 0.0;
+    fn_vf hi = fn_splat((float)mu), lo = fn_splat((float)(mu - (double)(float)mu));
     for (ptrdiff_t i = 0; i < n; i += FN_SN_TILE) {
-        ptrdiff_t m = n - i < FN_SN_TILE ? n - i : FN_SN_TILE;
-        const float* xi = x + i;
-        float t = 0.0f;
-#pragma omp simd reduction(+:t)
-        for (ptrdiff_t k = 0; k < m; k++) {
-            float d = (xi[k] - hi) - lo;
-            t += d * d;
+        ptrdiff_t e = fn_sn_end(n, i);
+        fn_vf a0 = fn_splat(0.0f), a1 = a0;
+        ptrdiff_t k = i;
+        for (; k + 2 * FN_W <= e; k += 2 * FN_W) {
+            fn_vf d0 = (fn_ldv(st, x, k) - hi) - lo, d1 = (fn_ldv(st, x, k + FN_W) - hi) - lo;
+            a0 += d0 * d0;
+            a1 += d1 * d1;
         }
-        q += t;
+        for (; k < e; k += FN_W) {
+            fn_vf d = fn_sn_keep((fn_sn_ld(st, x, k, e) - hi) - lo, e - k);
+            a0 += d * d;
+        }
+        q += fn_sn_hsum(a0 + a1);
     }
     *mean = mu;
     *m2 = q;
+}
+
+static inline fn_vf fn_sn_value(fn_vf v, fn_vf hi, fn_vf lo, fn_vf r, fn_vf scale, fn_vf kf) {
+    fn_vf z = ((v - hi) - lo) * r;
+    return scale * z * (fn_splat(1.0f) - kf * z);
+}
+
+/* stream: whole vectors of y written with streaming stores once the head
+ * (stored through the padded vector code) has aligned y: a large output
+ * written without reading its lines first, 2 memory transfers per value, not
+ * 3.  (An earlier form staged tiles aligned to the row: with y 16 bytes off
+ * a page it split a cache line at every tile and took 1.35x the aligned
+ * time on (8192, 4096) float32.) */
+static inline __attribute__((always_inline)) void fn_sn_forward_v(int st, const void* x, void* y, ptrdiff_t n, double mean, double inv,
+                          float scale, float kf, int stream) {
+    fn_vf hi = fn_splat((float)mean), lo = fn_splat((float)(mean - (double)(float)mean));
+    fn_vf r = fn_splat((float)inv), sc = fn_splat(scale), kv = fn_splat(kf);
+    ptrdiff_t head = fn_store_head(st, y, n, &stream), k = 0;
+    if (head > 0) fn_stn(st, y, 0, head, fn_sn_value(fn_ldn(st, x, 0, head), hi, lo, r, sc, kv));
+    for (k = head; k + FN_W <= n; k += FN_W)
+        fn_stv(st, y, k, fn_sn_value(fn_ldv(st, x, k), hi, lo, r, sc, kv), stream);
+    if (k < n) fn_stn(st, y, k, n - k, fn_sn_value(fn_ldn(st, x, k, n - k), hi, lo, r, sc, kv));
 }
 
 static void fn_sn_moments_d(const double* x, ptrdiff_t n, double* mean, double* m2) {
@@ -58,50 +120,6 @@ static void fn_sn_moments_d(const double* x, ptrdiff_t n, double* mean, double* 
     for (ptrdiff_t k = 0; k < n; k++) q += (x[k] - mu) * (x[k] - mu);
     *mean = mu;
     *m2 = q;
-}
-
-/* stream: the row is computed into an aligned tile, then stored with
- * whole streaming vectors where y is aligned (a large output written
- * without reading its lines first: 2 memory transfers per value, not 3) */
-static void fn_sn_forward_f(const float* x, float* y, ptrdiff_t n, double mean, double inv,
-                            float scale, float kf, int stream) {
-    float hi = (float)mean, lo = (float)(mean - (double)hi), r = (float)inv;
-    if (!stream) {
-#pragma omp simd
-        for (ptrdiff_t k = 0; k < n; k++) {
-            float z = ((x[k] - hi) - lo) * r;
-            y[k] = scale * z * (1.0f - kf * z);
-        }
-        return;
-    }
-    /* the head up to y's first aligned vector is stored one value at a time;
-     * then tiles start at aligned addresses of y, so that only the row's
-     * first and last cache lines are written with ordinary stores (tiles
-     * aligned to the row instead split a line at every tile boundary when y
-     * is not 64-byte aligned: 1.35x the time of the aligned case, measured
-     * on (8192, 4096) with out= 16 bytes off a page) */
-    float tile[FN_SN_TILE] __attribute__((aligned(64)));
-    const ptrdiff_t L = FN_VBYTES / 4;
-    ptrdiff_t head = (ptrdiff_t)(((FN_VBYTES - (uintptr_t)y % FN_VBYTES) % FN_VBYTES) / 4);
-    if ((uintptr_t)y % 4) head = n;   /* not even float-aligned: no streaming */
-    if (head > n) head = n;
-    for (ptrdiff_t k = 0; k < head; k++) {
-        float z = ((x[k] - hi) - lo) * r;
-        y[k] = scale * z * (1.0f - kf * z);
-    }
-    for (ptrdiff_t i = head; i < n; i += FN_SN_TILE) {
-        ptrdiff_t m = n - i < FN_SN_TILE ? n - i : FN_SN_TILE;
-        const float* xi = x + i;
-#pragma omp simd
-        for (ptrdiff_t k = 0; k < m; k++) {
-            float z = ((xi[k] - hi) - lo) * r;
-            tile[k] = scale * z * (1.0f - kf * z);
-        }
-        float* yi = y + i;
-        ptrdiff_t k = 0;
-        for (; k + L <= m; k += L) FN_STREAM_float(yi + k, FN_LOAD(fn_vf, tile + k));
-        for (; k < m; k++) yi[k] = tile[k];
-    }
 }
 
 static void fn_sn_forward_d(const double* x, double* y, ptrdiff_t n, double mean, double inv,
@@ -119,33 +137,63 @@ static inline double fn_sn_coef(double s, double inv, ptrdiff_t n) {
     return s > 0 ? inv * inv / ((double)(n - 1) * s) : 0.0;
 }
 
-static void fn_sn_backward_f(const float* g, const float* x, float* dx, ptrdiff_t n, double mean,
-                             double s, double inv, float scale, float kf) {
-    float hi = (float)mean, lo = (float)(mean - (double)hi), r = (float)inv;
+/* with u = g * scale * (1 - k z): the tile sums of u and u * (x - mean)
+ * (g's padded lanes are 0: so are u's), then dx */
+static inline fn_vf fn_sn_u(fn_vf gv, fn_vf d, fn_vf r, fn_vf sc, fn_vf kv) {
+    return gv * sc * (fn_splat(1.0f) - kv * (d * r));
+}
+
+static inline __attribute__((always_inline)) void fn_sn_backward_v(int st, const void* g, const void* x, void* dx, ptrdiff_t n, double mean,
+                           double s, double inv, float scale, float kf) {
+    fn_vf hi = fn_splat((float)mean), lo = fn_splat((float)(mean - (double)(float)mean));
+    fn_vf r = fn_splat((float)inv), sc = fn_splat(scale), kv = fn_splat(kf);
     double su = 0.0, sux = 0.0;
     for (ptrdiff_t i = 0; i < n; i += FN_SN_TILE) {
-        ptrdiff_t m = n - i < FN_SN_TILE ? n - i : FN_SN_TILE;
-        const float* gi = g + i;
-        const float* xi = x + i;
-        float tu = 0.0f, tux = 0.0f;
-#pragma omp simd reduction(+:tu, tux)
-        for (ptrdiff_t k = 0; k < m; k++) {
-            float d = (xi[k] - hi) - lo;
-            float u = gi[k] * scale * (1.0f - kf * (d * r));
+        ptrdiff_t e = fn_sn_end(n, i);
+        fn_vf tu = fn_splat(0.0f), tux = tu;
+        for (ptrdiff_t k = i; k < e; k += FN_W) {
+            fn_vf d = (fn_sn_ld(st, x, k, e) - hi) - lo;
+            fn_vf u = fn_sn_u(fn_sn_ld(st, g, k, e), d, r, sc, kv);
             tu += u;
             tux += u * d;
         }
-        su += tu;
-        sux += tux;
+        su += fn_sn_hsum(tu);
+        sux += fn_sn_hsum(tux);
     }
-    float mu = (float)(su / (double)n);
-    float c = (float)(fn_sn_coef(s, inv, n) * sux);
-#pragma omp simd
-    for (ptrdiff_t k = 0; k < n; k++) {
-        float d = (x[k] - hi) - lo;
-        float u = g[k] * scale * (1.0f - kf * (d * r));
-        dx[k] = r * (u - mu) - d * c;
+    fn_vf mu = fn_splat((float)(su / (double)n)), c = fn_splat((float)(fn_sn_coef(s, inv, n) * sux));
+    ptrdiff_t k = 0;
+    for (; k + FN_W <= n; k += FN_W) {
+        fn_vf d = (fn_ldv(st, x, k) - hi) - lo;
+        fn_vf u = fn_sn_u(fn_ldv(st, g, k), d, r, sc, kv);
+        fn_stv(st, dx, k, r * (u - mu) - d * c, 0);
     }
+    if (k < n) {
+        fn_vf d = (fn_ldn(st, x, k, n - k) - hi) - lo;
+        fn_vf u = fn_sn_u(fn_ldn(st, g, k, n - k), d, r, sc, kv);
+        fn_stn(st, dx, k, n - k, r * (u - mu) - d * c);
+    }
+}
+
+/* one specialized copy per storage code (the loads and stores inline) */
+#define FN_SN_DISPATCH(CALL)                              \
+    do {                                                  \
+        if (st == FN_ST_NATIVE) { const int st_ = FN_ST_NATIVE; CALL; } \
+        else if (st == FN_ST_BF16) { const int st_ = FN_ST_BF16; CALL; } \
+        else { const int st_ = FN_ST_F16; CALL; }         \
+    } while (0)
+
+static void fn_sn_moments(int st, const void* x, ptrdiff_t n, double* mean, double* m2) {
+    FN_SN_DISPATCH(fn_sn_moments_v(st_, x, n, mean, m2));
+}
+
+static void fn_sn_forward(int st, const void* x, void* y, ptrdiff_t n, double mean, double inv,
+                          float scale, float kf, int stream) {
+    FN_SN_DISPATCH(fn_sn_forward_v(st_, x, y, n, mean, inv, scale, kf, stream));
+}
+
+static void fn_sn_backward(int st, const void* g, const void* x, void* dx, ptrdiff_t n, double mean,
+                           double s, double inv, float scale, float kf) {
+    FN_SN_DISPATCH(fn_sn_backward_v(st_, g, x, dx, n, mean, s, inv, scale, kf));
 }
 
 static void fn_sn_backward_d(const double* g, const double* x, double* dx, ptrdiff_t n,
