@@ -26,7 +26,7 @@ cdef void _sn_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys, in
     cdef double mu, m2, s
     # rows straight to memory with streaming stores when the output is large
     # and not x itself (in place, the lines are in cache already)
-    cdef bint stream = (floating is float and _use_streaming(M, n, 4 if st == ST_NATIVE else 2)
+    cdef bint stream = (floating is float and _use_streaming(M, n, _itemsize(st, sizeof(floating)))
                         and yb != xb)
     for r in prange(M, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         mu = 0.0  # assigned in the body: thread-private (written through pointers below)

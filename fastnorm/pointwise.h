@@ -164,14 +164,6 @@ static inline fn_vf fn_dyt_grad(fn_vf gv, fn_vf xv, float a, fn_vf wv, fn_vf* va
     return gs * a;
 }
 
-static inline float fn_lane_sum(fn_vf v) {
-    float lanes[FN_VBYTES / 4] __attribute__((aligned(64)));
-    *(fn_vf*)lanes = v;
-    float s = 0.0f;
-    for (ptrdiff_t j = 0; j < FN_VL; j++) s += lanes[j];
-    return s;
-}
-
 /* the m < FN_VL values from k, into the double sums */
 static inline void fn_dyt_backward_n(int st, const void* g, const void* x, void* dx, ptrdiff_t k,
                                      ptrdiff_t m, float a, const float* w, int vec, double* sa,

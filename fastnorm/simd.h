@@ -493,6 +493,15 @@ static inline void fn_narrow(int storage, const float* src, void* dst, Py_ssize_
 /* ---- one storage dtype's values as float vectors ---- */
 static inline fn_vf fn_splat(float c) { return (fn_vf){0} + c; }
 
+/* the lanes' total, in one fixed order */
+static inline float fn_lane_sum(fn_vf v) {
+    float lanes[FN_VBYTES / 4] __attribute__((aligned(64)));
+    *(fn_vf*)lanes = v;
+    float s = 0.0f;
+    for (ptrdiff_t j = 0; j < FN_W; j++) s += lanes[j];
+    return s;
+}
+
 /* Loads and stores of one storage dtype (FN_ST_NATIVE: float32; FN_ST_F16,
  * FN_ST_BF16: 16-bit values widened in registers and rounded once when
  * stored, as simd.h's conversions).  `stream`: whole-vector streaming

@@ -33,15 +33,6 @@ static inline fn_vf fn_sn_ld(int st, const void* x, ptrdiff_t k, ptrdiff_t n) {
     return k + FN_W <= n ? fn_ldv(st, x, k) : fn_ldn(st, x, k, n - k);
 }
 
-/* the lanes' total, in one fixed order */
-static inline float fn_sn_hsum(fn_vf a) {
-    float t[FN_W] __attribute__((aligned(64)));
-    *(fn_vf*)t = a;
-    float s = 0.0f;
-    for (int j = 0; j < FN_W; j++) s += t[j];
-    return s;
-}
-
 /* v with the lanes from m on set to 0 */
 static inline fn_vf fn_sn_keep(fn_vf v, ptrdiff_t m) {
     if (m >= FN_W) return v;
@@ -66,7 +57,7 @@ static inline __attribute__((always_inline)) void fn_sn_moments_v(int st, const 
             a1 += fn_ldv(st, x, k + FN_W);
         }
         for (; k < e; k += FN_W) a0 += fn_sn_ld(st, x, k, e);
-        s += fn_sn_hsum(a0 + a1);
+        s += fn_lane_sum(a0 + a1);
     }
     double mu = s / (double)n;
     fn_vf hi = fn_splat((float)mu), lo = fn_splat((float)(mu - (double)(float)mu));
@@ -83,7 +74,7 @@ static inline __attribute__((always_inline)) void fn_sn_moments_v(int st, const 
             fn_vf d = fn_sn_keep((fn_sn_ld(st, x, k, e) - hi) - lo, e - k);
             a0 += d * d;
         }
-        q += fn_sn_hsum(a0 + a1);
+        q += fn_lane_sum(a0 + a1);
     }
     *mean = mu;
     *m2 = q;
@@ -157,8 +148,8 @@ static inline __attribute__((always_inline)) void fn_sn_backward_v(int st, const
             tu += u;
             tux += u * d;
         }
-        su += fn_sn_hsum(tu);
-        sux += fn_sn_hsum(tux);
+        su += fn_lane_sum(tu);
+        sux += fn_lane_sum(tux);
     }
     fn_vf mu = fn_splat((float)(su / (double)n)), c = fn_splat((float)(fn_sn_coef(s, inv, n) * sux));
     ptrdiff_t k = 0;
