@@ -172,6 +172,20 @@ cdef void _rows_moments(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py
                         const floating* shift, floating* work,
                         double* sum_dev, double* sum_sq) noexcept nogil:
     """Per channel over rows r0..r1 of a (rows, C) array: sums of d and d^2,
+    d = x - shift[c] (_rows_moments_lanes), each channel's summed again in
+    double where float32 lanes left their range (simd.h's fn_sums_in_range)."""
+    cdef Py_ssize_t c, item = 2 if st != ST_NATIVE else sizeof(floating)
+    _rows_moments_lanes(xb, st, r0, r1, C, shift, work, sum_dev, sum_sq)
+    if floating is float:
+        for c in range(C):
+            fn_guard_shifted_sums(st, xb + (r0 * C + c) * item, r1 - r0, C, shift[c],
+                                  &sum_dev[c], &sum_sq[c])
+
+
+cdef void _rows_moments_lanes(const char* xb, int st, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                              const floating* shift, floating* work,
+                              double* sum_dev, double* sum_sq) noexcept nogil:
+    """Per channel over rows r0..r1 of a (rows, C) array: sums of d and d^2,
     d = x - shift[c].  Tiles of m rows are accumulated in `floating` (one
     accumulator per tile element), flushed to double every CL_FLUSH_ROWS tiles.
     work: 3 * m * C scratch (m = _tile_rows(C))."""
@@ -406,6 +420,28 @@ cdef void _rows_backward(const char* gb_, const char* xb, char* db, int st, Py_s
 
 cdef inline Py_ssize_t _itemsize(int st, Py_ssize_t native) noexcept nogil:
     return native if st == ST_NATIVE else 2
+
+
+# A statistic whose rstd lies outside [2^-50, 2^50] (values beyond ~2^50 or
+# under ~2^-50) has a backward coefficient beta ~ rstd^2 outside float32's
+# range: its elementwise pass runs again in double (_affine_exact) after the
+# vector pass, with the coefficients in double.
+cdef double RSTD_FLOAT_LO = 8.881784197001252e-16   # 2^-50
+cdef double RSTD_FLOAT_HI = 1.125899906842624e15    # 2^50
+
+
+cdef inline bint _rstd_out_of_float(double rstd) noexcept nogil:
+    return not ((rstd >= RSTD_FLOAT_LO) & (rstd <= RSTD_FLOAT_HI))
+
+
+cdef void _affine_exact(int st, const char* g, const char* x, char* dx, Py_ssize_t n,
+                        Py_ssize_t stride, double hi, double a, double b, double c) noexcept nogil:
+    """dx = a * g + b * (x - hi) + c over n float32 / 16-bit values `stride`
+    apart, in double (rounded once when stored)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        fn_st1(st, dx, k * stride, <float>(a * fn_ld1(st, g, k * stride)
+                                           + b * (<double>fn_ld1(st, x, k * stride) - hi) + c))
 
 
 cdef inline void _blk_moments(int st, const char* x, Py_ssize_t n, double* mean, double* m2,
@@ -829,10 +865,51 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
             r0 = _part_start(P, nth, p)
             r1 = _part_start(P, nth, p + 1)
             _rows_apply(g, x, dx, storage, r0, r1, C, S, per_sample, hi, alpha, beta, gamma, stream)
+    if floating is float:
+        _channel_backward_exact(g, x, dx, storage, cl, N, C, S, cpg, per_sample, batch_stats, w,
+                                st, st_mean, st_rstd, hi)
     free(sums)
     free(coef)
     free(scratch_block)
     return 0
+
+
+cdef void _channel_backward_exact(const char* g, const char* x, char* dx, int st, bint cl,
+                                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cpg,
+                                  bint per_sample, bint batch_stats, const float* w,
+                                  const double* sums, const double* st_mean, const double* st_rstd,
+                                  const float* hi) noexcept nogil:
+    """The elementwise backward again, in double, for the (sample, channel)
+    coefficients whose statistic's rstd leaves float32's safe range
+    (_rstd_out_of_float): the coefficients of _channel_backward, unrounded."""
+    cdef Py_ssize_t n_coef = (N if per_sample else 1) * C, i, n, c, s, m_i
+    cdef double rstd, wc, m, delta, k1, k2, a, b, gm
+    cdef Py_ssize_t isz = 2 if st != ST_NATIVE else 4
+    for i in range(n_coef):
+        n = i // C
+        c = i % C
+        s = _stat_of(n, c, per_sample, C, cpg)
+        rstd = st_rstd[s]
+        if not _rstd_out_of_float(rstd):
+            continue
+        wc = w[c] if w != NULL else 1.0
+        a = rstd * wc
+        b = 0.0
+        gm = 0.0
+        m = sums[4 * s + 3]
+        if batch_stats and m > 0:
+            delta = sums[4 * s + 2] / m
+            k1 = sums[4 * s] / m
+            k2 = rstd * (sums[4 * s + 1] - delta * sums[4 * s]) / m
+            b = -rstd * rstd * k2
+            gm = rstd * (delta * rstd * k2 - k1) + rstd * rstd * k2 * (st_mean[s] - <double>hi[i])
+        for m_i in range(n if per_sample else 0, n + 1 if per_sample else N):
+            if cl:
+                _affine_exact(st, g + (m_i * S * C + c) * isz, x + (m_i * S * C + c) * isz,
+                              dx + (m_i * S * C + c) * isz, S, C, <double>hi[i], a, b, gm)
+            else:
+                _affine_exact(st, g + (m_i * C + c) * S * isz, x + (m_i * C + c) * S * isz,
+                              dx + (m_i * C + c) * S * isz, S, 1, <double>hi[i], a, b, gm)
 
 
 # ---------------------------------------------------------------- entry points
@@ -1056,9 +1133,13 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
             for j in range(cpg):
                 c = (s % groups) * cpg + j
                 wc = w[c] if w != NULL else 1.0
-                _blk_backward(st, g + (base + j * S) * isz, x + (base + j * S) * isz,
-                              dx + (base + j * S) * isz, S, hi, <floating>(rstd * wc),
-                              <floating>beta, <floating>gamma, stream)
+                if floating is float and _rstd_out_of_float(rstd):
+                    _affine_exact(st, g + (base + j * S) * isz, x + (base + j * S) * isz,
+                                  dx + (base + j * S) * isz, S, 1, <double>hi, rstd * wc, beta, gamma)
+                else:
+                    _blk_backward(st, g + (base + j * S) * isz, x + (base + j * S) * isz,
+                                  dx + (base + j * S) * isz, S, hi, <floating>(rstd * wc),
+                                  <floating>beta, <floating>gamma, stream)
         if stream:
             fastnorm_stream_fence()
     # parameter gradients: per-(sample, channel) sums in a fixed order

@@ -47,7 +47,7 @@ cdef void _frn_block_backward(const floating* g, const floating* x, floating* dx
                               floating w, floating b, floating tau, bint has_tau, floating rstd,
                               double* sum_gz, double* sum_gz_xhat, double* sum_gtau) noexcept nogil:
     """gz, gtau: g's shares of z and tau in max(z, tau) (_tlu_grad_z /
-    _tlu_grad_tau); dx = w*rstd*gz - x * w * rstd^3 * sum(gz * x) / S.  The
+    _tlu_grad_tau); dx = w*rstd*gz - (x*rstd) * w * rstd^2 * sum(gz * x) / S.  The
     sums run in `floating` lanes flushed to double lanes, as the row sums."""
     cdef floating acc_a[LANES]
     cdef floating acc_x[LANES]
@@ -102,13 +102,15 @@ cdef void _frn_block_backward(const floating* g, const floating* x, floating* dx
     sa += _lanes_total(lanes_a)
     sx += _lanes_total(lanes_x)
     st += _lanes_total(lanes_t)
-    cdef floating coef = <floating>(<double>w * rstd * rstd * rstd * sx / S)
+    # coef * (x * rstd) = w rstd^3 x sum(gz x) / S, formed without rstd^3
+    # (outside float32's range for values beyond 2^42 or under 2^-42)
+    cdef floating coef = <floating>(<double>w * rstd * (rstd * sx / S))
     if has_tau:
         for k in range(S):
-            dx[k] = a * _tlu_grad_z(x[k] * a + b, tau, g[k]) - coef * x[k]
+            dx[k] = a * _tlu_grad_z(x[k] * a + b, tau, g[k]) - coef * (x[k] * rstd)
     else:
         for k in range(S):
-            dx[k] = a * g[k] - coef * x[k]
+            dx[k] = a * g[k] - coef * (x[k] * rstd)
     sum_gz[0] = sa
     sum_gz_xhat[0] = sx * rstd
     sum_gtau[0] = st
@@ -437,8 +439,8 @@ cdef int _frn_cl_forward(const char* xb, char* yb, int st, Py_ssize_t N, Py_ssiz
 cdef void _frn_cl_grad_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
                             Py_ssize_t r1, Py_ssize_t row_base, Py_ssize_t C, Py_ssize_t S,
                             const floating* a, const floating* b, const floating* tau,
-                            const floating* coef) noexcept nogil:
-    """dx = a * gz - coef * x over rows r0..r1 (pointers start at row_base)."""
+                            const floating* coef, const floating* rstd) noexcept nogil:
+    """dx = a * gz - coef * (x * rstd) over rows r0..r1 (pointers start at row_base)."""
     cdef Py_ssize_t r, c, n, k
     cdef floating gz
     for r in range(r0, r1):
@@ -447,7 +449,7 @@ cdef void _frn_cl_grad_rows(const floating* g, const floating* x, floating* dx, 
         for c in range(C):
             gz = (_tlu_grad_z(x[k + c] * a[n * C + c] + b[c], tau[c], g[k + c])
                   if tau != NULL else g[k + c])
-            dx[k + c] = a[n * C + c] * gz - coef[n * C + c] * x[k + c]
+            dx[k + c] = a[n * C + c] * gz - coef[n * C + c] * (x[k + c] * rstd[n * C + c])
 
 
 cdef inline Py_ssize_t _frn_stage_rows(const char* g, const char* x, int st, Py_ssize_t r,
@@ -517,7 +519,7 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
                 sx += sums[3 * u * C + C + c]
                 sg += sums[3 * u * C + 2 * C + c]
             rs = rstd[n * C + c]
-            coef[n * C + c] = <floating>(<double>w[c] * rs * rs * rs * sx / S)
+            coef[n * C + c] = <floating>(<double>w[c] * rs * (rs * sx / S))
             gb[c] += sa
             gw[c] += sx * rs
             gt[c] += sg
@@ -527,14 +529,14 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
         r1 = _part_start(N * S, nth, p + 1)
         if st == ST_NATIVE:
             _frn_cl_grad_rows(<const floating*>gb_, <const floating*>xb, <floating*>db, r0, r1, 0, C, S,
-                              a, b, tau, coef)
+                              a, b, tau, coef, rstd)
         else:
             stage = acc + (3 * C + stage_len) * omp_get_thread_num() + 3 * C
             r = r0
             while r < r1:
                 q = _frn_stage_rows(gb_, xb, st, r, r1, C, stage)
                 _frn_cl_grad_rows(stage, stage + FRN_CL_ROWS * C, stage + 2 * FRN_CL_ROWS * C, r, q, r,
-                                  C, S, a, b, tau, coef)
+                                  C, S, a, b, tau, coef, rstd)
                 fn_narrow(st, <float*>(stage + 2 * FRN_CL_ROWS * C), db + 2 * r * C, (q - r) * C)
                 r = q
     free(a)

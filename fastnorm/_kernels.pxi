@@ -29,7 +29,7 @@ cimport cython
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, fabs, NAN
+from libc.math cimport sqrt, fabs, NAN, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport uint16_t
@@ -48,6 +48,13 @@ if not fastnorm_parallel_runtime_found():
 
 cdef extern from "simd.h" nogil:
     void fastnorm_stream_fence()
+    bint fn_sums_in_range(double sq, Py_ssize_t n)
+    float fn_ld1(int st, const void* p, Py_ssize_t k)
+    void fn_st1(int st, void* p, Py_ssize_t k, float v)
+    void fn_exact_moments(int st, const void* x, Py_ssize_t n, Py_ssize_t stride, double* mean, double* m2)
+    double fn_exact_sum_squares(int st, const void* x, Py_ssize_t n, Py_ssize_t stride)
+    void fn_guard_shifted_sums(int st, const void* x, Py_ssize_t n, Py_ssize_t stride,
+                               double shift, double* sd, double* sq)
     void fn_widen(int storage, const void* src, float* dst, Py_ssize_t n)
     void fn_narrow(int storage, const float* src, void* dst, Py_ssize_t n)
     void fn_blend_f(float* buf, const double* v, Py_ssize_t n, double m, double factor)
@@ -450,7 +457,7 @@ cdef inline double _lane_sum(const floating* a, const floating* b, const floatin
         rest = 0
         for k in range(n):
             rest += _lane_term(a, b, c, k, term)
-        return <double>rest
+        return _lane_sum_checked(a, b, c, n, term, <double>rest)
     for j in range(LANES):
         lanes[j] = 0
     while i < n:
@@ -469,7 +476,28 @@ cdef inline double _lane_sum(const floating* a, const floating* b, const floatin
         _lanes_flush(acc, lanes)
         total += rest
         i = end
-    return total + _lanes_total(lanes)
+    return _lane_sum_checked(a, b, c, n, term, total + _lanes_total(lanes))
+
+
+cdef inline double _lane_sum_checked(const floating* a, const floating* b, const floating* c,
+                                     Py_ssize_t n, int term, double total) noexcept nogil:
+    """total, or the sum again in double where float32 lanes may have left
+    their range (simd.h's fn_sums_in_range: an overflowed or NaN sum; for
+    squares also one small enough to hold underflowed terms)."""
+    cdef Py_ssize_t k
+    if floating is float:
+        if not (total < INFINITY and (term != TERM_SQUARE or fn_sums_in_range(total, n))):
+            total = 0.0
+            for k in range(n):
+                if term == TERM_SQUARE:
+                    total += <double>a[k] * <double>a[k]
+                elif term == TERM_ABS:
+                    total += fabs(<double>a[k])
+                elif term == TERM_PRODUCT:
+                    total += <double>a[k] * <double>b[k]
+                else:
+                    total += <double>a[k] * <double>b[k] * <double>c[k]
+    return total
 
 
 cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -551,6 +579,9 @@ cdef inline void _block_moments(const floating* x, Py_ssize_t n, double* mean, d
     m2[0] = sq - sd * sd / n
     if m2[0] < 0:
         m2[0] = 0
+    if floating is float:
+        if not fn_sums_in_range(sq, n):  # out of float32's range: again in double
+            fn_exact_moments(ST_NATIVE, x, n, 1, mean, m2)
 
 
 cdef inline void _ln_forward_row(const floating* x, floating* y, Py_ssize_t n,
@@ -675,19 +706,24 @@ cdef inline double _rms_backward_sum(const floating* g, const floating* x, const
 cdef inline void _rms_backward_segment(const floating* g, const floating* x, const floating* w,
                                        floating* dx, Py_ssize_t n, floating rstd, floating coef,
                                        floating* gw_acc) noexcept nogil:
-    """dx = rstd * g*w - coef * x, coef = rstd^3 * mean(g*w*x); gw_acc += g * x * rstd."""
+    """dx = rstd * (g*w - xhat * coef), xhat = x * rstd, coef = mean(g*w*xhat)
+    = rstd * mean(g*w*x); gw_acc += g * xhat.  Every factor is O(1) but the
+    last rstd: no rstd^3 (which leaves float32's range for rows beyond 2^42
+    or under 2^-42) is ever formed."""
     cdef Py_ssize_t k
+    cdef floating xh
     if w != NULL and gw_acc != NULL:  # the layer's case, one fused loop
         for k in range(n):
-            dx[k] = rstd * (g[k] * w[k]) - coef * x[k]
-            gw_acc[k] += g[k] * (x[k] * rstd)
+            xh = x[k] * rstd
+            dx[k] = rstd * (g[k] * w[k] - xh * coef)
+            gw_acc[k] += g[k] * xh
         return
     if w != NULL:
         for k in range(n):
-            dx[k] = rstd * (g[k] * w[k]) - coef * x[k]
+            dx[k] = rstd * (g[k] * w[k] - (x[k] * rstd) * coef)
     else:
         for k in range(n):
-            dx[k] = rstd * g[k] - coef * x[k]
+            dx[k] = rstd * (g[k] - (x[k] * rstd) * coef)
     if gw_acc != NULL:
         for k in range(n):
             gw_acc[k] += g[k] * (x[k] * rstd)
@@ -756,8 +792,12 @@ cdef void _ln_forward_wide_row(const floating* x, floating* y, Py_ssize_t n,
         center_hi = <floating>dev_mean
     if var < 0.0:
         var = 0.0
-    rstd = 1.0 / sqrt(var + eps)
     mean = <double>shift + dev_mean
+    if floating is float:
+        if not fn_sums_in_range(sum_sq, n):  # out of float32's range
+            fn_exact_moments(ST_NATIVE, x, n, 1, &mean, &var)
+            var = var / n
+    rstd = 1.0 / sqrt(var + eps)
     mean_hi = <floating>mean
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
@@ -797,6 +837,8 @@ cdef void _ln_forward_wide_row16(int storage, const char* x, char* y, Py_ssize_t
     m2 = sum_sq - sum_dev * sum_dev / n
     if m2 < 0:
         m2 = 0
+    if not fn_sums_in_range(sum_sq, n):  # out of float32's range
+        fn_exact_moments(storage, x, n, 1, &mean, &m2)
     rstd = 1.0 / sqrt(m2 / n + eps)
     mean_hi = <float>mean
     for p in prange(nth, schedule='static', num_threads=nth):
@@ -821,6 +863,8 @@ cdef double _rms_forward_wide_row16(int storage, const char* x, char* y, Py_ssiz
         fn_moments16(storage, x + 2 * lo, hi - lo, 0.0, &partial[2 * p], &partial[2 * p + 1])
     for p in range(nth):
         sum_sq += partial[2 * p]
+    if not fn_sums_in_range(sum_sq, n):  # out of float32's range
+        sum_sq = fn_exact_sum_squares(storage, x, n, 1)
     rstd = 1.0 / sqrt(sum_sq / n + eps)
     for p in prange(nth, schedule='static', num_threads=nth):
         lo = _part_start(n, nth, p)
@@ -1061,7 +1105,7 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
             dp[j] = _row_out(storage, scratch, 8 + j, n, db + (r + j) * ds)
             s = rstd[r + j]
             s4[j] = <floating>s
-            c4[j] = <floating>(s * s * s * _rms_backward_sum(gp[j], xp[j], w, n) / n)
+            c4[j] = <floating>(s * _rms_backward_sum(gp[j], xp[j], w, n) / n)
         if m == 4:
             if floating is float:
                 fastnorm_rms_backward4_f(gp, xp, dp, w, n, s4, c4, gw_acc)
@@ -1128,7 +1172,7 @@ cdef void _rms_backward_wide_row(const floating* g, const floating* x, const flo
         partial[p] = _rms_backward_sum(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo)
     for p in range(nth):
         s += partial[p]
-    coef = <double>rstd * rstd * rstd * s / n
+    coef = <double>rstd * s / n
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)

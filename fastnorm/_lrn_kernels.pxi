@@ -26,6 +26,14 @@ cdef enum:
     LRN_CL_ROWS = 32    # rows per unit (channels-last), transposed into a tile
 
 
+# a float32 scale s outside (2^-100, 2^100) takes its power s^-beta and the
+# product x * s^-beta in double: in float32 the power would fall into the
+# subnormals (or overflow) for |beta| up to 1.26, and s itself may be inf
+# where the window's sum of squares is beyond float32's range (|x| > 2^64)
+cdef double LRN_FLOAT_LO = 7.888609052210118e-31   # 2^-100
+cdef double LRN_FLOAT_HI = 1.2676506002282294e30   # 2^100
+
+
 cdef inline bint _window_lost(double remaining, double peak) noexcept nogil:
     """Whether a sliding sum of magnitude `remaining` must be recomputed: it
     is not finite, or it is under 1/1024 of `peak`, the magnitudes added to it
@@ -91,13 +99,21 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
     for c in range(C):
         p = x + c * S + s0
         q = y + c * S + s0
+        bad = 0
         for s in range(L):
-            plane[s] = <floating>(k + a * acc[s])
+            v = k + a * acc[s]
+            plane[s] = <floating>v
+            if floating is float:
+                bad += not ((v > LRN_FLOAT_LO) & (v < LRN_FLOAT_HI))
         if scale_out != NULL:
             memcpy(scale_out + c * S + s0, plane, L * sizeof(floating))
-        _neg_pow_plane(plane, L, beta)
-        for s in range(L):
-            q[s] = p[s] * plane[s]
+        if bad:  # a scale beyond float32's safe range: this plane's powers in double
+            for s in range(L):
+                q[s] = <floating>(<double>p[s] * _neg_pow(k + a * acc[s], beta))
+        else:
+            _neg_pow_plane(plane, L, beta)
+            for s in range(L):
+                q[s] = p[s] * plane[s]
         if c + 1 + hi < C:          # slide: the window of c + 1 gains c + 1 + hi ...
             p = x + (c + 1 + hi) * S + s0
             for s in range(L):

@@ -102,27 +102,31 @@ cdef inline void _normalize_backward_row(const floating* g, const floating* x, f
             dx[k] = g[k] * inv
         return
     dot = _dot(g, x, n)
+    # dx = inv * (g - c * h(x)), c = dot / nrm, h = the norm's derivative
+    # times nrm (x / nrm for p = 2): every factor but inv is O(1), no power
+    # of the norm beyond the first is formed (dot / nrm^3 leaves float32's
+    # range for rows beyond 2^42 or under 2^-42)
     inv = <floating>(1.0 / nrm)
+    coef = <floating>(dot / nrm)
     if isinf(p):
         top = <floating>nrm
         ties = 0
         for k in range(n):
             ties += fabs(x[k]) == top
-        coef = <floating>(dot / (nrm * nrm * (ties if ties > 0 else 1)))
+        coef = <floating>(dot / (nrm * (ties if ties > 0 else 1)))
         for k in range(n):
-            dx[k] = g[k] * inv - coef * ((fabs(x[k]) == top) * ((x[k] > 0) - (x[k] < 0)))
+            dx[k] = inv * (g[k] - coef * ((fabs(x[k]) == top) * ((x[k] > 0) - (x[k] < 0))))
         return
-    coef = <floating>(dot / c_pow(nrm, p + 1.0))
     if p == 2.0:
         for k in range(n):
-            dx[k] = g[k] * inv - coef * x[k]
+            dx[k] = inv * (g[k] - coef * (x[k] * inv))
     elif p == 1.0:
         for k in range(n):
-            dx[k] = g[k] * inv - coef * ((x[k] > 0) - (x[k] < 0))
+            dx[k] = inv * (g[k] - coef * ((x[k] > 0) - (x[k] < 0)))
     else:  # |x|^(p-1) is infinite at x = 0 for p < 1: the norm's derivative there is 0 (as torch)
         for k in range(n):
-            dx[k] = g[k] * inv - coef * (<floating>(
-                ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]), p - 1.0)) if x[k] != 0 else 0)
+            dx[k] = inv * (g[k] - coef * (<floating>(
+                ((x[k] > 0) - (x[k] < 0)) * c_pow(fabs(<double>x[k]) / nrm, p - 1.0)) if x[k] != 0 else 0))
 
 
 def normalize_forward(cnp.ndarray x, cnp.ndarray y, double p, double eps, object norms,
@@ -316,7 +320,7 @@ cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char
     cdef const floating* v
     cdef floating* gv
     cdef double nrm, dot, sum_gw, sum_t, mean, m2
-    cdef floating a, c, hi, off
+    cdef floating a, c, hi, off, inv
     for r in range(r0, r1):
         gw = _row_in(storage, scratch, 0, n, gwb + r * gws)
         v = _row_in(storage, scratch, 1, n, vb + r * vs)
@@ -332,15 +336,18 @@ cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char
             hi = 0
             dot = _dot(gw, v, n)
         grad_g[r] = <floating>(dot / nrm)
+        # gv = a * (gw - u / N * d / N): no N^3 (outside float32's range
+        # for rows beyond 2^42 or under 2^-42); each factor but a is O(1)
         a = <floating>(g[r] / nrm)
-        c = <floating>(g[r] * dot / (nrm * nrm * nrm))
+        inv = <floating>(1.0 / nrm)
+        c = <floating>(dot / nrm)
         if centered:
-            off = <floating>(g[r] / nrm * sum_gw / n)
+            off = <floating>(sum_gw / n)
             for k in range(n):
-                gv[k] = (a * gw[k] - off) - c * (v[k] - hi)
+                gv[k] = a * ((gw[k] - off) - c * ((v[k] - hi) * inv))
         else:
             for k in range(n):
-                gv[k] = a * gw[k] - c * v[k]
+                gv[k] = a * (gw[k] - c * (v[k] * inv))
         _row_done(storage, scratch, 2, n, gvb + r * gvs)
 
 

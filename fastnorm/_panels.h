@@ -415,14 +415,15 @@ static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,
 
 #define FN_RMS_ROW4(r, V, VU)                                                            \
     {                                                                                    \
-        V gv = FN_LOAD(VU, g##r + k), xv = FN_LOAD(VU, x##r + k);                        \
-        *(VU*)(d##r + k) = s##r * (gv * wv) - c##r * xv;                                 \
-        sw += gv * (xv * s##r);                                                          \
+        V gv = FN_LOAD(VU, g##r + k), xh = FN_LOAD(VU, x##r + k) * s##r;                 \
+        *(VU*)(d##r + k) = s##r * (gv * wv - xh * c##r);                                 \
+        sw += gv * xh;                                                                   \
     }
 #define FN_RMS_ROW4_SCALAR(r)                                                            \
     {                                                                                    \
-        d##r[k] = s##r * (g##r[k] * w[k]) - c##r * x##r[k];                              \
-        sw += g##r[k] * (x##r[k] * s##r);                                                \
+        const __typeof__(s##r) xh = x##r[k] * s##r;                                      \
+        d##r[k] = s##r * (g##r[k] * w[k] - xh * c##r);                                   \
+        sw += g##r[k] * xh;                                                              \
     }
 #define FN_DEFINE_RMS_BACKWARD4(NAME, T, V, VU)                                          \
 static void NAME(const T* const* g, const T* const* x, T* const* dx, const T* w,        \

@@ -298,14 +298,27 @@ static void fn_stat_sums_s(int st, const void* g, const void* x, ptrdiff_t n, co
             tg += gk;
             tx += gk * (fn_ld1(st, x, k) - h);
         }
+        /* float32 sums out of range (simd.h's fn_sums_in_range; for g = x,
+           a sum of squares): the piece again in double */
+        if (!(fabsf(tg) < INFINITY && fabsf(tx) < INFINITY) || (g == x && !fn_sums_in_range(tx, n))) {
+            double dg = 0.0, dx = 0.0;
+            for (k = 0; k < n; k++) {
+                double gk = fn_ld1(st, g, k);
+                dg += gk;
+                dx += gk * ((double)fn_ld1(st, x, k) - (double)h);
+            }
+            sg[0] += dg;
+            sgx[0] += dx;
+            return;
+        }
         sg[0] += tg;
         sgx[0] += tx;
         return;
     }
     for (; k < n; k++) {
-        float gk = fn_ld1(st, g, k);
-        sg[k] += (double)gk;
-        sgx[k] += (double)(gk * (fn_ld1(st, x, k) - hi[k]));
+        double gk = fn_ld1(st, g, k);
+        sg[k] += gk;
+        sgx[k] += gk * ((double)fn_ld1(st, x, k) - (double)hi[k]);
     }
 }
 

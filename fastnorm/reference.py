@@ -98,7 +98,8 @@ def rms_norm_backward(grad_out, x, rstd, weight=None):
     lead_axes = tuple(range(x.ndim - nd))
     rstd = np.asarray(rstd, dtype=np.float64).reshape(x.shape[: x.ndim - nd])[(Ellipsis,) + (None,) * nd]
     gw = g * np.asarray(weight, dtype=np.float64) if weight is not None else g
-    grad_x = rstd * gw - x * rstd ** 3 * (gw * x).mean(axis=axes, keepdims=True)
+    xhat = x * rstd  # in normalized units: rstd^3 would leave float64's range for |x| > 2^340
+    grad_x = rstd * (gw - xhat * (gw * xhat).mean(axis=axes, keepdims=True))
     grad_weight = (g * x * rstd).sum(axis=lead_axes) if weight is not None else None
     return grad_x, grad_weight
 

@@ -79,6 +79,10 @@ static inline double fn_lanes_total(double* lanes) {
 }
 
 /* ---- the row kernels, once per storage type ---- */
+/* the storage code of each instantiation's S */
+#define FN_ST_bf16 FN_ST_BF16
+#define FN_ST_f16 FN_ST_F16
+
 #define FN_DEFINE_ROWS16(S, LOAD1, STORE1, VLOAD, PACK)                                     \
 /* sums of d^2 and d, d = x - shift */                                                         \
 static void fn_moments_##S(const uint16_t* x, Py_ssize_t n, float shift,                      \
@@ -118,7 +122,7 @@ static void fn_moments_##S(const uint16_t* x, Py_ssize_t n, float shift,        
 static double fn_sum_squares_##S(const uint16_t* x, Py_ssize_t n) {                           \
     double sq, sd;                                                                             \
     fn_moments_##S(x, n, 0.0f, &sq, &sd);                                                      \
-    return sq;                                                                                 \
+    return fn_sums_in_range(sq, n) ? sq : fn_exact_sum_squares(FN_ST_##S, x, n, 1);       \
 }                                                                                              \
                                                                                                \
 /* mean and sum of squared deviations of n values (_block_moments): moments \
@@ -135,6 +139,7 @@ static void fn_block_moments_##S(const uint16_t* x, Py_ssize_t n, double* mean_o
     *mean_out = (double)shift + sd / n;                                                        \
     *m2_out = sq - sd * sd / n;                                                                \
     if (*m2_out < 0) *m2_out = 0;                                                              \
+    if (!fn_sums_in_range(sq, n)) fn_exact_moments(FN_ST_##S, x, n, 1, mean_out, m2_out);  \
 }                                                                                              \
                                                                                                \
 /* LayerNorm of one row; w, b: float32 or NULL */                                              \

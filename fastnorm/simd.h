@@ -8,6 +8,7 @@
  */
 #ifndef FASTNORM_SIMD_H
 #define FASTNORM_SIMD_H
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
@@ -558,6 +559,65 @@ static inline void fn_stn(int st, void* p, ptrdiff_t k, ptrdiff_t m, fn_vf v) {
     float t[FN_VBYTES / 4] __attribute__((aligned(64)));
     *(fn_vf*)t = v;
     for (ptrdiff_t j = 0; j < m; j++) fn_st1(st, p, k + j, t[j]);
+}
+
+/* ---- the floating-point range of float32-lane sums ----
+ * The vector kernels sum d and d^2 (d = x - shift) in float32 lanes, added
+ * to double once per block: exact to float32 rounding while every d^2 lies
+ * in float32's normal range.  A square overflows once |d| > 2^64 (the sum
+ * turns inf) and loses digits to underflow once |d| < 2^-63 (the sum falls
+ * below n * 2^-100).  fn_sums_in_range tells from the sums whether either
+ * may have happened (NaN sums too: a NaN row takes the exact path and stays
+ * NaN); rows that fail are summed again by fn_exact_moments in double, where
+ * the square of every float32 value, denormal to max, is a normal double:
+ * the whole float32 / bfloat16 / float16 range gives the representable
+ * answer, at the cost of one more pass over those rows only.  A sum of
+ * exactly 0 is redone too: an all-zero (or constant) row cannot be told from
+ * one whose squares all underflowed (even the sum of d can be exactly 0
+ * there, about a shift that is the exact mean), so it pays the exact pass. */
+#define FN_SQ_TINY 0x1p-100
+
+static inline int fn_sums_in_range(double sq, ptrdiff_t n) {
+    return sq < INFINITY && sq >= (double)n * FN_SQ_TINY;
+}
+
+/* mean and sum of squared deviations of n values `stride` elements apart
+ * (storage code st), two passes in double */
+static void fn_exact_moments(int st, const void* x, ptrdiff_t n, ptrdiff_t stride,
+                             double* mean, double* m2) {
+    double s = 0.0, q = 0.0, c = 0.0;
+    for (ptrdiff_t k = 0; k < n; k++) s += (double)fn_ld1(st, x, k * stride);
+    const double mu = n > 0 ? s / (double)n : 0.0;
+    for (ptrdiff_t k = 0; k < n; k++) {
+        double d = (double)fn_ld1(st, x, k * stride) - mu;
+        q += d * d;
+        c += d;
+    }
+    *mean = n > 0 ? mu + c / (double)n : 0.0;
+    q = n > 0 ? q - c * c / (double)n : 0.0;
+    *m2 = q > 0 ? q : (q == q ? 0.0 : q);
+}
+
+/* sum of x^2 over n values `stride` elements apart, in double */
+static double fn_exact_sum_squares(int st, const void* x, ptrdiff_t n, ptrdiff_t stride) {
+    double q = 0.0;
+    for (ptrdiff_t k = 0; k < n; k++) {
+        double v = (double)fn_ld1(st, x, k * stride);
+        q += v * v;
+    }
+    return q;
+}
+
+/* sums of d and d^2 (d = x - shift) redone in double where fn_sums_in_range
+ * fails: the form the shifted-sum kernels return */
+static inline void fn_guard_shifted_sums(int st, const void* x, ptrdiff_t n, ptrdiff_t stride,
+                                         double shift, double* sd, double* sq) {
+    if (fn_sums_in_range(*sq, n)) return;
+    double mean, m2;
+    fn_exact_moments(st, x, n, stride, &mean, &m2);
+    const double dm = mean - shift;
+    *sd = dm * (double)n;
+    *sq = m2 + dm * dm * (double)n;
 }
 
 #endif /* FASTNORM_SIMD_H */

@@ -78,6 +78,7 @@ static inline __attribute__((always_inline)) void fn_sn_moments_v(int st, const 
     }
     *mean = mu;
     *m2 = q;
+    if (!fn_sums_in_range(q, n)) fn_exact_moments(st, x, n, 1, mean, m2);  /* out of float32's range */
 }
 
 static inline fn_vf fn_sn_value(fn_vf v, fn_vf hi, fn_vf lo, fn_vf r, fn_vf scale, fn_vf kf) {
@@ -151,17 +152,21 @@ static inline __attribute__((always_inline)) void fn_sn_backward_v(int st, const
         su += fn_lane_sum(tu);
         sux += fn_lane_sum(tux);
     }
-    fn_vf mu = fn_splat((float)(su / (double)n)), c = fn_splat((float)(fn_sn_coef(s, inv, n) * sux));
+    /* dx = inv ((u - mean(u)) - (d inv) sux / ((n - 1) s)): the coefficient
+     * inv^2 / s of d would leave float32's range for rows beyond 2^42 or
+     * under 2^-42; here every factor but the first inv is O(1) */
+    fn_vf mu = fn_splat((float)(su / (double)n));
+    fn_vf c = fn_splat((float)(s > 0 ? sux / ((double)(n - 1) * s) : 0.0));
     ptrdiff_t k = 0;
     for (; k + FN_W <= n; k += FN_W) {
         fn_vf d = (fn_ldv(st, x, k) - hi) - lo;
         fn_vf u = fn_sn_u(fn_ldv(st, g, k), d, r, sc, kv);
-        fn_stv(st, dx, k, r * (u - mu) - d * c, 0);
+        fn_stv(st, dx, k, r * ((u - mu) - (d * r) * c), 0);
     }
     if (k < n) {
         fn_vf d = (fn_ldn(st, x, k, n - k) - hi) - lo;
         fn_vf u = fn_sn_u(fn_ldn(st, g, k, n - k), d, r, sc, kv);
-        fn_stn(st, dx, k, n - k, r * (u - mu) - d * c);
+        fn_stn(st, dx, k, n - k, r * ((u - mu) - (d * r) * c));
     }
 }
 

@@ -213,6 +213,13 @@ def mixture_norm_backward(grad_out, x, tau, prior_logits, means, var_params, eps
     np.multiply(X, X, out=GX)                           # GX is free now: x^2
     dlX2 = (dlc.T @ GX).astype(np.float64)
     del GX
+    if not (np.isfinite(dlX2).all() and np.isfinite(dlX).all()) and np.isfinite(X).all():
+        # x^2 (or the product) beyond float32's range (|x| > 2^64): those
+        # two (K, D) products again in float64, where they are representable
+        X64 = X.astype(np.float64)
+        dlX = dl.T @ X64
+        dlX2 = dl.T @ (X64 * X64)
+        del X64
     # grad_x = g (T r) - (x (dl / V) - dl (E / V)), from l = log pi - 0.5 sum_d ((x - E)^2 / V + log 2 pi V)
     gx = np.matmul(Tc, r.astype(cdt), out=_empty(X.shape, cdt))
     gx *= G

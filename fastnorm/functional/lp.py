@@ -263,6 +263,26 @@ def _row_norms(a, n_threads):
     return np.sqrt(_row_dots(a, a, n_threads))
 
 
+# rows whose norm lies outside [2^-60, 2^60] enter the product scaled by a
+# power of two (exact): unscaled, their products would fall into float32's
+# subnormals (lost digits) or overflow; the cosine is scale-invariant
+_NORM_SAFE = (2.0 ** -60, 2.0 ** 60)
+
+
+def _unit_rows(A, norms, eps, cdt):
+    """(A', r, e): A's rows divided by max(norm, eps) are r * A' per row, where
+    A' is A but for the rows whose norm is out of _NORM_SAFE, scaled by 2^-e
+    (e the norm's exponent, 0 elsewhere; r then 2^e / max(norm, eps), O(1)).
+    r is float64; e is None when no row needed it."""
+    r = 1.0 / np.maximum(norms, eps)
+    bad = np.isfinite(norms) & (norms > 0) & ((norms < _NORM_SAFE[0]) | (norms > _NORM_SAFE[1]))
+    if not bad.any():
+        return A, r, None
+    e = np.where(bad, np.frexp(np.where(bad, norms, 1.0))[1], 0)
+    A = np.ldexp(A.astype(np.float64), -e[:, None]).astype(cdt)
+    return A, np.ldexp(r, e), e
+
+
 def cosine_linear(x, weight, *, centered=False, eps=1e-12, out=None, n_threads=None, return_stats=False):
     """The cosine-normalized fully connected layer (Luo et al. 2017, "Cosine
     Normalization"): y = (x / ||x||) @ (W / ||W_rows||)^T, every output the
@@ -294,8 +314,9 @@ def cosine_linear(x, weight, *, centered=False, eps=1e-12, out=None, n_threads=N
     n_threads = _BESIDE_BLAS if n_threads is None else n_threads
     O = W.shape[0]
     nx, nw = _row_norms(X, n_threads), _row_norms(W, n_threads)
-    rx = (1.0 / np.maximum(nx, eps)).astype(cdt)
-    rw = (1.0 / np.maximum(nw, eps)).astype(cdt)
+    X, rx, _ = _unit_rows(X, nx, eps, cdt)
+    W, rw, _ = _unit_rows(W, nw, eps, cdt)
+    rx, rw = rx.astype(cdt), rw.astype(cdt)
     direct = False
     if out is not None:
         check_out(out, np.empty(lead + (O,), x.dtype), x.dtype)
@@ -348,8 +369,11 @@ def cosine_linear_backward(grad_out, x, weight, x_norm, w_norm, *, centered=Fals
     if nw.shape != (O,):
         raise ValueError(f"w_norm must have shape ({O},), got {np.shape(w_norm)}")
     G = cast(np.ascontiguousarray(grad_out), cdt).reshape(-1, O)
-    rx = 1.0 / np.maximum(nx, eps)
-    rw = 1.0 / np.maximum(nw, eps)
+    # rows out of _NORM_SAFE enter scaled by 2^-e (their products would
+    # underflow or overflow in float32); each gradient is then
+    # 2^-e (g' - A' r'^2 s') in the scaled operands, the same formula
+    X, rx, ex = _unit_rows(X, nx, eps, cdt)
+    W, rw, ew = _unit_rows(W, nw, eps, cdt)
     H = _empty(G.shape, cdt)
     np.multiply(G, rx.astype(cdt)[:, None], out=H)
     np.multiply(H, rw.astype(cdt)[None, :], out=H)
@@ -361,6 +385,9 @@ def cosine_linear_backward(grad_out, x, weight, x_norm, w_norm, *, centered=Fals
     sw = _row_dots(W, gW, n_threads)
     _minus_row_multiple(gx, X, np.where(nx > eps, rx * rx * sx, 0.0), cdt, n_threads)
     _minus_row_multiple(gW, W, np.where(nw > eps, rw * rw * sw, 0.0), cdt, n_threads)
+    for grad, e in ((gx, ex), (gW, ew)):
+        if e is not None:
+            grad[...] = np.ldexp(grad.astype(np.float64), -e[:, None]).astype(cdt)
     if centered:
         gx -= gx.mean(1, keepdims=True)
         gW -= gW.mean(1, keepdims=True)

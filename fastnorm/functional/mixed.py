@@ -29,6 +29,30 @@ __all__ = ["switchable_norm", "switchable_norm_backward", "power_norm", "power_n
            "batch_layer_norm_backward"]
 
 
+# per-statistic coefficients beta (of x - hi) outside (2^-100, 2^100) would
+# leave float32's range (beta ~ rstd^2 for data beyond 2^50 or under 2^-50)
+_BETA_SAFE = (2.0 ** -100, 2.0 ** 100)
+
+
+def _stat_apply(g, xk, out_k, P, C, Sk, R, hi, alpha, beta, gamma, cdt, n_threads):
+    """out = alpha * g + beta * (x - hi) + gamma per statistic k = (p // R) *
+    C + c of the (P, C, Sk) layout (coefficients: float64 (K,)), through the
+    kernel; where a float32 beta would be out of range the pass is done in
+    float64 instead (rare: pathological scales only)."""
+    b = np.abs(beta)
+    if cdt == np.float32 and np.any((b != 0) & ((b < _BETA_SAFE[0]) | (b > _BETA_SAFE[1])) & np.isfinite(b)):
+        def per(a):
+            return np.asarray(a, np.float64).reshape(P // R, 1, C, 1)
+        shape = (P // R, R, C, Sk)
+        x64 = xk.astype(np.float64).reshape(shape)
+        g64 = g.astype(np.float64).reshape(shape)
+        res = per(alpha) * g64 + per(beta) * (x64 - per(hi)) + per(gamma)
+        out_k[...] = res.reshape(out_k.shape).astype(out_k.dtype)
+        return
+    _dispatch.kernels.stat_apply(g, xk, out_k, P, C, Sk, R,
+                                 *(np.ascontiguousarray(a, cdt) for a in (hi, alpha, beta, gamma)), n_threads)
+
+
 class _StatLayout:
     """x in the per-statistic kernels' flat (P, C, S) layout with R rows per
     sample (statistic (n, c) of every value)."""
@@ -73,9 +97,9 @@ class _StatLayout:
 
     def apply(self, g, out_k, hi, alpha, beta, gamma, cdt, n_threads):
         K = self.N * self.C
-        coef = [np.ascontiguousarray(np.broadcast_to(a, (self.N, self.C)), cdt).reshape(K)
+        coef = [np.ascontiguousarray(np.broadcast_to(a, (self.N, self.C)), np.float64).reshape(K)
                 for a in (hi, alpha, beta, gamma)]
-        _dispatch.kernels.stat_apply(g, self.layout.data, out_k, self.P, self.C, self.Sk, self.R, *coef, n_threads)
+        _stat_apply(g, self.layout.data, out_k, self.P, self.C, self.Sk, self.R, *coef, cdt, n_threads)
 
 
 def _softmax3(v, name, dtype, cdt):
@@ -357,8 +381,7 @@ def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, 
         alpha, beta = w * rz, np.zeros(C)
         new_ema = ema.copy()
     dx_k = sl.layout.empty(x.dtype)
-    _dispatch.kernels.stat_apply(g, sl.layout.data, dx_k, sl.P, C, sl.Sk, sl.P,
-                                 *(np.ascontiguousarray(a, cdt) for a in (zero, alpha, beta, zero)), n_threads)
+    _stat_apply(g, sl.layout.data, dx_k, sl.P, C, sl.Sk, sl.P, zero, alpha, beta, zero, cdt, n_threads)
 
     def like(v, p):
         return None if p is None else v.astype(np.asarray(p).dtype)
