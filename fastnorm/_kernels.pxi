@@ -1775,6 +1775,18 @@ def layer_norm_backward_fast(object grad_out, object x, object mean, object rstd
 
 def rms_norm_backward_fast(object grad_out, object x, object rstd, object weight, object n_threads):
     return _backward_fast(True, grad_out, x, None, rstd, weight, None, n_threads)
+# A float32 factor outside 2^-100..2^100 (a scale from a denormal or huge
+# row) takes its products in double: in float32 they would overflow or fall
+# into the denormals; used by the weight_norm and LRN rows.
+cdef double FLOAT_FACTOR_LO = 7.888609052210118e-31   # 2^-100
+cdef double FLOAT_FACTOR_HI = 1.2676506002282294e30   # 2^100
+
+
+cdef inline bint _in_float_range(double s) noexcept nogil:
+    """s is 0 or |s| within FLOAT_FACTOR_LO..FLOAT_FACTOR_HI."""
+    return s == 0 or (fabs(s) <= FLOAT_FACTOR_HI and fabs(s) >= FLOAT_FACTOR_LO)
+
+
 include "_channel_kernels.pxi"
 include "_feature_kernels.pxi"
 include "_normalize_kernels.pxi"

@@ -30,8 +30,7 @@ cdef enum:
 # product x * s^-beta in double: in float32 the power would fall into the
 # subnormals (or overflow) for |beta| up to 1.26, and s itself may be inf
 # where the window's sum of squares is beyond float32's range (|x| > 2^64)
-cdef double LRN_FLOAT_LO = 7.888609052210118e-31   # 2^-100
-cdef double LRN_FLOAT_HI = 1.2676506002282294e30   # 2^100
+# (FLOAT_FACTOR_LO / HI, in _kernels.pxi)
 
 
 cdef inline bint _window_lost(double remaining, double peak) noexcept nogil:
@@ -104,7 +103,7 @@ cdef void _lrn_unit(const floating* x, floating* y, floating* scale_out, Py_ssiz
             v = k + a * acc[s]
             plane[s] = <floating>v
             if floating is float:
-                bad += not ((v > LRN_FLOAT_LO) & (v < LRN_FLOAT_HI))
+                bad += not ((v > FLOAT_FACTOR_LO) & (v < FLOAT_FACTOR_HI))
         if scale_out != NULL:
             memcpy(scale_out + c * S + s0, plane, L * sizeof(floating))
         if bad:  # a scale beyond float32's safe range: this plane's powers in double

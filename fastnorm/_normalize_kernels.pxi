@@ -284,7 +284,7 @@ cdef void _weight_norm_rows(const char* vb, Py_ssize_t vs, char* wb, Py_ssize_t 
     cdef Py_ssize_t r, k
     cdef const floating* v
     cdef floating* w
-    cdef double mean, m2, nrm
+    cdef double mean, m2, nrm, sd
     cdef floating scale, hi
     for r in range(r0, r1):
         v = _row_in(storage, scratch, 0, n, vb + r * vs)
@@ -297,7 +297,14 @@ cdef void _weight_norm_rows(const char* vb, Py_ssize_t vs, char* wb, Py_ssize_t 
             nrm = sqrt(_sum_squares(v, n))
         norms[r] = nrm
         means[r] = mean
-        scale = <floating>(g[r] / nrm)
+        sd = g[r] / nrm
+        if floating is float and not _in_float_range(sd):
+            # g / ||v|| beyond float32 (a denormal or huge row): the products in double
+            for k in range(n):
+                w[k] = <floating>((<double>v[k] - mean) * sd)
+            _row_done(storage, scratch, 1, n, wb + r * ws)
+            continue
+        scale = <floating>sd
         hi = <floating>mean
         if centered:
             for k in range(n):
@@ -319,7 +326,7 @@ cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char
     cdef const floating* gw
     cdef const floating* v
     cdef floating* gv
-    cdef double nrm, dot, sum_gw, sum_t, mean, m2
+    cdef double nrm, dot, sum_gw, sum_t, mean, m2, ad, invd, cd, offd, md
     cdef floating a, c, hi, off, inv
     for r in range(r0, r1):
         gw = _row_in(storage, scratch, 0, n, gwb + r * gws)
@@ -338,6 +345,15 @@ cdef void _weight_norm_backward_rows(const char* gwb, Py_ssize_t gws, const char
         grad_g[r] = <floating>(dot / nrm)
         # gv = a * (gw - u / N * d / N): no N^3 (outside float32's range
         # for rows beyond 2^42 or under 2^-42); each factor but a is O(1)
+        if floating is float and not (_in_float_range(g[r] / nrm) and _in_float_range(1.0 / nrm)):
+            # a denormal or huge row: 1 / N or g / N beyond float32, the row in double
+            ad, invd, cd = g[r] / nrm, 1.0 / nrm, dot / nrm
+            offd = sum_gw / n if centered else 0.0
+            md = mean if centered else 0.0
+            for k in range(n):
+                gv[k] = <floating>(ad * ((gw[k] - offd) - cd * ((<double>v[k] - md) * invd)))
+            _row_done(storage, scratch, 2, n, gvb + r * gvs)
+            continue
         a = <floating>(g[r] / nrm)
         inv = <floating>(1.0 / nrm)
         c = <floating>(dot / nrm)

@@ -236,6 +236,7 @@ cdef int _stat_apply(const char* g, const char* x, char* dx, int st, Py_ssize_t 
     cdef bint stream = ((floating is float) and _use_streaming(P * C, S, isz)
                         and dx != g and dx != x)
     cdef int p
+    cdef const floating* alk
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         c = 0
         i = _part_start(total, nth, p)
@@ -243,11 +244,12 @@ cdef int _stat_apply(const char* g, const char* x, char* dx, int st, Py_ssize_t 
         while i < end:
             n = _pw_piece(i, end, C, S, &c)
             k = _stat_of_flat(i, C, S, R)
+            alk = al + k if al != NULL else NULL
             if floating is double:
                 fn_stat_apply_d(<const double*>g + i, <const double*>x + i, <double*>dx + i, n, hi + k,
-                                al + k, be + k, ga + k, vec)
+                                alk, be + k, ga + k, vec)
             else:
-                fn_stat_apply_s(st, g + i * isz, x + i * isz, dx + i * isz, n, hi + k, al + k, be + k,
+                fn_stat_apply_s(st, g + i * isz, x + i * isz, dx + i * isz, n, hi + k, alk, be + k,
                                 ga + k, vec, stream)
             i = i + n
         if stream:
@@ -302,7 +304,8 @@ def stat_apply(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_ss
                object n_threads):
     """dx = alpha[k] * g + beta[k] * (x - hi[k]) + gamma[k] per statistic k
     (as stat_sums); coefficients: contiguous (K,) of the compute dtype; g may
-    be x (an affine map per statistic) and dx may be x (in place)."""
+    be x (an affine map per statistic: alpha is folded into beta and gamma,
+    and x is read once) and dx may be x (in place)."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     cdef int ctype = _kernel_typenum(typenum)
     cdef bint dbl
@@ -325,6 +328,14 @@ def stat_apply(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_ss
     cdef void* cp = cnp.PyArray_DATA(gamma)
     if P * C * S == 0:
         return
+    if gp == xp:
+        # an affine map of x: alpha folds into beta and gamma, and the kernel
+        # never multiplies alpha by x (0 * inf would be NaN where the map is finite)
+        beta = beta + alpha  # new contiguous (K,) arrays
+        gamma = gamma + alpha * hi
+        bp = cnp.PyArray_DATA(beta)
+        cp = cnp.PyArray_DATA(gamma)
+        ap = NULL
     with nogil:
         if dbl:
             _stat_apply[double](gp, xp, dp, st, P, C, S, R, <const double*>hp, <const double*>ap,

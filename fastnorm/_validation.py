@@ -333,3 +333,16 @@ def channel_output(x, layout, data, cdt, out):
             if view is not None and view.shape == data.shape:
                 return view, True
     return _empty(data.shape, cdt), False
+
+
+def single_value_stats(grads, x, stat, centred=True):
+    """The backward of a centred normalization whose every statistic is over
+    one value (a LayerNorm row of width 1, a BatchNorm channel of one value,
+    ...): x - mean is 0 there, the output does not depend on x and grad_x is
+    exactly 0, which the kernels' fused products (g * w rounded once in the
+    sums, once more inside an fma) miss by a rounding.  Multiplying by 0
+    keeps NaN (and turns inf into NaN) where the inputs held them."""
+    if centred and np.size(stat) == np.size(x) and np.size(x):
+        gx = grads[0]
+        gx *= gx.dtype.type(0)
+    return grads

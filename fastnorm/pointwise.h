@@ -275,6 +275,7 @@ static void fn_dyt_backward_d(const double* g, const double* x, double* dx, ptrd
  *
  *   fn_stat_sums:  sg[k] += sum g,  sgx[k] += sum g * (x - hi[k])
  *   fn_stat_apply: dx = alpha[k] * g + beta[k] * (x - hi[k]) + gamma[k]
+ *     (alpha NULL: the affine map beta[k] * (x - hi[k]) + gamma[k], g unread)
  * (g may be x itself: an affine map of x per statistic). */
 
 static void fn_stat_sums_s(int st, const void* g, const void* x, ptrdiff_t n, const float* hi, int vec,
@@ -322,20 +323,32 @@ static void fn_stat_sums_s(int st, const void* g, const void* x, ptrdiff_t n, co
     }
 }
 
+/* al == NULL: an affine map of x alone, dx = be[k] * (x - hi[k]) + ga[k]; g is
+ * not read (a zero alpha times an infinite g would be NaN, not 0). */
 static void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, const float* hi,
                             const float* al, const float* be, const float* ga, int vec, int stream) {
     ptrdiff_t k = 0;
+    const int affine = al == NULL;
 #ifdef FN_TANH_VECTOR
     k = fn_store_head(st, dx, n, &stream);
     for (ptrdiff_t j = 0; j < k; j++) {
         ptrdiff_t c = vec ? j : 0;
-        fn_st1(st, dx, j, al[c] * fn_ld1(st, g, j) + be[c] * (fn_ld1(st, x, j) - hi[c]) + ga[c]);
+        float t = be[c] * (fn_ld1(st, x, j) - hi[c]);  /* the vector loops' order of operations */
+        fn_st1(st, dx, j, affine ? t + ga[c] : al[c] * fn_ld1(st, g, j) + t + ga[c]);
     }
-    if (vec) {
+    if (vec && affine) {
+        for (; k + FN_VL <= n; k += FN_VL)
+            fn_stv(st, dx, k, FN_LOAD(fn_vfu, be + k) * (fn_ldv(st, x, k) - FN_LOAD(fn_vfu, hi + k))
+                     + FN_LOAD(fn_vfu, ga + k), stream);
+    } else if (vec) {
         for (; k + FN_VL <= n; k += FN_VL)
             fn_stv(st, dx, k, FN_LOAD(fn_vfu, al + k) * fn_ldv(st, g, k)
                      + FN_LOAD(fn_vfu, be + k) * (fn_ldv(st, x, k) - FN_LOAD(fn_vfu, hi + k))
                      + FN_LOAD(fn_vfu, ga + k), stream);
+    } else if (affine) {
+        const float b0 = be[0], h0 = hi[0], g0 = ga[0];
+        for (; k + FN_VL <= n; k += FN_VL)
+            fn_stv(st, dx, k, b0 * (fn_ldv(st, x, k) - h0) + g0, stream);
     } else {
         const float a0 = al[0], b0 = be[0], h0 = hi[0], g0 = ga[0];
         for (; k + FN_VL <= n; k += FN_VL)
@@ -344,7 +357,8 @@ static void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, ptrd
 #endif
     for (; k < n; k++) {
         ptrdiff_t c = vec ? k : 0;
-        fn_st1(st, dx, k, al[c] * fn_ld1(st, g, k) + be[c] * (fn_ld1(st, x, k) - hi[c]) + ga[c]);
+        float t = be[c] * (fn_ld1(st, x, k) - hi[c]);
+        fn_st1(st, dx, k, affine ? t + ga[c] : al[c] * fn_ld1(st, g, k) + t + ga[c]);
     }
 }
 
@@ -361,7 +375,8 @@ static void fn_stat_apply_d(const double* g, const double* x, double* dx, ptrdif
                             const double* al, const double* be, const double* ga, int vec) {
     for (ptrdiff_t k = 0; k < n; k++) {
         ptrdiff_t c = vec ? k : 0;
-        dx[k] = al[c] * g[k] + be[c] * (x[k] - hi[c]) + ga[c];
+        double t = be[c] * (x[k] - hi[c]);
+        dx[k] = al ? al[c] * g[k] + t + ga[c] : t + ga[c];
     }
 }
 

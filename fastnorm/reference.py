@@ -283,11 +283,19 @@ def normalize_backward(grad_out, x, norm, p=2.0, dim=1, eps=1e-12):
 
 def standardize(x, axis=0, ddof=0, *, mean=None, std=None, with_mean=True, with_std=True,
                 return_stats=False):
-    """(x - mean) / std per feature over `axis` in float64 (std 0 -> scale 1)."""
+    """(x - mean) / std per feature over `axis` in float64 (std 0 -> scale 1;
+    NaN left out of the statistics and kept in z; an inf makes them NaN)."""
     x = np.asarray(x, dtype=np.float64)
     if mean is None:
-        mean = x.mean(axis=axis)
-        std = x.std(axis=axis, ddof=ddof)
+        nan = np.isnan(x)
+        count = (~nan).sum(axis=axis)
+        with np.errstate(all="ignore"):
+            mean = np.where(nan, 0.0, x).sum(axis=axis) / count
+            dev = np.where(nan, 0.0, x - np.expand_dims(mean, axis))
+            std = np.sqrt((dev * dev).sum(axis=axis) / (count - ddof))
+        bad = np.isinf(x).any(axis=axis) | (count == 0)
+        mean = np.where(bad, np.nan, mean)
+        std = np.where(bad | (count - ddof <= 0), np.nan, std)
     mean_b = np.expand_dims(np.asarray(mean, np.float64), axis)
     std_b = np.expand_dims(np.asarray(std, np.float64), axis)
     z = x - mean_b if with_mean else x
@@ -437,6 +445,8 @@ def standardize_backward(grad_out, x, mean, std, axis=0, ddof=0, *, with_mean=Tr
         z = (x - m) / s
         grad = (g - g.mean(axis=0)) / s - z / s * ((g * z).sum(axis=0) / (N - ddof))
         grad = np.where(sd == 0, g - g.mean(axis=0), grad)
+    if fitted and (with_mean or with_std):  # the statistics skipped a NaN whose z is in the loss
+        grad = np.where(np.isnan(x).any(axis=0), np.nan, grad)
     return np.moveaxis(grad, 0, axis)
 
 
@@ -459,8 +469,9 @@ def min_max_scale_backward(grad_out, x, data_min, data_max, axis=0, feature_rang
             sc = scale.reshape(-1)[f]
             sum_g = flat_g[:, f].sum()
             sum_gx = (flat_g[:, f] * (flat_x[:, f] - mn.reshape(-1)[f])).sum()
-            flat[np.argmin(flat_x[:, f]), f] += sum_gx * sc / s_ - sc * sum_g
-            flat[np.argmax(flat_x[:, f]), f] += -sum_gx * sc / s_
+            # the statistics skip NaN: their part goes to the first minimum and maximum of the rest
+            flat[np.nanargmin(flat_x[:, f]), f] += sum_gx * sc / s_ - sc * sum_g
+            flat[np.nanargmax(flat_x[:, f]), f] += -sum_gx * sc / s_
         grad = flat.reshape(grad.shape)
     return np.moveaxis(grad, 0, axis)
 
@@ -722,7 +733,7 @@ def _normalize_rows_backward(grad_hat, a, n, eps, centered):
     projection (I - a_hat a_hat^T) / ||a|| where the norm is above eps."""
     n = np.asarray(n, np.float64)[..., None]
     hat = a / np.maximum(n, eps)
-    g = np.where(n > eps, (grad_hat - hat * (grad_hat * hat).sum(-1, keepdims=True)) / np.maximum(n, eps),
+    g = np.where((n > eps) | np.isnan(n), (grad_hat - hat * (grad_hat * hat).sum(-1, keepdims=True)) / np.maximum(n, eps),
                  grad_hat / eps)
     return g - g.mean(-1, keepdims=True) if centered else g
 

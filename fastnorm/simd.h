@@ -593,7 +593,9 @@ static void fn_exact_moments(int st, const void* x, ptrdiff_t n, ptrdiff_t strid
         q += d * d;
         c += d;
     }
-    *mean = n > 0 ? mu + c / (double)n : 0.0;
+    /* c / n corrects mu's rounding; with an inf among the values c is NaN
+     * (inf - inf) and the mean is mu itself, the +-inf it is */
+    *mean = n > 0 ? (isfinite(c) ? mu + c / (double)n : mu) : 0.0;
     q = n > 0 ? q - c * c / (double)n : 0.0;
     *m2 = q > 0 ? q : (q == q ? 0.0 : q);
 }

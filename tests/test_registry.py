@@ -2,13 +2,15 @@
 twin and its layer exist; forward and backward agree with the twin in every
 storage dtype (float32, float64, float16, bfloat16), over memory layouts and
 with out=; inputs are never modified."""
+import inspect
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 import fastnorm
 from fastnorm import _registry, functional, _dispatch
-from fastnorm._dtypes import BF16, F16, F32, F64
+from fastnorm._dtypes import BF16, F16, F32, F64, machine_eps
 
 DTYPES = [F32, F64, F16, BF16]
 OP_IDS = [op.name for op in _registry.OPS]
@@ -37,6 +39,18 @@ def _close(got, ref, dtype, what, factor=1.0):
     tol = {F64: 1e-10, F32: 2e-5}.get(np.dtype(dtype), _eps(dtype)) * factor
     scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def _explicit_eps(fn, args, kwargs, dtype):
+    """eps=None (RMSNorm's: the machine epsilon of x's dtype) spelled out, so
+    that the float64 twin, given float64 arrays, uses the same eps."""
+    sig = inspect.signature(fn)
+    if "eps" not in sig.parameters:
+        return args, kwargs
+    bound = sig.bind(*args, **kwargs)
+    if bound.arguments.get("eps", sig.parameters["eps"].default) is None:
+        bound.arguments["eps"] = machine_eps(dtype)
+    return bound.args, bound.kwargs
 
 
 def _run(op, call, **extra):
@@ -664,3 +678,39 @@ def _forward_with_stats(layer, call, x, extra):
     r = call(True)
     layer._saved = (np.asarray(x),) + tuple(r[1:]) + extra
     return r[0]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("op", _registry.OPS, ids=OP_IDS)
+def test_statistics_of_one_value_give_exact_zero_gradients(op, dtype, rng):
+    """Where every statistic is over one value (x of shape (3, 1, ...): a
+    LayerNorm row of width 1, a GroupNorm group of one value, ...) and the
+    float64 twin's grad_x is exactly 0 (x - mean is 0: the output does not
+    depend on x), fastnorm's is exactly 0 too, not a rounding of it.  Ops the
+    shape does not make degenerate have a non-zero twin gradient and are not
+    asserted on; a refused shape (training statistics of one value) is a
+    ValueError as torch's."""
+    shape = (3,) + (1,) * (len(op.default_shape) - 1)
+    call = op.example(rng, dtype, shape)
+    call.args, call.kwargs = _explicit_eps(op.forward, call.args, call.kwargs, dtype)
+    fresh = lambda: [np.array(a, copy=True) if i in op.mutates else a  # noqa: E731
+                     for i, a in enumerate(call.args)]
+    try:
+        res = op.forward(*fresh(), **call.kwargs, return_stats=True)
+    except ValueError as e:
+        assert "Expected more than 1" in str(e)
+        return
+    args64, kwargs64 = _call64(fresh(), call.kwargs)
+    ref = op.reference(*args64, **kwargs64, return_stats=True)
+    g = rng.standard_normal(res[0].shape).astype(dtype)
+    rb, rkw = call.backward(ref[:call.n_outputs], ref[call.n_outputs:], [g.astype(np.float64)])
+    rb, rkw = _call64(rb, rkw)
+    want = op.reference_backward(*rb, **rkw)
+    want = want[0] if isinstance(want, tuple) else want
+    if np.any(want != 0):
+        return
+    bargs, bkwargs = call.backward(res[:call.n_outputs], res[call.n_outputs:], [g])
+    got = op.backward(*bargs, **bkwargs)
+    got = got[0] if isinstance(got, tuple) else got
+    assert np.array_equal(got.astype(np.float64), np.zeros(got.shape)), \
+        f"{op.name}: grad_x {got.ravel()[:4]} where every statistic is over one value"

@@ -7,6 +7,7 @@ import numpy as np
 from .. import _dispatch
 from .._args import _as_float, check_eps, check_momentum, check_groups
 from .._validation import (
+    single_value_stats,
     ChannelLayout,
     as_float_array,
     channel_stats_input,
@@ -154,7 +155,7 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, train
     fast = _dispatch.kernels.channel_backward_fast(0, grad_out, x, mean, invstd, weight, bias,
                                           bool(training), None, channel_axis, n_threads)
     if fast is not NotImplemented:
-        return fast
+        return single_value_stats(fast, x, invstd, bool(training))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     mean = channel_stats_input(mean, "mean", (layout.C,), cdt)
@@ -177,9 +178,10 @@ def _channel_backward_common(grad_out, x, layout, cdt, cpg, per_sample, mean, rs
     _dispatch.kernels.channel_backward(g, data, dx_k, layout.cl, layout.N, layout.C, layout.S, cpg,
                               per_sample, w, mean, rstd, batch_stats, grad_w, grad_b, n_threads)
     dx = layout.restore(dx_k)
-    return (dx,
-            None if grad_w is None else grad_w.astype(np.asarray(weight).dtype),
-            None if grad_b is None else grad_b.astype(np.asarray(bias).dtype))
+    return single_value_stats((dx,
+                               None if grad_w is None else grad_w.astype(np.asarray(weight).dtype),
+                               None if grad_b is None else grad_b.astype(np.asarray(bias).dtype)),
+                              x, rstd, batch_stats)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None,
@@ -220,7 +222,7 @@ def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, bias=N
     fast = _dispatch.kernels.channel_backward_fast(1, grad_out, x, mean, rstd, weight, bias, True, num_groups,
                                           channel_axis, n_threads)
     if fast is not NotImplemented:
-        return fast
+        return single_value_stats(fast, x, rstd)
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     cpg = check_groups(num_groups, layout.C)
@@ -294,7 +296,7 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
     fast = _dispatch.kernels.channel_backward_fast(2, grad_out, x, mean, rstd, weight, bias,
                                           bool(use_input_stats), None, channel_axis, n_threads)
     if fast is not NotImplemented:
-        return fast
+        return single_value_stats(fast, x, rstd, bool(use_input_stats))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     shape = (layout.N, layout.C)

@@ -83,6 +83,18 @@ def cluster_norm(x, cluster, mean, log_scale, *, out=None, n_threads=None, retur
     return (y,) if return_stats else y
 
 
+def _cluster_sums(onehot, c, V):
+    """(K, D) sums of V's rows by cluster, as one matrix product; rows with
+    a NaN or inf are left out of it and added to their own cluster only (in
+    the product, 0 * NaN would reach every cluster)."""
+    bad = ~np.isfinite(V).all(axis=1)
+    if not bad.any():
+        return onehot.T @ V
+    sums = onehot.T @ np.where(bad[:, None], 0, V)
+    np.add.at(sums, c[bad], V[bad])
+    return sums
+
+
 def cluster_norm_backward(grad_out, x, cluster, mean, log_scale, *, n_threads=None):
     """Gradients of `cluster_norm`: (grad_x, grad_mean, grad_log_scale).
     With s = exp(log_scale) and inv = 1 / (s + 1e-3): grad_x = g inv[c];
@@ -100,8 +112,8 @@ def cluster_norm_backward(grad_out, x, cluster, mean, log_scale, *, n_threads=No
     gx = g * inv[c]
     onehot = np.zeros((B, K), cdt)
     onehot[np.arange(B), c] = 1
-    gm = -(onehot.T @ gx)
-    gs = -(onehot.T @ (gx * (X - mu[c]))) * (inv * s).astype(cdt)
+    gm = -_cluster_sums(onehot, c, gx)
+    gs = -_cluster_sums(onehot, c, gx * (X - mu[c])) * (inv * s).astype(cdt)
 
     def like(v, p):
         return cast(np.ascontiguousarray(v), native_order(np.asarray(p)).dtype)

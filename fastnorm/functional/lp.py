@@ -385,6 +385,9 @@ def cosine_linear_backward(grad_out, x, weight, x_norm, w_norm, *, centered=Fals
     sw = _row_dots(W, gW, n_threads)
     _minus_row_multiple(gx, X, np.where(nx > eps, rx * rx * sx, 0.0), cdt, n_threads)
     _minus_row_multiple(gW, W, np.where(nw > eps, rw * rw * sw, 0.0), cdt, n_threads)
+    if I == 1:  # a row of one value normalizes to +-1, a constant: its gradient is exactly 0 (NaN kept)
+        gx[nx > eps] *= 0
+        gW[nw > eps] *= 0
     for grad, e in ((gx, ex), (gW, ew)):
         if e is not None:
             grad[...] = np.ldexp(grad.astype(np.float64), -e[:, None]).astype(cdt)

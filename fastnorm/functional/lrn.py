@@ -51,10 +51,25 @@ def local_response_norm_backward(grad_out, x, scale, size, alpha=1e-4, beta=0.75
     """Gradient of `local_response_norm` w.r.t. x, given the scale it returned:
     grad_i = g_i scale_i^-beta - 2 alpha beta / size * x_i *
     sum over the channels c whose window holds i of g_c x_c scale_c^(-beta-1)."""
-    fast = _dispatch.kernels.lrn_backward_fast(grad_out, x, scale, size, alpha, beta, k,
-                                               channel_axis, n_threads)
-    if fast is not NotImplemented:
-        return fast
+    dx = _dispatch.kernels.lrn_backward_fast(grad_out, x, scale, size, alpha, beta, k,
+                                             channel_axis, n_threads)
+    if dx is NotImplemented:
+        dx = _lrn_backward(grad_out, x, scale, size, alpha, beta, k, channel_axis, n_threads)
+    s = np.asarray(scale)
+    if s.dtype != np.float64 and s.size and not np.isfinite(s.max()):
+        # a float32 scale that overflowed (|x| beyond ~2^63: the window's sum of
+        # squares is past float32's range) cannot give the gradient back: the
+        # call is redone in float64, scale included, from x (rare; a NaN in x
+        # comes here too and stays NaN)
+        x64, g64 = np.asarray(x).astype(np.float64), np.asarray(grad_out).astype(np.float64)
+        _, s64 = local_response_norm(x64, size, alpha, beta, k, channel_axis=channel_axis,
+                                     n_threads=n_threads, return_stats=True)
+        dx = local_response_norm_backward(g64, x64, s64, size, alpha, beta, k, channel_axis=channel_axis,
+                                          n_threads=n_threads).astype(dx.dtype)
+    return dx
+
+
+def _lrn_backward(grad_out, x, scale, size, alpha, beta, k, channel_axis, n_threads):
     x, cdt = as_float_array(x, "x")
     size, alpha, beta, k = check_lrn_args(x, size, alpha, beta, k)
     grad_out = same_shape_input(grad_out, "grad_out", x)

@@ -151,7 +151,8 @@ def switchable_norm(x, running_mean, running_var, weight=None, bias=None, mean_w
     mean_weight / var_weight: (3,) logits (None: equal weights).
 
     Returns y, or (y, mean_in, var_in, mean_bn, var_bn) with return_stats
-    ((N, C), (N, C), (C,), (C,)) for `switchable_norm_backward`.
+    ((N, C), (N, C), (C,), (C,), float64: a variance of float32 data can be
+    beyond float32's range) for `switchable_norm_backward`.
 
     Examples
     --------
@@ -204,7 +205,8 @@ def switchable_norm(x, running_mean, running_var, weight=None, bias=None, mean_w
                 buf += (momentum * v).astype(buf.dtype)
     if not return_stats:
         return y
-    return y, mean_in.astype(cdt), var_in.astype(cdt), mean_bn.astype(cdt), var_bn.astype(cdt)
+    # float64 statistics: a variance of float32 data beyond 2^64 is past float32's range
+    return y, mean_in, var_in, mean_bn, var_bn
 
 
 def _softmax_grad(p, dp):
@@ -230,10 +232,10 @@ def switchable_norm_backward(grad_out, x, mean_in, var_in, mean_bn, var_bn, weig
     sl = _StatLayout(x, channel_axis)
     N, C, S = sl.N, sl.C, sl.S
     eps = check_eps(eps)
-    mean_in = channel_stats_input(mean_in, "mean_in", (N, C), cdt).reshape(N, C)
-    var_in = channel_stats_input(var_in, "var_in", (N, C), cdt).reshape(N, C)
-    mean_bn = channel_stats_input(mean_bn, "mean_bn", (C,), cdt)
-    var_bn = channel_stats_input(var_bn, "var_bn", (C,), cdt)
+    mean_in = channel_stats_input(mean_in, "mean_in", (N, C), np.float64).reshape(N, C)
+    var_in = channel_stats_input(var_in, "var_in", (N, C), np.float64).reshape(N, C)
+    mean_bn = channel_stats_input(mean_bn, "mean_bn", (C,), np.float64)
+    var_bn = channel_stats_input(var_bn, "var_bn", (C,), np.float64)
     w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
     if bias is not None:
         _vector(bias, "bias", C, x.dtype, cdt, 0.0)
@@ -285,8 +287,9 @@ def power_norm(x, running_phi, weight=None, bias=None, training=False, momentum=
     y = weight * z + bias.  The reference's GroupScaling1D, a separate
     per-token rescaling before the norm, is not part of this op.
 
-    Returns y, or (y, psi2, phi) with return_stats ((C,): the batch's
-    quadratic mean and the normalizer used) for `power_norm_backward`.
+    Returns y, or (y, psi2, phi) with return_stats ((C,) float64: the batch's
+    quadratic mean and the normalizer used; float32 could not hold them for
+    data beyond 2^64) for `power_norm_backward`.
 
     Examples
     --------
@@ -334,7 +337,7 @@ def power_norm(x, running_phi, weight=None, bias=None, training=False, momentum=
         running_phi += (momentum * psi2).astype(running_phi.dtype)
     if not return_stats:
         return y
-    return y, psi2.astype(cdt), phi.astype(cdt)
+    return y, psi2, phi  # float64: a quadratic mean of float32 data beyond 2^64 is past float32's range
 
 
 def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, alpha_bkw=0.9, training=True,
@@ -358,8 +361,8 @@ def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, 
     if isinstance(alpha_bkw, bool) or not isinstance(alpha_bkw, (int, float, np.integer, np.floating)):
         raise TypeError(f"alpha_bkw must be a real number, got {alpha_bkw!r}")
     alpha_bkw = _as_float(alpha_bkw, "alpha_bkw")
-    psi2 = channel_stats_input(psi2, "psi2", (C,), cdt)
-    phi = channel_stats_input(phi, "phi", (C,), cdt)
+    psi2 = channel_stats_input(psi2, "psi2", (C,), np.float64)
+    phi = channel_stats_input(phi, "phi", (C,), np.float64)
     ema_in, _ = as_float_array(ema_gz, "ema_gz")   # any float dtype, 16-bit included
     ema = channel_stats_input(ema_in.astype(np.float64), "ema_gz", (C,), cdt)
     w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)

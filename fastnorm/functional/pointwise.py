@@ -98,8 +98,8 @@ def dynamic_tanh(x, alpha, weight=None, bias=None, *, channel_axis=-1, out=None,
     b = _dyt_param(bias, "bias", C, x.dtype, cdt, 0.0)
     x_nd = x if x.ndim > 1 else x.reshape(1, -1)
     data = layout.data
-    y_k, direct = channel_output(x_nd, layout, data, x.dtype, out if out is None or out.ndim > 1
-                                 else out.reshape(1, -1))
+    flat_out = isinstance(out, np.ndarray) and out.ndim == 1  # a 1-d x's out, as x: one row
+    y_k, direct = channel_output(x_nd, layout, data, x.dtype, out.reshape(1, -1) if flat_out else out)
     _dispatch.kernels.dyt_forward(data, y_k, P, C, S, a, w, b, n_threads)
     if direct:
         y = out

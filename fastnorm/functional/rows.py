@@ -9,6 +9,7 @@ from .. import _dispatch
 from .._args import check_eps
 from .._dtypes import cast, machine_eps
 from .._validation import (
+    single_value_stats,
     into_out,
     out_aliases,
     Output,
@@ -99,11 +100,10 @@ def layer_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, *, n_th
     -------
     (grad_x, grad_weight, grad_bias); a gradient is None where the parameter was None.
     """
-    fast = _dispatch.kernels.layer_norm_backward_fast(grad_out, x, mean, rstd, weight, bias, n_threads)
-    if fast is not NotImplemented:
-        return fast
-    grad_x, grad_w, grad_b = _row_norm_backward(False, grad_out, x, mean, rstd, weight, bias, n_threads)
-    return grad_x, grad_w, grad_b
+    grads = _dispatch.kernels.layer_norm_backward_fast(grad_out, x, mean, rstd, weight, bias, n_threads)
+    if grads is NotImplemented:
+        grads = _row_norm_backward(False, grad_out, x, mean, rstd, weight, bias, n_threads)
+    return single_value_stats(grads, x, rstd)
 
 
 def _rms_eps(eps, cdt, data_dtype):
