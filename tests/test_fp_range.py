@@ -77,7 +77,7 @@ def _scaled_call(op, dtype, shape, k, rng):
     args = list(call.args)
     for i in ((0, 1) if op.name.startswith("add_") else (0,)):
         scaled = (args[i].astype(np.float64) * s).astype(dtype)
-        originals[id(args[i])] = scaled
+        originals[id(args[i])] = (args[i], scaled)  # the original kept alive: its id is not reused
         args[i] = scaled
     for i in op.mutates:
         args[i] = np.array(args[i], copy=True)
@@ -106,7 +106,7 @@ def test_scaled_inputs_give_the_twins_answer(op, dtype, k, wide):
 
         g = rng.standard_normal(outputs[0].shape).astype(dtype)
         bargs, bkwargs = call.backward(outputs, stats, [g])
-        bargs = tuple(originals.get(id(a), a) for a in bargs)
+        bargs = tuple(originals[id(a)][1] if id(a) in originals else a for a in bargs)
         bargs, bkwargs = _scaled_eps(op.backward, bargs, bkwargs, k, dtype)
         grads = op.backward(*bargs, **bkwargs)
         grads = grads if isinstance(grads, tuple) else (grads,)
@@ -114,7 +114,7 @@ def test_scaled_inputs_give_the_twins_answer(op, dtype, k, wide):
         # (a float32 statistic beyond float32's range, LRN's scale at 2**90,
         # is inf: the kernels must not need it)
         rargs, rkwargs = call.backward(ref[:call.n_outputs], ref[call.n_outputs:], [g.astype(np.float64)])
-        rargs = tuple(originals.get(id(a), a) for a in rargs)
+        rargs = tuple(originals[id(a)][1] if id(a) in originals else a for a in rargs)
         rargs, rkwargs = _scaled_eps(op.backward, rargs, rkwargs, k, dtype)
         rargs, rkwargs = _call64(rargs, rkwargs)
         ref_grads = op.reference_backward(*rargs, **rkwargs)

@@ -323,6 +323,14 @@ def power_norm(x, running_phi, weight=None, bias=None, training=False, momentum=
         mean, m2, n = np.empty(C), np.empty(C), np.empty(C)
         _dispatch.kernels.channel_moments(lay.data, lay.cl, N, C, S, mean, m2, n, n_threads)
         psi2 = m2 / count + mean * mean
+        bad = ~np.isfinite(psi2)
+        if bad.any():
+            # a channel holding +-inf: its moments about a shift are NaN (inf -
+            # inf), its quadratic mean is inf (NaN only where a NaN is)
+            axis = channel_axis % x.ndim if x.ndim > 1 else 0
+            rows = np.moveaxis(x, axis, 0).reshape(C, -1)[bad].astype(np.float64)
+            with np.errstate(over="ignore"):
+                psi2[bad] = (rows * rows).mean(axis=1)
         phi = psi2 if warmup else running_phi.astype(np.float64)
     else:
         psi2 = phi = running_phi.astype(np.float64)
