@@ -484,7 +484,11 @@ def _entry(fast, torch_f, numpy_f, shapes, make):
 MEMBER_OPS = {
     "dynamic_tanh": _entry(fastnorm_dyt, torch_dyt, numpy_dyt, [(8192, 4096)], make_case),
     "ada_norm": _entry(fastnorm_ada, torch_ada, numpy_ada, [(8192, 4096)], make_case),
-    "weight_standardization": _entry(fastnorm_ws, torch_ws, numpy_ws, [(1024, 512, 3, 3)], ws_case),
+    # the (1024, 512, 3, 3) weight is 9.4 MB in bfloat16, inside a
+    # 32 MiB L3; (4096, 512, 3, 3) is out of cache, where the issue's
+    # copy-limit target applies
+    "weight_standardization": _entry(fastnorm_ws, torch_ws, numpy_ws, [(1024, 512, 3, 3), (4096, 512, 3, 3)],
+                                     ws_case),
     "batch_renorm train NCHW": _entry(fastnorm_brn, torch_brn, numpy_brn, [(32, 64, 56, 56)],
                                       lambda shape: make_channel_case(shape)),
     "switchable_norm train NCHW": _entry(fastnorm_sn, torch_sn, numpy_sn, [(32, 64, 56, 56)],
