@@ -23,7 +23,6 @@
 #define FN_LANES 32                            /* = LANES in _kernels.pxi */
 #define FN_NV (FN_LANES / FN_W)                /* accumulator vectors */
 #define FN_BLOCK 256                           /* = BLOCK */
-#define FN_CANCELLATION 16                     /* = CANCELLATION_LIMIT */
 #define FN_GROUP 4                             /* rows normalized together */
 
 /* values stored one at a time before y + head is aligned for streaming
@@ -132,7 +131,7 @@ static void fn_block_moments_##S(const uint16_t* x, Py_ssize_t n, double* mean_o
     float shift = LOAD1(x[0]);                                                                 \
     double sq, sd;                                                                             \
     fn_moments_##S(x, n, shift, &sq, &sd);                                                     \
-    if (!((sq / n - (sd / n) * (sd / n)) * FN_CANCELLATION >= sq / n)) {                       \
+    if (!fn_one_pass_ok(sq, sd, n)) {                                                          \
         shift = (float)((double)shift + sd / n);                                               \
         fn_moments_##S(x, n, shift, &sq, &sd);                                                 \
     }                                                                                          \

@@ -491,6 +491,16 @@ static inline void fn_narrow(int storage, const float* src, void* dst, Py_ssize_
     else fn_narrow_bf16(src, (uint16_t*)dst, n);
 }
 
+/* Moments about a row's first value (sums sd of d = x - shift and sq of
+   d^2 over n values) are trusted unless that value lies far out (more than
+   about 4 std from the mean), where E[d^2] - E[d]^2 would cancel more than
+   FN_CANCELLATION-fold; NaN rows also fail it.  _kernels.pxi's
+   _one_pass_ok, in C. */
+#define FN_CANCELLATION 16                     /* = CANCELLATION_LIMIT */
+static inline int fn_one_pass_ok(double sq, double sd, ptrdiff_t n) {
+    return (sq / n - (sd / n) * (sd / n)) * FN_CANCELLATION >= sq / n;
+}
+
 /* ---- one storage dtype's values as float vectors ---- */
 static inline fn_vf fn_splat(float c) { return (fn_vf){0} + c; }
 

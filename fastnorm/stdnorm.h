@@ -85,7 +85,7 @@ static inline __attribute__((always_inline)) void fn_sn_moments_v(int st, const 
     double shift = fn_ld1(st, x, 0), sd, sq;
     fn_vf hi = fn_splat((float)shift), lo = fn_splat(0.0f);
     fn_sn_shifted_sums(st, x, n, hi, lo, &sd, &sq);
-    if (!((sq / n - (sd / n) * (sd / n)) * 16.0 >= sq / n)) {
+    if (!fn_one_pass_ok(sq, sd, n)) {
         shift += sd / n;
         hi = fn_splat((float)shift);
         lo = fn_splat((float)(shift - (double)(float)shift));
@@ -114,13 +114,12 @@ static inline fn_vf fn_sn_value(fn_vf v, fn_vf hi, fn_vf lr, fn_vf r, fn_vf scal
 static inline __attribute__((always_inline)) void fn_sn_forward_v(int st, const void* x, void* y, ptrdiff_t n, double mean, double inv,
                           float scale, float kf, int stream) {
     fn_vf hi = fn_splat((float)mean), lo = fn_splat((float)(mean - (double)(float)mean));
-    fn_vf r = fn_splat((float)inv), sc = fn_splat(scale), kv = fn_splat(scale * kf);
-    lo = lo * r;
+    fn_vf r = fn_splat((float)inv), sc = fn_splat(scale), kv = fn_splat(scale * kf), lr = lo * r;
     ptrdiff_t head = fn_store_head(st, y, n, &stream), k = 0;
-    if (head > 0) fn_stn(st, y, 0, head, fn_sn_value(fn_ldn(st, x, 0, head), hi, lo, r, sc, kv));
+    if (head > 0) fn_stn(st, y, 0, head, fn_sn_value(fn_ldn(st, x, 0, head), hi, lr, r, sc, kv));
     for (k = head; k + FN_W <= n; k += FN_W)
-        fn_stv(st, y, k, fn_sn_value(fn_ldv(st, x, k), hi, lo, r, sc, kv), stream);
-    if (k < n) fn_stn(st, y, k, n - k, fn_sn_value(fn_ldn(st, x, k, n - k), hi, lo, r, sc, kv));
+        fn_stv(st, y, k, fn_sn_value(fn_ldv(st, x, k), hi, lr, r, sc, kv), stream);
+    if (k < n) fn_stn(st, y, k, n - k, fn_sn_value(fn_ldn(st, x, k, n - k), hi, lr, r, sc, kv));
 }
 
 static void fn_sn_moments_d(const double* x, ptrdiff_t n, double* mean, double* m2) {
