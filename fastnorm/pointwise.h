@@ -40,17 +40,16 @@
 #define FN_TANH_CLAMP 9.1f
 
 static inline float fn_tanh_f(float v) {
-    float z = FN_TANH_CLAMP < v ? FN_TANH_CLAMP : v;
-    z = -FN_TANH_CLAMP > z ? -FN_TANH_CLAMP : z;
+    const float a = fabsf(v);
+    const float z = FN_TANH_CLAMP < a ? FN_TANH_CLAMP : a;
     float t = z * z;
     float p = ((((((FN_TANH_P6 * t + FN_TANH_P5) * t + FN_TANH_P4) * t + FN_TANH_P3) * t
                  + FN_TANH_P2) * t + FN_TANH_P1) * t + FN_TANH_P0);
     float q = ((FN_TANH_Q3 * t + FN_TANH_Q2) * t + FN_TANH_Q1) * t + 1.0f;
     float r = z * p / q;
     r = 1.0f < r ? 1.0f : r;
-    r = -1.0f > r ? -1.0f : r;
-    r = v >= FN_TANH_CLAMP ? 1.0f : r;
-    return v <= -FN_TANH_CLAMP ? -1.0f : r;
+    r = a >= FN_TANH_CLAMP ? 1.0f : r;
+    return copysignf(r, v);
 }
 
 #if defined(__AVX512F__)
@@ -69,17 +68,21 @@ static inline float fn_tanh_f(float v) {
 #define FN_VL ((ptrdiff_t)(FN_VBYTES / 4))
 
 static inline fn_vf fn_tanh_v(fn_vf v) {
-    fn_vf z = FN_VMAX(fn_splat(-FN_TANH_CLAMP), FN_VMIN(fn_splat(FN_TANH_CLAMP), v));
+    /* on |v|, its sign put back at the end (tanh is odd, and so is the
+       rational in IEEE arithmetic: the bits are those of evaluating it on
+       v): one clamp on each side and one saturation select instead of two */
+    const fn_vi mag = (fn_vi){0} + 0x7fffffff;   /* (fn_splat(-0.0f) is +0: 0 + -0) */
+    const fn_vf a = (fn_vf)((fn_vi)v & mag);
+    fn_vf z = FN_VMIN(fn_splat(FN_TANH_CLAMP), a);
     fn_vf t = z * z;
     fn_vf p = ((((((FN_TANH_P6 * t + FN_TANH_P5) * t + FN_TANH_P4) * t + FN_TANH_P3) * t
                  + FN_TANH_P2) * t + FN_TANH_P1) * t + FN_TANH_P0);
     fn_vf q = ((FN_TANH_Q3 * t + FN_TANH_Q2) * t + FN_TANH_Q1) * t + 1.0f;
-    fn_vf r = z * p / q;  /* a 14-bit reciprocal and a Newton step measured no faster */
-    r = FN_VMAX(fn_splat(-1.0f), FN_VMIN(fn_splat(1.0f), r));
-    /* +-1 from the clamp on (the rational's value there is an ulp short of it) */
-    fn_vi up = (fn_vi)(v >= FN_TANH_CLAMP), down = (fn_vi)(v <= -FN_TANH_CLAMP);
-    fn_vi bits = ((fn_vi)r & ~(up | down)) | ((fn_vi)fn_splat(1.0f) & up) | ((fn_vi)fn_splat(-1.0f) & down);
-    return (fn_vf)bits;
+    fn_vf r = FN_VMIN(fn_splat(1.0f), z * p / q);  /* a 14-bit reciprocal and a Newton step measured no faster */
+    /* 1 from the clamp on (the rational's value there is an ulp short of it) */
+    fn_vi sat = (fn_vi)(a >= FN_TANH_CLAMP);
+    fn_vi bits = ((fn_vi)r & ~sat) | ((fn_vi)fn_splat(1.0f) & sat);
+    return (fn_vf)(bits | ((fn_vi)v & ~mag));
 }
 #endif
 
@@ -98,8 +101,9 @@ static inline void fn_dyt_forward_n(int st, const void* x, void* y, ptrdiff_t k,
 #endif
 
 /* y = w * tanh(a x) + b over n values of storage `st`, computed in float */
-static void fn_dyt_forward_s(int st, const void* x, void* y, ptrdiff_t n, float a, const float* w,
-                             const float* b, int vec, int stream) {
+static inline __attribute__((always_inline)) void fn_dyt_forward_v(
+        int st, const void* x, void* y, ptrdiff_t n, float a, const float* w, const float* b, int vec,
+        int stream) {
 #ifdef FN_TANH_VECTOR
     ptrdiff_t k = fn_store_head(st, y, n, &stream);
     if (k) fn_dyt_forward_n(st, x, y, 0, k, a, w, b, vec);
@@ -129,7 +133,7 @@ static void fn_dyt_forward_s(int st, const void* x, void* y, ptrdiff_t n, float 
 #define FN_TILE 512
 
 #ifndef FN_TANH_VECTOR
-static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a,
+static void fn_dyt_backward_v(int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a,
                               const float* w, int vec, double* s_alpha, double* gw, double* gb,
                               int stream) {
     double sa = 0.0, sw = 0.0, sb = 0.0;
@@ -188,9 +192,9 @@ static inline void fn_dyt_backward_n(int st, const void* g, const void* x, void*
     }
 }
 
-static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a,
-                              const float* w, int vec, double* s_alpha, double* gw, double* gb,
-                              int stream) {
+static inline __attribute__((always_inline)) void fn_dyt_backward_v(
+        int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a, const float* w, int vec,
+        double* s_alpha, double* gw, double* gb, int stream) {
     double sa = 0.0, sw = 0.0, sb = 0.0;
     float gt[FN_TILE] __attribute__((aligned(64)));
     float gg[FN_TILE] __attribute__((aligned(64)));
@@ -235,6 +239,18 @@ static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, pt
     }
 }
 #endif
+
+/* one copy per storage code (simd.h's FN_ST_DISPATCH) */
+static void fn_dyt_forward_s(int st, const void* x, void* y, ptrdiff_t n, float a, const float* w,
+                             const float* b, int vec, int stream) {
+    FN_ST_DISPATCH(fn_dyt_forward_v(st_, x, y, n, a, w, b, vec, stream));
+}
+
+static void fn_dyt_backward_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, float a,
+                              const float* w, int vec, double* s_alpha, double* gw, double* gb,
+                              int stream) {
+    FN_ST_DISPATCH(fn_dyt_backward_v(st_, g, x, dx, n, a, w, vec, s_alpha, gw, gb, stream));
+}
 
 static void fn_dyt_forward_d(const double* x, double* y, ptrdiff_t n, double a, const double* w,
                              const double* b, int vec) {
@@ -325,41 +341,70 @@ static void fn_stat_sums_s(int st, const void* g, const void* x, ptrdiff_t n, co
 
 /* al == NULL: an affine map of x alone, dx = be[k] * (x - hi[k]) + ga[k]; g is
  * not read (a zero alpha times an infinite g would be NaN, not 0). */
-static void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, const float* hi,
-                            const float* al, const float* be, const float* ga, int vec, int stream) {
-    ptrdiff_t k = 0;
-    const int affine = al == NULL;
 #ifdef FN_TANH_VECTOR
-    k = fn_store_head(st, dx, n, &stream);
-    for (ptrdiff_t j = 0; j < k; j++) {
-        ptrdiff_t c = vec ? j : 0;
-        float t = be[c] * (fn_ld1(st, x, j) - hi[c]);  /* the vector loops' order of operations */
-        fn_st1(st, dx, j, affine ? t + ga[c] : al[c] * fn_ld1(st, g, j) + t + ga[c]);
-    }
-    if (vec && affine) {
+/* `affine` is a constant wherever this inlines: with it a run-time value,
+   gcc shares the product be * (x - hi) between the two forms and then does
+   not contract it into a multiply-add (measured on the AVX2 build: the
+   tails, not the body, rounded the product), and a value's result would
+   depend on where it falls */
+static inline __attribute__((always_inline)) fn_vf fn_stat_value(fn_vf gv, fn_vf xv, fn_vf av, fn_vf bv,
+                                                                fn_vf hv, fn_vf cv, const int affine) {
+    return affine ? bv * (xv - hv) + cv : av * gv + bv * (xv - hv) + cv;
+}
+
+/* the m < FN_VL values from k, through the vector code (simd.h's fn_ldn) */
+static inline __attribute__((always_inline)) void fn_stat_apply_n(
+        int st, const void* g, const void* x, void* dx, ptrdiff_t k, ptrdiff_t m, const float* hi,
+        const float* al, const float* be, const float* ga, int vec, const int affine) {
+#define FN_COEF(p) (vec ? fn_ldn(FN_ST_NATIVE, p, k, m) : fn_splat((p)[0]))
+    const fn_vf zero = fn_splat(0.0f);
+    fn_stn(st, dx, k, m, fn_stat_value(affine ? zero : fn_ldn(st, g, k, m), fn_ldn(st, x, k, m),
+                                       affine ? zero : FN_COEF(al), FN_COEF(be), FN_COEF(hi), FN_COEF(ga),
+                                       affine));
+#undef FN_COEF
+}
+
+static inline __attribute__((always_inline)) void fn_stat_apply_a(
+        int st, const void* g, const void* x, void* dx, ptrdiff_t n, const float* hi, const float* al,
+        const float* be, const float* ga, int vec, int stream, const int affine) {
+    const fn_vf zero = fn_splat(0.0f);
+    ptrdiff_t k = fn_store_head(st, dx, n, &stream);
+    if (k) fn_stat_apply_n(st, g, x, dx, 0, k, hi, al, be, ga, vec, affine);
+    if (vec) {
         for (; k + FN_VL <= n; k += FN_VL)
-            fn_stv(st, dx, k, FN_LOAD(fn_vfu, be + k) * (fn_ldv(st, x, k) - FN_LOAD(fn_vfu, hi + k))
-                     + FN_LOAD(fn_vfu, ga + k), stream);
-    } else if (vec) {
-        for (; k + FN_VL <= n; k += FN_VL)
-            fn_stv(st, dx, k, FN_LOAD(fn_vfu, al + k) * fn_ldv(st, g, k)
-                     + FN_LOAD(fn_vfu, be + k) * (fn_ldv(st, x, k) - FN_LOAD(fn_vfu, hi + k))
-                     + FN_LOAD(fn_vfu, ga + k), stream);
-    } else if (affine) {
-        const float b0 = be[0], h0 = hi[0], g0 = ga[0];
-        for (; k + FN_VL <= n; k += FN_VL)
-            fn_stv(st, dx, k, b0 * (fn_ldv(st, x, k) - h0) + g0, stream);
+            fn_stv(st, dx, k, fn_stat_value(affine ? zero : fn_ldv(st, g, k), fn_ldv(st, x, k),
+                                            affine ? zero : (fn_vf)FN_LOAD(fn_vfu, al + k), FN_LOAD(fn_vfu, be + k),
+                                            FN_LOAD(fn_vfu, hi + k), FN_LOAD(fn_vfu, ga + k), affine), stream);
     } else {
-        const float a0 = al[0], b0 = be[0], h0 = hi[0], g0 = ga[0];
+        const fn_vf a0 = affine ? zero : fn_splat(al[0]);
+        const fn_vf b0 = fn_splat(be[0]), h0 = fn_splat(hi[0]), g0 = fn_splat(ga[0]);
         for (; k + FN_VL <= n; k += FN_VL)
-            fn_stv(st, dx, k, a0 * fn_ldv(st, g, k) + b0 * (fn_ldv(st, x, k) - h0) + g0, stream);
+            fn_stv(st, dx, k, fn_stat_value(affine ? zero : fn_ldv(st, g, k), fn_ldv(st, x, k), a0, b0, h0, g0,
+                                            affine), stream);
     }
+    if (k < n) fn_stat_apply_n(st, g, x, dx, k, n - k, hi, al, be, ga, vec, affine);
+}
 #endif
-    for (; k < n; k++) {
+
+static inline __attribute__((always_inline)) void fn_stat_apply_v(
+        int st, const void* g, const void* x, void* dx, ptrdiff_t n, const float* hi, const float* al,
+        const float* be, const float* ga, int vec, int stream) {
+#ifdef FN_TANH_VECTOR
+    if (al == NULL) fn_stat_apply_a(st, g, x, dx, n, hi, al, be, ga, vec, stream, 1);
+    else fn_stat_apply_a(st, g, x, dx, n, hi, al, be, ga, vec, stream, 0);
+#else
+    for (ptrdiff_t k = 0; k < n; k++) {
         ptrdiff_t c = vec ? k : 0;
         float t = be[c] * (fn_ld1(st, x, k) - hi[c]);
-        fn_st1(st, dx, k, affine ? t + ga[c] : al[c] * fn_ld1(st, g, k) + t + ga[c]);
+        fn_st1(st, dx, k, al == NULL ? t + ga[c] : al[c] * fn_ld1(st, g, k) + t + ga[c]);
     }
+#endif
+}
+
+/* one copy per storage code (simd.h's FN_ST_DISPATCH) */
+static void fn_stat_apply_s(int st, const void* g, const void* x, void* dx, ptrdiff_t n, const float* hi,
+                            const float* al, const float* be, const float* ga, int vec, int stream) {
+    FN_ST_DISPATCH(fn_stat_apply_v(st_, g, x, dx, n, hi, al, be, ga, vec, stream));
 }
 
 static void fn_stat_sums_d(const double* g, const double* x, ptrdiff_t n, const double* hi, int vec,

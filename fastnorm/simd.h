@@ -572,6 +572,16 @@ static inline void fn_stv(int st, void* p, ptrdiff_t k, fn_vf v, int stream) {
     fn_put_h((uint16_t*)p + k, st == FN_ST_BF16 ? fn_pack_bf16(v) : fn_pack_f16(v), stream);
 }
 
+/* one specialized copy of a kernel per storage code: CALL names st_, a
+   constant, so the loads and stores inline without a test per vector (gcc
+   does not unswitch the storage tests out of the loops by itself) */
+#define FN_ST_DISPATCH(CALL)                                              \
+    do {                                                                  \
+        if (st == FN_ST_NATIVE) { const int st_ = FN_ST_NATIVE; CALL; }   \
+        else if (st == FN_ST_BF16) { const int st_ = FN_ST_BF16; CALL; }  \
+        else { const int st_ = FN_ST_F16; CALL; }                         \
+    } while (0)
+
 /* m < FN_W values at p + k as a vector (the other lanes 0), and back:
  * the heads and tails go through the vector code too, so that a value's
  * result does not depend on where it falls (gcc contracts multiply-adds

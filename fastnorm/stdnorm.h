@@ -189,26 +189,18 @@ static inline __attribute__((always_inline)) void fn_sn_backward_v(int st, const
     }
 }
 
-/* one specialized copy per storage code (the loads and stores inline) */
-#define FN_SN_DISPATCH(CALL)                              \
-    do {                                                  \
-        if (st == FN_ST_NATIVE) { const int st_ = FN_ST_NATIVE; CALL; } \
-        else if (st == FN_ST_BF16) { const int st_ = FN_ST_BF16; CALL; } \
-        else { const int st_ = FN_ST_F16; CALL; }         \
-    } while (0)
-
 static void fn_sn_moments(int st, const void* x, ptrdiff_t n, double* mean, double* m2) {
-    FN_SN_DISPATCH(fn_sn_moments_v(st_, x, n, mean, m2));
+    FN_ST_DISPATCH(fn_sn_moments_v(st_, x, n, mean, m2));
 }
 
 static void fn_sn_forward(int st, const void* x, void* y, ptrdiff_t n, double mean, double inv,
                           float scale, float kf, int stream) {
-    FN_SN_DISPATCH(fn_sn_forward_v(st_, x, y, n, mean, inv, scale, kf, stream));
+    FN_ST_DISPATCH(fn_sn_forward_v(st_, x, y, n, mean, inv, scale, kf, stream));
 }
 
 static void fn_sn_backward(int st, const void* g, const void* x, void* dx, ptrdiff_t n, double mean,
                            double s, double inv, float scale, float kf) {
-    FN_SN_DISPATCH(fn_sn_backward_v(st_, g, x, dx, n, mean, s, inv, scale, kf));
+    FN_ST_DISPATCH(fn_sn_backward_v(st_, g, x, dx, n, mean, s, inv, scale, kf));
 }
 
 static void fn_sn_backward_d(const double* g, const double* x, double* dx, ptrdiff_t n,
