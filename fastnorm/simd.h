@@ -353,6 +353,10 @@ typedef int32_t fn_vi __attribute__((vector_size(FN_VBYTES)));
 static inline fn_vf fn_vload_bf16(const uint16_t* p) {
 #if defined(__AVX512F__)
     return (fn_vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+#elif defined(__AVX2__)
+    /* one vpmovzxwd from memory (gcc's generic conversion below splits it
+       into two halves and an insert: 5 instructions instead of 2) */
+    return (fn_vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
 #else
     fn_vu u = __builtin_convertvector(*(const fn_vh*)p, fn_vu) << 16;
     return (fn_vf)u;
@@ -376,18 +380,28 @@ static inline fn_vh fn_pack_bf16(fn_vf v) {
                                                   _mm512_set1_epi32(0x7f800000));
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
     return (fn_vh)_mm512_cvtepi32_epi16(r);
+#elif defined(__AVX2__)
+    /* the same bits as the generic form below (checked over all 2^32
+       inputs) in 10 instructions, not 14: NaN found by an unordered compare
+       and put in by one blend.  With the load above, measured in cache on a
+       Zen 3 (1 thread): a bfloat16 per-statistic affine pass 0.36 -> 0.23
+       ns/value, DyT forward 1.13 -> 0.90 (float32: 0.50) */
+    const __m256i x = _mm256_castps_si256((__m256)v);
+    const __m256i hi = _mm256_srli_epi32(x, 16);
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)),
+                                                         _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+    const __m256 nan = _mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q);
+    const __m256i q = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_or_si256(hi, _mm256_set1_epi32(0x40))), nan));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(q, q), 0xD8);
+    return (fn_vh)_mm256_castsi256_si128(packed);
 #else
     fn_vu x = (fn_vu)v;
     fn_vu rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
     fn_vu nan = (x >> 16) | 0x40u;
     fn_vu is_nan = (fn_vu)((x & 0x7fffffffu) > 0x7f800000u);   /* all ones where NaN */
     fn_vu r = (nan & is_nan) | (rounded & ~is_nan);
-#if defined(__AVX2__)
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0xD8);
-    return (fn_vh)_mm256_castsi256_si128(packed);
-#else
     return __builtin_convertvector(r, fn_vh);
-#endif
 #endif
 }
 
