@@ -1780,6 +1780,8 @@ def rms_norm_backward_fast(object grad_out, object x, object rstd, object weight
 # into the denormals; used by the weight_norm and LRN rows.
 cdef double FLOAT_FACTOR_LO = 7.888609052210118e-31   # 2^-100
 cdef double FLOAT_FACTOR_HI = 1.2676506002282294e30   # 2^100
+# the same bounds for the Python-level passes (functional.mixed)
+FLOAT_FACTOR_RANGE = (FLOAT_FACTOR_LO, FLOAT_FACTOR_HI)
 
 
 cdef inline bint _in_float_range(double s) noexcept nogil:

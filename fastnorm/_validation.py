@@ -300,7 +300,9 @@ def to_kernel_layout(a, layout):
     return np.ascontiguousarray(v)
 
 
-def channel_stats_input(s, name, shape, cdt):
+def channel_stats_input(s, name, shape):
+    """A saved statistic handed back to a backward: float64, flat, checked
+    against the shape the forward gave it."""
     if s is None:
         raise TypeError(f"{name} must be the array the forward returned, got None")
     s = np.asarray(s)

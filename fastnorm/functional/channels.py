@@ -158,8 +158,8 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight=None, bias=None, train
         return single_value_stats(fast, x, invstd, bool(training))
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
-    mean = channel_stats_input(mean, "mean", (layout.C,), cdt)
-    invstd = channel_stats_input(invstd, "invstd", (layout.C,), cdt)
+    mean = channel_stats_input(mean, "mean", (layout.C,))
+    invstd = channel_stats_input(invstd, "invstd", (layout.C,))
     return _channel_backward_common(grad_out, x, layout, cdt, 1, False, mean, invstd,
                                     weight, bias, bool(training), n_threads)
 
@@ -227,8 +227,8 @@ def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, bias=N
     layout = ChannelLayout(x, channel_axis)
     cpg = check_groups(num_groups, layout.C)
     shape = (layout.N, int(num_groups))
-    mean = channel_stats_input(mean, "mean", shape, cdt)
-    rstd = channel_stats_input(rstd, "rstd", shape, cdt)
+    mean = channel_stats_input(mean, "mean", shape)
+    rstd = channel_stats_input(rstd, "rstd", shape)
     return _channel_backward_common(grad_out, x, layout, cdt, cpg, True, mean, rstd, weight, bias,
                                     True, n_threads)
 
@@ -300,8 +300,8 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, bias=None, use_
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     shape = (layout.N, layout.C)
-    mean = channel_stats_input(mean, "mean", shape, cdt)
-    rstd = channel_stats_input(rstd, "rstd", shape, cdt)
+    mean = channel_stats_input(mean, "mean", shape)
+    rstd = channel_stats_input(rstd, "rstd", shape)
     return _channel_backward_common(grad_out, x, layout, cdt, 1, True, mean, rstd, weight, bias,
                                     bool(use_input_stats), n_threads)
 
@@ -425,10 +425,10 @@ def batch_renorm_backward(grad_out, x, mean, invstd, r, d, weight=None, bias=Non
     x, cdt = as_float_array(x, "x")
     layout = ChannelLayout(x, channel_axis)
     C = layout.C
-    mean = channel_stats_input(mean, "mean", (C,), cdt)
-    invstd = channel_stats_input(invstd, "invstd", (C,), cdt)
-    r = channel_stats_input(r, "r", (C,), cdt)
-    d = channel_stats_input(d, "d", (C,), cdt)
+    mean = channel_stats_input(mean, "mean", (C,))
+    invstd = channel_stats_input(invstd, "invstd", (C,))
+    r = channel_stats_input(r, "r", (C,))
+    d = channel_stats_input(d, "d", (C,))
     grad_out = same_shape_input(grad_out, "grad_out", x)
     w = layout.channel_vector(weight, "weight", x.dtype, np.float64)
     if bias is not None:

@@ -86,7 +86,7 @@ def filter_response_norm_backward(grad_out, x, rstd, weight, bias, tau=None, *, 
     w = _frn_param(weight, "weight", C, x.dtype, cdt)
     b = _frn_param(bias, "bias", C, x.dtype, cdt)
     t = _frn_param(tau, "tau", C, x.dtype, cdt, required=False)
-    rstd = channel_stats_input(rstd, "rstd", (N, C), cdt).astype(cdt)
+    rstd = channel_stats_input(rstd, "rstd", (N, C)).astype(cdt)
     data = layout.data
     dx = _empty(data.shape, x.dtype)
     gw, gb, gt = np.empty(C), np.empty(C), np.empty(C)

@@ -29,9 +29,6 @@ __all__ = ["switchable_norm", "switchable_norm_backward", "power_norm", "power_n
            "batch_layer_norm_backward"]
 
 
-# per-statistic coefficients beta (of x - hi) outside (2^-100, 2^100) would
-# leave float32's range (beta ~ rstd^2 for data beyond 2^50 or under 2^-50)
-_BETA_SAFE = (2.0 ** -100, 2.0 ** 100)
 
 
 def _stat_apply(g, xk, out_k, P, C, Sk, R, hi, alpha, beta, gamma, cdt, n_threads):
@@ -39,8 +36,11 @@ def _stat_apply(g, xk, out_k, P, C, Sk, R, hi, alpha, beta, gamma, cdt, n_thread
     C + c of the (P, C, Sk) layout (coefficients: float64 (K,)), through the
     kernel; where a float32 beta would be out of range the pass is done in
     float64 instead (rare: pathological scales only)."""
+    # a beta outside the kernels' float32 factor range (2^-100, 2^100) would
+    # leave float32's range (beta ~ rstd^2 for data beyond 2^50 or under 2^-50)
     b = np.abs(beta)
-    if cdt == np.float32 and np.any((b != 0) & ((b < _BETA_SAFE[0]) | (b > _BETA_SAFE[1])) & np.isfinite(b)):
+    lo, hi_ = _dispatch.kernels.FLOAT_FACTOR_RANGE
+    if cdt == np.float32 and np.any((b != 0) & ((b < lo) | (b > hi_)) & np.isfinite(b)):
         def per(a):
             return np.asarray(a, np.float64).reshape(P // R, 1, C, 1)
         shape = (P // R, R, C, Sk)
@@ -232,10 +232,10 @@ def switchable_norm_backward(grad_out, x, mean_in, var_in, mean_bn, var_bn, weig
     sl = _StatLayout(x, channel_axis)
     N, C, S = sl.N, sl.C, sl.S
     eps = check_eps(eps)
-    mean_in = channel_stats_input(mean_in, "mean_in", (N, C), np.float64).reshape(N, C)
-    var_in = channel_stats_input(var_in, "var_in", (N, C), np.float64).reshape(N, C)
-    mean_bn = channel_stats_input(mean_bn, "mean_bn", (C,), np.float64)
-    var_bn = channel_stats_input(var_bn, "var_bn", (C,), np.float64)
+    mean_in = channel_stats_input(mean_in, "mean_in", (N, C)).reshape(N, C)
+    var_in = channel_stats_input(var_in, "var_in", (N, C)).reshape(N, C)
+    mean_bn = channel_stats_input(mean_bn, "mean_bn", (C,))
+    var_bn = channel_stats_input(var_bn, "var_bn", (C,))
     w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
     if bias is not None:
         _vector(bias, "bias", C, x.dtype, cdt, 0.0)
@@ -369,10 +369,10 @@ def power_norm_backward(grad_out, x, psi2, phi, ema_gz, weight=None, bias=None, 
     if isinstance(alpha_bkw, bool) or not isinstance(alpha_bkw, (int, float, np.integer, np.floating)):
         raise TypeError(f"alpha_bkw must be a real number, got {alpha_bkw!r}")
     alpha_bkw = _as_float(alpha_bkw, "alpha_bkw")
-    psi2 = channel_stats_input(psi2, "psi2", (C,), np.float64)
-    phi = channel_stats_input(phi, "phi", (C,), np.float64)
+    psi2 = channel_stats_input(psi2, "psi2", (C,))
+    phi = channel_stats_input(phi, "phi", (C,))
     ema_in, _ = as_float_array(ema_gz, "ema_gz")   # any float dtype, 16-bit included
-    ema = channel_stats_input(ema_in.astype(np.float64), "ema_gz", (C,), cdt)
+    ema = channel_stats_input(ema_in.astype(np.float64), "ema_gz", (C,))
     w = _vector(weight, "weight", C, x.dtype, cdt, 1.0)
     if bias is not None:
         _vector(bias, "bias", C, x.dtype, cdt, 0.0)
