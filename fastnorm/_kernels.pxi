@@ -48,6 +48,7 @@ if not fastnorm_parallel_runtime_found():
 
 cdef extern from "simd.h" nogil:
     void fastnorm_stream_fence()
+    void fn_copy_bytes(const char* src, char* dst, size_t n, int stream)
     bint fn_sums_in_range(double sq, Py_ssize_t n)
     float fn_ld1(int st, const void* p, Py_ssize_t k)
     void fn_st1(int st, void* p, Py_ssize_t k, float v)
@@ -884,6 +885,44 @@ def set_stream_threshold(Py_ssize_t nbytes):
     previous = stream_min_bytes
     stream_min_bytes = nbytes
     return previous
+
+
+def parallel_copy(cnp.ndarray src, cnp.ndarray dst, object n_threads=None, object stream=None):
+    """dst[...] = src for C-contiguous arrays of one dtype and shape, split
+    over the threads in cache-line-aligned parts, with streaming stores from
+    the streaming threshold (stream=None) or as forced: the benchmarks'
+    all-threads limit, a copy at the kernels' own thread count and store
+    path.  Returns dst."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(src) and cnp.PyArray_IS_C_CONTIGUOUS(dst)):
+        raise ValueError("parallel_copy needs C-contiguous arrays")
+    cdef object s_shape = (<object>src).shape, d_shape = (<object>dst).shape
+    if src.dtype != dst.dtype or s_shape != d_shape:
+        raise ValueError(f"parallel_copy needs one dtype and shape, got {src.dtype}{s_shape} and "
+                         f"{dst.dtype}{d_shape}")
+    if not cnp.PyArray_ISWRITEABLE(dst):
+        raise ValueError("parallel_copy: dst is read-only")
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(src)
+    cdef const char* s = <const char*>cnp.PyArray_DATA(src)
+    cdef char* d = <char*>cnp.PyArray_DATA(dst)
+    if nbytes == 0 or s == <const char*>d:
+        return dst
+    if (s < <const char*>d + nbytes) and (<const char*>d < s + nbytes):
+        raise ValueError("parallel_copy: src and dst overlap")
+    cdef int st = (nbytes >= stream_min_bytes) if stream is None else bool(stream)
+    cdef int nth = resolve_threads(n_threads, nbytes // 4)
+    cdef Py_ssize_t lines = (nbytes + 63) // 64, lo, hi
+    cdef int p
+    with nogil:
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+            lo = _part_start(lines, nth, p) * 64
+            hi = _part_start(lines, nth, p + 1) * 64
+            if hi > nbytes:
+                hi = nbytes
+            if hi > lo:
+                fn_copy_bytes(s + lo, d + lo, <size_t>(hi - lo), st)
+                if st:
+                    fastnorm_stream_fence()
+    return dst
 
 
 cdef inline bint _use_streaming(Py_ssize_t M, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:

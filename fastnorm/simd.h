@@ -60,6 +60,25 @@ static void fastnorm_stream_fence(void) {
 #endif
 }
 
+/* n bytes from src to dst (not overlapping), with streaming stores of whole
+   aligned vectors once dst is aligned when `stream`: the benchmarks'
+   all-threads memory limit (a copy at the kernels' own store width). */
+static void fn_copy_bytes(const char* src, char* dst, size_t n, int stream) {
+#if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
+    if (stream) {
+        size_t head = (FN_VBYTES - (uintptr_t)dst % FN_VBYTES) % FN_VBYTES, k;
+        head = head < n ? head : n;
+        __builtin_memcpy(dst, src, head);
+        for (k = head; k + FN_VBYTES <= n; k += FN_VBYTES)
+            FN_STREAM_float((float*)(dst + k), FN_LOAD(fn_vfu, src + k));
+        __builtin_memcpy(dst + k, src + k, n - k);
+        return;
+    }
+#endif
+    (void)stream;
+    __builtin_memcpy(dst, src, n);
+}
+
 /* Streaming-store versions of the channel kernels' elementwise loops,
    float32 only: y = ((x - hi) - lo) * a + b with scalar coefficients
    (_s) or per-element coefficient arrays (_v).  The scalar head up to

@@ -71,3 +71,50 @@ def test_every_spelling_gives_the_general_paths_result(spec, dtype, general_path
         a, b = np.asarray(a), np.asarray(b)
         assert a.dtype == b.dtype and a.shape == b.shape, (code, k)
         assert np.array_equal(a, b, equal_nan=True), (code, k)
+
+
+def _grid():
+    import sys
+    sys.path.insert(0, _PATH)
+    spec = importlib.util.spec_from_file_location("grid", os.path.join(_PATH, "grid.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_covers_the_shape_classes():
+    """The short grid has single rows and many rows, odd widths, widths on
+    both sides of powers of two and very wide rows; the channel ops in both
+    layouts, a single sample and 1x1 spatial size; the full grid adds more."""
+    grid = _grid()
+    short = grid.cases()
+    rows = {shape for op, shape, _ in short if op == "layer_norm"}
+    widths = {w for _, w in rows}
+    assert {1, 16384} <= {r for r, _ in rows}
+    assert any(w % 2 for w in widths if w > 1) and 1023 in widths and 4097 in widths
+    assert max(widths) >= 1 << 20
+    chan = [(op, shape, cl) for op, shape, cl in short if op == "batch_norm train"]
+    assert {cl for *_, cl in chan} == {False, True}
+    assert any(shape[0] == 1 for _, shape, _ in chan) and any(shape[2] == 1 for _, shape, _ in chan)
+    full = grid.cases(full=True)
+    assert set(short) < set(full)
+    assert max(s[1] for op, s, _ in full if op == "layer_norm") >= 1_000_000
+    assert all(np.prod(s) <= grid.MAX_VALUES for _, s, _ in full)
+
+
+def test_grid_run_writes_table_summary_and_picture(tmp_path):
+    """A tiny run of the grid command: every case timed (no mismatch), its
+    limit positive and not above a single-threaded copy's, the Markdown and
+    the PNG written."""
+    grid = _grid()
+    md, png = tmp_path / "grid.md", tmp_path / "grid.png"
+    results = grid.main(["--threads", "2", "--ops", "layer_norm", "batch_norm", "--max-values", "600",
+                         "--repeats", "1", "--min-time", "0.001", "--save", str(md), "--plot", str(png)])
+    assert results and all("mismatch" not in r for _, r in results)
+    assert {k[3] for k, _ in results} == {"float32", "bfloat16"}
+    assert {k[4] for k, _ in results} == {"fwd", "fwd+bwd"}
+    for _, r in results:
+        assert 0 < r["limit"] and r["fastnorm"] > 0 and r["torch"] > 0
+    text = md.read_text()
+    assert "| case |" in text and "geometric mean" in text and "worst ten" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
