@@ -35,10 +35,7 @@ import peers  # noqa: E402
 
 from fastnorm import _dispatch  # noqa: E402
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - the bench extra installs it
-    torch = None
+torch = peers.torch  # None without PyTorch (peers imports it optionally)
 
 try:
     from tqdm import tqdm

@@ -12,13 +12,18 @@ from fastnorm import _registry
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-def _overhead():
+def _bench_module(name):
+    """benchmarks/<name>.py, imported with benchmarks/ on the path (its peers)."""
     import sys
     sys.path.insert(0, _PATH)
-    spec = importlib.util.spec_from_file_location("overhead", os.path.join(_PATH, "overhead.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_PATH, name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _overhead():
+    return _bench_module("overhead")
 
 
 SPECS = _overhead().SPECS
@@ -74,12 +79,7 @@ def test_every_spelling_gives_the_general_paths_result(spec, dtype, general_path
 
 
 def _grid():
-    import sys
-    sys.path.insert(0, _PATH)
-    spec = importlib.util.spec_from_file_location("grid", os.path.join(_PATH, "grid.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_module("grid")
 
 
 def test_grid_covers_the_shape_classes():
