@@ -521,7 +521,7 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
             st_count[s] = cpg * S
         return 0
     if not cl:
-        um = <double*>malloc(2 * N * C * sizeof(double) + 8)
+        um = <double*>scratch_alloc(2 * N * C * sizeof(double) + 8)
         if um == NULL:
             return -1
         um2 = um + N * C
@@ -530,16 +530,16 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
         for b in range(N * C):
             s = _stat_of(b // C, b % C, per_sample, C, cpg)
             _merge_moments(&st_count[s], &st_mean[s], &st_m2[s], <double>S, um[b], um2[b])
-        free(um)
+        scratch_free(um)
         return 0
     # channels-last: units are row chunks (BatchNorm) or samples (Group/InstanceNorm)
     n_units = N if per_sample else (nth if P >= nth else 1)
     cdef Py_ssize_t work_len = 3 * _tile_stride(C)
-    shift = <floating*>malloc((n_units * C + n_units * work_len) * sizeof(floating) + 128)
-    sd = <double*>malloc(2 * n_units * C * sizeof(double) + 8)
+    shift = <floating*>scratch_alloc((n_units * C + n_units * work_len) * sizeof(floating) + 128)
+    sd = <double*>scratch_alloc(2 * n_units * C * sizeof(double) + 8)
     if shift == NULL or sd == NULL:
-        free(shift)
-        free(sd)
+        scratch_free(shift)
+        scratch_free(sd)
         return -1
     scratch = <floating*>_aligned(shift + n_units * C)
     sq = sd + n_units * C
@@ -586,8 +586,8 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
         else:
             for c in range(C):
                 shift[c] = <floating>st_mean[c]
-    free(shift)
-    free(sd)
+    scratch_free(shift)
+    scratch_free(sd)
     return 0
 
 
@@ -599,7 +599,7 @@ cdef void _rows_apply(const char* g, const char* x, char* y, int st, Py_ssize_t 
     per_sample: forward (g NULL) y = (x-hi)*c1 + c2; backward
     y = c1*g + c2*(x-hi) + c3."""
     cdef Py_ssize_t r = r0, seg_end, off
-    cdef void* block = malloc(5 * _tile_stride(C) * sizeof(floating) + 64)
+    cdef void* block = scratch_alloc(5 * _tile_stride(C) * sizeof(floating) + 64)
     if block == NULL:
         return
     cdef floating* work = <floating*>_aligned(block)
@@ -616,7 +616,7 @@ cdef void _rows_apply(const char* g, const char* x, char* y, int st, Py_ssize_t 
         r = seg_end
     if stream:
         fastnorm_stream_fence()
-    free(block)
+    scratch_free(block)
 
 
 cdef int _channel_forward(const char* x, char* y, int st, bint cl, Py_ssize_t N, Py_ssize_t C,
@@ -638,7 +638,7 @@ cdef int _channel_forward(const char* x, char* y, int st, bint cl, Py_ssize_t N,
         cl = False
     if not cl and per_sample and batch_stats:
         return _grouped_forward(x, y, st, N, C, S, cpg, w, b, eps, st_mean, st_var, nth)
-    cdef floating* coef = <floating*>malloc(3 * n_coef * sizeof(floating) + 8)
+    cdef floating* coef = <floating*>scratch_alloc(3 * n_coef * sizeof(floating) + 8)
     if coef == NULL:
         return -1
     cdef floating* hi = coef
@@ -646,15 +646,15 @@ cdef int _channel_forward(const char* x, char* y, int st, bint cl, Py_ssize_t N,
     cdef floating* cb = coef + 2 * n_coef
     cdef double lo
     if batch_stats:
-        count = <double*>malloc(2 * n_stats * sizeof(double) + 8)
+        count = <double*>scratch_alloc(2 * n_stats * sizeof(double) + 8)
         if count == NULL or _channel_stats(x, st, cl, N, C, S, cpg, per_sample, st_mean,
                                            count + n_stats, count, nth, <floating>0) != 0:
-            free(count)
-            free(coef)
+            scratch_free(count)
+            scratch_free(coef)
             return -1
         for s in range(n_stats):
             st_var[s] = count[n_stats + s] / count[s] if count[s] > 0 else NAN
-        free(count)
+        scratch_free(count)
     for i in range(n_coef):
         n = i // C
         c = i % C
@@ -674,7 +674,7 @@ cdef int _channel_forward(const char* x, char* y, int st, bint cl, Py_ssize_t N,
             hi[i] = 0
             cb[i] = <floating>((b[c] if b != NULL else 0.0) - mean * a)
     _channel_apply(x, y, st, cl, N, C, S, per_sample, hi, ca, cb, nth)
-    free(coef)
+    scratch_free(coef)
     return 0
 
 
@@ -724,17 +724,17 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
         return _grouped_backward(g, x, dx, storage, N, C, S, cpg, w, st_mean, st_rstd, batch_stats,
                                  grad_w, grad_b, nth)
     n_units = (N * C) if not cl else (N if per_sample else (nth if P >= nth else 1))
-    cdef double* sums = <double*>malloc((3 * n_units * (1 if not cl else C) + 4 * n_stats) * sizeof(double) + 8)
-    cdef floating* coef = <floating*>malloc(5 * n_coef * sizeof(floating) + 8)
+    cdef double* sums = <double*>scratch_alloc((3 * n_units * (1 if not cl else C) + 4 * n_stats) * sizeof(double) + 8)
+    cdef floating* coef = <floating*>scratch_alloc(5 * n_coef * sizeof(floating) + 8)
     cdef floating* scratch = NULL
     cdef void* scratch_block = NULL
     if cl:
-        scratch_block = malloc(5 * _tile_stride(C) * n_units * sizeof(floating) + 64)
+        scratch_block = scratch_alloc(5 * _tile_stride(C) * n_units * sizeof(floating) + 64)
         scratch = <floating*>_aligned(scratch_block) if scratch_block != NULL else NULL
     if sums == NULL or coef == NULL or (cl and scratch == NULL):
-        free(sums)
-        free(coef)
-        free(scratch_block)
+        scratch_free(sums)
+        scratch_free(coef)
+        scratch_free(scratch_block)
         return -1
     cdef double* st = sums + 3 * n_units * (1 if not cl else C)  # per stat: SA, SB, SD, count
     cdef floating* hi = coef
@@ -833,9 +833,9 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
             if grad_b != NULL:
                 grad_b[i] += ua
     if dx == NULL:
-        free(sums)
-        free(coef)
-        free(scratch_block)
+        scratch_free(sums)
+        scratch_free(coef)
+        scratch_free(scratch_block)
         return 0
     # 3. coefficients and the elementwise pass
     for i in range(n_coef):
@@ -878,9 +878,9 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
     if floating is float:
         _channel_backward_exact(g, x, dx, storage, cl, N, C, S, cpg, per_sample, batch_stats, w,
                                 st, st_mean, st_rstd, hi)
-    free(sums)
-    free(coef)
-    free(scratch_block)
+    scratch_free(sums)
+    scratch_free(coef)
+    scratch_free(scratch_block)
     return 0
 
 
@@ -1105,7 +1105,7 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
     cdef int p
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming_grad(N * C, S, isz)
-    cdef double* sums = <double*>malloc((3 * N * C + n_stats) * sizeof(double) + 8)
+    cdef double* sums = <double*>scratch_alloc((3 * N * C + n_stats) * sizeof(double) + 8)
     if sums == NULL:
         return -1
     cdef double* deltas = sums + 3 * N * C
@@ -1167,7 +1167,7 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
             grad_w[c] += st_rstd[s] * (sums[3 * bl + 1] - deltas[s] * sums[3 * bl])
         if grad_b != NULL:
             grad_b[c] += sums[3 * bl]
-    free(sums)
+    scratch_free(sums)
     return 0
 
 
@@ -1332,7 +1332,7 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
     cdef object y = _fast_output(xa, out)
     if y is None or not _out_clear(out, wa, ba, running_mean, running_var):
         return NotImplemented
-    cdef double* sm = <double*>malloc(2 * n_stats * sizeof(double) + 8)
+    cdef double* sm = <double*>scratch_alloc(2 * n_stats * sizeof(double) + 8)
     if sm == NULL:
         raise MemoryError()
     try:
@@ -1340,7 +1340,7 @@ def channel_norm_fast(int op, object x, object running_mean, object running_var,
                                  m, e, N, C, S, cpg, cl, n_stats, ctype, typenum, n_threads,
                                  return_stats, sm, sm + n_stats)
     finally:
-        free(sm)
+        scratch_free(sm)
 
 
 cdef object _channel_norm_run(int op, cnp.ndarray xa, object y, object running_mean,
@@ -1404,7 +1404,7 @@ cdef void _blend_instance(object running_mean, object running_var, const double*
     """InstanceNorm's running statistics absorb the batch mean of the
     per-instance mean and unbiased variance, summed over the samples in order
     and divided by N (the general path's NumPy mean over axis 0)."""
-    cdef double* avg = <double*>malloc(2 * C * sizeof(double) + 8)
+    cdef double* avg = <double*>scratch_alloc(2 * C * sizeof(double) + 8)
     cdef double unbias = <double>S / <double>(S - 1)
     if avg == NULL:
         raise MemoryError()
@@ -1414,7 +1414,7 @@ cdef void _blend_instance(object running_mean, object running_var, const double*
         _blend(running_mean, avg, C, m, 1.0)
     if running_var is not None:
         _blend(running_var, avg + C, C, m, 1.0)
-    free(avg)
+    scratch_free(avg)
 
 
 cdef object _stats_out_tiled(const double* v, Py_ssize_t N, Py_ssize_t C, int ctype, double eps,
@@ -1473,13 +1473,13 @@ cdef object _grad_as(object p, double* values, Py_ssize_t C):
         for c in range(C):
             (<float*>cnp.PyArray_DATA(out))[c] = <float>values[c]
     else:  # 16-bit: round once from float
-        tmp = <float*>malloc(C * sizeof(float) + 4)
+        tmp = <float*>scratch_alloc(C * sizeof(float) + 4)
         if tmp == NULL:
             raise MemoryError()
         for c in range(C):
             tmp[c] = <float>values[c]
         fn_narrow(storage_of(t, &dbl), tmp, cnp.PyArray_DATA(out), C)
-        free(tmp)
+        scratch_free(tmp)
     return out
 
 
@@ -1519,7 +1519,7 @@ def channel_backward_fast(int op, object grad_out, object x, object mean, object
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     cdef Py_ssize_t n_stats = d0 * d1
-    cdef double* buf = <double*>malloc((2 * n_stats + 2 * C) * sizeof(double) + 8)
+    cdef double* buf = <double*>scratch_alloc((2 * n_stats + 2 * C) * sizeof(double) + 8)
     if buf == NULL:
         raise MemoryError()
     cdef double* sm = buf
@@ -1527,7 +1527,7 @@ def channel_backward_fast(int op, object grad_out, object x, object mean, object
     cdef double* gw = buf + 2 * n_stats
     cdef double* gb = gw + C
     if not _fast_stats(mean, nd, d0, d1, sm) or not _fast_stats(rstd, nd, d0, d1, sr):
-        free(buf)
+        scratch_free(buf)
         return NotImplemented
     cdef object dx = empty_array(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum)
     cdef int st = storage_of(typenum, &dbl)
@@ -1549,9 +1549,9 @@ def channel_backward_fast(int op, object grad_out, object x, object mean, object
             status = _channel_backward[double](gp, xp, dp, st, cl, N, C, S, cpg, per_sample,
                                                <const double*>w, sm, sr, bs, gwp, gbp, nth)
     if status != 0:
-        free(buf)
+        scratch_free(buf)
         raise MemoryError("fastnorm: out of memory in a channel normalization backward")
     cdef object grad_w = _grad_as(weight, gw, C) if weight is not None else None
     cdef object grad_b = _grad_as(bias, gb, C) if bias is not None else None
-    free(buf)
+    scratch_free(buf)
     return dx, grad_w, grad_b

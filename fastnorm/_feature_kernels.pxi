@@ -34,7 +34,7 @@ cdef int _moments_core(const char* x, int st, bint dbl, Py_ssize_t N, Py_ssize_t
             mean[f] = NAN
             var[f] = NAN
         return 0
-    count = <double*>malloc(2 * F * sizeof(double) + 8)
+    count = <double*>scratch_alloc(2 * F * sizeof(double) + 8)
     if count == NULL:
         return -1
     if not dbl:
@@ -45,7 +45,7 @@ cdef int _moments_core(const char* x, int st, bint dbl, Py_ssize_t N, Py_ssize_t
                                         <double>0)
     for f in range(F):
         var[f] = count[F + f] / count[f] if count[f] > 0 else NAN
-    free(count)
+    scratch_free(count)
     return status
 
 
@@ -54,7 +54,7 @@ cdef int _affine_given(const char* x, char* y, int st, Py_ssize_t N, Py_ssize_t 
                        int nth, floating tag) noexcept nogil:
     """y = (x - centre_f) * scale_f + shift_f, with x - centre exact for x
     near the centre (the centre split in two floats).  -1: no memory."""
-    cdef floating* coef = <floating*>malloc(3 * F * sizeof(floating) + 8)
+    cdef floating* coef = <floating*>scratch_alloc(3 * F * sizeof(floating) + 8)
     cdef Py_ssize_t f
     if coef == NULL:
         return -1
@@ -63,7 +63,7 @@ cdef int _affine_given(const char* x, char* y, int st, Py_ssize_t N, Py_ssize_t 
         coef[F + f] = <floating>scale[f]
         coef[2 * F + f] = <floating>(shift[f] - (centre[f] - <double>coef[f]) * scale[f])
     _channel_apply(x, y, st, True, N, F, 1, False, coef, coef + F, coef + 2 * F, nth)
-    free(coef)
+    scratch_free(coef)
     return 0
 
 
@@ -113,7 +113,7 @@ cdef int _minmax_parts(const char* x, int st, Py_ssize_t N, Py_ssize_t F, double
     cdef Py_ssize_t f
     if nth > N:
         nth = <int>N if N > 0 else 1
-    part = <floating*>malloc(2 * nth * F * sizeof(floating) + 8)
+    part = <floating*>scratch_alloc(2 * nth * F * sizeof(floating) + 8)
     if part == NULL:
         return -1
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
@@ -128,7 +128,7 @@ cdef int _minmax_parts(const char* x, int st, Py_ssize_t N, Py_ssize_t F, double
         if mn[f] > mx[f]:  # only NaN in the column
             mn[f] = NAN
             mx[f] = NAN
-    free(part)
+    scratch_free(part)
     return 0
 
 
@@ -171,11 +171,11 @@ cdef int _arg_extremes(const char* x, int st, Py_ssize_t N, Py_ssize_t F, Py_ssi
     cdef Py_ssize_t f
     if nth > N:
         nth = <int>N if N > 0 else 1
-    cdef floating* val = <floating*>malloc(2 * nth * F * sizeof(floating) + 8)
-    cdef Py_ssize_t* idx = <Py_ssize_t*>malloc(2 * nth * F * sizeof(Py_ssize_t) + 8)
+    cdef floating* val = <floating*>scratch_alloc(2 * nth * F * sizeof(floating) + 8)
+    cdef Py_ssize_t* idx = <Py_ssize_t*>scratch_alloc(2 * nth * F * sizeof(Py_ssize_t) + 8)
     if val == NULL or idx == NULL:
-        free(val)
-        free(idx)
+        scratch_free(val)
+        scratch_free(idx)
         return -1
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         _rows_arg_extremes(x, st, _part_start(N, nth, p), _part_start(N, nth, p + 1), F,
@@ -191,8 +191,8 @@ cdef int _arg_extremes(const char* x, int st, Py_ssize_t N, Py_ssize_t F, Py_ssi
             if val[2 * p * F + F + f] > val[F + f]:
                 val[F + f] = val[2 * p * F + F + f]
                 amax[f] = idx[2 * p * F + F + f]
-    free(val)
-    free(idx)
+    scratch_free(val)
+    scratch_free(idx)
     return 0
 
 
@@ -201,7 +201,7 @@ cdef int _column_sums(const char* g, const char* x, int st, Py_ssize_t N, Py_ssi
                       floating tag) noexcept nogil:
     """Per column: sum g * (x - centre) and sum g (the channel engine's
     backward sums, without its elementwise pass)."""
-    cdef double* ones = <double*>malloc(F * sizeof(double) + 8)
+    cdef double* ones = <double*>scratch_alloc(F * sizeof(double) + 8)
     cdef Py_ssize_t f
     cdef int status
     if ones == NULL:
@@ -210,7 +210,7 @@ cdef int _column_sums(const char* g, const char* x, int st, Py_ssize_t N, Py_ssi
         ones[f] = 1.0
     status = _channel_backward(g, x, NULL, st, True, N, F, 1, 1, False, <const floating*>NULL,
                                centre, ones, False, sum_gt, sum_g, nth)
-    free(ones)
+    scratch_free(ones)
     return status
 
 
@@ -219,7 +219,7 @@ cdef int _grad_apply(const char* g, const char* x, char* dx, int st, Py_ssize_t 
                      const double* gamma, int nth, floating tag) noexcept nogil:
     """dx = alpha_f * g + beta_f * (x - hi_f) + gamma_f (the channel engine's
     backward pass), with x - hi exact for x near hi (hi split in two floats)."""
-    cdef floating* coef = <floating*>malloc(4 * F * sizeof(floating) + 8)
+    cdef floating* coef = <floating*>scratch_alloc(4 * F * sizeof(floating) + 8)
     cdef Py_ssize_t f
     cdef int p
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
@@ -234,7 +234,7 @@ cdef int _grad_apply(const char* g, const char* x, char* dx, int st, Py_ssize_t 
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         _rows_apply(g, x, dx, st, _part_start(N, nth, p), _part_start(N, nth, p + 1), F, 1, False,
                     coef, coef + F, coef + 2 * F, coef + 3 * F, stream)
-    free(coef)
+    scratch_free(coef)
     return 0
 
 
@@ -244,7 +244,7 @@ cdef int _standardize_grad(const char* g, const char* x, char* dx, int st, Py_ss
                            floating tag) noexcept nogil:
     """The gradient of standardize (see standardize_backward), as at most one
     pass of column sums and one elementwise pass.  -1: no memory."""
-    cdef double* buf = <double*>malloc(7 * F * sizeof(double) + 8)
+    cdef double* buf = <double*>scratch_alloc(7 * F * sizeof(double) + 8)
     cdef floating* w = NULL
     cdef double* scale = buf
     cdef double* hi = buf + F
@@ -268,17 +268,17 @@ cdef int _standardize_grad(const char* g, const char* x, char* dx, int st, Py_ss
         # BatchNorm's backward with rstd' = c / std and weight 1 / c, c = sqrt(N / (N - ddof)),
         # is exactly this gradient (and g - mean(g) for std 0, where rstd' = c)
         c = sqrt(<double>N / <double>(N - ddof))
-        w = <floating*>malloc(F * sizeof(floating) + 8)
+        w = <floating*>scratch_alloc(F * sizeof(floating) + 8)
         if w == NULL:
-            free(buf)
+            scratch_free(buf)
             return -1
         for f in range(F):
             w[f] = <floating>(1.0 / c)
             scale[f] = c * scale[f]
         status = _channel_backward(g, x, dx, st, True, N, F, 1, 1, False, <const floating*>w, mean,
                                    scale, True, NULL, NULL, nth)
-        free(w)
-        free(buf)
+        scratch_free(w)
+        scratch_free(buf)
         return status
     if fitted and not with_std and with_mean:  # z = x - mean: g - mean(g)
         status = _column_sums(g, x, st, N, F, hi, s_gt, s_g, nth, <floating>0)
@@ -299,7 +299,7 @@ cdef int _standardize_grad(const char* g, const char* x, char* dx, int st, Py_ss
             alpha[f] = 1.0
     if status == 0:
         status = _grad_apply(g, x, dx, st, N, F, hi, alpha, beta, gamma, nth, <floating>0)
-    free(buf)
+    scratch_free(buf)
     return status
 
 
@@ -309,8 +309,8 @@ cdef int _min_max_grad(const char* g, const char* x, char* dx, int st, Py_ssize_
     """The gradient of min_max_scale (see min_max_scale_backward): g * scale
     everywhere, plus, when fitted, each column's min / max terms at the
     first row holding its min / max.  -1: no memory."""
-    cdef double* buf = <double*>malloc(7 * F * sizeof(double) + 8)
-    cdef Py_ssize_t* arg = <Py_ssize_t*>malloc(2 * F * sizeof(Py_ssize_t) + 8)
+    cdef double* buf = <double*>scratch_alloc(7 * F * sizeof(double) + 8)
+    cdef Py_ssize_t* arg = <Py_ssize_t*>scratch_alloc(2 * F * sizeof(Py_ssize_t) + 8)
     cdef double* scale = buf
     cdef double* zero = buf + F
     cdef double* centre = buf + 2 * F
@@ -326,8 +326,8 @@ cdef int _min_max_grad(const char* g, const char* x, char* dx, int st, Py_ssize_
     cdef volatile float product
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     if buf == NULL or arg == NULL:
-        free(buf)
-        free(arg)
+        scratch_free(buf)
+        scratch_free(arg)
         return -1
     for f in range(F):
         span = mx[f] - mn[f]
@@ -338,15 +338,15 @@ cdef int _min_max_grad(const char* g, const char* x, char* dx, int st, Py_ssize_
                      (DBL_MAX if mn[f] == INFINITY else (-DBL_MAX if mn[f] == -INFINITY else mn[f])))
     status = _grad_apply(g, x, dx, st, N, F, zero, scale, zero, zero, nth, <floating>0)
     if status != 0 or not fitted or N == 0:
-        free(buf)
-        free(arg)
+        scratch_free(buf)
+        scratch_free(arg)
         return status
     status = _column_sums(g, x, st, N, F, centre, s_gx, s_g, nth, <floating>0)
     if status == 0:
         status = _arg_extremes(x, st, N, F, arg, arg + F, nth, <floating>0)
     if status != 0:
-        free(buf)
-        free(arg)
+        scratch_free(buf)
+        scratch_free(arg)
         return status
     for f in range(F):
         span = mx[f] - mn[f]
@@ -375,8 +375,8 @@ cdef int _min_max_grad(const char* g, const char* x, char* dx, int st, Py_ssize_
                 if arg[F + f] == arg[f]:
                     v16 = v16 + <float>d_max[f]
                 fn_narrow(st, &v16, dx + i * isz, 1)
-    free(buf)
-    free(arg)
+    scratch_free(buf)
+    scratch_free(arg)
     return 0
 
 
@@ -670,7 +670,7 @@ def standardize_fast(object x, object axis, object ddof, object mean, object std
             return NotImplemented
         mp = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean_v)
         sp = <double*>cnp.PyArray_DATA(<cnp.ndarray>std_v)
-    cdef double* coef = <double*>malloc(3 * F * sizeof(double) + 8)
+    cdef double* coef = <double*>scratch_alloc(3 * F * sizeof(double) + 8)
     if coef == NULL:
         raise MemoryError()
     for f in range(F):
@@ -680,7 +680,7 @@ def standardize_fast(object x, object axis, object ddof, object mean, object std
     with nogil:
         status = _affine_core(xp, <char*>cnp.PyArray_DATA(<cnp.ndarray>y), st, dbl, N, F, coef,
                               coef + F, coef + 2 * F, nth)
-    free(coef)
+    scratch_free(coef)
     _raise_status(status)
     if not return_stats:
         return y
@@ -745,7 +745,7 @@ def min_max_scale_fast(object x, object axis, object feature_range, object data_
             return NotImplemented
         a = <double*>cnp.PyArray_DATA(<cnp.ndarray>mn)
         b = <double*>cnp.PyArray_DATA(<cnp.ndarray>mx)
-    cdef double* coef = <double*>malloc(2 * F * sizeof(double) + 8)
+    cdef double* coef = <double*>scratch_alloc(2 * F * sizeof(double) + 8)
     if coef == NULL:
         raise MemoryError()
     for f in range(F):
@@ -755,7 +755,7 @@ def min_max_scale_fast(object x, object axis, object feature_range, object data_
     with nogil:
         status = _affine_core(xp, <char*>cnp.PyArray_DATA(<cnp.ndarray>y), st, dbl, N, F, a, coef,
                               coef + F, nth)
-    free(coef)
+    scratch_free(coef)
     _raise_status(status)
     if not return_stats:
         return y

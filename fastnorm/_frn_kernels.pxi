@@ -176,7 +176,7 @@ def frn_forward(cnp.ndarray x, cnp.ndarray y, bint cl, Py_ssize_t N, Py_ssize_t 
                                           (<const float*>tp)[c] if has_tau else 0, has_tau,
                                           <float*>rp + bl)
                 _row_done(storage, sc, 1, S, <char*>yp + 2 * bl * S)
-        free(scratch)
+        scratch_free(scratch)
     elif typenum == cnp.NPY_FLOAT32:
         with nogil:
             for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
@@ -242,7 +242,7 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
         if status != 0:
             raise MemoryError()
         return
-    cdef double* sums = <double*>malloc(3 * N * C * sizeof(double) + 8)
+    cdef double* sums = <double*>scratch_alloc(3 * N * C * sizeof(double) + 8)
     if sums == NULL:
         raise MemoryError()
     cdef float* scratch = NULL
@@ -251,7 +251,7 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
         if storage != ST_NATIVE:
             scratch = _stage_scratch(storage, nth, 3, S)
             if scratch == NULL:
-                free(sums)
+                scratch_free(sums)
                 raise MemoryError("fastnorm: could not allocate the staging blocks")
             with nogil:
                 for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
@@ -265,7 +265,7 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
                                                (<const float*>rp)[bl], &sums[3 * bl], &sums[3 * bl + 1],
                                                &sums[3 * bl + 2])
                     _row_done(storage, sc, 2, S, <char*>dp + 2 * bl * S)
-            free(scratch)
+            scratch_free(scratch)
         elif typenum == cnp.NPY_FLOAT32:
             with nogil:
                 for bl in prange(N * C, schedule='static', num_threads=nth, use_threads_if=nth > 1):
@@ -295,7 +295,7 @@ def frn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_ssize
         gb[c] += sums[3 * bl]
         gw[c] += sums[3 * bl + 1]
         gt[c] += sums[3 * bl + 2]
-    free(sums)
+    scratch_free(sums)
 
 
 # ---------------------------------------------------------------- channels-last
@@ -387,8 +387,8 @@ cdef int _frn_cl_forward(const char* xb, char* yb, int st, Py_ssize_t N, Py_ssiz
     cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1, q
     cdef Py_ssize_t work_len = 3 * _tile_stride(C)
     cdef Py_ssize_t stage_len = 2 * FRN_CL_ROWS * C if st != ST_NATIVE else 0
-    cdef double* sq = <double*>malloc(2 * units * C * sizeof(double) + 8)
-    cdef floating* zero = <floating*>malloc((C + N * C) * sizeof(floating)
+    cdef double* sq = <double*>scratch_alloc(2 * units * C * sizeof(double) + 8)
+    cdef floating* zero = <floating*>scratch_alloc((C + N * C) * sizeof(floating)
                                             + (nth * (work_len + stage_len) + 16) * sizeof(floating) + 64)
     cdef floating* a
     cdef floating* scratch
@@ -396,8 +396,8 @@ cdef int _frn_cl_forward(const char* xb, char* yb, int st, Py_ssize_t N, Py_ssiz
     cdef double s2, rs
     cdef int p
     if sq == NULL or zero == NULL:
-        free(sq)
-        free(zero)
+        scratch_free(sq)
+        scratch_free(zero)
         return -1
     a = zero + C
     scratch = <floating*>_aligned(a + N * C)
@@ -417,7 +417,7 @@ cdef int _frn_cl_forward(const char* xb, char* yb, int st, Py_ssize_t N, Py_ssiz
             rs = 1.0 / sqrt(s2 / S + eps)
             rstd[n * C + c] = <floating>rs
             a[n * C + c] = <floating>(w[c] * rs)
-    free(sq)
+    scratch_free(sq)
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         r0 = _part_start(N * S, nth, p)
         r1 = _part_start(N * S, nth, p + 1)
@@ -432,7 +432,7 @@ cdef int _frn_cl_forward(const char* xb, char* yb, int st, Py_ssize_t N, Py_ssiz
                 _frn_cl_apply_rows(stage, stage + FRN_CL_ROWS * C, r, q, r, C, S, a, b, tau)
                 fn_narrow(st, <float*>(stage + FRN_CL_ROWS * C), yb + 2 * r * C, (q - r) * C)
                 r = q
-    free(zero)
+    scratch_free(zero)
     return 0
 
 
@@ -471,17 +471,17 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
     sums are the float32 kernel's), and dx narrowed from float32 rows."""
     cdef Py_ssize_t parts = _frn_parts(N, S, nth), units = N * parts, u, n, c, r, r0, r1, q
     cdef Py_ssize_t stage_len = 3 * FRN_CL_ROWS * C if st != ST_NATIVE else 0
-    cdef double* sums = <double*>malloc(3 * units * C * sizeof(double) + 8)
+    cdef double* sums = <double*>scratch_alloc(3 * units * C * sizeof(double) + 8)
     # a and coef per (sample, channel), then per thread 3 * C float sums and the staged rows
-    cdef floating* a = <floating*>malloc((2 * N * C + (3 * C + stage_len) * nth) * sizeof(floating) + 8)
+    cdef floating* a = <floating*>scratch_alloc((2 * N * C + (3 * C + stage_len) * nth) * sizeof(floating) + 8)
     cdef floating* coef
     cdef floating* acc
     cdef floating* stage
     cdef double sa, sx, sg, rs
     cdef int p
     if sums == NULL or a == NULL:
-        free(sums)
-        free(a)
+        scratch_free(sums)
+        scratch_free(a)
         return -1
     coef = a + N * C
     acc = coef + N * C
@@ -523,7 +523,7 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
             gb[c] += sa
             gw[c] += sx * rs
             gt[c] += sg
-    free(sums)
+    scratch_free(sums)
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         r0 = _part_start(N * S, nth, p)
         r1 = _part_start(N * S, nth, p + 1)
@@ -539,7 +539,7 @@ cdef int _frn_cl_backward(const char* gb_, const char* xb, char* db, int st, Py_
                                   C, S, a, b, tau, coef, rstd)
                 fn_narrow(st, <float*>(stage + 2 * FRN_CL_ROWS * C), db + 2 * r * C, (q - r) * C)
                 r = q
-    free(a)
+    scratch_free(a)
     return 0
 
 

@@ -30,11 +30,10 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, fabs, NAN, INFINITY
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport uint16_t
 
-from fastnorm._buffers cimport empty_array
+from fastnorm._buffers cimport empty_array, scratch_alloc, scratch_free
 from fastnorm._openmp cimport (omp_get_max_threads, omp_get_num_threads, omp_get_thread_num,
                               FASTNORM_HAVE_OPENMP, FASTNORM_SERIAL_FASTPATH,
                               fastnorm_parallel_runtime_found)
@@ -158,7 +157,9 @@ cdef enum:
     BLOCK = 256             # elements summed in `floating` before a flush to double
     FLUSH_ROWS = 32         # rows accumulated in `floating` grad_weight partials
     MIN_PARALLEL_WORK = 32768   # below this many elements a call stays serial
+    STAGE_CHUNK = 4096      # 16-bit values widened at a time into float32 staging
     MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
+    WIDE_ROWS_PER_THREAD = 32   # ... while there are fewer than this many rows per thread (bwd)
     CANCELLATION_LIMIT = 16     # see _one_pass_ok
     STREAM_MIN_BYTES = 16 << 20 # outputs at least this large bypass the caches
 
@@ -227,11 +228,11 @@ cdef inline void _row_done(int storage, floating* scratch, int slot, Py_ssize_t 
 
 cdef inline float* _stage_scratch(int storage, int nth, int slots, Py_ssize_t n) noexcept nogil:
     """Scratch of `slots` rows of n floats per thread (NULL for native data:
-    nothing to stage).  The caller frees it; a NULL for staged data is out
+    nothing to stage).  The caller frees it with scratch_free; a NULL for staged data is out
     of memory."""
     if storage == ST_NATIVE:
         return NULL
-    return <float*>malloc(<size_t>nth * slots * n * sizeof(float) + 64)
+    return <float*>scratch_alloc(<size_t>nth * slots * n * sizeof(float) + 64)
 
 
 def widen_narrow(cnp.ndarray src, cnp.ndarray dst, object n_threads=None):
@@ -965,7 +966,7 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef double* partial = NULL
     cdef bint stream = _use_streaming(M, n, sizeof(floating) if storage == ST_NATIVE else 2)
     if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
-        partial = <double*>malloc(2 * nth * sizeof(double))
+        partial = <double*>scratch_alloc(2 * nth * sizeof(double))
     if partial != NULL:
         for r in range(M):
             if storage == ST_NATIVE:
@@ -978,7 +979,7 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                 mean[r] = <floating>m
             if rstd != NULL:
                 rstd[r] = <floating>s
-        free(partial)
+        scratch_free(partial)
         return 0
     if nth > M:
         nth = <int>M
@@ -1024,14 +1025,14 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     cdef floating* y
     cdef bint stream = _use_streaming(M, n, sizeof(floating) if storage == ST_NATIVE else 2)
     if nth > 1 and M < nth and n >= MIN_WIDE_ROW:
-        partial = <double*>malloc(2 * nth * sizeof(double))
+        partial = <double*>scratch_alloc(2 * nth * sizeof(double))
     if partial != NULL and storage != ST_NATIVE:
         for r in range(M):
             s = _rms_forward_wide_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w, eps,
                                         partial, nth)
             if rstd != NULL:
                 rstd[r] = <floating>s
-        free(partial)
+        scratch_free(partial)
         return 0
     if partial != NULL:
         for r in range(M):
@@ -1052,7 +1053,7 @@ cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                                        <floating>s, False)
             if rstd != NULL:
                 rstd[r] = <floating>s
-        free(partial)
+        scratch_free(partial)
         return 0
     if nth > M:
         nth = <int>M
@@ -1073,6 +1074,125 @@ cdef inline void _flush_partials(floating* acc, double* total, Py_ssize_t n) noe
         acc[k] = 0
 
 
+cdef inline Py_ssize_t _stage_len(int storage, Py_ssize_t n) noexcept nogil:
+    """Values staged at a time: the whole row for native data (no copy), else
+    STAGE_CHUNK (a chunk of every staged row stays in L2)."""
+    if storage == ST_NATIVE or n < STAGE_CHUNK:
+        return n
+    return STAGE_CHUNK
+
+
+cdef inline void _ln_row_sums(int storage, floating* scratch, const char* g, const char* x,
+                              const floating* w, Py_ssize_t n, floating mean, floating rstd,
+                              double* sum_gw, double* sum_gw_xhat, double* sum_xhat) noexcept nogil:
+    """_ln_backward_sums over one row of the storage dtype: 16-bit rows are
+    widened _stage_len values at a time into scratch slots 0 and 1 and the
+    chunks' sums added in double."""
+    cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
+    cdef double pa, pb, pc
+    if storage == ST_NATIVE:
+        _ln_backward_sums(<const floating*>g, <const floating*>x, w, n, mean, rstd,
+                          sum_gw, sum_gw_xhat, sum_xhat)
+        return
+    sum_gw[0] = 0.0
+    sum_gw_xhat[0] = 0.0
+    sum_xhat[0] = 0.0
+    while k0 < n:
+        L = ch if n - k0 > ch else n - k0
+        _ln_backward_sums(_row_in(storage, scratch, 0, L, g + 2 * k0),
+                          _row_in(storage, scratch, 1, L, x + 2 * k0),
+                          w + k0 if w != NULL else NULL, L, mean, rstd, &pa, &pb, &pc)
+        sum_gw[0] += pa
+        sum_gw_xhat[0] += pb
+        sum_xhat[0] += pc
+        k0 += L
+
+
+cdef inline double _rms_row_sum(int storage, floating* scratch, const char* g, const char* x,
+                                const floating* w, Py_ssize_t n) noexcept nogil:
+    """_rms_backward_sum over one row of the storage dtype (as _ln_row_sums)."""
+    cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
+    cdef double s = 0.0
+    if storage == ST_NATIVE:
+        return _rms_backward_sum(<const floating*>g, <const floating*>x, w, n)
+    while k0 < n:
+        L = ch if n - k0 > ch else n - k0
+        s += _rms_backward_sum(_row_in(storage, scratch, 0, L, g + 2 * k0),
+                               _row_in(storage, scratch, 1, L, x + 2 * k0),
+                               w + k0 if w != NULL else NULL, L)
+        k0 += L
+    return s
+
+
+cdef void _ln_backward_apply(int storage, floating* scratch, int m, const char** g,
+                             const char** x, char** d, const floating* w, Py_ssize_t n,
+                             const floating* m4, const floating* s4, const floating* sh4,
+                             const floating* mg4, const floating* mgx4,
+                             floating* gw_acc, floating* gb_acc) noexcept nogil:
+    """dx of m = 1 or 4 rows (row j: g[j], x[j] -> d[j], its scalars in
+    m4..mgx4), partials added to gw_acc / gb_acc; four rows go through
+    fastnorm_ln_backward4 (partials kept in registers across the four).
+    16-bit rows are staged _stage_len values at a time (scratch slots j,
+    4 + j, 8 + j)."""
+    cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
+    cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
+    cdef int j
+    cdef const floating* gp[4]
+    cdef const floating* xp[4]
+    cdef floating* dp[4]
+    while k0 < n:
+        L = ch if n - k0 > ch else n - k0
+        for j in range(m):
+            gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
+            xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
+            dp[j] = _row_out(storage, scratch, 8 + j, L, d[j] + k0 * isz)
+        if m == 4:
+            if floating is float:
+                fastnorm_ln_backward4_f(gp, xp, dp, w + k0, L, m4, s4, sh4, mg4, mgx4,
+                                        gw_acc + k0, gb_acc + k0)
+            else:
+                fastnorm_ln_backward4_d(gp, xp, dp, w + k0, L, m4, s4, sh4, mg4, mgx4,
+                                        gw_acc + k0, gb_acc + k0)
+        else:
+            _ln_backward_segment(gp[0], xp[0], w + k0 if w != NULL else NULL, dp[0], L,
+                                 m4[0], s4[0], sh4[0], mg4[0], mgx4[0],
+                                 gw_acc + k0 if gw_acc != NULL else NULL,
+                                 gb_acc + k0 if gb_acc != NULL else NULL)
+        for j in range(m):
+            _row_done(storage, scratch, 8 + j, L, d[j] + k0 * isz)
+        k0 += L
+
+
+cdef void _rms_backward_apply(int storage, floating* scratch, int m, const char** g,
+                              const char** x, char** d, const floating* w, Py_ssize_t n,
+                              const floating* s4, const floating* c4,
+                              floating* gw_acc) noexcept nogil:
+    """As _ln_backward_apply, for RMSNorm (fastnorm_rms_backward4 for four)."""
+    cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
+    cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
+    cdef int j
+    cdef const floating* gp[4]
+    cdef const floating* xp[4]
+    cdef floating* dp[4]
+    while k0 < n:
+        L = ch if n - k0 > ch else n - k0
+        for j in range(m):
+            gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
+            xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
+            dp[j] = _row_out(storage, scratch, 8 + j, L, d[j] + k0 * isz)
+        if m == 4:
+            if floating is float:
+                fastnorm_rms_backward4_f(gp, xp, dp, w + k0, L, s4, c4, gw_acc + k0)
+            else:
+                fastnorm_rms_backward4_d(gp, xp, dp, w + k0, L, s4, c4, gw_acc + k0)
+        else:
+            _rms_backward_segment(gp[0], xp[0], w + k0 if w != NULL else NULL, dp[0], L,
+                                  s4[0], c4[0], gw_acc + k0 if gw_acc != NULL else NULL)
+        for j in range(m):
+            _row_done(storage, scratch, 8 + j, L, d[j] + k0 * isz)
+        k0 += L
+
+
 cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
                             char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                             const floating* mean, const floating* rstd, const floating* w,
@@ -1080,14 +1200,15 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
                             double* gw_total, double* gb_total,
                             int storage, floating* scratch) noexcept nogil:
     """Backward over rows [r0, r1); parameter-gradient partials accumulate in
-    `floating` and are flushed into the chunk's double totals every FLUSH_ROWS
-    rows.  With both partials (the layer's case) rows go four at a time
-    through fastnorm_ln_backward4, which keeps the partials in registers
-    across the four."""
-    cdef Py_ssize_t r, j, m
-    cdef const floating* gp[4]
-    cdef const floating* xp[4]
-    cdef floating* dp[4]
+    `floating` and are flushed into the chunk's double totals every
+    FLUSH_ROWS rows (totals NULL: at most FLUSH_ROWS rows, the partials are
+    the sums).  With both partials (the layer's case) rows go four at a time.
+    scratch: 12 * _stage_len floats for 16-bit rows."""
+    cdef Py_ssize_t r
+    cdef int j, m
+    cdef const char* gp[4]
+    cdef const char* xp[4]
+    cdef char* dp[4]
     cdef floating m4[4]
     cdef floating s4[4]
     cdef floating sh4[4]
@@ -1100,10 +1221,11 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
     while r < r1:
         m = 4 if four and r + 4 <= r1 else 1
         for j in range(m):
-            gp[j] = _row_in(storage, scratch, j, n, gb_ + (r + j) * gs)
-            xp[j] = _row_in(storage, scratch, 4 + j, n, xb + (r + j) * xs)
-            dp[j] = _row_out(storage, scratch, 8 + j, n, db + (r + j) * ds)
-            _ln_backward_sums(gp[j], xp[j], w, n, mean[r + j], rstd[r + j], &a, &bsum, &c)
+            gp[j] = gb_ + (r + j) * gs
+            xp[j] = xb + (r + j) * xs
+            dp[j] = db + (r + j) * ds
+            _ln_row_sums(storage, scratch, gp[j], xp[j], w, n, mean[r + j], rstd[r + j],
+                         &a, &bsum, &c)
             # xhat should average to zero; whatever the rounding of the stored
             # mean left over (c / n) is removed, which keeps float32 rows with a
             # large offset accurate.
@@ -1112,27 +1234,19 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
             sh4[j] = <floating>(c * inv_n)
             mg4[j] = <floating>(a * inv_n)
             mgx4[j] = <floating>((bsum - c * inv_n * a) * inv_n)
-        if m == 4:
-            if floating is float:
-                fastnorm_ln_backward4_f(gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4, gw_acc, gb_acc)
-            else:
-                fastnorm_ln_backward4_d(gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4, gw_acc, gb_acc)
-        else:
-            _ln_backward_segment(gp[0], xp[0], w, dp[0], n, m4[0], s4[0], sh4[0], mg4[0], mgx4[0],
-                                 gw_acc, gb_acc)
-        for j in range(m):
-            _row_done(storage, scratch, 8 + j, n, db + (r + j) * ds)
+        _ln_backward_apply(storage, scratch, m, gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4,
+                           gw_acc, gb_acc)
         r += m
         pending += m
         if pending >= FLUSH_ROWS:
-            if gw_acc != NULL:
+            if gw_total != NULL:
                 _flush_partials(gw_acc, gw_total, n)
-            if gb_acc != NULL:
+            if gb_total != NULL:
                 _flush_partials(gb_acc, gb_total, n)
             pending = 0
-    if gw_acc != NULL:
+    if gw_total != NULL:
         _flush_partials(gw_acc, gw_total, n)
-    if gb_acc != NULL:
+    if gb_total != NULL:
         _flush_partials(gb_acc, gb_total, n)
 
 
@@ -1141,12 +1255,13 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
                              const floating* rstd, const floating* w,
                              floating* gw_acc, double* gw_total,
                              int storage, floating* scratch) noexcept nogil:
-    """As _ln_backward_rows: four rows at a time through fastnorm_rms_backward4
-    when there is a weight and its gradient is wanted."""
-    cdef Py_ssize_t r, j, m
-    cdef const floating* gp[4]
-    cdef const floating* xp[4]
-    cdef floating* dp[4]
+    """As _ln_backward_rows: four rows at a time when there is a weight and
+    its gradient is wanted."""
+    cdef Py_ssize_t r
+    cdef int j, m
+    cdef const char* gp[4]
+    cdef const char* xp[4]
+    cdef char* dp[4]
     cdef floating s4[4]
     cdef floating c4[4]
     cdef double s
@@ -1156,192 +1271,297 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
     while r < r1:
         m = 4 if four and r + 4 <= r1 else 1
         for j in range(m):
-            gp[j] = _row_in(storage, scratch, j, n, gb_ + (r + j) * gs)
-            xp[j] = _row_in(storage, scratch, 4 + j, n, xb + (r + j) * xs)
-            dp[j] = _row_out(storage, scratch, 8 + j, n, db + (r + j) * ds)
+            gp[j] = gb_ + (r + j) * gs
+            xp[j] = xb + (r + j) * xs
+            dp[j] = db + (r + j) * ds
             s = rstd[r + j]
             s4[j] = <floating>s
-            c4[j] = <floating>(s * _rms_backward_sum(gp[j], xp[j], w, n) / n)
-        if m == 4:
-            if floating is float:
-                fastnorm_rms_backward4_f(gp, xp, dp, w, n, s4, c4, gw_acc)
-            else:
-                fastnorm_rms_backward4_d(gp, xp, dp, w, n, s4, c4, gw_acc)
-        else:
-            _rms_backward_segment(gp[0], xp[0], w, dp[0], n, s4[0], c4[0], gw_acc)
-        for j in range(m):
-            _row_done(storage, scratch, 8 + j, n, db + (r + j) * ds)
+            c4[j] = <floating>(s * _rms_row_sum(storage, scratch, gp[j], xp[j], w, n) / n)
+        _rms_backward_apply(storage, scratch, m, gp, xp, dp, w, n, s4, c4, gw_acc)
         r += m
         pending += m
-        if pending >= FLUSH_ROWS and gw_acc != NULL:
+        if pending >= FLUSH_ROWS and gw_total != NULL:
             _flush_partials(gw_acc, gw_total, n)
             pending = 0
-    if gw_acc != NULL:
+    if gw_total != NULL:
         _flush_partials(gw_acc, gw_total, n)
 
 
-cdef void _ln_backward_wide_row(const floating* g, const floating* x, const floating* w,
-                                floating* dx, Py_ssize_t n, floating mean, floating rstd,
-                                floating* gw_acc, floating* gb_acc, double* gw_total, double* gb_total,
-                                double* partial, int nth) noexcept nogil:
-    """One very wide row split into nth segments (partial: 3*nth doubles).
-    The segments cover disjoint columns, so the parameter partials need no merge."""
-    cdef int p
-    cdef Py_ssize_t lo, hi
-    cdef double a = 0.0, bsum = 0.0, c = 0.0, inv_n = 1.0 / n
-    cdef floating xhat_shift, mean_gw, mean_gw_xhat
-    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        lo = _part_start(n, nth, p)
-        hi = _part_start(n, nth, p + 1)
-        _ln_backward_sums(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo, mean, rstd,
-                          &partial[3 * p], &partial[3 * p + 1], &partial[3 * p + 2])
-    for p in range(nth):
-        a += partial[3 * p]
-        bsum += partial[3 * p + 1]
-        c += partial[3 * p + 2]
-    xhat_shift = <floating>(c * inv_n)
-    mean_gw = <floating>(a * inv_n)
-    mean_gw_xhat = <floating>((bsum - c * inv_n * a) * inv_n)
-    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        lo = _part_start(n, nth, p)
-        hi = _part_start(n, nth, p + 1)
-        _ln_backward_segment(g + lo, x + lo, w + lo if w != NULL else NULL, dx + lo, hi - lo,
-                             mean, rstd, xhat_shift, mean_gw, mean_gw_xhat,
-                             gw_acc + lo if gw_acc != NULL else NULL,
-                             gb_acc + lo if gb_acc != NULL else NULL)
-        if gw_acc != NULL:
-            _flush_partials(gw_acc + lo, gw_total + lo, hi - lo)
-        if gb_acc != NULL:
-            _flush_partials(gb_acc + lo, gb_total + lo, hi - lo)
+cdef bint _split_columns(Py_ssize_t M, Py_ssize_t n, int nth) noexcept nogil:
+    """Whether the rows' backward splits every row's columns across the
+    threads (one copy of the parameter-gradient partials, two parallel
+    regions per row) rather than handing each thread whole rows (a copy of
+    the partials per thread, combined at the end).  Measured (2 threads, AMD
+    Zen 3): with rows of 2^16..2^20 the column split is faster up to about
+    WIDE_ROWS_PER_THREAD rows per thread; beyond, whole rows win."""
+    return nth > 1 and n >= wide_min_width and M < wide_rows_per_thread * nth
 
 
-cdef void _rms_backward_wide_row(const floating* g, const floating* x, const floating* w,
-                                 floating* dx, Py_ssize_t n, floating rstd,
-                                 floating* gw_acc, double* gw_total,
-                                 double* partial, int nth) noexcept nogil:
-    cdef int p
-    cdef Py_ssize_t lo, hi
-    cdef double s = 0.0, coef
-    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+cdef Py_ssize_t wide_min_width = MIN_WIDE_ROW
+cdef Py_ssize_t wide_rows_per_thread = WIDE_ROWS_PER_THREAD
+
+
+def set_wide_rows(Py_ssize_t min_width, Py_ssize_t rows_per_thread):
+    """Set when the row backward splits rows across threads (see
+    _split_columns); returns the previous (min_width, rows_per_thread).  For
+    tests (both strategies on small inputs) and measurements."""
+    global wide_min_width, wide_rows_per_thread
+    previous = (wide_min_width, wide_rows_per_thread)
+    if min_width < 1 or rows_per_thread < 0:
+        raise ValueError("min_width must be >= 1 and rows_per_thread >= 0")
+    wide_min_width = min_width
+    wide_rows_per_thread = rows_per_thread
+    return previous
+
+
+cdef inline void _column_rows(bint rms, int storage, floating* scratch, int m, const char* g,
+                              Py_ssize_t gs, const char* x, Py_ssize_t xs, char* d, Py_ssize_t ds,
+                              const floating* w, Py_ssize_t n, const floating* m4,
+                              const floating* s4, const floating* sh4, const floating* mg4,
+                              const floating* mgx4, floating* gw_acc,
+                              floating* gb_acc) noexcept nogil:
+    """One segment of m consecutive rows (row j at g + j * gs, ...) through
+    the apply kernels; for RMSNorm mg4 holds the rows' coefficients."""
+    cdef const char* gq[4]
+    cdef const char* xq[4]
+    cdef char* dq[4]
+    cdef int j
+    for j in range(m):
+        gq[j] = g + j * gs
+        xq[j] = x + j * xs
+        dq[j] = d + j * ds
+    if rms:
+        _rms_backward_apply(storage, scratch, m, gq, xq, dq, w, n, s4, mg4, gw_acc)
+    else:
+        _ln_backward_apply(storage, scratch, m, gq, xq, dq, w, n, m4, s4, sh4, mg4, mgx4,
+                           gw_acc, gb_acc)
+
+
+cdef void _norm_backward_columns(bint rms, const char* gb_, Py_ssize_t gs, const char* xb,
+                                 Py_ssize_t xs, char* db, Py_ssize_t ds, Py_ssize_t M, Py_ssize_t n,
+                                 const floating* mean, const floating* rstd, const floating* w,
+                                 floating* grad_w, floating* grad_b, int nth, int storage,
+                                 double* totals, double* partial, floating* stage) noexcept nogil:
+    """The backward over M rows, each row's columns cut into nth segments.
+
+    Thread p owns columns [lo, hi) of every row.  Rows go in groups of four
+    (one when the four-row kernels do not apply): one parallel region sums
+    the group's rows over each segment (partial: 12 doubles per segment,
+    combined in segment order), a second computes their gradient.  A
+    segment's parameter-gradient partials belong to one thread, so they
+    accumulate straight into grad_w / grad_b; `totals` (n doubles per
+    gradient, NULL when M <= FLUSH_ROWS) takes them every FLUSH_ROWS rows.
+    16-bit rows: `stage` holds 12 * _stage_len(segment) floats per segment
+    (the rows' staging, see _ln_backward_apply)."""
+    cdef int p, j, m
+    cdef Py_ssize_t r, lo, hi, k, pending = 0
+    cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
+    cdef Py_ssize_t off_b = n if grad_w != NULL else 0
+    cdef Py_ssize_t chs = _stage_len(storage, (n + nth - 1) // nth)
+    cdef double a, bsum, c, inv_n = 1.0 / n
+    cdef floating m4[4]
+    cdef floating s4[4]
+    cdef floating sh4[4]
+    cdef floating mg4[4]
+    cdef floating mgx4[4]
+    cdef floating* sp
+    cdef bint flush
+    cdef bint four = (w != NULL and grad_w != NULL and (rms or grad_b != NULL))
+    for p in prange(nth, schedule='static', num_threads=nth):
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
-        partial[p] = _rms_backward_sum(g + lo, x + lo, w + lo if w != NULL else NULL, hi - lo)
-    for p in range(nth):
-        s += partial[p]
-    coef = <double>rstd * s / n
-    for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-        lo = _part_start(n, nth, p)
-        hi = _part_start(n, nth, p + 1)
-        _rms_backward_segment(g + lo, x + lo, w + lo if w != NULL else NULL, dx + lo, hi - lo,
-                              rstd, <floating>coef, gw_acc + lo if gw_acc != NULL else NULL)
-        if gw_acc != NULL:
-            _flush_partials(gw_acc + lo, gw_total + lo, hi - lo)
+        if grad_w != NULL:
+            memset(grad_w + lo, 0, (hi - lo) * sizeof(floating))
+        if grad_b != NULL:
+            memset(grad_b + lo, 0, (hi - lo) * sizeof(floating))
+        if totals != NULL:
+            if grad_w != NULL:
+                memset(totals + lo, 0, (hi - lo) * sizeof(double))
+            if grad_b != NULL:
+                memset(totals + off_b + lo, 0, (hi - lo) * sizeof(double))
+    r = 0
+    while r < M:
+        m = 4 if four and r + 4 <= M else 1
+        for p in prange(nth, schedule='static', num_threads=nth):
+            lo = _part_start(n, nth, p)
+            hi = _part_start(n, nth, p + 1)
+            sp = stage + 12 * chs * p if stage != NULL else NULL
+            for j in range(m):
+                if rms:
+                    partial[12 * p + j] = _rms_row_sum(
+                        storage, sp, gb_ + (r + j) * gs + lo * isz, xb + (r + j) * xs + lo * isz,
+                        w + lo if w != NULL else NULL, hi - lo)
+                else:
+                    _ln_row_sums(storage, sp, gb_ + (r + j) * gs + lo * isz,
+                                 xb + (r + j) * xs + lo * isz, w + lo if w != NULL else NULL,
+                                 hi - lo, mean[r + j], rstd[r + j], &partial[12 * p + j],
+                                 &partial[12 * p + 4 + j], &partial[12 * p + 8 + j])
+        for j in range(m):
+            a = 0.0
+            bsum = 0.0
+            c = 0.0
+            for p in range(nth):
+                a = a + partial[12 * p + j]
+                bsum = bsum + partial[12 * p + 4 + j]
+                c = c + partial[12 * p + 8 + j]
+            s4[j] = rstd[r + j]
+            if rms:
+                mg4[j] = <floating>(<double>rstd[r + j] * a * inv_n)
+            else:
+                m4[j] = mean[r + j]
+                sh4[j] = <floating>(c * inv_n)
+                mg4[j] = <floating>(a * inv_n)
+                mgx4[j] = <floating>((bsum - c * inv_n * a) * inv_n)
+        pending += m
+        flush = totals != NULL and (pending >= FLUSH_ROWS or r + m == M)
+        for p in prange(nth, schedule='static', num_threads=nth):
+            lo = _part_start(n, nth, p)
+            hi = _part_start(n, nth, p + 1)
+            sp = stage + 12 * chs * p if stage != NULL else NULL
+            _column_rows(rms, storage, sp, m, gb_ + r * gs + lo * isz, gs,
+                         xb + r * xs + lo * isz, xs, db + r * ds + lo * isz, ds,
+                         w + lo if w != NULL else NULL, hi - lo, m4, s4, sh4, mg4, mgx4,
+                         grad_w + lo if grad_w != NULL else NULL,
+                         grad_b + lo if grad_b != NULL else NULL)
+            if flush:
+                if grad_w != NULL:
+                    _flush_partials(grad_w + lo, totals + lo, hi - lo)
+                if grad_b != NULL:
+                    _flush_partials(grad_b + lo, totals + off_b + lo, hi - lo)
+        if flush:
+            pending = 0
+        r += m
+    if totals != NULL:
+        for p in prange(nth, schedule='static', num_threads=nth):
+            lo = _part_start(n, nth, p)
+            hi = _part_start(n, nth, p + 1)
+            for k in range(lo, hi):
+                if grad_w != NULL:
+                    grad_w[k] = <floating>totals[k]
+                if grad_b != NULL:
+                    grad_b[k] = <floating>totals[off_b + k]
+
+
+cdef void _norm_backward_rows(bint rms, const char* gb_, Py_ssize_t gs, const char* xb,
+                              Py_ssize_t xs, char* db, Py_ssize_t ds, Py_ssize_t M, Py_ssize_t n,
+                              const floating* mean, const floating* rstd, const floating* w,
+                              floating* grad_w, floating* grad_b, int nth, int storage,
+                              double* totals, floating* acc, floating* stage) noexcept nogil:
+    """The backward over M >= nth rows, thread c taking rows [r0, r1).  Its
+    parameter-gradient partials accumulate in `floating`: chunk 0's in
+    grad_w / grad_b themselves, chunk c's in acc + (c-1) * n_vec * n, each
+    zeroed by its own thread; `totals` (n_vec * n doubles per chunk) takes
+    them every FLUSH_ROWS rows, or is NULL when no chunk has more rows than
+    that.  The chunks are summed in chunk order at the end.  `stage`: 12 *
+    _stage_len floats per thread for 16-bit rows."""
+    cdef int c
+    cdef Py_ssize_t r0, r1
+    cdef Py_ssize_t n_vec = (grad_w != NULL) + (grad_b != NULL)
+    cdef Py_ssize_t off_b = n if grad_w != NULL else 0
+    cdef Py_ssize_t ch = _stage_len(storage, n)
+    cdef floating* gwa
+    cdef floating* gba
+    cdef double* ct
+    for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+        r0 = _part_start(M, nth, c)
+        r1 = _part_start(M, nth, c + 1)
+        if c == 0:
+            gwa = grad_w
+            gba = grad_b
+        else:
+            gwa = acc + (c - 1) * n_vec * n if grad_w != NULL else NULL
+            gba = acc + (c - 1) * n_vec * n + off_b if grad_b != NULL else NULL
+        ct = totals + c * n_vec * n if totals != NULL and n_vec > 0 else NULL
+        if gwa != NULL:
+            memset(gwa, 0, n * sizeof(floating))
+        if gba != NULL:
+            memset(gba, 0, n * sizeof(floating))
+        if ct != NULL:
+            memset(ct, 0, n_vec * n * sizeof(double))
+        if rms:
+            _rms_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, rstd, w, gwa, ct,
+                               storage, stage + c * 12 * ch if stage != NULL else NULL)
+        else:
+            _ln_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, mean, rstd, w, gwa, gba,
+                              ct if grad_w != NULL else NULL,
+                              ct + off_b if ct != NULL and grad_b != NULL else NULL,
+                              storage, stage + c * 12 * ch if stage != NULL else NULL)
+    if n_vec:
+        _combine_chunks(totals, acc, nth, <int>n_vec, n, grad_w, grad_b)
 
 
 cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
                         char* db, Py_ssize_t ds, Py_ssize_t M, Py_ssize_t n,
                         const floating* mean, const floating* rstd, const floating* w,
                         floating* grad_w, floating* grad_b, int nth, int storage) noexcept nogil:
-    """Backward of LayerNorm (rms=False) or RMSNorm (rms=True) over M rows of n.
-
-    grad_w / grad_b (length n, or NULL when not wanted) receive the sums over
-    rows of the per-chunk partials, combined in chunk order.  Returns -1 when
-    out of memory."""
-    cdef bint wide = storage == ST_NATIVE and nth > 1 and M < nth and n >= MIN_WIDE_ROW
-    cdef int c, n_chunks, n_vec
-    cdef float* scratch = NULL
-    cdef Py_ssize_t r, r0, r1, k
-    cdef floating* acc = NULL
-    cdef double* totals = NULL
-    cdef double* partial = NULL
-    cdef floating* gw_acc
-    cdef floating* gb_acc
-    cdef double* gw_tot
-    cdef double* gb_tot
-    if nth > M and not wide:
+    """Backward of LayerNorm (rms=False) or RMSNorm (rms=True) over M rows of n,
+    by column segments (few wide rows) or by row chunks; its work memory
+    comes from the buffer cache.  grad_w / grad_b: length n, or NULL when not
+    wanted.  Returns -1 when out of memory."""
+    cdef bint columns = _split_columns(M, n, nth)
+    cdef Py_ssize_t n_vec = (grad_w != NULL) + (grad_b != NULL)
+    cdef Py_ssize_t n_tot, n_acc, n_stage, tot_bytes, acc_bytes
+    cdef bint keep = False
+    cdef char* block
+    if not columns and nth > M:
         nth = <int>M if M > 0 else 1
-    n_chunks = 1 if wide else nth
-    n_vec = (grad_w != NULL) + (grad_b != NULL)
-    if n_vec:
-        acc = <floating*>malloc(n_chunks * n_vec * n * sizeof(floating) + 1)
-        totals = <double*>malloc(n_chunks * n_vec * n * sizeof(double) + 1)
-        if acc == NULL or totals == NULL:
-            free(acc)
-            free(totals)
-            return -1
-        memset(acc, 0, n_chunks * n_vec * n * sizeof(floating))
-        memset(totals, 0, n_chunks * n_vec * n * sizeof(double))
-    if not wide:
-        scratch = _stage_scratch(storage, nth, 12, n)
-        if storage != ST_NATIVE and scratch == NULL:
-            free(acc)
-            free(totals)
-            return -1
-    if wide:
-        partial = <double*>malloc(3 * nth * sizeof(double))
-        if partial == NULL:
-            free(acc)
-            free(totals)
-            return -1
-        gw_acc = acc if grad_w != NULL else NULL
-        gb_acc = (acc + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL
-        gw_tot = totals if grad_w != NULL else NULL
-        gb_tot = (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL
-        for r in range(M):
-            if rms:
-                _rms_backward_wide_row(<const floating*>(gb_ + r * gs), <const floating*>(xb + r * xs),
-                                       w, <floating*>(db + r * ds), n, rstd[r],
-                                       gw_acc, gw_tot, partial, nth)
-            else:
-                _ln_backward_wide_row(<const floating*>(gb_ + r * gs), <const floating*>(xb + r * xs),
-                                      w, <floating*>(db + r * ds), n, mean[r], rstd[r],
-                                      gw_acc, gb_acc, gw_tot, gb_tot, partial, nth)
-        free(partial)
-    elif nth > 1:
-        for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
-            r0 = _part_start(M, nth, c)
-            r1 = _part_start(M, nth, c + 1)
-            if rms:
-                _rms_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, rstd, w,
-                                   acc + c * n_vec * n if grad_w != NULL else NULL,
-                                   totals + c * n_vec * n if grad_w != NULL else NULL,
-                                   storage, <floating*>scratch + c * 12 * n if scratch != NULL else NULL)
-            else:
-                _ln_backward_rows(gb_, gs, xb, xs, db, ds, r0, r1, n, mean, rstd, w,
-                                  acc + c * n_vec * n if grad_w != NULL else NULL,
-                                  (acc + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
-                                  totals + c * n_vec * n if grad_w != NULL else NULL,
-                                  (totals + c * n_vec * n + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
-                                  storage, <floating*>scratch + c * 12 * n if scratch != NULL else NULL)
+    if columns:
+        n_tot = 12 * nth + (n_vec * n if M > FLUSH_ROWS else 0)
+        n_acc = 0
+        n_stage = nth * 12 * _stage_len(storage, (n + nth - 1) // nth) if storage != ST_NATIVE else 0
     else:
-        if rms:
-            _rms_backward_rows(gb_, gs, xb, xs, db, ds, 0, M, n, rstd, w,
-                               acc if grad_w != NULL else NULL, totals if grad_w != NULL else NULL,
-                               storage, <floating*>scratch)
-        else:
-            _ln_backward_rows(gb_, gs, xb, xs, db, ds, 0, M, n, mean, rstd, w,
-                              acc if grad_w != NULL else NULL,
-                              (acc + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
-                              totals if grad_w != NULL else NULL,
-                              (totals + (n if grad_w != NULL else 0)) if grad_b != NULL else NULL,
-                              storage, <floating*>scratch)
-    free(scratch)
-    if n_vec:
-        _combine_chunks(totals, n_chunks, n_vec, n, grad_w, grad_b)
-    free(acc)
-    free(totals)
+        keep = (M + nth - 1) // nth > FLUSH_ROWS
+        n_tot = nth * n_vec * n if keep else 0
+        n_acc = (nth - 1) * n_vec * n
+        n_stage = nth * 12 * _stage_len(storage, n) if storage != ST_NATIVE else 0
+    tot_bytes = (n_tot * sizeof(double) + 63) & ~63
+    acc_bytes = (n_acc * sizeof(floating) + 63) & ~63
+    block = <char*>scratch_alloc(tot_bytes + acc_bytes + n_stage * sizeof(float) + 64)
+    if block == NULL:
+        return -1
+    if columns:
+        _norm_backward_columns(rms, gb_, gs, xb, xs, db, ds, M, n, mean, rstd, w, grad_w, grad_b,
+                               nth, storage,
+                               <double*>block + 12 * nth if M > FLUSH_ROWS and n_vec else NULL,
+                               <double*>block,
+                               <floating*>(block + tot_bytes) if n_stage else NULL)
+    else:
+        _norm_backward_rows(rms, gb_, gs, xb, xs, db, ds, M, n, mean, rstd, w, grad_w, grad_b,
+                            nth, storage, <double*>block if keep else NULL,
+                            <floating*>(block + tot_bytes),
+                            <floating*>(block + tot_bytes + acc_bytes) if n_stage else NULL)
+    scratch_free(block)
     return 0
 
 
-cdef void _combine_chunks(double* totals, int n_chunks, int n_vec, Py_ssize_t n,
-                          floating* grad_w, floating* grad_b) noexcept nogil:
-    """grad = sum over chunks of the chunk totals, added in chunk order (into
-    chunk 0's totals, which are scratch), then rounded to `floating`."""
+cdef void _combine_chunks(double* totals, const floating* acc, int n_chunks, int n_vec,
+                          Py_ssize_t n, floating* grad_w, floating* grad_b) noexcept nogil:
+    """grad = the sum over chunks of each chunk's partials, added in double in
+    chunk order, rounded to `floating`: the chunks' totals (summed into chunk
+    0's, which are scratch) or, without totals, chunk 0's partials (in
+    grad_w / grad_b) and chunk c's at acc + (c-1) * n_vec * n."""
     cdef Py_ssize_t k, stride = n_vec * n
     cdef Py_ssize_t off_b = n if grad_w != NULL else 0
     cdef int c
     cdef double* dst
     cdef const double* src
+    cdef double s
+    if totals == NULL:
+        if n_chunks == 1:
+            return
+        if grad_w != NULL:
+            for k in range(n):
+                s = grad_w[k]
+                for c in range(1, n_chunks):
+                    s = s + acc[(c - 1) * stride + k]
+                grad_w[k] = <floating>s
+        if grad_b != NULL:
+            for k in range(n):
+                s = grad_b[k]
+                for c in range(1, n_chunks):
+                    s = s + acc[(c - 1) * stride + off_b + k]
+                grad_b[k] = <floating>s
+        return
     for c in range(1, n_chunks):
         dst = totals
         src = totals + c * stride
@@ -1576,7 +1796,7 @@ cdef object _in_compute_dtype(cnp.ndarray a, int typenum, int ctype):
     if cnp.PyArray_TYPE(a) == ctype:
         return a
     if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:  # 16-bit parameters
-        wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+        wide = empty_array(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32)
         fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide),
                  cnp.PyArray_SIZE(a))
         return wide
@@ -1752,7 +1972,7 @@ cdef object _param_grad(object g, object p):
     pa = <cnp.ndarray>p
     if cnp.PyArray_TYPE(pa) == cnp.PyArray_TYPE(<cnp.ndarray>g):
         return g.reshape(p.shape) if cnp.PyArray_NDIM(pa) != 1 else g
-    out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(pa), cnp.PyArray_DIMS(pa), cnp.PyArray_TYPE(pa), 0)
+    out = empty_array(cnp.PyArray_NDIM(pa), cnp.PyArray_DIMS(pa), cnp.PyArray_TYPE(pa))
     fn_narrow(storage_of(cnp.PyArray_TYPE(pa), &dbl), <const float*>cnp.PyArray_DATA(<cnp.ndarray>g),
               cnp.PyArray_DATA(out), cnp.PyArray_SIZE(pa))
     return out
@@ -1809,8 +2029,8 @@ cdef object _backward_fast(bint rms, object grad_out, object x, object mean, obj
     M = cnp.PyArray_SIZE(xa) // n
     cdef object grad_x = empty_array(nd, cnp.PyArray_DIMS(xa), typenum)
     cdef cnp.npy_intp dn = n
-    cdef object grad_w = cnp.PyArray_EMPTY(1, &dn, ctype, 0) if weight is not None else None
-    cdef object grad_b = cnp.PyArray_EMPTY(1, &dn, ctype, 0) if bias is not None else None
+    cdef object grad_w = empty_array(1, &dn, ctype) if weight is not None else None
+    cdef object grad_b = empty_array(1, &dn, ctype) if bias is not None else None
     cdef int nth = resolve_threads(n_threads, _row_work(M, n, True))
     cdef Py_ssize_t rs = n * cnp.PyArray_ITEMSIZE(xa)
     _norm_backward_run(rms, typenum, <const char*>cnp.PyArray_DATA(<cnp.ndarray>grad_out), rs,
@@ -1950,7 +2170,7 @@ cdef int _add_norm_run(bint rms, int storage, bint dbl, const char* xb, Py_ssize
                 _add_norm_rows[double](rms, xb, xs, rb, rs, hb, hs, yb, ys, r0, r1, n,
                                        <const double*>w, <const double*>b, eps,
                                        <double*>mp, <double*>rp, stream, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
     return 0
 
 

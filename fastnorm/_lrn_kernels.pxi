@@ -422,7 +422,7 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
     # values, and (channels-last, 16-bit) three tiles of C x LRN_CL_ROWS values
     # (16-bit: and one of C x LRN_CL_ROWS 16-bit values)
     cdef Py_ssize_t per = 3 * LRN_CHUNK + (4 * C * LRN_CL_ROWS if cl or st != ST_NATIVE else 0)
-    cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
+    cdef double* scratch = <double*>scratch_alloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:
         raise MemoryError()
@@ -441,7 +441,7 @@ def lrn_forward(cnp.ndarray x, cnp.ndarray y, object scale, bint cl, Py_ssize_t 
                     _lrn_forward_part[double](<const double*>xp, <double*>yp, <double*>sp, cl, N, C, S,
                                               _part_start(units, nth, p), _part_start(units, nth, p + 1),
                                               size, alpha, beta, k, scratch + p * per)
-    free(scratch)
+    scratch_free(scratch)
 
 
 def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx, bint cl,
@@ -467,7 +467,7 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
     # ring of size value planes, and (channels-last, 16-bit) four tiles of
     # C x LRN_CL_ROWS values (16-bit: and one of 16-bit values)
     cdef Py_ssize_t per = (2 * planes + 2) * LRN_CHUNK + (5 * C * LRN_CL_ROWS if cl or st != ST_NATIVE else 0)
-    cdef double* scratch = <double*>malloc(nth * per * sizeof(double) + 8)
+    cdef double* scratch = <double*>scratch_alloc(nth * per * sizeof(double) + 8)
     cdef int p
     if scratch == NULL:
         raise MemoryError()
@@ -489,7 +489,7 @@ def lrn_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray scale, cnp.ndarray dx
                                                <double*>dp, cl, N, C, S, _part_start(units, nth, p),
                                                _part_start(units, nth, p + 1), size, alpha, beta,
                                                scratch + p * per)
-    free(scratch)
+    scratch_free(scratch)
 
 
 # ---------------------------------------------------------------- fast entries

@@ -166,7 +166,7 @@ def normalize_forward(cnp.ndarray x, cnp.ndarray y, double p, double eps, object
                 r0 = _part_start(M, nth, c)
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_rows[double](xb, xs, yb, ys, r0, r1, n, p, eps, <double*>np_, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
 
 
 def normalize_fast(object x, object p, object dim, object eps, object out, object n_threads,
@@ -223,7 +223,7 @@ def normalize_fast(object x, object p, object dim, object eps, object out, objec
                     r0 = _part_start(M, nth, c)
                     r1 = _part_start(M, nth, c + 1)
                     _normalize_rows[double](xb, row, yb, row, r0, r1, n, pv, e, <double*>np_, storage, NULL)
-        free(scratch)
+        scratch_free(scratch)
     if return_stats:
         return y, norms
     return y
@@ -269,7 +269,7 @@ def normalize_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray norms, c
                 r1 = _part_start(M, nth, c + 1)
                 _normalize_backward_rows[double](gb_, gs, xb, xs, db, ds, r0, r1, n, p, eps,
                                                  <const double*>np_, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
 
 
 # ---------------------------------------------------------------- weight normalization
@@ -406,7 +406,7 @@ def weight_norm_forward(cnp.ndarray v, cnp.ndarray w, cnp.ndarray g, bint center
             for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_rows[double](vb, vs, wb, ws, _part_start(M, nth, c), _part_start(M, nth, c + 1),
                                           n, <const double*>gp, centered, np_, mp, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
 
 
 def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, cnp.ndarray g,
@@ -453,7 +453,7 @@ def weight_norm_backward(cnp.ndarray grad_w, cnp.ndarray v, cnp.ndarray grad_v, 
                 _weight_norm_backward_rows[double](gwb, gws, vb, vs, gvb, gvs, _part_start(M, nth, c),
                                                    _part_start(M, nth, c + 1), n, <const double*>gp,
                                                    centered, <const double*>np_, <double*>ggp, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
 
 
 cdef bint _torch_vec_shape(cnp.ndarray a, Py_ssize_t M, int nd_v) noexcept:
@@ -533,7 +533,7 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
     cdef object w = _fast_output(va, out)
     if w is None or (out is not None and _bytes_overlap(w, ga)):
         return NotImplemented
-    cdef double* buf = <double*>malloc(2 * M * sizeof(double))
+    cdef double* buf = <double*>scratch_alloc(2 * M * sizeof(double))
     if buf == NULL:
         raise MemoryError()
     cdef int storage = storage_of(typenum, &dbl)
@@ -548,7 +548,7 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
         nth = <int>M
     cdef float* scratch = _stage_scratch(storage, nth, 2, n)
     if storage != ST_NATIVE and scratch == NULL:
-        free(buf)
+        scratch_free(buf)
         raise MemoryError("fastnorm: could not allocate the staging rows")
     if not dbl:
         with nogil:
@@ -561,15 +561,15 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
             for c in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
                 _weight_norm_rows[double](vb, row, wb, row, _part_start(M, nth, c), _part_start(M, nth, c + 1),
                                           n, <const double*>gp, cen, buf, buf + M, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
     if not return_stats:
-        free(buf)
+        scratch_free(buf)
         return w
     # the norm in torch's shape: v's size along dim 0, 1 elsewhere (0-d for dim=None)
     cdef cnp.npy_intp[32] dims
     cdef int k, nd = cnp.PyArray_NDIM(va) if nd_v >= 0 else 0
     if nd > 32:
-        free(buf)
+        scratch_free(buf)
         return NotImplemented
     dims[0] = M
     for k in range(1, nd):
@@ -580,7 +580,7 @@ def weight_norm_fast(object v, object g, object dim, object centered, object out
             (<float*>cnp.PyArray_DATA(<cnp.ndarray>norm))[r] = <float>buf[r]
         else:
             (<double*>cnp.PyArray_DATA(<cnp.ndarray>norm))[r] = buf[r]
-    free(buf)
+    scratch_free(buf)
     return w, norm
 
 
@@ -636,7 +636,7 @@ def weight_norm_backward_fast(object grad_w, object v, object g, object norm, ob
                 _weight_norm_backward_rows[double](gwb, row, vb, row, gvb, row, _part_start(M, nth, c),
                                                    _part_start(M, nth, c + 1), n, <const double*>gp,
                                                    cen, <const double*>np_, <double*>ggp, storage, NULL)
-    free(scratch)
+    scratch_free(scratch)
     return grad_v, _param_grad(grad_g, g)   # a 16-bit g gets its gradient in its dtype
 
 
@@ -695,5 +695,5 @@ def normalize_backward_fast(object grad_out, object x, object norm, object p, ob
                     r1 = _part_start(M, nth, c + 1)
                     _normalize_backward_rows[double](gb_, row, xb, row, db, row, r0, r1, n, pv, e,
                                                      <const double*>np_, storage, NULL)
-        free(scratch)
+        scratch_free(scratch)
     return dx

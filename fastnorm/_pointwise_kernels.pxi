@@ -145,7 +145,7 @@ def dyt_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_
     _check_flat(grad_b, cnp.NPY_FLOAT64, C, "grad_b")
     cdef int nth = resolve_threads(n_threads, P * C * S)
     cdef Py_ssize_t stride = 2 * C + 1, k, j
-    cdef double* part = <double*>malloc(<size_t>nth * stride * sizeof(double))
+    cdef double* part = <double*>scratch_alloc(<size_t>nth * stride * sizeof(double))
     cdef int status = 0
     if part == NULL:
         raise MemoryError("fastnorm: out of memory in dynamic_tanh_backward")
@@ -172,7 +172,7 @@ def dyt_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_
                 gw[k] += part[j * stride + k]
                 gb[k] += part[j * stride + C + k]
             ga += part[j * stride + 2 * C]
-    free(part)
+    scratch_free(part)
     if status != 0:
         raise MemoryError("fastnorm: out of memory in dynamic_tanh_backward")
     return ga
@@ -274,7 +274,7 @@ def stat_sums(cnp.ndarray g, cnp.ndarray x, Py_ssize_t P, Py_ssize_t C, Py_ssize
     if R < 1 or P % R:
         raise ValueError("internal: stat_sums needs P divisible by R >= 1")
     cdef int nth = resolve_threads(n_threads, P * C * S)
-    cdef double* part = <double*>malloc(<size_t>nth * 2 * K * sizeof(double) + 8)
+    cdef double* part = <double*>scratch_alloc(<size_t>nth * 2 * K * sizeof(double) + 8)
     if part == NULL:
         raise MemoryError("fastnorm: out of memory in stat_sums")
     memset(part, 0, <size_t>nth * 2 * K * sizeof(double))
@@ -296,7 +296,7 @@ def stat_sums(cnp.ndarray g, cnp.ndarray x, Py_ssize_t P, Py_ssize_t C, Py_ssize
             for k in range(K):
                 a[k] += part[2 * K * j + k]
                 b[k] += part[2 * K * j + K + k]
-    free(part)
+    scratch_free(part)
 
 
 def stat_apply(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S,

@@ -337,3 +337,63 @@ def test_16bit_rows_grouped_match_rows_alone(isa, rng, dtype, affine, stream):
                 np.testing.assert_array_equal(rstd[r:r + 1], sr)
     finally:
         _dispatch.kernels.set_stream_threshold(previous)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("affine", ["wb", "w", "none"])
+def test_backward_work_splits_agree(isa, rng, dtype, rms, affine):
+    """The row backward's two work splits -- whole rows per thread, or every
+    row's columns cut across the threads -- forced on small odd widths
+    (partials flushed past 32 rows, 16-bit staging chunks, groups of four
+    rows and the rest) both match the float64 reference."""
+    from fastnorm._dtypes import BF16, F16
+    dt = {"bfloat16": BF16, "float16": F16}.get(dtype, np.dtype(dtype))
+    r16 = dtype in ("bfloat16", "float16")
+    rtol = {"bfloat16": 1.6e-2, "float16": 2e-3, "float32": 2e-5, "float64": 1e-11}[dtype]
+    kernels = _dispatch.kernels
+    for M, n in [(1, 37), (3, 203), (7, 5003), (37, 9001), (70, 1500)]:
+        x = (rng.standard_normal((M, n)) * 2 + 0.5).astype(dt)
+        g = rng.standard_normal((M, n)).astype(dt)
+        w = (rng.standard_normal(n) + 1).astype(dt) if affine != "none" else None
+        b = rng.standard_normal(n).astype(dt) if affine == "wb" and not rms else None
+        if rms:
+            _, rstd = fastnorm.rms_norm(x, n, w, 1e-5, return_stats=True)
+            wide = lambda a: None if a is None else a.astype(np.float64)
+            expected = ref.rms_norm_backward(wide(g), wide(x), rstd.astype(np.float64), wide(w))
+        else:
+            _, mean, rstd = fastnorm.layer_norm(x, n, w, b, 1e-5, return_stats=True)
+            wide = lambda a: None if a is None else a.astype(np.float64)
+            expected = ref.layer_norm_backward(wide(g), wide(x), mean.astype(np.float64),
+                                               rstd.astype(np.float64), wide(w), wide(b))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        results = []
+        for setting in ((1 << 40, 0), (1, 1 << 40)):  # rows; columns
+            previous = kernels.set_wide_rows(*setting)
+            try:
+                if rms:
+                    got = fastnorm.rms_norm_backward(g, x, rstd, w, n_threads=2)
+                else:
+                    got = fastnorm.layer_norm_backward(g, x, mean, rstd, w, b, n_threads=2)
+            finally:
+                kernels.set_wide_rows(*previous)
+            got = got if isinstance(got, tuple) else (got,)
+            results.append(got)
+            for a, e in zip(got, expected):
+                assert (a is None) == (e is None)
+                if a is None:
+                    continue
+                assert a.dtype == dt and a.shape == e.shape
+                scale = np.abs(e).max()
+                np.testing.assert_allclose(a.astype(np.float64), e, rtol=rtol,
+                                           atol=rtol * scale * (4 if r16 else 1),
+                                           err_msg=f"M={M} n={n} split={setting}")
+        if not r16:
+            for a, c in zip(*results):
+                if a is not None:
+                    np.testing.assert_allclose(a, c, rtol=rtol, atol=rtol * np.abs(a).max())
+
+
+def test_set_wide_rows_checks_its_arguments():
+    with pytest.raises(ValueError, match="min_width"):
+        _dispatch.kernels.set_wide_rows(0, 4)
