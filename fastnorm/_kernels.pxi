@@ -1082,12 +1082,13 @@ cdef inline Py_ssize_t _stage_len(int storage, Py_ssize_t n) noexcept nogil:
     return STAGE_CHUNK
 
 
-cdef inline void _ln_row_sums(int storage, floating* scratch, const char* g, const char* x,
+cdef inline void _ln_row_sums(int storage, floating* scratch, int j, const char* g, const char* x,
                               const floating* w, Py_ssize_t n, floating mean, floating rstd,
                               double* sum_gw, double* sum_gw_xhat, double* sum_xhat) noexcept nogil:
     """_ln_backward_sums over one row of the storage dtype: 16-bit rows are
-    widened _stage_len values at a time into scratch slots 0 and 1 and the
-    chunks' sums added in double."""
+    widened _stage_len values at a time into scratch slots j and 4 + j (a
+    row of one chunk stays there for _ln_backward_apply) and the chunks'
+    sums added in double."""
     cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
     cdef double pa, pb, pc
     if storage == ST_NATIVE:
@@ -1099,8 +1100,8 @@ cdef inline void _ln_row_sums(int storage, floating* scratch, const char* g, con
     sum_xhat[0] = 0.0
     while k0 < n:
         L = ch if n - k0 > ch else n - k0
-        _ln_backward_sums(_row_in(storage, scratch, 0, L, g + 2 * k0),
-                          _row_in(storage, scratch, 1, L, x + 2 * k0),
+        _ln_backward_sums(_row_in(storage, scratch, j, L, g + 2 * k0),
+                          _row_in(storage, scratch, 4 + j, L, x + 2 * k0),
                           w + k0 if w != NULL else NULL, L, mean, rstd, &pa, &pb, &pc)
         sum_gw[0] += pa
         sum_gw_xhat[0] += pb
@@ -1108,8 +1109,8 @@ cdef inline void _ln_row_sums(int storage, floating* scratch, const char* g, con
         k0 += L
 
 
-cdef inline double _rms_row_sum(int storage, floating* scratch, const char* g, const char* x,
-                                const floating* w, Py_ssize_t n) noexcept nogil:
+cdef inline double _rms_row_sum(int storage, floating* scratch, int j, const char* g,
+                                const char* x, const floating* w, Py_ssize_t n) noexcept nogil:
     """_rms_backward_sum over one row of the storage dtype (as _ln_row_sums)."""
     cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
     cdef double s = 0.0
@@ -1117,8 +1118,8 @@ cdef inline double _rms_row_sum(int storage, floating* scratch, const char* g, c
         return _rms_backward_sum(<const floating*>g, <const floating*>x, w, n)
     while k0 < n:
         L = ch if n - k0 > ch else n - k0
-        s += _rms_backward_sum(_row_in(storage, scratch, 0, L, g + 2 * k0),
-                               _row_in(storage, scratch, 1, L, x + 2 * k0),
+        s += _rms_backward_sum(_row_in(storage, scratch, j, L, g + 2 * k0),
+                               _row_in(storage, scratch, 4 + j, L, x + 2 * k0),
                                w + k0 if w != NULL else NULL, L)
         k0 += L
     return s
@@ -1133,7 +1134,7 @@ cdef void _ln_backward_apply(int storage, floating* scratch, int m, const char**
     m4..mgx4), partials added to gw_acc / gb_acc; four rows go through
     fastnorm_ln_backward4 (partials kept in registers across the four).
     16-bit rows are staged _stage_len values at a time (scratch slots j,
-    4 + j, 8 + j)."""
+    4 + j, 8 + j); a row of one chunk is the one _ln_row_sums left there."""
     cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
     cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
     cdef int j
@@ -1143,8 +1144,12 @@ cdef void _ln_backward_apply(int storage, floating* scratch, int m, const char**
     while k0 < n:
         L = ch if n - k0 > ch else n - k0
         for j in range(m):
-            gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
-            xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
+            if storage != ST_NATIVE and L == n:  # widened by the row sums, still there
+                gp[j] = scratch + j * n
+                xp[j] = scratch + (4 + j) * n
+            else:
+                gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
+                xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
             dp[j] = _row_out(storage, scratch, 8 + j, L, d[j] + k0 * isz)
         if m == 4:
             if floating is float:
@@ -1177,8 +1182,12 @@ cdef void _rms_backward_apply(int storage, floating* scratch, int m, const char*
     while k0 < n:
         L = ch if n - k0 > ch else n - k0
         for j in range(m):
-            gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
-            xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
+            if storage != ST_NATIVE and L == n:  # widened by the row sums, still there
+                gp[j] = scratch + j * n
+                xp[j] = scratch + (4 + j) * n
+            else:
+                gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
+                xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
             dp[j] = _row_out(storage, scratch, 8 + j, L, d[j] + k0 * isz)
         if m == 4:
             if floating is float:
@@ -1224,7 +1233,7 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
             gp[j] = gb_ + (r + j) * gs
             xp[j] = xb + (r + j) * xs
             dp[j] = db + (r + j) * ds
-            _ln_row_sums(storage, scratch, gp[j], xp[j], w, n, mean[r + j], rstd[r + j],
+            _ln_row_sums(storage, scratch, j, gp[j], xp[j], w, n, mean[r + j], rstd[r + j],
                          &a, &bsum, &c)
             # xhat should average to zero; whatever the rounding of the stored
             # mean left over (c / n) is removed, which keeps float32 rows with a
@@ -1276,7 +1285,7 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
             dp[j] = db + (r + j) * ds
             s = rstd[r + j]
             s4[j] = <floating>s
-            c4[j] = <floating>(s * _rms_row_sum(storage, scratch, gp[j], xp[j], w, n) / n)
+            c4[j] = <floating>(s * _rms_row_sum(storage, scratch, j, gp[j], xp[j], w, n) / n)
         _rms_backward_apply(storage, scratch, m, gp, xp, dp, w, n, s4, c4, gw_acc)
         r += m
         pending += m
@@ -1389,10 +1398,10 @@ cdef void _norm_backward_columns(bint rms, const char* gb_, Py_ssize_t gs, const
             for j in range(m):
                 if rms:
                     partial[12 * p + j] = _rms_row_sum(
-                        storage, sp, gb_ + (r + j) * gs + lo * isz, xb + (r + j) * xs + lo * isz,
+                        storage, sp, j, gb_ + (r + j) * gs + lo * isz, xb + (r + j) * xs + lo * isz,
                         w + lo if w != NULL else NULL, hi - lo)
                 else:
-                    _ln_row_sums(storage, sp, gb_ + (r + j) * gs + lo * isz,
+                    _ln_row_sums(storage, sp, j, gb_ + (r + j) * gs + lo * isz,
                                  xb + (r + j) * xs + lo * isz, w + lo if w != NULL else NULL,
                                  hi - lo, mean[r + j], rstd[r + j], &partial[12 * p + j],
                                  &partial[12 * p + 4 + j], &partial[12 * p + 8 + j])
