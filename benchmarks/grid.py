@@ -4,6 +4,8 @@ against the all-threads memory limit (SPEC section 3).
     python benchmarks/grid.py --threads 2                 # the short grid
     python benchmarks/grid.py --threads 2 --full          # the full grid
     python benchmarks/grid.py --threads 2 --save benchmarks/results/grid.md --plot grid.png
+    python benchmarks/grid.py --threads 2 --json new.json    # raw results, for --compare
+    python benchmarks/grid.py --compare old.json new.json    # regressions between two runs
 
 The limit of a forward is the fastest copy of x into a preallocated array
 on the same thread count: the minimum of np.copyto (one thread), fastnorm's
@@ -20,8 +22,17 @@ Timing as benchmarks/compare.py: auto-scaled loops, interleaved rounds,
 medians.  Every case's PyTorch output is checked against fastnorm's first.
 A progress bar (tqdm, where installed) shows the run; --plot writes a
 matplotlib picture of each case's fraction of the limit and its speedup.
+
+--compare reads two --json runs and lists, case by case, fastnorm's time in
+the new run over the old one, flagging those slower by more than
+--threshold (default 1.10).  The ratio is taken of each case's time as a
+fraction of its own run's limit, which takes out most of what a different
+or busier machine changes; the raw time ratio is listed beside it.  With
+--fail-on-regression the command exits 1 when any case is flagged.  The
+pytest-benchmark form of the short grid is benchmarks/test_bench_grid.py.
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -223,31 +234,90 @@ def summary(results):
 
 
 def plot(results, path):
-    """Each case's fraction of the limit (fastnorm, PyTorch) and speedup over PyTorch."""
+    """One column of panels per (dtype, direction): each case's time as a
+    fraction of the limit (fastnorm beside PyTorch) and its speedup over
+    PyTorch, the cases in the same order in every column."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ok = [(k, r) for k, r in results if "mismatch" not in r and r.get("torch")]
+    ok = {k: r for k, r in results if "mismatch" not in r and r.get("torch")}
     if not ok:
         return
-    labels = [f"{_label(*k[:3])} {k[3][:4]} {k[4]}" for k, _ in ok]
-    yy = np.arange(len(ok))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, max(4, 0.18 * len(ok) + 1.5)), sharey=True)
-    a1.barh(yy - 0.2, [r["fastnorm"] / r["limit"] for _, r in ok], 0.4, label="fastnorm")
-    a1.barh(yy + 0.2, [r["torch"] / r["limit"] for _, r in ok], 0.4, label="PyTorch")
-    a1.axvline(1.0, color="k", lw=0.8)
-    a1.set_xscale("log")
-    a1.set_xlabel("time / all-threads limit (lower is better)")
-    a1.legend(loc="lower right")
-    a2.barh(yy, [r["torch"] / r["fastnorm"] for _, r in ok], 0.6, color="tab:green")
-    a2.axvline(1.0, color="k", lw=0.8)
-    a2.set_xscale("log")
-    a2.set_xlabel("speedup over PyTorch (higher is better)")
-    a1.set_yticks(yy, labels, fontsize=6)
-    a1.invert_yaxis()
+    groups = sorted({(k[3], k[4]) for k in ok})
+    shapes = list(dict.fromkeys(k[:3] for k in ok))  # the run's order
+    yy = np.arange(len(shapes))
+    fig, axes = plt.subplots(1, 2 * len(groups), figsize=(4.2 * len(groups) * 2 / 1.6,
+                                                          max(4, 0.16 * len(shapes) + 1.8)),
+                             sharey=True, squeeze=False)
+    for i, (dtype, d) in enumerate(groups):
+        a1, a2 = axes[0][2 * i], axes[0][2 * i + 1]
+        rows = [ok.get(k + (dtype, d)) for k in shapes]
+        frac = [r["fastnorm"] / r["limit"] if r else np.nan for r in rows]
+        tfrac = [r["torch"] / r["limit"] if r else np.nan for r in rows]
+        speed = [r["torch"] / r["fastnorm"] if r else np.nan for r in rows]
+        a1.barh(yy - 0.2, frac, 0.4, label="fastnorm")
+        a1.barh(yy + 0.2, tfrac, 0.4, label="PyTorch")
+        a1.axvline(1.0, color="k", lw=0.8)
+        a1.axvline(1.25 if d == "fwd" else 1.5, color="tab:red", lw=0.8, ls="--")
+        a1.set_xscale("log")
+        a1.set_title(f"{dtype} {d}: time / limit", fontsize=8)
+        a2.barh(yy, speed, 0.6, color=["tab:green" if v >= 1 else "tab:red" for v in speed])
+        a2.axvline(1.0, color="k", lw=0.8)
+        a2.set_xscale("log")
+        a2.set_title(f"{dtype} {d}: speedup", fontsize=8)
+        if i == 0:
+            a1.legend(loc="lower right", fontsize=7)
+    axes[0][0].set_yticks(yy, [_label(*k) for k in shapes], fontsize=6)
+    axes[0][0].invert_yaxis()
+    fig.suptitle("fastnorm shape grid: time / limit (lower is better; dashed red: the target) "
+                 "and speedup over PyTorch (higher is better)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- two runs
+
+def save_json(results, path, head):
+    """The raw results of a run (seconds), for --compare."""
+    rows = [{"op": k[0], "shape": list(k[1]), "channels_last": k[2], "dtype": k[3], "direction": k[4],
+             **r} for k, r in results]
+    with open(path, "w") as f:
+        json.dump({"environment": head, "results": rows}, f, indent=1)
+
+
+def load_json(path):
+    with open(path) as f:
+        data = json.load(f)
+    return {(r["op"], tuple(r["shape"]), r["channels_last"], r["dtype"], r["direction"]): r
+            for r in data["results"]}
+
+
+def compare_runs(old, new, threshold=1.10):
+    """(Markdown lines, flagged keys) of new vs old, case by case: the ratio
+    of the time as a fraction of each run's limit, and of raw times."""
+    lines = ["| case | dtype | dir | old | new | new/old (of limit) | new/old (time) | |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    flagged, ratios = [], []
+    for key in [k for k in new if k in old]:
+        o, n = old[key], new[key]
+        if "mismatch" in o or "mismatch" in n:
+            lines.append(f"| {_label(*key[:3])} | {key[3]} | {key[4]} | | | | | mismatch |")
+            continue
+        rel = (n["fastnorm"] / n["limit"]) / (o["fastnorm"] / o["limit"])
+        raw = n["fastnorm"] / o["fastnorm"]
+        ratios.append(rel)
+        bad = rel > threshold
+        if bad:
+            flagged.append(key)
+        lines.append(f"| {_label(*key[:3])} | {key[3]} | {key[4]} | {_fmt_time(o['fastnorm'])} "
+                     f"| {_fmt_time(n['fastnorm'])} | {rel:.2f} | {raw:.2f} | {'REGRESSION' if bad else ''} |")
+    only = len(set(new) ^ set(old))
+    gm = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+    lines.append("")
+    lines.append(f"- {len(ratios)} cases in both runs ({only} in one only); geometric mean new/old "
+                 f"(of limit) {gm:.3f}; {len(flagged)} slower by more than {threshold:.2f}x")
+    return lines, flagged
 
 
 def main(argv=None):
@@ -263,7 +333,20 @@ def main(argv=None):
                    help="leave out cases of more values than this")
     p.add_argument("--save", metavar="FILE", help="also write the table and summary (Markdown) here")
     p.add_argument("--plot", metavar="PNG", help="write the picture here")
+    p.add_argument("--json", metavar="FILE", help="write the raw results here (for --compare)")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two --json runs; no timing")
+    p.add_argument("--threshold", type=float, default=1.10, help="--compare: flag cases slower than this")
+    p.add_argument("--fail-on-regression", action="store_true", help="--compare: exit 1 when any is flagged")
     args = p.parse_args(argv)
+    if args.compare:
+        lines, flagged = compare_runs(load_json(args.compare[0]), load_json(args.compare[1]), args.threshold)
+        print("\n".join(lines))
+        if args.save:
+            with open(args.save, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        if flagged and args.fail_on_regression:
+            raise SystemExit(1)
+        return flagged
     peers.set_threads(args.threads)
     dtypes = [d for d in args.dtypes.split(",") if d in peers.DTYPES]
     dirs = args.directions.split(",")
@@ -285,6 +368,8 @@ def main(argv=None):
             f.write(text)
     if args.plot:
         plot(results, args.plot)
+    if args.json:
+        save_json(results, args.json, head)
     return results
 
 

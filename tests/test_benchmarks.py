@@ -118,3 +118,55 @@ def test_grid_run_writes_table_summary_and_picture(tmp_path):
     text = md.read_text()
     assert "| case |" in text and "geometric mean" in text and "worst ten" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_compare_flags_regressions(tmp_path):
+    """--json writes a run's raw results; --compare of two runs lists every
+    case in both, and flags (and with --fail-on-regression exits 1 on) a
+    case whose time as a fraction of its limit grew past the threshold."""
+    import json
+    grid = _grid()
+    old = tmp_path / "old.json"
+    grid.main(["--threads", "2", "--ops", "rms_norm", "--max-values", "600", "--dtypes", "float32",
+               "--repeats", "1", "--min-time", "0.001", "--json", str(old)])
+    data = json.loads(old.read_text())
+    assert data["results"] and all(r["fastnorm"] > 0 and r["limit"] > 0 for r in data["results"])
+    slowed = dict(data, results=[dict(r) for r in data["results"]])
+    slowed["results"][0]["fastnorm"] *= 1.5  # one case 1.5x slower, same limit
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(slowed))
+    assert grid.main(["--compare", str(old), str(old)]) == []
+    flagged = grid.main(["--compare", str(old), str(new), "--save", str(tmp_path / "cmp.md")])
+    first = data["results"][0]
+    assert flagged == [(first["op"], tuple(first["shape"]), first["channels_last"], first["dtype"],
+                        first["direction"])]
+    text = (tmp_path / "cmp.md").read_text()
+    assert "REGRESSION" in text and f"{len(data['results'])} cases in both runs" in text
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--compare", str(old), str(new), "--fail-on-regression"])
+    assert e.value.code == 1
+
+
+def test_pytest_benchmark_grid_covers_the_short_grid():
+    """benchmarks/test_bench_grid.py parametrizes every case of the short grid
+    in both dtypes and directions, with ids that name the case."""
+    bench = _bench_module("test_bench_grid")
+    grid = _grid()
+    assert len(bench.CASES) == 4 * len(grid.cases())
+    ids = {bench.case_id(c) for c in bench.CASES}
+    assert len(ids) == len(bench.CASES)
+    assert "layer_norm-1x1048576-bfloat16-fwd+bwd" in ids
+
+
+def test_pytest_benchmark_grid_runs_a_case(tmp_path):
+    """One case of the pytest-benchmark grid runs under pytest (timing
+    disabled) for fastnorm and PyTorch."""
+    import subprocess
+    import sys
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(root / "benchmarks" / "test_bench_grid.py"), "--benchmark-disable",
+                           "-k", "layer_norm-8x127-float32-fwd and not bwd"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 passed" in proc.stdout
