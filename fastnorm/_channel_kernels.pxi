@@ -1063,6 +1063,96 @@ def channel_backward(cnp.ndarray g, cnp.ndarray x, cnp.ndarray dx, bint cl, Py_s
 # then reduced and normalized (or back-propagated) while its values are still
 # in cache: one read of x (and g) from memory instead of two.
 
+# One value per channel (S == 1, e.g. GroupNorm over (N, C) features or after
+# global pooling): a group is cpg contiguous values with a coefficient per
+# value, so each pass is one flat loop over the group against per-channel
+# coefficient vectors, not cpg calls of one value each (GroupNorm
+# (64, 1024, 1, 1): 65536 block calls per pass).  The coefficients and every
+# rounding are the per-channel path's; 16-bit groups are widened into `buf`.
+
+cdef void _group1_forward(int st, const char* x, char* y, Py_ssize_t cpg, const floating* w,
+                          const floating* b, double rstd, floating hi, double lo,
+                          floating* ca, floating* cb, float* buf) noexcept nogil:
+    """y_j = (x_j - hi) * a_j + c_j over one group: a_j = rstd * w_j, c_j =
+    b_j - lo * a_j (in double, rounded once); ca, cb: cpg each; buf: cpg."""
+    cdef Py_ssize_t j
+    cdef const floating* xs = <const floating*>x
+    cdef floating* ys = <floating*>y
+    for j in range(cpg):
+        ca[j] = <floating>(rstd * w[j]) if w != NULL else <floating>rstd
+    if b != NULL:
+        for j in range(cpg):
+            cb[j] = <floating>(b[j] - lo * (rstd * w[j] if w != NULL else rstd))
+    else:
+        for j in range(cpg):
+            cb[j] = <floating>(-lo * (rstd * w[j] if w != NULL else rstd))
+    if st == ST_NATIVE:
+        for j in range(cpg):
+            ys[j] = (xs[j] - hi) * ca[j] + cb[j]
+    else:
+        fn_widen(st, x, buf, cpg)
+        for j in range(cpg):
+            buf[j] = (buf[j] - hi) * <float>ca[j] + <float>cb[j]
+        fn_narrow(st, buf, y, cpg)
+
+
+cdef void _group1_backward(int st, const char* g, const char* x, char* dx, Py_ssize_t cpg,
+                           const floating* w, double rstd, floating hi, double lo,
+                           bint batch_stats, double* sums, double* delta_out,
+                           floating* ca, float* buf) noexcept nogil:
+    """The backward of one group of one value per channel: the per-channel
+    sums (g, g * t, t with t = (x - hi) - lo) into sums[3 j ..], then dx_j =
+    alpha_j g_j + (beta (x_j - hi) + gamma), alpha_j = rstd * w_j; the
+    group's delta (mean of t) into delta_out.  ca: cpg; buf: 3 * cpg."""
+    cdef Py_ssize_t j
+    cdef const floating* gs
+    cdef const floating* xs
+    cdef floating* ds
+    cdef floating t, flo = <floating>lo
+    cdef double sa = 0.0, sb = 0.0, sd = 0.0, m = cpg, wc, delta, k1, k2, beta, gamma
+    if st == ST_NATIVE:
+        gs = <const floating*>g
+        xs = <const floating*>x
+        ds = <floating*>dx
+    else:
+        fn_widen(st, g, buf, cpg)
+        fn_widen(st, x, buf + cpg, cpg)
+        gs = <const floating*>buf
+        xs = <const floating*>(buf + cpg)
+        ds = <floating*>(buf + 2 * cpg)
+    for j in range(cpg):
+        t = (xs[j] - hi) - flo
+        sums[3 * j] = gs[j]
+        sums[3 * j + 1] = <floating>(gs[j] * t)
+        sums[3 * j + 2] = t
+    for j in range(cpg):
+        wc = w[j] if w != NULL else 1.0
+        sa = sa + wc * sums[3 * j]
+        sb = sb + wc * sums[3 * j + 1]
+        sd = sd + sums[3 * j + 2]
+    if batch_stats:
+        delta = sd / m
+        k1 = sa / m
+        k2 = rstd * (sb - delta * sa) / m
+        beta = -rstd * rstd * k2
+        gamma = rstd * (delta * rstd * k2 - k1) + rstd * rstd * k2 * lo
+    else:
+        delta = 0
+        beta = 0
+        gamma = 0
+    delta_out[0] = delta
+    for j in range(cpg):
+        ca[j] = <floating>(rstd * w[j]) if w != NULL else <floating>rstd
+    if <floating>beta == 0 and <floating>gamma == 0:
+        for j in range(cpg):
+            ds[j] = ca[j] * gs[j]
+    else:
+        for j in range(cpg):
+            ds[j] = ca[j] * gs[j] + (<floating>beta * (xs[j] - hi) + <floating>gamma)
+    if st != ST_NATIVE:
+        fn_narrow(st, buf + 2 * cpg, dx, cpg)
+
+
 cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                           Py_ssize_t cpg, const floating* w, const floating* b, double eps,
                           double* st_mean, double* st_var, int nth) noexcept nogil:
@@ -1073,6 +1163,12 @@ cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize
     cdef int p
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
     cdef bint stream = (floating is float or st != ST_NATIVE) and _use_streaming(N * C, S, isz)
+    cdef Py_ssize_t per = (2 * cpg * sizeof(floating) + cpg * sizeof(float) + 63) & ~63
+    cdef char* work = NULL
+    if S == 1:
+        work = <char*>scratch_alloc(nth * per)
+        if work == NULL:
+            return -1
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for s in range(_part_start(n_stats, nth, p), _part_start(n_stats, nth, p + 1)):
             base = s * len_s
@@ -1084,6 +1180,14 @@ cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize
             rstd = 1.0 / sqrt(st_var[s] + eps)
             hi = <floating>st_mean[s]
             lo = st_mean[s] - <double>hi
+            if S == 1:
+                c = (s % groups) * cpg
+                _group1_forward(st, x + base * isz, y + base * isz, cpg,
+                                w + c if w != NULL else NULL, b + c if b != NULL else NULL,
+                                rstd, hi, lo, <floating*>(work + p * per),
+                                <floating*>(work + p * per) + cpg,
+                                <float*>(work + p * per + 2 * cpg * sizeof(floating)))
+                continue
             for j in range(cpg):
                 c = (s % groups) * cpg + j
                 a = rstd * (w[c] if w != NULL else 1.0)
@@ -1091,6 +1195,7 @@ cdef int _grouped_forward(const char* x, char* y, int st, Py_ssize_t N, Py_ssize
                             <floating>a, <floating>((b[c] if b != NULL else 0.0) - lo * a), stream)
         if stream:
             fastnorm_stream_fence()
+    scratch_free(work)
     return 0
 
 
@@ -1099,7 +1204,7 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
                            const double* st_mean, const double* st_rstd, bint batch_stats,
                            double* grad_w, double* grad_b, int nth) noexcept nogil:
     cdef Py_ssize_t groups = C // cpg, n_stats = N * groups, len_s = cpg * S
-    cdef Py_ssize_t s, j, c, n, bl, base
+    cdef Py_ssize_t s, j, c, n, bl, base, gi
     cdef double sa, sb, sd, m, rstd, lo, delta, k1, k2, beta, gamma, wc
     cdef floating hi
     cdef int p
@@ -1109,12 +1214,26 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
     if sums == NULL:
         return -1
     cdef double* deltas = sums + 3 * N * C
+    cdef Py_ssize_t per = (cpg * sizeof(floating) + 3 * cpg * sizeof(float) + 63) & ~63
+    cdef char* work = NULL
+    if S == 1:
+        work = <char*>scratch_alloc(nth * per)
+        if work == NULL:
+            scratch_free(sums)
+            return -1
     for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
         for s in range(_part_start(n_stats, nth, p), _part_start(n_stats, nth, p + 1)):
             base = s * len_s
             n = s // groups
             hi = <floating>st_mean[s]
             lo = st_mean[s] - <double>hi
+            if S == 1 and not (floating is float and _rstd_out_of_float(st_rstd[s])):
+                c = (s % groups) * cpg
+                _group1_backward(st, g + base * isz, x + base * isz, dx + base * isz, cpg,
+                                 w + c if w != NULL else NULL, st_rstd[s], hi, lo, batch_stats,
+                                 &sums[3 * (n * C + c)], &deltas[s], <floating*>(work + p * per),
+                                 <float*>(work + p * per + cpg * sizeof(floating)))
+                continue
             sa = 0
             sb = 0
             sd = 0
@@ -1152,21 +1271,25 @@ cdef int _grouped_backward(const char* g, const char* x, char* dx, int st, Py_ss
                                   <floating>beta, <floating>gamma, stream)
         if stream:
             fastnorm_stream_fence()
-    # parameter gradients: per-(sample, channel) sums in a fixed order
-    if grad_w != NULL:
-        for c in range(C):
-            grad_w[c] = 0
-    if grad_b != NULL:
-        for c in range(C):
-            grad_b[c] = 0
-    for bl in range(N * C):
-        n = bl // C
-        c = bl % C
-        s = n * groups + c // cpg
-        if grad_w != NULL:
-            grad_w[c] += st_rstd[s] * (sums[3 * bl + 1] - deltas[s] * sums[3 * bl])
-        if grad_b != NULL:
-            grad_b[c] += sums[3 * bl]
+    # parameter gradients: each channel's per-sample sums added in sample
+    # order; the threads take whole groups of channels
+    if grad_w != NULL or grad_b != NULL:
+        for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
+            for gi in range(_part_start(groups, nth, p), _part_start(groups, nth, p + 1)):
+                for j in range(cpg):
+                    c = gi * cpg + j
+                    sa = 0
+                    sb = 0
+                    for n in range(N):
+                        s = n * groups + gi
+                        bl = n * C + c
+                        sa = sa + st_rstd[s] * (sums[3 * bl + 1] - deltas[s] * sums[3 * bl])
+                        sb = sb + sums[3 * bl]
+                    if grad_w != NULL:
+                        grad_w[c] = sa
+                    if grad_b != NULL:
+                        grad_b[c] = sb
+    scratch_free(work)
     scratch_free(sums)
     return 0
 

@@ -433,3 +433,38 @@ def test_group_norm_threads_agree_bitwise_over_repeats(isa, rng):
         two = fastnorm.group_norm(x, 4, n_threads=2, return_stats=True)
         for a, b in zip(one, two):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("affine", ["wb", "w", "none"])
+@pytest.mark.parametrize("shape", [(5, 96), (3, 64, 1, 1), (130, 32)])
+def test_group_norm_one_value_per_channel(isa, rng, dtype, affine, shape):
+    """GroupNorm with one value per channel (S = 1: the flat per-group loops)
+    forward and backward against the float64 reference, one thread and two
+    (which must agree bitwise), and a constant group (rstd = 1/sqrt(eps))."""
+    from fastnorm._dtypes import BF16, F16
+    dt = {"bfloat16": BF16, "float16": F16}.get(dtype, np.dtype(dtype))
+    rtol = {"bfloat16": 1.6e-2, "float16": 2e-3, "float32": 2e-5, "float64": 1e-11}[dtype]
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dt)
+    x[1, :C // 8] = 2.5  # one constant group
+    g = rng.standard_normal(shape).astype(dt)
+    w = (rng.standard_normal(C) + 1).astype(dt) if affine != "none" else None
+    b = rng.standard_normal(C).astype(dt) if affine == "wb" else None
+    f64 = lambda a: None if a is None else a.astype(np.float64)
+    yr, mr, rr = ref.group_norm(f64(x), 8, f64(w), f64(b), 1e-5, return_stats=True)
+    outs = []
+    for nt in (1, 2):
+        y, m, r = fastnorm.group_norm(x, 8, w, b, 1e-5, return_stats=True, n_threads=nt)
+        grads = fastnorm.group_norm_backward(g, x, 8, m, r, w, b, n_threads=nt)
+        exp = ref.group_norm_backward(f64(g), f64(x), 8, f64(m), f64(r), f64(w), f64(b))
+        np.testing.assert_allclose(y.astype(np.float64), yr, rtol=rtol, atol=rtol * 4 * np.abs(yr).max())
+        for a, e in zip(grads, exp):
+            assert (a is None) == (e is None)
+            if a is not None:
+                assert a.dtype == dt
+                np.testing.assert_allclose(a.astype(np.float64), e, rtol=rtol,
+                                           atol=rtol * 4 * np.abs(e).max())
+        outs.append([y] + [a for a in grads if a is not None])
+    for a, c in zip(*outs):
+        np.testing.assert_array_equal(a, c)
