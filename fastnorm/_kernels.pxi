@@ -631,6 +631,20 @@ cdef inline void _ln_backward_sums(const floating* g, const floating* x, const f
     cdef double ta = 0.0, tb = 0.0, tc = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
     cdef int j
+    if n < LANES:  # the tail loop alone: the same sums (0.0 + rest), no lane set-up
+        ra = 0
+        rb = 0
+        rc = 0
+        for k in range(n):
+            xh = (x[k] - mean) * rstd
+            gw = g[k] * w[k] if w != NULL else g[k]
+            ra += gw
+            rb += gw * xh
+            rc += xh
+        sum_gw[0] = 0.0 + <double>ra
+        sum_gw_xhat[0] = 0.0 + <double>rb
+        sum_xhat[0] = 0.0 + <double>rc
+        return
     for j in range(LANES):
         lanes_a[j] = 0
         lanes_b[j] = 0

@@ -650,7 +650,8 @@ static inline void fn_stn(int st, void* p, ptrdiff_t k, ptrdiff_t m, fn_vf v) {
 #define FN_SQ_TINY 0x1p-100
 
 static inline int fn_sums_in_range(double sq, ptrdiff_t n) {
-    return sq < INFINITY && sq >= (double)n * FN_SQ_TINY;
+    /* one value: d = x - x is 0 exactly for every finite x (inf gives NaN) */
+    return (sq < INFINITY && sq >= (double)n * FN_SQ_TINY) || (n == 1 && sq == 0);
 }
 
 /* mean and sum of squared deviations of n values `stride` elements apart
