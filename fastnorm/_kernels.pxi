@@ -157,6 +157,7 @@ cdef enum:
     BLOCK = 256             # elements summed in `floating` before a flush to double
     FLUSH_ROWS = 32         # rows accumulated in `floating` grad_weight partials
     MIN_PARALLEL_WORK = 32768   # below this many elements a call stays serial
+    MIN_THREAD_WORK = 16384     # elements per thread, at least
     STAGE_CHUNK = 4096      # 16-bit values widened at a time into float32 staging
     MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
     WIDE_ROWS_PER_THREAD = 32   # ... while there are fewer than this many rows per thread (bwd)
@@ -287,6 +288,11 @@ cdef int resolve_threads(object n_threads, Py_ssize_t work) except -1:
         return 1
     if requested > 1024:
         requested = 1024
+    # at most one thread per MIN_THREAD_WORK values: a call of 40K values on
+    # a 64-core machine wakes 2 threads, not 64 (on 2 cores every call from
+    # MIN_PARALLEL_WORK up keeps both)
+    if requested > work // MIN_THREAD_WORK:
+        requested = work // MIN_THREAD_WORK
     return <int>requested
 
 
@@ -305,6 +311,12 @@ cdef enum:
 cdef inline Py_ssize_t _row_work(Py_ssize_t M, Py_ssize_t n, bint backward) noexcept nogil:
     """The work of M rows of n values for resolve_threads, in values."""
     return M * (n + (ROW_COST_BWD if backward else ROW_COST_FWD))
+
+
+def threads_for(object n_threads, Py_ssize_t work):
+    """The threads a call of `work` elements takes for `n_threads` (see
+    resolve_threads); for tests and the benchmarks."""
+    return resolve_threads(n_threads, work)
 
 
 def max_threads():
@@ -1560,42 +1572,43 @@ cdef int _norm_backward(bint rms, const char* gb_, Py_ssize_t gs, const char* xb
 cdef void _combine_chunks(double* totals, const floating* acc, int n_chunks, int n_vec,
                           Py_ssize_t n, floating* grad_w, floating* grad_b) noexcept nogil:
     """grad = the sum over chunks of each chunk's partials, added in double in
-    chunk order, rounded to `floating`: the chunks' totals (summed into chunk
-    0's, which are scratch) or, without totals, chunk 0's partials (in
-    grad_w / grad_b) and chunk c's at acc + (c-1) * n_vec * n."""
-    cdef Py_ssize_t k, stride = n_vec * n
+    chunk order, rounded to `floating`: the chunks' totals or, without
+    totals, chunk 0's partials (in grad_w / grad_b) and chunk c's at
+    acc + (c-1) * n_vec * n.  The n_chunks threads take a column range each
+    (the same order of additions, whatever the split)."""
+    cdef Py_ssize_t stride = n_vec * n
     cdef Py_ssize_t off_b = n if grad_w != NULL else 0
-    cdef int c
-    cdef double* dst
-    cdef const double* src
-    cdef double s
-    if totals == NULL:
-        if n_chunks == 1:
-            return
-        if grad_w != NULL:
-            for k in range(n):
-                s = grad_w[k]
-                for c in range(1, n_chunks):
-                    s = s + acc[(c - 1) * stride + k]
-                grad_w[k] = <floating>s
-        if grad_b != NULL:
-            for k in range(n):
-                s = grad_b[k]
-                for c in range(1, n_chunks):
-                    s = s + acc[(c - 1) * stride + off_b + k]
-                grad_b[k] = <floating>s
+    cdef int p
+    if n_chunks == 1 and totals == NULL:
         return
-    for c in range(1, n_chunks):
-        dst = totals
-        src = totals + c * stride
-        for k in range(stride):
-            dst[k] += src[k]
-    if grad_w != NULL:
-        for k in range(n):
-            grad_w[k] = <floating>totals[k]
-    if grad_b != NULL:
-        for k in range(n):
-            grad_b[k] = <floating>totals[off_b + k]
+    for p in prange(n_chunks, schedule='static', num_threads=n_chunks,
+                    use_threads_if=n_chunks > 1 and n_chunks * n >= MIN_PARALLEL_WORK):
+        if grad_w != NULL:
+            _combine_range(totals, acc, n_chunks, stride, 0, grad_w, _part_start(n, n_chunks, p),
+                           _part_start(n, n_chunks, p + 1))
+        if grad_b != NULL:
+            _combine_range(totals, acc, n_chunks, stride, off_b, grad_b,
+                           _part_start(n, n_chunks, p), _part_start(n, n_chunks, p + 1))
+
+
+cdef inline void _combine_range(const double* totals, const floating* acc, int n_chunks,
+                                Py_ssize_t stride, Py_ssize_t off, floating* grad, Py_ssize_t lo,
+                                Py_ssize_t hi) noexcept nogil:
+    """_combine_chunks over columns [lo, hi) of one gradient (at `off` in a
+    chunk's partials)."""
+    cdef Py_ssize_t k
+    cdef int c
+    cdef double s
+    for k in range(lo, hi):
+        if totals != NULL:
+            s = totals[off + k]
+            for c in range(1, n_chunks):
+                s = s + totals[c * stride + off + k]
+        else:
+            s = grad[k]
+            for c in range(1, n_chunks):
+                s = s + acc[(c - 1) * stride + off + k]
+        grad[k] = <floating>s
 
 
 # --------------------------------------------------------------------------

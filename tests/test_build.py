@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import _build_info, _config, _registry
+from fastnorm import _build_info, _config, _dispatch, _registry
 
 
 def test_openmp_not_silently_lost():
@@ -181,3 +181,20 @@ def test_bfloat16_works_whenever_ml_dtypes_is_imported(order):
         "print(y.dtype, np.array_equal(y.view(np.uint16), ref.view(np.uint16)),\n"
         "      fast is not NotImplemented, late is not NotImplemented)\n")
     assert out == ["bfloat16", "True", "True", "True"]
+
+
+def test_threads_follow_the_work(isa):
+    """A call wakes at most one thread per 16,384 values of work and none below
+    32,768 values: on many cores a small call does not pay every core's
+    wake-up, while on 2 every call from 32,768 values up keeps both."""
+    k = _dispatch.kernels
+    if not k.have_openmp():  # a build without OpenMP runs every call on one thread
+        assert k.threads_for(64, 1 << 20) == 1
+        return
+    assert k.threads_for(64, 1000) == 1
+    assert k.threads_for(64, 32767) == 1
+    assert k.threads_for(2, 32768) == 2
+    assert k.threads_for(64, 40_000) == 2
+    assert k.threads_for(64, 1 << 20) == 64
+    assert k.threads_for(64, 10 * 16384 + 5) == 10
+    assert k.threads_for(1, 1 << 30) == 1
