@@ -493,6 +493,17 @@ cdef inline floating _load1(int st, const char* x, Py_ssize_t i, floating tag) n
 
 # ---------------------------------------------------------------- drivers
 
+cdef inline bint _stat_layout(bint cl, bint per_sample, Py_ssize_t S) noexcept nogil:
+    """The layout the kernels treat x in: with one value per (sample,
+    channel) the (N, 1, C) rows are the (N, C, 1) blocks and a per-sample
+    stat's values are contiguous, so such an input takes the grouped
+    channels-first kernels, not a per-channel merge over rows of C (GroupNorm
+    (64, 1024, 1, 1) took 0.13x PyTorch's time that way: 65536 merges)."""
+    if per_sample and S == 1:
+        return False
+    return cl
+
+
 cdef enum:
     MERGE_PARALLEL_MIN = 512    # (unit, channel) merges (~20 ns each) from which the threads share them
 
@@ -549,8 +560,7 @@ cdef int _channel_stats(const char* x, int st, bint cl, Py_ssize_t N, Py_ssize_t
     cdef double mean_c, m2_c, rows_u
     cdef int t, bad = 0
     cdef Py_ssize_t isz = _itemsize(st, sizeof(floating))
-    if per_sample and S == 1:  # as _channel_forward
-        cl = False
+    cl = _stat_layout(cl, per_sample, S)
     for s in range(n_stats):
         st_mean[s] = 0
         st_m2[s] = 0
@@ -659,12 +669,7 @@ cdef int _channel_forward(const char* x, char* y, int st, bint cl, Py_ssize_t N,
     cdef int p
     cdef double* count = NULL
     cdef double* m2 = NULL
-    # one value per (sample, channel): the (N, 1, C) rows are the (N, C, 1)
-    # blocks, and a per-sample stat's values are contiguous: the grouped
-    # channels-first kernels, not a per-channel merge over rows of C (GroupNorm
-    # (64, 1024, 1, 1) took 0.13x PyTorch's time that way: 65536 merges)
-    if per_sample and S == 1:
-        cl = False
+    cl = _stat_layout(cl, per_sample, S)
     if not cl and per_sample and batch_stats:
         return _grouped_forward(x, y, st, N, C, S, cpg, w, b, eps, st_mean, st_var, nth)
     cdef floating* coef = <floating*>scratch_alloc(3 * n_coef * sizeof(floating) + 8)
@@ -747,8 +752,8 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
     cdef double rstd, wc, k1, k2, delta, m
     cdef int p
     cdef Py_ssize_t isz = _itemsize(storage, sizeof(floating))
-    if per_sample and S == 1 and dx != NULL:  # as _channel_forward
-        cl = False
+    if dx != NULL:
+        cl = _stat_layout(cl, per_sample, S)
     if not cl and per_sample:
         return _grouped_backward(g, x, dx, storage, N, C, S, cpg, w, st_mean, st_rstd, batch_stats,
                                  grad_w, grad_b, nth)

@@ -1113,7 +1113,7 @@ cdef inline void _ln_row_sums(int storage, floating* scratch, int j, const char*
                               double* sum_gw, double* sum_gw_xhat, double* sum_xhat) noexcept nogil:
     """_ln_backward_sums over one row of the storage dtype: 16-bit rows are
     widened _stage_len values at a time into scratch slots j and 4 + j (a
-    row of one chunk stays there for _ln_backward_apply) and the chunks'
+    row of one chunk stays there for _backward_apply) and the chunks'
     sums added in double."""
     cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
     cdef double pa, pb, pc
@@ -1151,16 +1151,17 @@ cdef inline double _rms_row_sum(int storage, floating* scratch, int j, const cha
     return s
 
 
-cdef void _ln_backward_apply(int storage, floating* scratch, int m, const char** g,
-                             const char** x, char** d, const floating* w, Py_ssize_t n,
-                             const floating* m4, const floating* s4, const floating* sh4,
-                             const floating* mg4, const floating* mgx4,
-                             floating* gw_acc, floating* gb_acc) noexcept nogil:
-    """dx of m = 1 or 4 rows (row j: g[j], x[j] -> d[j], its scalars in
-    m4..mgx4), partials added to gw_acc / gb_acc; four rows go through
-    fastnorm_ln_backward4 (partials kept in registers across the four).
-    16-bit rows are staged _stage_len values at a time (scratch slots j,
-    4 + j, 8 + j); a row of one chunk is the one _ln_row_sums left there."""
+cdef void _backward_apply(bint rms, int storage, floating* scratch, int m, const char** g,
+                          const char** x, char** d, const floating* w, Py_ssize_t n,
+                          const floating* m4, const floating* s4, const floating* sh4,
+                          const floating* mg4, const floating* mgx4,
+                          floating* gw_acc, floating* gb_acc) noexcept nogil:
+    """dx of m = 1 or 4 rows (row j: g[j], x[j] -> d[j]) of LayerNorm (its
+    scalars in m4..mgx4) or RMSNorm (rstd in s4, coefficient in mg4),
+    partials added to gw_acc / gb_acc; four rows go through the four-row
+    kernels (partials kept in registers across the four).  16-bit rows are
+    staged _stage_len values at a time (scratch slots j, 4 + j, 8 + j); a
+    row of one chunk is the one the row sums left there."""
     cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
     cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
     cdef int j
@@ -1177,7 +1178,15 @@ cdef void _ln_backward_apply(int storage, floating* scratch, int m, const char**
                 gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
                 xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
             dp[j] = _row_out(storage, scratch, 8 + j, L, d[j] + k0 * isz)
-        if m == 4:
+        if rms and m == 4:
+            if floating is float:
+                fastnorm_rms_backward4_f(gp, xp, dp, w + k0, L, s4, mg4, gw_acc + k0)
+            else:
+                fastnorm_rms_backward4_d(gp, xp, dp, w + k0, L, s4, mg4, gw_acc + k0)
+        elif rms:
+            _rms_backward_segment(gp[0], xp[0], w + k0 if w != NULL else NULL, dp[0], L,
+                                  s4[0], mg4[0], gw_acc + k0 if gw_acc != NULL else NULL)
+        elif m == 4:
             if floating is float:
                 fastnorm_ln_backward4_f(gp, xp, dp, w + k0, L, m4, s4, sh4, mg4, mgx4,
                                         gw_acc + k0, gb_acc + k0)
@@ -1189,40 +1198,6 @@ cdef void _ln_backward_apply(int storage, floating* scratch, int m, const char**
                                  m4[0], s4[0], sh4[0], mg4[0], mgx4[0],
                                  gw_acc + k0 if gw_acc != NULL else NULL,
                                  gb_acc + k0 if gb_acc != NULL else NULL)
-        for j in range(m):
-            _row_done(storage, scratch, 8 + j, L, d[j] + k0 * isz)
-        k0 += L
-
-
-cdef void _rms_backward_apply(int storage, floating* scratch, int m, const char** g,
-                              const char** x, char** d, const floating* w, Py_ssize_t n,
-                              const floating* s4, const floating* c4,
-                              floating* gw_acc) noexcept nogil:
-    """As _ln_backward_apply, for RMSNorm (fastnorm_rms_backward4 for four)."""
-    cdef Py_ssize_t k0 = 0, L, ch = _stage_len(storage, n)
-    cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
-    cdef int j
-    cdef const floating* gp[4]
-    cdef const floating* xp[4]
-    cdef floating* dp[4]
-    while k0 < n:
-        L = ch if n - k0 > ch else n - k0
-        for j in range(m):
-            if storage != ST_NATIVE and L == n:  # widened by the row sums, still there
-                gp[j] = scratch + j * n
-                xp[j] = scratch + (4 + j) * n
-            else:
-                gp[j] = _row_in(storage, scratch, j, L, g[j] + k0 * isz)
-                xp[j] = _row_in(storage, scratch, 4 + j, L, x[j] + k0 * isz)
-            dp[j] = _row_out(storage, scratch, 8 + j, L, d[j] + k0 * isz)
-        if m == 4:
-            if floating is float:
-                fastnorm_rms_backward4_f(gp, xp, dp, w + k0, L, s4, c4, gw_acc + k0)
-            else:
-                fastnorm_rms_backward4_d(gp, xp, dp, w + k0, L, s4, c4, gw_acc + k0)
-        else:
-            _rms_backward_segment(gp[0], xp[0], w + k0 if w != NULL else NULL, dp[0], L,
-                                  s4[0], c4[0], gw_acc + k0 if gw_acc != NULL else NULL)
         for j in range(m):
             _row_done(storage, scratch, 8 + j, L, d[j] + k0 * isz)
         k0 += L
@@ -1269,8 +1244,8 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
             sh4[j] = <floating>(c * inv_n)
             mg4[j] = <floating>(a * inv_n)
             mgx4[j] = <floating>((bsum - c * inv_n * a) * inv_n)
-        _ln_backward_apply(storage, scratch, m, gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4,
-                           gw_acc, gb_acc)
+        _backward_apply(False, storage, scratch, m, gp, xp, dp, w, n, m4, s4, sh4, mg4, mgx4,
+                        gw_acc, gb_acc)
         r += m
         pending += m
         if pending >= FLUSH_ROWS:
@@ -1312,7 +1287,8 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
             s = rstd[r + j]
             s4[j] = <floating>s
             c4[j] = <floating>(s * _rms_row_sum(storage, scratch, j, gp[j], xp[j], w, n) / n)
-        _rms_backward_apply(storage, scratch, m, gp, xp, dp, w, n, s4, c4, gw_acc)
+        _backward_apply(True, storage, scratch, m, gp, xp, dp, w, n, NULL, s4, NULL, c4, NULL,
+                        gw_acc, NULL)
         r += m
         pending += m
         if pending >= FLUSH_ROWS and gw_total != NULL:
@@ -1365,11 +1341,8 @@ cdef inline void _column_rows(bint rms, int storage, floating* scratch, int m, c
         gq[j] = g + j * gs
         xq[j] = x + j * xs
         dq[j] = d + j * ds
-    if rms:
-        _rms_backward_apply(storage, scratch, m, gq, xq, dq, w, n, s4, mg4, gw_acc)
-    else:
-        _ln_backward_apply(storage, scratch, m, gq, xq, dq, w, n, m4, s4, sh4, mg4, mgx4,
-                           gw_acc, gb_acc)
+    _backward_apply(rms, storage, scratch, m, gq, xq, dq, w, n, m4, s4, sh4, mg4, mgx4,
+                    gw_acc, gb_acc)
 
 
 cdef void _norm_backward_columns(bint rms, const char* gb_, Py_ssize_t gs, const char* xb,
@@ -1387,7 +1360,7 @@ cdef void _norm_backward_columns(bint rms, const char* gb_, Py_ssize_t gs, const
     accumulate straight into grad_w / grad_b; `totals` (n doubles per
     gradient, NULL when M <= FLUSH_ROWS) takes them every FLUSH_ROWS rows.
     16-bit rows: `stage` holds 12 * _stage_len(segment) floats per segment
-    (the rows' staging, see _ln_backward_apply)."""
+    (the rows' staging, see _backward_apply)."""
     cdef int p, j, m
     cdef Py_ssize_t r, lo, hi, k, pending = 0
     cdef Py_ssize_t isz = sizeof(floating) if storage == ST_NATIVE else 2
