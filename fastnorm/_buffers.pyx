@@ -58,9 +58,7 @@ cdef class _PooledMemory:
 
     def __dealloc__(self):
         if self.ptr != NULL:
-            fastnorm_lock(&slots_lock)
-            _release(self.ptr, self.nbytes)
-            fastnorm_unlock(&slots_lock)
+            _give_back(self.ptr, self.nbytes)
             self.ptr = NULL
 
 
@@ -101,6 +99,13 @@ cdef void _release(void* ptr, size_t nbytes) noexcept nogil:
             slot_stamp[i] = clock
             cached_bytes += nbytes
             return
+
+
+cdef void _give_back(void* ptr, size_t nbytes) noexcept nogil:
+    """_release under the lock: a cached block's way back."""
+    fastnorm_lock(&slots_lock)
+    _release(ptr, nbytes)
+    fastnorm_unlock(&slots_lock)
 
 
 cdef void* _take(size_t nbytes, size_t* got) noexcept nogil:
@@ -163,9 +168,7 @@ cdef void scratch_free(void* p) noexcept nogil:
     if got == 0:
         free(raw)
         return
-    fastnorm_lock(&slots_lock)
-    _release(raw, got)
-    fastnorm_unlock(&slots_lock)
+    _give_back(raw, got)
 
 
 cdef object empty_array(int nd, cnp.npy_intp* dims, int typenum):
