@@ -53,17 +53,20 @@ cdef inline void _merge_moments(double* count, double* mean, double* m2,
 cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_ssize_t n,
                                       floating hi, floating lo,
                                       double* sum_g, double* sum_gt, double* sum_t) noexcept nogil:
-    """Sums of g, g*t and t over a block, t = (x - hi) - lo."""
+    """Sums of g, g*t and t over a block, t = (x - hi) - lo (float32:
+    rows16.h's fn_block_backward_sums_f32, the 16-bit kernels' own code)."""
     cdef floating acc_a[LANES]
     cdef floating acc_b[LANES]
     cdef floating acc_c[LANES]
     cdef double lanes_a[LANES]
     cdef double lanes_b[LANES]
     cdef double lanes_c[LANES]
-    cdef floating t, ra, rb, rc
-    cdef double ta = 0.0, tb = 0.0, tc = 0.0
+    cdef floating t, gk, ra, rb, rc
     cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
+    cdef int j, cut
+    if floating is float:
+        fn_block_backward_sums_f32(g, x, n, hi, lo, sum_g, sum_gt, sum_t)
+        return
     if n < LANES:  # the tail loop alone
         ra = 0
         rb = 0
@@ -96,24 +99,24 @@ cdef inline void _block_backward_sums(const floating* g, const floating* x, Py_s
                 acc_b[j] += g[k + j] * t
                 acc_c[j] += t
             k += LANES
-        ra = 0
-        rb = 0
-        rc = 0
-        for k in range(vend, end):
-            t = (x[k] - hi) - lo
-            ra += g[k]
-            rb += g[k] * t
-            rc += t
+        if vend < end:  # the partial last lane block, as a whole one (_tail_start)
+            k = end - LANES
+            cut = _tail_start(vend, end)
+            for j in range(LANES):
+                t = (x[k + j] - hi) - lo
+                gk = g[k + j]
+                t = t if j >= cut else 0
+                gk = gk if j >= cut else 0
+                acc_a[j] += gk
+                acc_b[j] += gk * t
+                acc_c[j] += t
         _lanes_flush(acc_a, lanes_a)
         _lanes_flush(acc_b, lanes_b)
         _lanes_flush(acc_c, lanes_c)
-        ta += ra
-        tb += rb
-        tc += rc
         i = end
-    sum_g[0] = ta + _lanes_total(lanes_a)
-    sum_gt[0] = tb + _lanes_total(lanes_b)
-    sum_t[0] = tc + _lanes_total(lanes_c)
+    sum_g[0] = _lanes_total(lanes_a)
+    sum_gt[0] = _lanes_total(lanes_b)
+    sum_t[0] = _lanes_total(lanes_c)
 
 
 cdef inline void _block_affine(const floating* x, floating* y, Py_ssize_t n,

@@ -49,6 +49,7 @@ cdef extern from "simd.h" nogil:
     void fastnorm_stream_fence()
     void fn_copy_bytes(const char* src, char* dst, size_t n, int stream)
     bint fn_sums_in_range(double sq, Py_ssize_t n)
+    double fn_lanes_total32(const double* lanes)
     float fn_ld1(int st, const void* p, Py_ssize_t k)
     void fn_st1(int st, void* p, Py_ssize_t k, float v)
     void fn_exact_moments(int st, const void* x, Py_ssize_t n, Py_ssize_t stride, double* mean, double* m2)
@@ -84,8 +85,6 @@ cdef extern from "rows16.h" nogil:
                       double eps, float* mean, float* rstd, int stream)
     void fn_ln_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
                      const float* b, double eps, double* mean, double* rstd, bint stream)
-    double fn_rms_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
-                        double eps, bint stream)
     void fn_block_moments16(int storage, const void* x, Py_ssize_t n, double* mean, double* m2)
     void fn_block_affine16(int storage, const void* x, void* y, Py_ssize_t n, float hi, float a,
                            float b, bint stream)
@@ -94,11 +93,18 @@ cdef extern from "rows16.h" nogil:
     void fn_block_backward16(int storage, const void* g, const void* x, void* dx, Py_ssize_t n,
                              float hi, float alpha, float beta, float gamma, bint stream)
     float fn_load1_16(int storage, const void* p, Py_ssize_t i)
+    void fn_moments_f32(const float* x, Py_ssize_t n, float shift, float center, double* sum_sq,
+                        double* sum_dev)
+    double fn_sum_squares_f32(const float* x, Py_ssize_t n)
+    void fn_block_backward_sums_f32(const float* g, const float* x, Py_ssize_t n, float hi,
+                                    float lo, double* sg, double* sgt, double* st)
     void fn_moments16(int storage, const void* x, Py_ssize_t n, float shift, double* sum_sq,
                       double* sum_dev)
     void fn_ln_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
                            const float* b, float hi, float r, float off)
-    void fn_rms_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w, float r)
+    void fn_rms_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w, float r,
+                            int stream)
+    double fn_sum_squares16(int storage, const void* x, Py_ssize_t n)
 
 # Register-panel and four-row loops written in C with GCC vector extensions
 cdef extern from "_panels.h" nogil:
@@ -160,6 +166,9 @@ cdef enum:
     MIN_THREAD_WORK = 16384     # elements per thread, at least
     STAGE_CHUNK = 4096      # 16-bit values widened at a time into float32 staging
     MIN_WIDE_ROW = 65536        # rows at least this wide may be split across threads
+    NARROW_ROW = 64         # rows narrower than this take their rstd ROW_GROUP rows at a time
+    GATHER_ROW = 8          # ... and rows up to this wide go in the lanes of vectors (RMSNorm)
+    ROW_GROUP = 16
     WIDE_ROWS_PER_THREAD = 32   # ... while there are fewer than this many rows per thread (bwd)
     CANCELLATION_LIMIT = 16     # see _one_pass_ok
     STREAM_MIN_BYTES = 16 << 20 # outputs at least this large bypass the caches
@@ -374,6 +383,17 @@ def openmp_team_size(int n_threads):
 # 1. row kernels
 # --------------------------------------------------------------------------
 
+cdef inline int _tail_start(Py_ssize_t vend, Py_ssize_t end) noexcept nogil:
+    """The last lane block of a row (or segment) of at least LANES values
+    that ends short of a whole one, at `end`, is summed as the whole block of
+    the LANES values ending there, lanes below the returned index masked to
+    0 (they were summed by the block before): vector code, where a scalar
+    tail was a dependency chain of up to LANES - 1 adds (a 127-wide row
+    spent more time in its last 31 values than in the 96 before them).
+    rows16.h's FN_TAIL_START is the same rule."""
+    return <int>(LANES - (end - vend))
+
+
 cdef inline void _lanes_flush(floating* acc, double* lanes) noexcept nogil:
     """lanes[j] += acc[j], acc[j] = 0: the `floating` lanes of a block widen
     into double lanes (a few vector instructions; the lanes are reduced to one
@@ -385,26 +405,24 @@ cdef inline void _lanes_flush(floating* acc, double* lanes) noexcept nogil:
 
 
 cdef inline double _lanes_total(double* lanes) noexcept nogil:
-    """Sum of the LANES double lanes, as a fixed pairwise tree."""
-    cdef int j, width = LANES // 2
-    while width > 0:
-        for j in range(width):
-            lanes[j] = lanes[j] + lanes[j + width]
-        width = width // 2
-    return lanes[0]
+    """Sum of the LANES double lanes, as a fixed pairwise tree (simd.h)."""
+    return fn_lanes_total32(lanes)
 
 
 cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shift,
                                    floating center, double* sum_sq, double* sum_dev) noexcept nogil:
-    """Sum of d^2 and of d, where d = (x[i] - shift) - center."""
+    """Sum of d^2 and of d, where d = (x[i] - shift) - center (float32:
+    rows16.h's fn_moments_f32, the 16-bit kernels' own code)."""
     cdef floating acc_q[LANES]
     cdef floating acc_s[LANES]
     cdef double lanes_q[LANES]
     cdef double lanes_s[LANES]
     cdef floating d, rest_q, rest_s
-    cdef double total_q = 0.0, total_s = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
+    cdef int j, cut
+    if floating is float:
+        fn_moments_f32(x, n, shift, center, sum_sq, sum_dev)
+        return
     if n < LANES:  # no whole lane block: the tail loop alone (same sums, no lane set-up)
         rest_q = 0
         rest_s = 0
@@ -439,19 +457,19 @@ cdef inline void _centered_moments(const floating* x, Py_ssize_t n, floating shi
                     acc_q[j] += d * d
                     acc_s[j] += d
                 k += LANES
-        rest_q = 0
-        rest_s = 0
-        for k in range(vend, end):
-            d = (x[k] - shift) - center
-            rest_q += d * d
-            rest_s += d
+        if vend < end:  # the partial last lane block, as a whole one (_tail_start)
+            k = end - LANES
+            cut = _tail_start(vend, end)
+            for j in range(LANES):
+                d = (x[k + j] - shift) - center
+                d = d if j >= cut else 0
+                acc_q[j] += d * d
+                acc_s[j] += d
         _lanes_flush(acc_q, lanes_q)
         _lanes_flush(acc_s, lanes_s)
-        total_q += rest_q
-        total_s += rest_s
         i = end
-    sum_sq[0] = total_q + _lanes_total(lanes_q)
-    sum_dev[0] = total_s + _lanes_total(lanes_s)
+    sum_sq[0] = _lanes_total(lanes_q)
+    sum_dev[0] = _lanes_total(lanes_s)
 
 
 cdef enum LaneTerm:
@@ -480,10 +498,9 @@ cdef inline double _lane_sum(const floating* a, const floating* b, const floatin
     call site, so each inlined copy is the loop of that one term."""
     cdef floating acc[LANES]
     cdef double lanes[LANES]
-    cdef floating rest
-    cdef double total = 0.0
+    cdef floating rest, t
     cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
+    cdef int j, cut
     if n < LANES:  # the tail loop alone (the same sum, no lane set-up)
         rest = 0
         for k in range(n):
@@ -501,13 +518,15 @@ cdef inline double _lane_sum(const floating* a, const floating* b, const floatin
             for j in range(LANES):
                 acc[j] += _lane_term(a, b, c, k + j, term)
             k += LANES
-        rest = 0
-        for k in range(vend, end):
-            rest += _lane_term(a, b, c, k, term)
+        if vend < end:  # the partial last lane block, as a whole one (_tail_start)
+            k = end - LANES
+            cut = _tail_start(vend, end)
+            for j in range(LANES):
+                t = _lane_term(a, b, c, k + j, term)
+                acc[j] += t if j >= cut else 0
         _lanes_flush(acc, lanes)
-        total += rest
         i = end
-    return _lane_sum_checked(a, b, c, n, term, total + _lanes_total(lanes))
+    return _lane_sum_checked(a, b, c, n, term, _lanes_total(lanes))
 
 
 cdef inline double _lane_sum_checked(const floating* a, const floating* b, const floating* c,
@@ -532,7 +551,9 @@ cdef inline double _lane_sum_checked(const floating* a, const floating* b, const
 
 
 cdef inline double _sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
-    """Sum of x[i]^2."""
+    """Sum of x[i]^2 (float32: rows16.h's, as the 16-bit kernels')."""
+    if floating is float:
+        return fn_sum_squares_f32(x, n)
     return _lane_sum(x, x, x, n, TERM_SQUARE)
 
 
@@ -640,9 +661,8 @@ cdef inline void _ln_backward_sums(const floating* g, const floating* x, const f
     cdef double lanes_b[LANES]
     cdef double lanes_c[LANES]
     cdef floating xh, gw, ra, rb, rc
-    cdef double ta = 0.0, tb = 0.0, tc = 0.0
     cdef Py_ssize_t i = 0, k, end, vend
-    cdef int j
+    cdef int j, cut
     if n < LANES:  # the tail loop alone: the same sums (0.0 + rest), no lane set-up
         ra = 0
         rb = 0
@@ -686,25 +706,24 @@ cdef inline void _ln_backward_sums(const floating* g, const floating* x, const f
                     acc_b[j] += g[k + j] * xh
                     acc_c[j] += xh
                 k += LANES
-        ra = 0
-        rb = 0
-        rc = 0
-        for k in range(vend, end):
-            xh = (x[k] - mean) * rstd
-            gw = g[k] * w[k] if w != NULL else g[k]
-            ra += gw
-            rb += gw * xh
-            rc += xh
+        if vend < end:  # the partial last lane block, as a whole one (_tail_start)
+            k = end - LANES
+            cut = _tail_start(vend, end)
+            for j in range(LANES):
+                xh = (x[k + j] - mean) * rstd
+                gw = g[k + j] * w[k + j] if w != NULL else g[k + j]
+                xh = xh if j >= cut else 0
+                gw = gw if j >= cut else 0
+                acc_a[j] += gw
+                acc_b[j] += gw * xh
+                acc_c[j] += xh
         _lanes_flush(acc_a, lanes_a)
         _lanes_flush(acc_b, lanes_b)
         _lanes_flush(acc_c, lanes_c)
-        ta += ra
-        tb += rb
-        tc += rc
         i = end
-    sum_gw[0] = ta + _lanes_total(lanes_a)
-    sum_gw_xhat[0] = tb + _lanes_total(lanes_b)
-    sum_xhat[0] = tc + _lanes_total(lanes_c)
+    sum_gw[0] = _lanes_total(lanes_a)
+    sum_gw_xhat[0] = _lanes_total(lanes_b)
+    sum_xhat[0] = _lanes_total(lanes_c)
 
 
 cdef inline void _ln_backward_segment(const floating* g, const floating* x, const floating* w,
@@ -790,14 +809,35 @@ cdef void _ln_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t y
                            const floating* w, const floating* b, double eps,
                            floating* mean, floating* rstd, bint stream,
                            int storage) noexcept nogil:
-    """Rows r0..r1; 16-bit rows go through rows16.h (widened in registers)."""
-    cdef Py_ssize_t r
+    """Rows r0..r1; 16-bit rows go through rows16.h (widened in registers).
+    Narrow rows go ROW_GROUP at a time, their rstd in one vector loop (as
+    _rms_forward_rows; the same bits as _ln_forward_row)."""
+    cdef Py_ssize_t r = r0
     cdef double m, s
+    cdef double gm[ROW_GROUP]
+    cdef double gs[ROW_GROUP]
+    cdef int i
+    cdef floating hi
     if storage != ST_NATIVE:
         fn_ln_rows16(storage, xb, xs, yb, ys, r0, r1, n, <const float*>w, <const float*>b, eps,
                      <float*>mean, <float*>rstd, stream)
     else:
-        for r in range(r0, r1):
+        while n < NARROW_ROW and r + ROW_GROUP <= r1:
+            for i in range(ROW_GROUP):
+                _block_moments(<const floating*>(xb + (r + i) * xs), n, &gm[i], &gs[i])
+            for i in range(ROW_GROUP):
+                gs[i] = 1.0 / sqrt(gs[i] / n + eps)
+            for i in range(ROW_GROUP):
+                hi = <floating>gm[i]
+                _ln_normalize_segment(<const floating*>(xb + (r + i) * xs), <floating*>(yb + (r + i) * ys),
+                                      n, w, b, hi, <floating>gs[i],
+                                      <floating>(-(gm[i] - <double>hi) * gs[i]), stream)
+                if mean != NULL:
+                    mean[r + i] = <floating>gm[i]
+                if rstd != NULL:
+                    rstd[r + i] = <floating>gs[i]
+            r += ROW_GROUP
+        for r in range(r, r1):
             _ln_forward_row(<const floating*>(xb + r * xs), <floating*>(yb + r * ys), n, w, b, eps,
                             &m, &s, stream)
             if mean != NULL:
@@ -915,7 +955,7 @@ cdef double _rms_forward_wide_row16(int storage, const char* x, char* y, Py_ssiz
         lo = _part_start(n, nth, p)
         hi = _part_start(n, nth, p + 1)
         fn_rms_normalize16(storage, x + 2 * lo, y + 2 * lo, hi - lo, w + lo if w != NULL else NULL,
-                           <float>rstd)
+                           <float>rstd, 0)
     return rstd
 
 
@@ -1019,24 +1059,103 @@ cdef int _ln_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
     return 0
 
 
+cdef inline double _row_sum_squares(int storage, const char* x, Py_ssize_t n,
+                                    const floating* tag) noexcept nogil:
+    """Sum of squares of one row of n values in its storage dtype."""
+    if storage == ST_NATIVE:
+        return _sum_squares(<const floating*>x, n)
+    return fn_sum_squares16(storage, x, n)
+
+
+cdef inline void _rms_narrow_group(const char* xb, Py_ssize_t xe, char* yb, Py_ssize_t ye,
+                                   Py_ssize_t n, const floating* w, double eps,
+                                   floating* rstd) noexcept nogil:
+    """RMSNorm of ROW_GROUP rows of n <= GATHER_ROW values (rows xe and ye
+    elements apart) with the rows in the vector lanes: each row's sum of
+    squares in its own lane, in the order a row at a time sums them (the
+    same bits), then the rstd and the outputs of the whole group at once.
+    A row at a time, a row of one value cost ~20 cycles of scalar work:
+    (16384, 1) took 1.7x PyTorch's time."""
+    cdef const floating* x = <const floating*>xb
+    cdef floating* y = <floating*>yb
+    cdef floating acc[ROW_GROUP]
+    cdef floating rs[ROW_GROUP]
+    cdef double s[ROW_GROUP]
+    cdef Py_ssize_t k
+    cdef int i
+    for i in range(ROW_GROUP):
+        acc[i] = 0
+    for k in range(n):
+        for i in range(ROW_GROUP):
+            acc[i] += x[i * xe + k] * x[i * xe + k]
+    for i in range(ROW_GROUP):
+        s[i] = acc[i]
+        if floating is float:
+            if not fn_sums_in_range(s[i], n):  # out of float32's range: again in double
+                s[i] = fn_exact_sum_squares(ST_NATIVE, x + i * xe, n, 1)
+    for i in range(ROW_GROUP):
+        s[i] = 1.0 / sqrt(s[i] / n + eps)
+        rs[i] = <floating>s[i]
+    if w != NULL:
+        for k in range(n):
+            for i in range(ROW_GROUP):
+                y[i * ye + k] = x[i * xe + k] * rs[i] * w[k]
+    else:
+        for k in range(n):
+            for i in range(ROW_GROUP):
+                y[i * ye + k] = x[i * xe + k] * rs[i]
+    if rstd != NULL:
+        for i in range(ROW_GROUP):
+            rstd[i] = rs[i]
+
+
 cdef void _rms_forward_rows(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                             const floating* w, double eps, floating* rstd, bint stream,
                             int storage) noexcept nogil:
-    cdef Py_ssize_t r
-    cdef double s
-    cdef const floating* x
-    for r in range(r0, r1):
-        if storage == ST_NATIVE:
-            x = <const floating*>(xb + r * xs)
-            s = 1.0 / sqrt(_sum_squares(x, n) / n + eps)
-            _rms_normalize_segment(x, <floating*>(yb + r * ys), n, w, <floating>s, stream)
-        else:
-            s = fn_rms_row16(storage, xb + r * xs, yb + r * ys, n, <const float*>w, eps, stream)
+    """RMSNorm of rows r0..r1.  Narrow rows go ROW_GROUP at a time: every
+    row's sum of squares, then the group's rstd in one vector loop (double
+    division and square root, correctly rounded: the same bits as one row at
+    a time), then the rows' normalize passes.  One row at a time, a row of
+    width 1 waited on its own division and square root (~40 cycles of
+    latency for one value): (16384, 1) took 0.6-0.8x PyTorch's time."""
+    cdef Py_ssize_t r = r0
+    cdef int i
+    cdef double ss[ROW_GROUP]
+    if (n <= GATHER_ROW and storage == ST_NATIVE and xs % sizeof(floating) == 0
+            and ys % sizeof(floating) == 0):
+        while r + ROW_GROUP <= r1:
+            _rms_narrow_group(xb + r * xs, xs // sizeof(floating), yb + r * ys,
+                              ys // sizeof(floating), n, w, eps, rstd + r if rstd != NULL else NULL)
+            r += ROW_GROUP
+    elif n < NARROW_ROW:
+        while r + ROW_GROUP <= r1:
+            for i in range(ROW_GROUP):
+                ss[i] = _row_sum_squares(storage, xb + (r + i) * xs, n, w)
+            for i in range(ROW_GROUP):
+                ss[i] = 1.0 / sqrt(ss[i] / n + eps)
+            for i in range(ROW_GROUP):
+                _rms_normalize_row(storage, xb + (r + i) * xs, yb + (r + i) * ys, n, w,
+                                   ss[i], stream)
+                if rstd != NULL:
+                    rstd[r + i] = <floating>ss[i]
+            r += ROW_GROUP
+    while r < r1:
+        ss[0] = 1.0 / sqrt(_row_sum_squares(storage, xb + r * xs, n, w) / n + eps)
+        _rms_normalize_row(storage, xb + r * xs, yb + r * ys, n, w, ss[0], stream)
         if rstd != NULL:
-            rstd[r] = <floating>s
+            rstd[r] = <floating>ss[0]
+        r += 1
     if stream:
         fastnorm_stream_fence()
+
+
+cdef inline void _rms_normalize_row(int storage, const char* x, char* y, Py_ssize_t n,
+                                    const floating* w, double rstd, bint stream) noexcept nogil:
+    if storage == ST_NATIVE:
+        _rms_normalize_segment(<const floating*>x, <floating*>y, n, w, <floating>rstd, stream)
+    else:
+        fn_rms_normalize16(storage, x, y, n, <const float*>w, <float>rstd, stream)
 
 
 cdef int _rms_forward(const char* xb, Py_ssize_t xs, char* yb, Py_ssize_t ys,

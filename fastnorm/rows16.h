@@ -70,77 +70,203 @@ static inline void fn_flush_lanes(const fn_vf* acc, double* lanes) {
         lanes[j] += f[j];
 }
 
-static inline double fn_lanes_total(double* lanes) {
-    for (int width = FN_LANES / 2; width > 0; width /= 2)
-        for (int j = 0; j < width; j++)
-            lanes[j] += lanes[j + width];
-    return lanes[0];
+/* the last lane block of a row of at least FN_LANES values that ends short
+   of a whole one, at `end`, is summed as the whole block of the FN_LANES
+   values ending there, its lanes below FN_TAIL_START masked to 0 (summed
+   by the block before): vector code, not a scalar chain of up to 31 adds.
+   _kernels.pxi's _tail_start is the same rule. */
+#define FN_TAIL_START(vend, end) ((int)(FN_LANES - ((end) - (vend))))
+
+/* all ones in the lanes of accumulator vector v whose index in the lane
+   block is at least cut, 0 below */
+static inline fn_vi fn_tail_mask(int v, int cut) {
+    fn_vi lane;
+    for (int j = 0; j < FN_W; j++) lane[j] = v * (int)FN_W + j;
+    return lane >= cut;
 }
+
+static inline double fn_lanes_total(const double* lanes) { return fn_lanes_total32(lanes); }
+
+/* the total of FN_NV accumulator vectors (FN_LANES float lanes) as
+   fn_lanes_total of lanes flushed once from them, in registers: the same
+   tree, the same bits (the "0.0 +" is the flush into zeroed lanes, which
+   turns an all -0 total into +0) */
+typedef double fn_vdw __attribute__((vector_size(FN_VBYTES * 2)));
+static inline double fn_acc_total(const fn_vf* acc) {
+    fn_vdw d[FN_NV];
+    for (int v = 0; v < FN_NV; v++) d[v] = __builtin_convertvector(acc[v], fn_vdw);
+    for (int h = FN_NV / 2; h > 0; h /= 2)     /* widths FN_LANES / 2 .. FN_W */
+        for (int v = 0; v < h; v++) d[v] += d[v + h];
+    fn_v4d q[FN_W / 4];                        /* widths FN_W / 2 .. 4 */
+    __builtin_memcpy(q, &d[0], sizeof(q));
+    for (int h = FN_W / 8; h > 0; h /= 2)
+        for (int p = 0; p < h; p++) q[p] += q[p + h];
+    const double p0 = q[0][0] + q[0][2], p1 = q[0][1] + q[0][3];
+    return 0.0 + (p0 + p1);
+}
+
+/* x * y + z rounded once where the build has FMA (the vector loops' `+= x *
+   y` contract to it): spelled out in the scalar loops, which gcc vectorizes
+   as an in-order reduction for float32 loads (products rounded apart from
+   the adds) but not for 16-bit ones, so the two would differ by an ulp */
+#if defined(__FMA__)
+#define FN_FMA(x, y, z) __builtin_fmaf((x), (y), (z))
+#else
+#define FN_FMA(x, y, z) ((x) * (y) + (z))
+#endif
+
+/* the storage code and one-value load of each instantiation's S */
+#define FN_ST_f32 FN_ST_NATIVE
+#define FN_LOAD1_f32(v) (v)
+static inline fn_vf fn_vload_f32(const float* p) { return FN_LOAD(fn_vfu, p); }
 
 /* ---- the row kernels, once per storage type ---- */
 /* the storage code of each instantiation's S */
 #define FN_ST_bf16 FN_ST_BF16
 #define FN_ST_f16 FN_ST_F16
 
-#define FN_DEFINE_ROWS16(S, LOAD1, STORE1, VLOAD, PACK)                                     \
-/* sums of d^2 and d, d = x - shift */                                                         \
-static void fn_moments_##S(const uint16_t* x, Py_ssize_t n, float shift,                      \
-                           double* sum_sq, double* sum_dev) {                                  \
-    if (n < FN_LANES) {  /* the tail loop alone */                                             \
-        float rq = 0, rs = 0;                                                                  \
-        for (Py_ssize_t k = 0; k < n; k++) { float d = LOAD1(x[k]) - shift; rq += d * d; rs += d; } \
-        *sum_sq = rq;                                                                          \
-        *sum_dev = rs;                                                                         \
-        return;                                                                                \
-    }                                                                                          \
-    double lq[FN_LANES] = {0}, ls[FN_LANES] = {0};                                            \
-    double tq = 0, ts = 0;                                                                     \
-    const fn_vf vs = fn_splat(shift);                                                         \
+#define FN_DEFINE_SUMS(S, T, LOAD1, VLOAD)                                                     \
+/* sums of d^2 and d, d = (x - shift) - center, over n >= FN_LANES values */                   \
+static void fn_moments_lanes_##S(const T* x, Py_ssize_t n, float shift, float center,          \
+                                 double* sum_sq, double* sum_dev) {                            \
+    double lq[FN_LANES] = {0}, ls[FN_LANES] = {0};                                             \
+    const fn_vf vs = fn_splat(shift), vc = fn_splat(center);                                   \
     for (Py_ssize_t i = 0; i < n; i += FN_BLOCK) {                                             \
         Py_ssize_t end = i + FN_BLOCK < n ? i + FN_BLOCK : n;                                  \
         Py_ssize_t vend = i + ((end - i) / FN_LANES) * FN_LANES, k;                            \
         fn_vf aq[FN_NV], as[FN_NV];                                                            \
-        for (int v = 0; v < FN_NV; v++) { aq[v] = fn_splat(0); as[v] = fn_splat(0); }        \
-        for (k = i; k < vend; k += FN_LANES)                                                   \
+        for (int v = 0; v < FN_NV; v++) { aq[v] = fn_splat(0); as[v] = fn_splat(0); }          \
+        if (center == 0)  /* the one-pass case: spare a subtraction */                         \
+            for (k = i; k < vend; k += FN_LANES)                                               \
+                for (int v = 0; v < FN_NV; v++) {                                              \
+                    fn_vf d = VLOAD(x + k + v * FN_W) - vs;                                    \
+                    aq[v] += d * d;                                                            \
+                    as[v] += d;                                                                \
+                }                                                                              \
+        else                                                                                   \
+            for (k = i; k < vend; k += FN_LANES)                                               \
+                for (int v = 0; v < FN_NV; v++) {                                              \
+                    fn_vf d = (VLOAD(x + k + v * FN_W) - vs) - vc;                             \
+                    aq[v] += d * d;                                                            \
+                    as[v] += d;                                                                \
+                }                                                                              \
+        if (vend < end)  /* the partial last lane block, as a whole one (FN_TAIL_START) */     \
             for (int v = 0; v < FN_NV; v++) {                                                  \
-                fn_vf d = VLOAD(x + k + v * FN_W) - vs;                                        \
+                const fn_vi keep = fn_tail_mask(v, FN_TAIL_START(vend, end));                  \
+                fn_vf d = (VLOAD(x + end - FN_LANES + v * FN_W) - vs) - vc;                    \
+                d = (fn_vf)((fn_vi)d & keep);                                                  \
                 aq[v] += d * d;                                                                \
                 as[v] += d;                                                                    \
             }                                                                                  \
-        float rq = 0, rs = 0;                                                                  \
-        for (k = vend; k < end; k++) { float d = LOAD1(x[k]) - shift; rq += d * d; rs += d; }  \
+        if (end == n && i == 0) {  /* one block: its lanes' total in registers */              \
+            *sum_sq = fn_acc_total(aq);                                                        \
+            *sum_dev = fn_acc_total(as);                                                       \
+            return;                                                                            \
+        }                                                                                      \
         fn_flush_lanes(aq, lq);                                                                \
         fn_flush_lanes(as, ls);                                                                \
-        tq += rq;                                                                              \
-        ts += rs;                                                                              \
     }                                                                                          \
-    *sum_sq = tq + fn_lanes_total(lq);                                                         \
-    *sum_dev = ts + fn_lanes_total(ls);                                                        \
+    *sum_sq = fn_lanes_total(lq);                                                              \
+    *sum_dev = fn_lanes_total(ls);                                                             \
 }                                                                                              \
                                                                                                \
-static double fn_sum_squares_##S(const uint16_t* x, Py_ssize_t n) {                           \
+/* sums of d^2 and d, d = (x - shift) - center; rows narrower than the lane                    \
+   block inline, as a scalar loop */                                                           \
+static inline void fn_moments_##S(const T* x, Py_ssize_t n, float shift, float center,         \
+                                  double* sum_sq, double* sum_dev) {                           \
+    if (n >= FN_LANES) {                                                                       \
+        fn_moments_lanes_##S(x, n, shift, center, sum_sq, sum_dev);                            \
+        return;                                                                                \
+    }                                                                                          \
+    float rq = 0, rs = 0;                                                                      \
+    for (Py_ssize_t k = 0; k < n; k++) {                                                       \
+        float d = (LOAD1(x[k]) - shift) - center;                                              \
+        rq = FN_FMA(d, d, rq);                                                                 \
+        rs += d;                                                                               \
+    }                                                                                          \
+    *sum_sq = rq;                                                                              \
+    *sum_dev = rs;                                                                             \
+}                                                                                              \
+                                                                                               \
+static inline double fn_sum_squares_##S(const T* x, Py_ssize_t n) {                            \
     double sq, sd;                                                                             \
-    fn_moments_##S(x, n, 0.0f, &sq, &sd);                                                      \
-    return fn_sums_in_range(sq, n) ? sq : fn_exact_sum_squares(FN_ST_##S, x, n, 1);       \
+    fn_moments_##S(x, n, 0.0f, 0.0f, &sq, &sd);                                                \
+    return fn_sums_in_range(sq, n) ? sq : fn_exact_sum_squares(FN_ST_##S, x, n, 1);            \
 }                                                                                              \
                                                                                                \
-/* mean and sum of squared deviations of n values (_block_moments): moments \
-   about the first value, again about the mean when that one lies far out */  \
-static void fn_block_moments_##S(const uint16_t* x, Py_ssize_t n, double* mean_out,          \
-                                 double* m2_out) {                                              \
+/* mean and sum of squared deviations of n values (_block_moments): moments                    \
+   about the first value, again about the mean when that one lies far out */                   \
+static void fn_block_moments_##S(const T* x, Py_ssize_t n, double* mean_out, double* m2_out) { \
     float shift = LOAD1(x[0]);                                                                 \
     double sq, sd;                                                                             \
-    fn_moments_##S(x, n, shift, &sq, &sd);                                                     \
+    fn_moments_##S(x, n, shift, 0.0f, &sq, &sd);                                               \
     if (!fn_one_pass_ok(sq, sd, n)) {                                                          \
         shift = (float)((double)shift + sd / n);                                               \
-        fn_moments_##S(x, n, shift, &sq, &sd);                                                 \
+        fn_moments_##S(x, n, shift, 0.0f, &sq, &sd);                                           \
     }                                                                                          \
     *mean_out = (double)shift + sd / n;                                                        \
     *m2_out = sq - sd * sd / n;                                                                \
     if (*m2_out < 0) *m2_out = 0;                                                              \
-    if (!fn_sums_in_range(sq, n)) fn_exact_moments(FN_ST_##S, x, n, 1, mean_out, m2_out);  \
+    if (!fn_sums_in_range(sq, n)) fn_exact_moments(FN_ST_##S, x, n, 1, mean_out, m2_out);      \
 }                                                                                              \
                                                                                                \
+/* sums of g, g * t and t, t = (x - hi) - lo (_block_backward_sums) */                         \
+static void fn_block_backward_sums_##S(const T* g, const T* x, Py_ssize_t n, float hi,         \
+                                       float lo, double* sum_g, double* sum_gt, double* sum_t) { \
+    if (n < FN_LANES) {  /* the tail loop alone */                                             \
+        float ra = 0, rb = 0, rc = 0;                                                          \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                   \
+            float gk = LOAD1(g[k]), t = (LOAD1(x[k]) - hi) - lo;                               \
+            ra += gk; rb = FN_FMA(gk, t, rb); rc += t;                                         \
+        }                                                                                      \
+        *sum_g = ra; *sum_gt = rb; *sum_t = rc;                                                \
+        return;                                                                                \
+    }                                                                                          \
+    double la[FN_LANES] = {0}, lb[FN_LANES] = {0}, lc[FN_LANES] = {0};                         \
+    const fn_vf vh = fn_splat(hi), vl = fn_splat(lo);                                          \
+    for (Py_ssize_t i = 0; i < n; i += FN_BLOCK) {                                             \
+        Py_ssize_t end = i + FN_BLOCK < n ? i + FN_BLOCK : n;                                  \
+        Py_ssize_t vend = i + ((end - i) / FN_LANES) * FN_LANES, k;                            \
+        fn_vf aa[FN_NV], ab[FN_NV], ac[FN_NV];                                                 \
+        for (int v = 0; v < FN_NV; v++) { aa[v] = fn_splat(0); ab[v] = aa[v]; ac[v] = aa[v]; } \
+        for (k = i; k < vend; k += FN_LANES)                                                   \
+            for (int v = 0; v < FN_NV; v++) {                                                  \
+                fn_vf gv = VLOAD(g + k + v * FN_W);                                            \
+                fn_vf t = (VLOAD(x + k + v * FN_W) - vh) - vl;                                 \
+                aa[v] += gv;                                                                   \
+                ab[v] += gv * t;                                                               \
+                ac[v] += t;                                                                    \
+            }                                                                                  \
+        if (vend < end)  /* the partial last lane block, as a whole one (FN_TAIL_START) */     \
+            for (int v = 0; v < FN_NV; v++) {                                                  \
+                const fn_vi keep = fn_tail_mask(v, FN_TAIL_START(vend, end));                  \
+                const Py_ssize_t o = end - FN_LANES + v * FN_W;                                \
+                fn_vf gv = (fn_vf)((fn_vi)VLOAD(g + o) & keep);                                \
+                fn_vf t = (fn_vf)((fn_vi)((VLOAD(x + o) - vh) - vl) & keep);                   \
+                aa[v] += gv;                                                                   \
+                ab[v] += gv * t;                                                               \
+                ac[v] += t;                                                                    \
+            }                                                                                  \
+        if (end == n && i == 0) {  /* one block: its lanes' total in registers */              \
+            *sum_g = fn_acc_total(aa);                                                         \
+            *sum_gt = fn_acc_total(ab);                                                        \
+            *sum_t = fn_acc_total(ac);                                                         \
+            return;                                                                            \
+        }                                                                                      \
+        fn_flush_lanes(aa, la);                                                                \
+        fn_flush_lanes(ab, lb);                                                                \
+        fn_flush_lanes(ac, lc);                                                                \
+    }                                                                                          \
+    *sum_g = fn_lanes_total(la);                                                               \
+    *sum_gt = fn_lanes_total(lb);                                                              \
+    *sum_t = fn_lanes_total(lc);                                                               \
+}
+
+FN_DEFINE_SUMS(f32, float, FN_LOAD1_f32, fn_vload_f32)
+FN_DEFINE_SUMS(bf16, uint16_t, fn_bf16_to_float, fn_vload_bf16)
+FN_DEFINE_SUMS(f16, uint16_t, fn_half_to_float, fn_vload_f16)
+
+#define FN_DEFINE_ROWS16(S, LOAD1, STORE1, VLOAD, PACK)                                     \
 /* LayerNorm of one row; w, b: float32 or NULL */                                              \
 /* y = ((x - hi) * r + off) * w + b over a row or a segment of one */                          \
 static void fn_ln_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,  \
@@ -216,14 +342,6 @@ static void fn_rms_normalize_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, c
         y[k] = STORE1(LOAD1(x[k]) * r * (w ? w[k] : 1.0f));                                    \
 }                                                                                              \
                                                                                                \
-/* RMSNorm of one row; w: float32 or NULL; returns rstd */                                     \
-static double fn_rms_row_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, const float* w,     \
-                             double eps, int stream) {                                         \
-    const double rstd = 1.0 / sqrt(fn_sum_squares_##S(x, n) / n + eps);                        \
-    fn_rms_normalize_##S(x, y, n, w, (float)rstd, stream);                                     \
-    return rstd;                                                                               \
-}                                                                                              \
-                                                                                               \
 /* channels-first blocks (_channel_kernels.pxi): y = (x - hi) * a + b */                      \
 static void fn_block_affine_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, float hi,       \
                                 float a, float b, int stream) {                                \
@@ -236,50 +354,6 @@ static void fn_block_affine_##S(const uint16_t* x, uint16_t* y, Py_ssize_t n, fl
         for (; k + FN_W <= n; k += FN_W)                                                       \
             fn_put_h(y + k, PACK((VLOAD(x + k) - vh) * va + vb), stream);                     \
     for (; k < n; k++) y[k] = STORE1(hi == 0 ? LOAD1(x[k]) * a + b : (LOAD1(x[k]) - hi) * a + b); \
-}                                                                                              \
-                                                                                               \
-/* sums of g, g * t and t, t = (x - hi) - lo (_block_backward_sums) */                        \
-static void fn_block_backward_sums_##S(const uint16_t* g, const uint16_t* x, Py_ssize_t n,    \
-                                       float hi, float lo, double* sum_g, double* sum_gt,      \
-                                       double* sum_t) {                                        \
-    if (n < FN_LANES) {  /* the tail loop alone */                                             \
-        float ra = 0, rb = 0, rc = 0;                                                          \
-        for (Py_ssize_t k = 0; k < n; k++) {                                                   \
-            float gk = LOAD1(g[k]), t = (LOAD1(x[k]) - hi) - lo;                               \
-            ra += gk; rb += gk * t; rc += t;                                                   \
-        }                                                                                      \
-        *sum_g = ra; *sum_gt = rb; *sum_t = rc;                                                \
-        return;                                                                                \
-    }                                                                                          \
-    double la[FN_LANES] = {0}, lb[FN_LANES] = {0}, lc[FN_LANES] = {0};                        \
-    double ta = 0, tb = 0, tc = 0;                                                             \
-    const fn_vf vh = fn_splat(hi), vl = fn_splat(lo);                                        \
-    for (Py_ssize_t i = 0; i < n; i += FN_BLOCK) {                                             \
-        Py_ssize_t end = i + FN_BLOCK < n ? i + FN_BLOCK : n;                                  \
-        Py_ssize_t vend = i + ((end - i) / FN_LANES) * FN_LANES, k;                            \
-        fn_vf aa[FN_NV], ab[FN_NV], ac[FN_NV];                                                 \
-        for (int v = 0; v < FN_NV; v++) { aa[v] = fn_splat(0); ab[v] = aa[v]; ac[v] = aa[v]; } \
-        for (k = i; k < vend; k += FN_LANES)                                                   \
-            for (int v = 0; v < FN_NV; v++) {                                                  \
-                fn_vf gv = VLOAD(g + k + v * FN_W);                                            \
-                fn_vf t = (VLOAD(x + k + v * FN_W) - vh) - vl;                                 \
-                aa[v] += gv;                                                                   \
-                ab[v] += gv * t;                                                               \
-                ac[v] += t;                                                                    \
-            }                                                                                  \
-        float ra = 0, rb = 0, rc = 0;                                                          \
-        for (k = vend; k < end; k++) {                                                         \
-            float gk = LOAD1(g[k]), t = (LOAD1(x[k]) - hi) - lo;                               \
-            ra += gk; rb += gk * t; rc += t;                                                   \
-        }                                                                                      \
-        fn_flush_lanes(aa, la);                                                                \
-        fn_flush_lanes(ab, lb);                                                                \
-        fn_flush_lanes(ac, lc);                                                                \
-        ta += ra; tb += rb; tc += rc;                                                          \
-    }                                                                                          \
-    *sum_g = ta + fn_lanes_total(la);                                                          \
-    *sum_gt = tb + fn_lanes_total(lb);                                                         \
-    *sum_t = tc + fn_lanes_total(lc);                                                          \
 }                                                                                              \
                                                                                                \
 /* dx = alpha * g + (beta * (x - hi) + gamma); x unread when beta = gamma = 0 */              \
@@ -311,12 +385,6 @@ static inline void fn_ln_row16(int storage, const void* x, void* y, Py_ssize_t n
                                const float* b, double eps, double* mean, double* rstd, int stream) {
     if (storage == FN_ST_BF16) fn_ln_row_bf16((const uint16_t*)x, (uint16_t*)y, n, w, b, eps, mean, rstd, stream);
     else fn_ln_row_f16((const uint16_t*)x, (uint16_t*)y, n, w, b, eps, mean, rstd, stream);
-}
-
-static inline double fn_rms_row16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
-                                  double eps, int stream) {
-    if (storage == FN_ST_BF16) return fn_rms_row_bf16((const uint16_t*)x, (uint16_t*)y, n, w, eps, stream);
-    return fn_rms_row_f16((const uint16_t*)x, (uint16_t*)y, n, w, eps, stream);
 }
 
 static inline void fn_block_moments16(int storage, const void* x, Py_ssize_t n, double* mean,
@@ -387,8 +455,8 @@ static inline void fn_block_backward16(int storage, const void* g, const void* x
    about `shift`, and its normalize passes */
 static inline void fn_moments16(int storage, const void* x, Py_ssize_t n, float shift, double* sum_sq,
                                 double* sum_dev) {
-    if (storage == FN_ST_BF16) fn_moments_bf16((const uint16_t*)x, n, shift, sum_sq, sum_dev);
-    else fn_moments_f16((const uint16_t*)x, n, shift, sum_sq, sum_dev);
+    if (storage == FN_ST_BF16) fn_moments_bf16((const uint16_t*)x, n, shift, 0.0f, sum_sq, sum_dev);
+    else fn_moments_f16((const uint16_t*)x, n, shift, 0.0f, sum_sq, sum_dev);
 }
 
 static inline void fn_ln_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
@@ -398,9 +466,14 @@ static inline void fn_ln_normalize16(int storage, const void* x, void* y, Py_ssi
 }
 
 static inline void fn_rms_normalize16(int storage, const void* x, void* y, Py_ssize_t n, const float* w,
-                                      float r) {
-    if (storage == FN_ST_BF16) fn_rms_normalize_bf16((const uint16_t*)x, (uint16_t*)y, n, w, r, 0);
-    else fn_rms_normalize_f16((const uint16_t*)x, (uint16_t*)y, n, w, r, 0);
+                                      float r, int stream) {
+    if (storage == FN_ST_BF16) fn_rms_normalize_bf16((const uint16_t*)x, (uint16_t*)y, n, w, r, stream);
+    else fn_rms_normalize_f16((const uint16_t*)x, (uint16_t*)y, n, w, r, stream);
+}
+
+static inline double fn_sum_squares16(int storage, const void* x, Py_ssize_t n) {
+    if (storage == FN_ST_BF16) return fn_sum_squares_bf16((const uint16_t*)x, n);
+    return fn_sum_squares_f16((const uint16_t*)x, n);
 }
 
 /* one 16-bit value widened */

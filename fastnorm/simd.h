@@ -565,6 +565,23 @@ static inline float fn_lane_sum(fn_vf v) {
 #endif
 }
 
+/* The total of 32 double lanes (the row kernels' LANES) in one fixed
+   order, a halving tree (lane j plus lane j + width, width 16, 8, 4, 2, 1),
+   in vector registers: 8 loads and 7 vector adds.  (The same tree over the
+   array in memory, each step's stores reloaded by the next at another
+   width, stalled store forwarding: with two such totals a row it was most
+   of a 32-wide LayerNorm row's time.) */
+typedef double fn_v4d __attribute__((vector_size(32), aligned(8), may_alias));
+static inline double fn_lanes_total32(const double* lanes) {
+    fn_v4d a[8];
+    for (int i = 0; i < 8; i++) a[i] = FN_LOAD(fn_v4d, lanes + 4 * i);
+    for (int i = 0; i < 4; i++) a[i] += a[i + 4];         /* width 16 */
+    for (int i = 0; i < 2; i++) a[i] += a[i + 2];         /* width 8 */
+    a[0] += a[1];                                         /* width 4 */
+    const double p0 = a[0][0] + a[0][2], p1 = a[0][1] + a[0][3];   /* width 2 */
+    return p0 + p1;                                       /* width 1 */
+}
+
 /* Loads and stores of one storage dtype (FN_ST_NATIVE: float32; FN_ST_F16,
  * FN_ST_BF16: 16-bit values widened in registers and rounded once when
  * stored, as simd.h's conversions).  `stream`: whole-vector streaming
