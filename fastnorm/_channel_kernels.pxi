@@ -781,6 +781,75 @@ cdef void _channel_apply(const char* x, char* y, int st, bint cl, Py_ssize_t N, 
             _rows_apply(NULL, x, y, st, r0, r1, C, S, per_sample, hi, ca, cb, NULL, stream)
 
 
+cdef void _chunk_grads(Py_ssize_t n_units, Py_ssize_t P, Py_ssize_t C, const double* sums,
+                       const floating* lo, const floating* w, const double* rstd, bint batch_stats,
+                       double* st, double* grad_w, double* grad_b) noexcept nogil:
+    """_channel_backward's per-stat sums and parameter gradients for
+    BatchNorm over channels-last row chunks (one stat per channel): the
+    generic loops' arithmetic, in their order (chunk by chunk, channel by
+    channel), as loops over the channels that vectorize.  (The generic
+    loops, a stat lookup and branches per chunk and channel, were most of a
+    (64, 1024, 1, 1) backward: serial, the second thread waited on them.)"""
+    cdef Py_ssize_t u, c, q
+    cdef double a, b, d, delta, m
+    for c in range(4 * C):
+        st[c] = 0
+    for u in range(n_units):
+        m = <double>(_part_start(P, <int>n_units, <int>u + 1) - _part_start(P, <int>n_units, <int>u))
+        q = 3 * u * C
+        for c in range(C):
+            a = sums[q + c]
+            b = sums[q + C + c]
+            d = sums[q + 2 * C + c]
+            # the kernels centred on hi alone; the mean's low part lo comes in here
+            b = b - lo[c] * a if lo[c] != 0 else b
+            d = d - m * lo[c] if lo[c] != 0 else d
+            st[4 * c] += (w[c] if w != NULL else 1.0) * a
+            st[4 * c + 1] += (w[c] if w != NULL else 1.0) * b
+            st[4 * c + 2] += d
+            st[4 * c + 3] += m
+    if grad_w != NULL:
+        for c in range(C):
+            grad_w[c] = 0
+    if grad_b != NULL:
+        for c in range(C):
+            grad_b[c] = 0
+    for u in range(n_units):
+        q = 3 * u * C
+        for c in range(C):
+            a = sums[q + c]
+            b = sums[q + C + c]
+            b = b - lo[c] * a if lo[c] != 0 else b
+            delta = st[4 * c + 2] / st[4 * c + 3] if batch_stats and st[4 * c + 3] > 0 else 0.0
+            if grad_w != NULL:
+                grad_w[c] += rstd[c] * (b - delta * a)
+            if grad_b != NULL:
+                grad_b[c] += a
+
+
+cdef void _chunk_coefs(Py_ssize_t C, const double* st, const double* mean, const double* rstd_s,
+                       const floating* hi, const floating* w, bint batch_stats, floating* alpha,
+                       floating* beta, floating* gamma) noexcept nogil:
+    """_channel_backward's elementwise coefficients, one stat per channel
+    (_chunk_grads' case): the generic loop's arithmetic over the channels."""
+    cdef Py_ssize_t c
+    cdef double rstd, m, delta, k1, k2
+    for c in range(C):
+        rstd = rstd_s[c]
+        alpha[c] = <floating>(rstd * (w[c] if w != NULL else 1.0))
+        m = st[4 * c + 3]
+        if batch_stats and m > 0:
+            delta = st[4 * c + 2] / m
+            k1 = st[4 * c] / m
+            k2 = rstd * (st[4 * c + 1] - delta * st[4 * c]) / m
+            beta[c] = <floating>(-rstd * rstd * k2)
+            gamma[c] = <floating>(rstd * (delta * rstd * k2 - k1)
+                                  + rstd * rstd * k2 * (mean[c] - <double>hi[c]))
+        else:
+            beta[c] = 0
+            gamma[c] = 0
+
+
 cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, bint cl,
                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cpg,
                            bint per_sample, const floating* w, const double* st_mean,
@@ -840,100 +909,107 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
                 r1 = _part_start(P, <int>n_units, <int>u + 1)
             _rows_backward_sums(g, x, storage, r0, r1, C, hi + (u * C if per_sample else 0),
                                 scratch + 5 * _tile_stride(C) * u, sums + 3 * u * C)
-    # the kernels centred on hi alone; the mean's low part lo comes in here:
-    # sum g*(t - lo) = sum g*t - lo * sum g, sum (t - lo) = sum t - count * lo
-    for u in range(n_units):
-        for c in range(1 if not cl else C):
-            if not cl:
-                i = u if per_sample else u % C
-                q = 3 * u
-                m = S
-            else:
-                i = (u * C if per_sample else 0) + c
-                q = 3 * u * C + c
-                m = S if per_sample else (_part_start(P, <int>n_units, <int>u + 1)
-                                          - _part_start(P, <int>n_units, <int>u))
-            if lo[i] != 0:
+    cdef bint chunks = cl and not per_sample and cpg == 1   # BatchNorm, channels-last
+    if chunks:
+        _chunk_grads(n_units, P, C, sums, lo, w, st_rstd, batch_stats, st, grad_w, grad_b)
+    else:
+        # the kernels centred on hi alone; the mean's low part lo comes in here:
+        # sum g*(t - lo) = sum g*t - lo * sum g, sum (t - lo) = sum t - count * lo
+        for u in range(n_units):
+            for c in range(1 if not cl else C):
                 if not cl:
-                    sums[q + 1] -= lo[i] * sums[q]
-                    sums[q + 2] -= m * lo[i]
+                    i = u if per_sample else u % C
+                    q = 3 * u
+                    m = S
                 else:
-                    sums[q + C] -= lo[i] * sums[q]
-                    sums[q + 2 * C] -= m * lo[i]
-    # 2. per-stat sums (fixed order), parameter gradients
-    for s in range(4 * n_stats):
-        st[s] = 0
-    if grad_w != NULL:
-        for c in range(C):
-            grad_w[c] = 0
-    if grad_b != NULL:
-        for c in range(C):
-            grad_b[c] = 0
-    for u in range(n_units):
-        for c in range(1 if not cl else C):
-            if not cl:
-                n = u // C
-                i = u % C
-                ua = sums[3 * u]
-                ub = sums[3 * u + 1]
-                ud = sums[3 * u + 2]
-            else:
-                n = u if per_sample else 0
-                i = c
-                ua = sums[3 * u * C + c]
-                ub = sums[3 * u * C + C + c]
-                ud = sums[3 * u * C + 2 * C + c]
-            s = _stat_of(n, i, per_sample, C, cpg)
-            wc = w[i] if w != NULL else 1.0
-            st[4 * s] += wc * ua
-            st[4 * s + 1] += wc * ub
-            st[4 * s + 2] += ud
-            st[4 * s + 3] += S if (not cl or per_sample) else (
-                _part_start(P, <int>n_units, <int>u + 1) - _part_start(P, <int>n_units, <int>u))
-    # the parameter gradients need each stat's centring correction delta
-    for u in range(n_units):
-        for c in range(1 if not cl else C):
-            if not cl:
-                n = u // C
-                i = u % C
-                ua = sums[3 * u]
-                ub = sums[3 * u + 1]
-            else:
-                n = u if per_sample else 0
-                i = c
-                ua = sums[3 * u * C + c]
-                ub = sums[3 * u * C + C + c]
-            s = _stat_of(n, i, per_sample, C, cpg)
-            delta = st[4 * s + 2] / st[4 * s + 3] if batch_stats and st[4 * s + 3] > 0 else 0.0
-            if grad_w != NULL:
-                grad_w[i] += st_rstd[s] * (ub - delta * ua)
-            if grad_b != NULL:
-                grad_b[i] += ua
+                    i = (u * C if per_sample else 0) + c
+                    q = 3 * u * C + c
+                    m = S if per_sample else (_part_start(P, <int>n_units, <int>u + 1)
+                                              - _part_start(P, <int>n_units, <int>u))
+                if lo[i] != 0:
+                    if not cl:
+                        sums[q + 1] -= lo[i] * sums[q]
+                        sums[q + 2] -= m * lo[i]
+                    else:
+                        sums[q + C] -= lo[i] * sums[q]
+                        sums[q + 2 * C] -= m * lo[i]
+        # 2. per-stat sums (fixed order), parameter gradients
+        for s in range(4 * n_stats):
+            st[s] = 0
+        if grad_w != NULL:
+            for c in range(C):
+                grad_w[c] = 0
+        if grad_b != NULL:
+            for c in range(C):
+                grad_b[c] = 0
+        for u in range(n_units):
+            for c in range(1 if not cl else C):
+                if not cl:
+                    n = u // C
+                    i = u % C
+                    ua = sums[3 * u]
+                    ub = sums[3 * u + 1]
+                    ud = sums[3 * u + 2]
+                else:
+                    n = u if per_sample else 0
+                    i = c
+                    ua = sums[3 * u * C + c]
+                    ub = sums[3 * u * C + C + c]
+                    ud = sums[3 * u * C + 2 * C + c]
+                s = _stat_of(n, i, per_sample, C, cpg)
+                wc = w[i] if w != NULL else 1.0
+                st[4 * s] += wc * ua
+                st[4 * s + 1] += wc * ub
+                st[4 * s + 2] += ud
+                st[4 * s + 3] += S if (not cl or per_sample) else (
+                    _part_start(P, <int>n_units, <int>u + 1) - _part_start(P, <int>n_units, <int>u))
+        # the parameter gradients need each stat's centring correction delta
+        for u in range(n_units):
+            for c in range(1 if not cl else C):
+                if not cl:
+                    n = u // C
+                    i = u % C
+                    ua = sums[3 * u]
+                    ub = sums[3 * u + 1]
+                else:
+                    n = u if per_sample else 0
+                    i = c
+                    ua = sums[3 * u * C + c]
+                    ub = sums[3 * u * C + C + c]
+                s = _stat_of(n, i, per_sample, C, cpg)
+                delta = st[4 * s + 2] / st[4 * s + 3] if batch_stats and st[4 * s + 3] > 0 else 0.0
+                if grad_w != NULL:
+                    grad_w[i] += st_rstd[s] * (ub - delta * ua)
+                if grad_b != NULL:
+                    grad_b[i] += ua
     if dx == NULL:
         scratch_free(sums)
         scratch_free(coef)
         scratch_free(scratch_block)
         return 0
     # 3. coefficients and the elementwise pass
-    for i in range(n_coef):
-        n = i // C
-        c = i % C
-        s = _stat_of(n, c, per_sample, C, cpg)
-        rstd = st_rstd[s]
-        wc = w[c] if w != NULL else 1.0
-        alpha[i] = <floating>(rstd * wc)
-        m = st[4 * s + 3]
-        if batch_stats and m > 0:
-            delta = st[4 * s + 2] / m
-            k1 = st[4 * s] / m
-            k2 = rstd * (st[4 * s + 1] - delta * st[4 * s]) / m
-            beta[i] = <floating>(-rstd * rstd * k2)
-            # the elementwise pass takes x - hi; the mean's low part goes here
-            gamma[i] = <floating>(rstd * (delta * rstd * k2 - k1)
-                                  + rstd * rstd * k2 * (st_mean[s] - <double>hi[i]))
-        else:
-            beta[i] = 0
-            gamma[i] = 0
+    if chunks:
+        _chunk_coefs(C, st, st_mean, st_rstd, hi, w, batch_stats, alpha, beta, gamma)
+    else:
+        for i in range(n_coef):
+            n = i // C
+            c = i % C
+            s = _stat_of(n, c, per_sample, C, cpg)
+            rstd = st_rstd[s]
+            wc = w[c] if w != NULL else 1.0
+            alpha[i] = <floating>(rstd * wc)
+            m = st[4 * s + 3]
+            if batch_stats and m > 0:
+                delta = st[4 * s + 2] / m
+                k1 = st[4 * s] / m
+                k2 = rstd * (st[4 * s + 1] - delta * st[4 * s]) / m
+                beta[i] = <floating>(-rstd * rstd * k2)
+                # the elementwise pass takes x - hi; the mean's low part goes here
+                gamma[i] = <floating>(rstd * (delta * rstd * k2 - k1)
+                                      + rstd * rstd * k2 * (st_mean[s] - <double>hi[i]))
+            else:
+                beta[i] = 0
+                gamma[i] = 0
     cdef bint stream = (floating is float or storage != ST_NATIVE) and _use_streaming_grad(N * C, S, isz)
     if not cl and stream:
         for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
