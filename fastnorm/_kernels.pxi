@@ -1413,6 +1413,52 @@ cdef void _ln_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_s
         _flush_partials(gb_acc, gb_total, n)
 
 
+cdef inline void _rms_backward_narrow(int st, const char* gb_, Py_ssize_t ge, const char* xb,
+                                      Py_ssize_t xe, char* db, Py_ssize_t de, int m, Py_ssize_t n,
+                                      const floating* rstd, const floating* w,
+                                      floating* gw_acc) noexcept nogil:
+    """The RMSNorm backward of m <= ROW_GROUP rows of n <= GATHER_ROW values
+    of storage st (rows ge, xe, de elements apart; st a constant at each
+    call) with the rows in the vector lanes: each row's sum of g*w*x in its
+    own lane, in the row's order, then every row's dx at once; the
+    parameter-gradient partials take the rows in order.  A row at a time,
+    the widening, the staging and the calls cost ~40 cycles a row:
+    (16384, 1) bfloat16 forward+backward took 2x PyTorch's time."""
+    cdef floating acc[ROW_GROUP]
+    cdef floating sv[ROW_GROUP]
+    cdef floating cv[ROW_GROUP]
+    cdef floating gv, xv, xh
+    cdef double tot
+    cdef Py_ssize_t k
+    cdef int i
+    for i in range(m):
+        acc[i] = 0
+    for k in range(n):
+        for i in range(m):
+            gv = _ld(st, gb_, i * ge + k, <floating>0)
+            xv = _ld(st, xb, i * xe + k, <floating>0)
+            acc[i] += (gv * w[k] if w != NULL else gv) * xv
+    for i in range(m):
+        tot = acc[i]
+        if floating is float:
+            if not (tot < INFINITY):  # overflowed or NaN in float32: again in double
+                tot = 0.0
+                for k in range(n):
+                    tot += (<double>_ld(st, gb_, i * ge + k, <floating>0) * (w[k] if w != NULL else 1.0)
+                            * <double>_ld(st, xb, i * xe + k, <floating>0))
+        sv[i] = rstd[i]
+        cv[i] = <floating>(<double>rstd[i] * tot / n)
+    for k in range(n):
+        for i in range(m):
+            gv = _ld(st, gb_, i * ge + k, <floating>0)
+            xh = _ld(st, xb, i * xe + k, <floating>0) * sv[i]
+            _st(st, db, i * de + k, sv[i] * ((gv * w[k] if w != NULL else gv) - xh * cv[i]))
+    if gw_acc != NULL:
+        for k in range(n):
+            for i in range(m):
+                gw_acc[k] += _ld(st, gb_, i * ge + k, <floating>0) * (_ld(st, xb, i * xe + k, <floating>0) * sv[i])
+
+
 cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_ssize_t xs,
                              char* db, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                              const floating* rstd, const floating* w,
@@ -1430,7 +1476,25 @@ cdef void _rms_backward_rows(const char* gb_, Py_ssize_t gs, const char* xb, Py_
     cdef double s
     cdef int pending = 0
     cdef bint four = w != NULL and gw_acc != NULL
+    cdef Py_ssize_t isz = _isz(storage, sizeof(floating))
     r = r0
+    if n <= GATHER_ROW and gs % isz == 0 and xs % isz == 0 and ds % isz == 0:
+        while r < r1:  # every row in the vector lanes, ROW_GROUP at a time (FLUSH_ROWS a multiple)
+            m = ROW_GROUP if r + ROW_GROUP <= r1 else <int>(r1 - r)
+            if storage == ST_NATIVE:
+                _rms_backward_narrow(ST_NATIVE, gb_ + r * gs, gs // isz, xb + r * xs, xs // isz,
+                                     db + r * ds, ds // isz, m, n, rstd + r, w, gw_acc)
+            elif storage == ST_BF16:
+                _rms_backward_narrow(ST_BF16, gb_ + r * gs, gs // isz, xb + r * xs, xs // isz,
+                                     db + r * ds, ds // isz, m, n, rstd + r, w, gw_acc)
+            else:
+                _rms_backward_narrow(ST_F16, gb_ + r * gs, gs // isz, xb + r * xs, xs // isz,
+                                     db + r * ds, ds // isz, m, n, rstd + r, w, gw_acc)
+            r += m
+            pending += m
+            if pending >= FLUSH_ROWS and gw_total != NULL:
+                _flush_partials(gw_acc, gw_total, n)
+                pending = 0
     while r < r1:
         m = 4 if four and r + 4 <= r1 else 1
         for j in range(m):
