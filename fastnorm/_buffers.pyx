@@ -40,7 +40,7 @@ cdef extern from "pages.h":
 cdef enum:
     MAX_SLOTS = 8
 
-cdef size_t MIN_CACHED_BYTES = 1024 * 1024
+cdef size_t MIN_CACHED_BYTES = 128 * 1024
 SLOTS = MAX_SLOTS  # for tests
 cdef size_t limit = 1 << 30
 cdef void* slot_ptr[MAX_SLOTS]

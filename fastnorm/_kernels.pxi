@@ -2011,7 +2011,7 @@ cdef int _fast_norm_dims(object normalized_shape, cnp.ndarray x, Py_ssize_t* n):
     return k
 
 
-cdef object _in_compute_dtype(cnp.ndarray a, int typenum, int ctype):
+cdef object _in_compute_dtype(cnp.ndarray a, int typenum, int ctype, object n_threads=None):
     """A parameter (already checked to be a contiguous native array of the
     right shape) for the kernels: a itself when it is of the compute dtype,
     a widened to float32 when it is of x's 16-bit dtype `typenum`, else
@@ -2019,12 +2019,29 @@ cdef object _in_compute_dtype(cnp.ndarray a, int typenum, int ctype):
     parameter dtype rule of every fast entry."""
     cdef cnp.ndarray wide
     cdef bint dbl
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef int p, st, nth
+    cdef const char* src
+    cdef float* dst
     if cnp.PyArray_TYPE(a) == ctype:
         return a
     if cnp.PyArray_TYPE(a) == typenum and ctype == cnp.NPY_FLOAT32:  # 16-bit parameters
         wide = empty_array(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32)
-        fn_widen(storage_of(typenum, &dbl), cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(wide),
-                 cnp.PyArray_SIZE(a))
+        st = storage_of(typenum, &dbl)
+        src = <const char*>cnp.PyArray_DATA(a)
+        dst = <float*>cnp.PyArray_DATA(wide)
+        # a long parameter (a few wide rows) is widened by the threads in the
+        # parts the row kernels split the columns into, so each reads what it
+        # wrote (one thread writing it all and the other reading cost a
+        # 65536-wide bfloat16 row 2x its time on 2 threads)
+        nth = resolve_threads(n_threads, n)
+        with nogil:
+            if nth > 1:
+                for p in prange(nth, schedule='static', num_threads=nth):
+                    fn_widen(st, src + 2 * _part_start(n, nth, p), dst + _part_start(n, nth, p),
+                             _part_start(n, nth, p + 1) - _part_start(n, nth, p))
+            else:
+                fn_widen(st, src, dst, n)
         return wide
     return NotImplemented
 
@@ -2052,7 +2069,7 @@ cdef bint _out_clear(object out, object a0, object a1=None, object a2=None, obje
                 or _bytes_overlap(out, a3))
 
 
-cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
+cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype, object n_threads=None):
     """weight / bias for the kernels, shaped like x's last k dims: None, or
     as _in_compute_dtype returns it."""
     cdef cnp.ndarray a
@@ -2065,7 +2082,7 @@ cdef object _fast_param(object p, cnp.ndarray x, int k, int ctype):
         return NotImplemented
     if not _same_dims(a, x, cnp.PyArray_NDIM(x) - k):
         return NotImplemented
-    return _in_compute_dtype(a, cnp.PyArray_TYPE(x), ctype)
+    return _in_compute_dtype(a, cnp.PyArray_TYPE(x), ctype, n_threads)
 
 
 cdef object _fast_output(cnp.ndarray a, object out):
@@ -2131,8 +2148,8 @@ def layer_norm_fast(object x, object normalized_shape, object weight, object bia
     cdef int k = _fast_norm_dims(normalized_shape, xa, &n)
     if k < 0 or n < 1 or not _fast_eps(eps, &e):
         return NotImplemented
-    cdef object wa = _fast_param(weight, xa, k, ctype)
-    cdef object ba = _fast_param(bias, xa, k, ctype)
+    cdef object wa = _fast_param(weight, xa, k, ctype, n_threads)
+    cdef object ba = _fast_param(bias, xa, k, ctype, n_threads)
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     cdef object y = _fast_output(xa, out)
@@ -2171,7 +2188,7 @@ def rms_norm_fast(object x, object normalized_shape, object weight, object eps,
         e = 2.220446049250313e-16 if ctype == cnp.NPY_FLOAT64 else 1.1920928955078125e-07
     elif not _fast_eps(eps, &e):
         return NotImplemented
-    cdef object wa = _fast_param(weight, xa, k, ctype)
+    cdef object wa = _fast_param(weight, xa, k, ctype, n_threads)
     if wa is NotImplemented:
         return NotImplemented
     cdef object y = _fast_output(xa, out)
@@ -2248,8 +2265,8 @@ cdef object _backward_fast(bint rms, object grad_out, object x, object mean, obj
         n *= cnp.PyArray_DIMS(xa)[i]
     if n < 1:
         return NotImplemented
-    cdef object wa = _fast_param(weight, xa, k, ctype)
-    cdef object ba = _fast_param(bias, xa, k, ctype)
+    cdef object wa = _fast_param(weight, xa, k, ctype, n_threads)
+    cdef object ba = _fast_param(bias, xa, k, ctype, n_threads)
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // n
@@ -2444,8 +2461,8 @@ def add_norm_fast(bint rms, object x, object residual, object normalized_shape, 
         e = 2.220446049250313e-16 if ctype == cnp.NPY_FLOAT64 else 1.1920928955078125e-07
     elif not _fast_eps(eps, &e):
         return NotImplemented
-    cdef object wa = _fast_param(weight, xa, k, ctype)
-    cdef object ba = None if rms else _fast_param(bias, xa, k, ctype)
+    cdef object wa = _fast_param(weight, xa, k, ctype, n_threads)
+    cdef object ba = None if rms else _fast_param(bias, xa, k, ctype, n_threads)
     if wa is NotImplemented or ba is NotImplemented:
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // n
