@@ -29,8 +29,12 @@ ROWS = 37   # two whole row groups and a remainder
 
 
 def _call(op, rng, dtype, n):
-    call = op.example(rng, dtype, (ROWS, n))
-    return call
+    return op.example(rng, dtype, (ROWS, n))
+
+
+def _row(args, r):
+    """The arguments of row r alone (the per-row arrays sliced)."""
+    return tuple(a[r:r + 1] if isinstance(a, np.ndarray) and a.shape[:1] == (ROWS,) else a for a in args)
 
 
 def _first(res):
@@ -44,9 +48,7 @@ def test_batch_equals_rows_one_at_a_time(op, n, isa):
     call = _call(op, rng, F32, n)
     full = op.forward(*call.args, **call.kwargs, return_stats=True)
     for r in (0, 15, 16, ROWS - 1):
-        args = tuple(a[r:r + 1] if isinstance(a, np.ndarray) and a.shape[:1] == (ROWS,) else a
-                     for a in call.args)
-        one = op.forward(*args, **call.kwargs, return_stats=True)
+        one = op.forward(*_row(call.args, r), **call.kwargs, return_stats=True)
         for a, b in zip(full, one):
             assert np.array_equal(a[r:r + 1].view(np.uint32), b.view(np.uint32)), (op.name, n, r)
 
@@ -63,9 +65,7 @@ def test_backward_rows_do_not_depend_on_their_neighbours(op, n, isa):
     bargs, bkwargs = call.backward(outputs, stats, [g])
     full = op.backward(*bargs, **bkwargs)[0]
     for r in (0, 15, 16, ROWS - 1):
-        rows = tuple(a[r:r + 1] if isinstance(a, np.ndarray) and a.shape[:1] == (ROWS,) else a
-                     for a in bargs)
-        one = op.backward(*rows, **bkwargs)[0]
+        one = op.backward(*_row(bargs, r), **bkwargs)[0]
         assert np.array_equal(full[r:r + 1].view(np.uint32), one.view(np.uint32)), (op.name, n, r)
 
 
