@@ -827,27 +827,35 @@ cdef void _chunk_grads(Py_ssize_t n_units, Py_ssize_t P, Py_ssize_t C, const dou
                 grad_b[c] += a
 
 
-cdef void _chunk_coefs(Py_ssize_t C, const double* st, const double* mean, const double* rstd_s,
+cdef inline void _backward_coef(double rstd, double wc, const double* st4, double mean,
+                                floating hi, bint batch_stats, floating* alpha, floating* beta,
+                                floating* gamma) noexcept nogil:
+    """One (sample, channel)'s elementwise backward coefficients from its
+    stat's rstd, mean and sums st4 = (SA, SB, SD, count):
+    dx = alpha * g + beta * (x - hi) + gamma."""
+    cdef double m = st4[3], delta, k1, k2
+    alpha[0] = <floating>(rstd * wc)
+    if batch_stats and m > 0:
+        delta = st4[2] / m
+        k1 = st4[0] / m
+        k2 = rstd * (st4[1] - delta * st4[0]) / m
+        beta[0] = <floating>(-rstd * rstd * k2)
+        # the elementwise pass takes x - hi; the mean's low part goes here
+        gamma[0] = <floating>(rstd * (delta * rstd * k2 - k1) + rstd * rstd * k2 * (mean - <double>hi))
+    else:
+        beta[0] = 0
+        gamma[0] = 0
+
+
+cdef void _chunk_coefs(Py_ssize_t C, const double* st, const double* mean, const double* rstd,
                        const floating* hi, const floating* w, bint batch_stats, floating* alpha,
                        floating* beta, floating* gamma) noexcept nogil:
-    """_channel_backward's elementwise coefficients, one stat per channel
-    (_chunk_grads' case): the generic loop's arithmetic over the channels."""
+    """_backward_coef of every channel, one stat per channel (_chunk_grads'
+    case): a loop over the channels with no stat lookup."""
     cdef Py_ssize_t c
-    cdef double rstd, m, delta, k1, k2
     for c in range(C):
-        rstd = rstd_s[c]
-        alpha[c] = <floating>(rstd * (w[c] if w != NULL else 1.0))
-        m = st[4 * c + 3]
-        if batch_stats and m > 0:
-            delta = st[4 * c + 2] / m
-            k1 = st[4 * c] / m
-            k2 = rstd * (st[4 * c + 1] - delta * st[4 * c]) / m
-            beta[c] = <floating>(-rstd * rstd * k2)
-            gamma[c] = <floating>(rstd * (delta * rstd * k2 - k1)
-                                  + rstd * rstd * k2 * (mean[c] - <double>hi[c]))
-        else:
-            beta[c] = 0
-            gamma[c] = 0
+        _backward_coef(rstd[c], w[c] if w != NULL else 1.0, st + 4 * c, mean[c], hi[c], batch_stats,
+                       &alpha[c], &beta[c], &gamma[c])
 
 
 cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, bint cl,
@@ -861,7 +869,7 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
     cdef Py_ssize_t n_stats = (N if per_sample else 1) * (C // cpg)
     cdef Py_ssize_t n_coef = (N if per_sample else 1) * C
     cdef Py_ssize_t i, n, c, s, bl, u, r0, r1, n_units, q, P = N * S
-    cdef double rstd, wc, k1, k2, delta, m
+    cdef double wc, delta, m
     cdef int p
     cdef Py_ssize_t isz = _itemsize(storage, sizeof(floating))
     if dx != NULL:
@@ -992,24 +1000,10 @@ cdef int _channel_backward(const char* g, const char* x, char* dx, int storage, 
         _chunk_coefs(C, st, st_mean, st_rstd, hi, w, batch_stats, alpha, beta, gamma)
     else:
         for i in range(n_coef):
-            n = i // C
             c = i % C
-            s = _stat_of(n, c, per_sample, C, cpg)
-            rstd = st_rstd[s]
-            wc = w[c] if w != NULL else 1.0
-            alpha[i] = <floating>(rstd * wc)
-            m = st[4 * s + 3]
-            if batch_stats and m > 0:
-                delta = st[4 * s + 2] / m
-                k1 = st[4 * s] / m
-                k2 = rstd * (st[4 * s + 1] - delta * st[4 * s]) / m
-                beta[i] = <floating>(-rstd * rstd * k2)
-                # the elementwise pass takes x - hi; the mean's low part goes here
-                gamma[i] = <floating>(rstd * (delta * rstd * k2 - k1)
-                                      + rstd * rstd * k2 * (st_mean[s] - <double>hi[i]))
-            else:
-                beta[i] = 0
-                gamma[i] = 0
+            s = _stat_of(i // C, c, per_sample, C, cpg)
+            _backward_coef(st_rstd[s], w[c] if w != NULL else 1.0, st + 4 * s, st_mean[s], hi[i],
+                           batch_stats, &alpha[i], &beta[i], &gamma[i])
     cdef bint stream = (floating is float or storage != ST_NATIVE) and _use_streaming_grad(N * C, S, isz)
     if not cl and stream:
         for p in prange(nth, schedule='static', num_threads=nth, use_threads_if=nth > 1):
